@@ -1,0 +1,31 @@
+"""petq: post-training quantization experiments for image classifiers.
+
+The library never imports streamlit, and imports TensorFlow only where a step
+needs it (conversion, the native Keras runner, training).
+"""
+
+from petq.errors import (
+    DatasetError,
+    DownloadError,
+    ImageError,
+    ModelError,
+    PetqError,
+    SpecError,
+)
+from petq.types import ModelContract, VariantKind, VariantSpec, lab_tasks, parse_tasks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DatasetError",
+    "DownloadError",
+    "ImageError",
+    "ModelContract",
+    "ModelError",
+    "PetqError",
+    "SpecError",
+    "VariantKind",
+    "VariantSpec",
+    "lab_tasks",
+    "parse_tasks",
+]

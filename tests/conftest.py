@@ -1,0 +1,111 @@
+"""Tiny fixtures built in code: an Oxford-layout tree and a small Keras model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CLASSES = [("Abyssinian", 1, 1), ("american_bulldog", 2, 1), ("Bengal", 1, 2), ("beagle", 2, 2)]
+COLOURS = [(200, 60, 40), (40, 160, 60), (50, 70, 200), (220, 200, 60)]
+TRAINVAL_PER_CLASS = 10
+TEST_PER_CLASS = 5
+INPUT_SIZE = 32
+
+
+def write_pet_tree(root: Path, seed: int = 66) -> Path:
+    """Write an Oxford-IIIT-Pet-layout tree: images + annotations with comment lines.
+
+    Each class has its own dominant colour plus noise, so a tiny CNN learns it.
+    Quirks of the real dataset: a PNG and an RGBA PNG under .jpg names, a CMYK JPEG.
+    """
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    lines: dict[str, list[str]] = {"trainval": [], "test": []}
+    for class_id, (name, species, breed) in enumerate(CLASSES, start=1):
+        for n in range(1, TRAINVAL_PER_CLASS + TEST_PER_CLASS + 1):
+            image_id = f"{name}_{n}"
+            base = np.array(COLOURS[class_id - 1], dtype=np.float64)
+            size = (int(rng.integers(40, 80)), int(rng.integers(40, 80)))
+            pixels = base + rng.normal(0, 25, (size[1], size[0], 3))
+            image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+            path = root / "images" / f"{image_id}.jpg"
+            if (class_id, n) == (1, 2):
+                image.save(path, format="PNG")
+            elif (class_id, n) == (2, TRAINVAL_PER_CLASS + 1):
+                rgba = image.convert("RGBA")
+                rgba.putalpha(200)
+                rgba.save(path, format="PNG")
+            elif (class_id, n) == (3, 3):
+                image.convert("CMYK").save(path, format="JPEG")
+            else:
+                image.save(path, format="JPEG", quality=90)
+            split = "trainval" if n <= TRAINVAL_PER_CLASS else "test"
+            lines[split].append(f"{image_id} {class_id} {species} {breed}")
+    header = "#Image CLASS-ID SPECIES BREED ID\n#ID: 1:37 Class ids\n"
+    (root / "annotations" / "list.txt").write_text(
+        header + "\n".join(lines["trainval"] + lines["test"]) + "\n"
+    )
+    (root / "annotations" / "trainval.txt").write_text("\n".join(lines["trainval"]) + "\n")
+    (root / "annotations" / "test.txt").write_text("# a comment\n" + "\n".join(lines["test"]) + "\n")
+    return root
+
+
+def train_tiny_model(dataset_root: Path, out: Path) -> Path:
+    """A small CNN trained for a few seconds on the fixture tree, with its sidecar."""
+    import keras
+
+    from petq.data import PetDataset, decode, open_image, preprocess
+    from petq.types import ModelContract, save_contract
+
+    keras.utils.set_random_seed(66)
+    dataset = PetDataset.load(dataset_root)
+    contract = ModelContract(input_size=(INPUT_SIZE, INPUT_SIZE), class_names=dataset.class_names)
+    x = preprocess(np.stack([
+        decode(open_image(dataset.image_path(s.image_id)), contract.input_size)
+        for s in dataset.trainval
+    ]), contract)
+    y = np.array([s.label for s in dataset.trainval])
+    model = keras.Sequential([
+        keras.Input((INPUT_SIZE, INPUT_SIZE, 3)),
+        keras.layers.Conv2D(8, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(16, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(len(dataset.class_names), name="out_layer"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=30, batch_size=8, verbose=0)
+    model.save(out)
+    save_contract(out, contract)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pet_root(tmp_path_factory) -> Path:
+    return write_pet_tree(tmp_path_factory.mktemp("pets") / "oxford")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(pet_root, tmp_path_factory) -> Path:
+    return train_tiny_model(pet_root, tmp_path_factory.mktemp("models") / "tiny.keras")
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """A cache shared by tests that only read what earlier conversions built."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture()
+def workspace(tiny_model, pet_root, shared_cache):
+    from petq.workspace import Workspace
+
+    return Workspace(tiny_model, pet_root, shared_cache, threads=1)
