@@ -1,0 +1,5 @@
+import sys
+
+from petq.cli import main
+
+sys.exit(main())

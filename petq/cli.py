@@ -1,0 +1,290 @@
+"""Command line: the lab's experiment runner plus synth, train, download and list.
+
+`python -m petq experiments` keeps the lab's flags and task names; with no
+model or dataset it runs on the embedded demo (shipped model, synthetic data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from petq.errors import PetqError
+from petq.types import DEFAULT_CALIBRATION_SEED, VariantKind, VariantSpec, parse_tasks
+
+
+class StageBars:
+    """tqdm bars for progress(stage, done, total): one bar per stage and variant."""
+
+    LABELS = {"decode": "decoding images", "calibrate": "calibrating", "convert": "converting",
+              "evaluate": "evaluating", "latency": "timing latency"}
+
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if stage != self.stage or self.bar is None:
+            self.close()
+            self.stage = stage
+            label = f"{self.prefix}{self.LABELS.get(stage, stage)}"
+            self.bar = tqdm(total=total, desc=label, unit="img" if total > 1 else "step",
+                            leave=False, file=sys.stderr, dynamic_ncols=True)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _workspace(args: argparse.Namespace):
+    from tqdm import tqdm
+
+    from petq.demo import default_workspace
+
+    if args.download_dataset and args.dataset_root:
+        _download_dataset(args.dataset_root)
+    bar = None
+
+    def synth_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="generating synthetic pets", unit="img", leave=False)
+        bar.update(done - bar.n)
+
+    ws = default_workspace(args.model_path, args.dataset_root, args.cache_dir, args.threads,
+                           progress=synth_progress)
+    if bar is not None:
+        bar.close()
+    return ws
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    from petq.report import write_reports
+
+    ws = _workspace(args)
+    specs = parse_tasks(args.tasks)
+    if args.calibration_classes:
+        classes = tuple(ws.dataset.class_index(c) for c in args.calibration_classes)
+        specs = [VariantSpec.imbint8(classes) if s.kind is VariantKind.IMBINT8 else s
+                 for s in specs]
+    if args.seed != DEFAULT_CALIBRATION_SEED:
+        specs = [VariantSpec.int8(s.fraction, args.seed) if s.kind is VariantKind.INT8 else s
+                 for s in specs]
+    data_note = " (synthetic demo data)" if ws.dataset.synthetic else ""
+    print(f"model {ws.model_path}, dataset {ws.dataset.root}{data_note}, "
+          f"{len(specs)} task(s), {ws.threads} thread(s)", file=sys.stderr)
+    rows = []
+    for spec in specs:
+        start = time.perf_counter()
+        bars = StageBars(f"{spec.name}: ")
+        try:
+            row, computed = ws.evaluate(spec, args.test_dataset_fraction, progress=bars)
+        finally:
+            bars.close()
+        how = f"computed in {time.perf_counter() - start:.1f} s" if computed else "cached"
+        print(f"{spec.name:24s} accuracy {row['accuracy']:.4f}  g-mean {row['g_mean']:.4f}  "
+              f"top-5 {row['top5']:.4f}  latency {row['latency_mean_ms']:.2f} ms  "
+              f"size {row['file_size_bytes']:,} B  ({how})")
+        rows.append(row)
+    written = write_reports(ws, rows, args.results_path)
+    config = {
+        "model_path": str(ws.model_path), "dataset_root": str(ws.dataset.root),
+        "results_path": str(args.results_path), "test_dataset_fraction":
+        args.test_dataset_fraction, "tasks": [s.name for s in specs], "threads": ws.threads,
+        "cache_dir": str(ws.cache.root), "synthetic": ws.dataset.synthetic,
+    }
+    (Path(args.results_path) / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    print(f"wrote {len(written)} report files and config.json to {args.results_path}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    ws = _workspace(args)
+    rows = ws.results()
+    if not rows:
+        print("no cached results for this model and dataset")
+        return 0
+    print(f"{'variant':24s} {'test':>5s} {'accuracy':>9s} {'g-mean':>7s} {'latency ms':>10s} "
+          f"{'size B':>10s}")
+    for r in rows:
+        print(f"{r['variant']:24s} {r['test_fraction']:5g} {r['accuracy']:9.4f} "
+              f"{r['g_mean']:7.4f} {r['latency_mean_ms']:10.2f} {r['file_size_bytes']:10,}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from petq.synth import generate
+
+    with tqdm(desc="generating synthetic pets", unit="img") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        root = generate(args.output, trainval_per_class=args.trainval_per_class,
+                        test_per_class=args.test_per_class, seed=args.seed, progress=progress)
+    print(f"synthetic pets dataset in {root}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from petq.demo import DEMO_MODEL, ensure_demo_dataset
+    from petq.train import DEMO_CONFIG, train
+
+    root = args.dataset_root or ensure_demo_dataset()
+    size = tuple(int(v) for v in args.input_size.lower().split("x"))
+    if len(size) != 2:
+        raise PetqError(f"--input-size must look like 224x224, got {args.input_size!r}")
+    kwargs = {k: getattr(args, k) for k in DEMO_CONFIG if getattr(args, k, None) is not None}
+
+    def progress(epoch: int, epochs: int, logs: dict) -> None:
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+        print(f"epoch {epoch}/{epochs}  {shown}", flush=True)
+
+    info = train(root, args.model_path or DEMO_MODEL, input_size=size, progress=progress,
+                 **kwargs)
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def _download_dataset(root: Path) -> None:
+    from tqdm import tqdm
+
+    from petq.download import download_dataset
+
+    bars = {}
+
+    def progress(part: str):
+        def update(done: int, total: int) -> None:
+            bar = bars.setdefault(part, tqdm(desc=f"downloading {part}", unit="B",
+                                             unit_scale=True, total=total or None))
+            bar.n = done
+            bar.refresh()
+        return update
+
+    try:
+        download_dataset(root, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from petq.download import download_model
+
+    if not (args.dataset or args.model):
+        raise PetqError("say what to download: --dataset and/or --model")
+    if args.dataset:
+        _download_dataset(args.dataset_root)
+        print(f"Oxford-IIIT Pet in {args.dataset_root}")
+    if args.model:
+        path = download_model(args.model_path)
+        print(f"lab model in {path}")
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-path", type=Path, help="Keras model (default: the demo model)")
+    parser.add_argument("--dataset-root", type=Path,
+                        help="Oxford-IIIT Pet layout folder (default: synthetic demo dataset)")
+    parser.add_argument("--download-dataset", action="store_true",
+                        help="download Oxford-IIIT Pet into --dataset-root first")
+    parser.add_argument("--cache-dir", type=Path, help="cache folder (default: ./cache)")
+    parser.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value:g}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="petq", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("experiments", help="the lab's quantization experiments, with reports")
+    _common(p)
+    p.add_argument("--results-path", type=Path, default=Path("results"),
+                   help="where <prefix>-metrics.md, confusion PNGs and summary.md go")
+    p.add_argument("--test-dataset-fraction", type=fraction, default=1.0,
+                   help="stratified fraction of the test split to evaluate on (0, 1]")
+    p.add_argument("--tasks", nargs="+", default=["all"],
+                   help="native tflite-fp32 tflite-int8-<fraction> tflite-imbint8 "
+                        "tflite-imbint8-c<i>+<j> | all | tflite-int8-all")
+    p.add_argument("--calibration-classes", nargs="+",
+                   help="breed names or indices calibrating tflite-imbint8 (default: index 5)")
+    p.add_argument("--seed", type=int, default=DEFAULT_CALIBRATION_SEED,
+                   help="seed of the stratified INT8 calibration pick")
+    p.set_defaults(func=cmd_experiments)
+
+    p = sub.add_parser("list", help="list cached results for a model and dataset")
+    _common(p)
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("synth", help="generate the synthetic pets dataset (Oxford layout)")
+    p.add_argument("--output", type=Path, default=None)
+    p.add_argument("--trainval-per-class", type=int, default=40)
+    p.add_argument("--test-per-class", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train the lab's classifier (default: the demo model)")
+    p.add_argument("--dataset-root", type=Path, help="default: synthetic demo dataset")
+    p.add_argument("--model-path", type=Path,
+                   help="output .keras (default: models/petq-demo.keras)")
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--weights", choices=["imagenet"], help="ImageNet backbone (needs internet)")
+    p.add_argument("--bn-momentum", type=float)
+    p.add_argument("--input-size", default="224x224")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("download", help="fetch Oxford-IIIT Pet and/or the lab's trained model")
+    p.add_argument("--dataset", action="store_true")
+    p.add_argument("--dataset-root", type=Path, default=Path("data/oxford-iiit-pet"))
+    p.add_argument("--model", action="store_true")
+    p.add_argument("--model-path", type=Path, default=Path("models/pet-dataset-tensorflow.h5"))
+    p.set_defaults(func=cmd_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out
+    args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) == "synth" and args.output is None:
+        from petq.demo import demo_dataset_root
+
+        args.output = demo_dataset_root()
+    try:
+        return args.func(args)
+    except PetqError as exc:
+        print(f"petq: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("petq: interrupted; the cache holds only complete entries", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
