@@ -80,6 +80,8 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     if args.seed != DEFAULT_CALIBRATION_SEED:
         specs = [VariantSpec.int8(s.fraction, args.seed) if s.kind is VariantKind.INT8 else s
                  for s in specs]
+    for spec in specs:  # fail fast, before any conversion, on a spec the dataset can't serve
+        ws.calibration_samples(spec)
     data_note = " (synthetic demo data)" if ws.dataset.synthetic else ""
     print(f"model {ws.model_path}, dataset {ws.dataset.root}{data_note}, "
           f"{len(specs)} task(s), {ws.threads} thread(s)", file=sys.stderr)

@@ -1,0 +1,953 @@
+"""A deterministic synthetic stand-in for the Oxford-IIIT Pet dataset.
+
+`generate(root)` writes the real dataset's layout, so the ordinary loader reads it
+unchanged::
+
+    root/images/<Name>_<n>.jpg
+    root/annotations/list.txt        6-line '#' header, then `Image CLASS-ID SPECIES BREED-ID`
+    root/annotations/trainval.txt    same line format, no header
+    root/annotations/test.txt
+    root/SYNTHETIC                   marker: says the data is synthetic, with the parameters
+
+Every image is a procedurally drawn cat or dog (side view) on a cluttered background.
+Each of the 37 breeds has a visual identity defined in the two tables below (shape:
+build, head, ears, tail, coat, eye colour; colour: palette and markings), and every
+image varies pose, proportions, scale, rotation, palette shade, marking placement,
+background, clutter, lighting, noise and blur. Related breeds share traits on purpose
+(see `CONFUSABLE_GROUPS`), so a classifier's mistakes are structured, not random.
+
+Like the real archive, a few files named `.jpg` are not plain RGB JPEGs (`QUIRKS`):
+PNG (RGB and RGBA with transparency), GIF and CMYK JPEG content.
+
+Same seed and parameters -> byte-identical files: each image draws from its own
+`numpy.random.default_rng((seed, class, number))`, and nothing else is random.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import io
+import multiprocessing
+import os
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+__all__ = [
+    "BREEDS",
+    "CLASS_NAMES",
+    "CONFUSABLE_GROUPS",
+    "MARKER_NAME",
+    "QUIRKS",
+    "Breed",
+    "generate",
+    "is_synthetic",
+    "render_image",
+]
+
+GENERATOR_VERSION = 1  # bump when drawing changes: a complete old dataset is then regenerated
+MARKER_NAME = "SYNTHETIC"
+JPEG_QUALITY = 90
+
+CLASS_NAMES: tuple[str, ...] = (
+    "Abyssinian", "american_bulldog", "american_pit_bull_terrier", "basset_hound", "beagle",
+    "Bengal", "Birman", "Bombay", "boxer", "British_Shorthair", "chihuahua", "Egyptian_Mau",
+    "english_cocker_spaniel", "english_setter", "german_shorthaired", "great_pyrenees",
+    "havanese", "japanese_chin", "keeshond", "leonberger", "Maine_Coon", "miniature_pinscher",
+    "newfoundland", "Persian", "pomeranian", "pug", "Ragdoll", "Russian_Blue", "saint_bernard",
+    "samoyed", "scottish_terrier", "shiba_inu", "Siamese", "Sphynx",
+    "staffordshire_bull_terrier", "wheaten_terrier", "yorkshire_terrier",
+)  # fmt: skip
+
+# The real list.txt header, typos included.
+LIST_HEADER = (
+    "#Image CLASS-ID SPECIES BREED ID",
+    "#ID: 1:37 Class ids",
+    "#SPECIES: 1:Cat 2:Dog",
+    "#BREED ID: 1-25:Cat 1:12:Dog",
+    "#All images with 1st letter as captial are cat images",
+    "#images with small first letter are dog images",
+)
+
+# ------------------------------------------------------------------ breed traits
+
+# Shape. build: body proportions; head: skull/muzzle; ears, tail, coat: styles below;
+# eyes: iris colour; size: relative size in the frame (a weak cue only).
+_SHAPE_TABLE = """
+# name                       build     head    ears     tail       coat      eyes    size
+Abyssinian                   slim      wedge   large    thin       short     gold    0.95
+american_bulldog             stocky    wide    rose     whip       short     brown   1.05
+american_pit_bull_terrier    stocky    wide    rose     whip       short     brown   1.0
+basset_hound                 long_low  long    long     upright    short     brown   1.0
+beagle                       medium    long    floppy   upright    short     brown   0.9
+Bengal                       medium    round   pointed  thin       short     green   1.0
+Birman                       medium    round   pointed  plume      long      blue    1.0
+Bombay                       medium    round   pointed  thin       short     copper  0.95
+boxer                        tall      wide    floppy   stub       short     brown   1.05
+British_Shorthair            cobby     round   small    thin       short     copper  1.0
+chihuahua                    toy       apple   huge     thin       short     dark    0.75
+Egyptian_Mau                 slim      round   pointed  thin       short     green   0.95
+english_cocker_spaniel       medium    long    long     stub       long      dark    0.95
+english_setter               tall      long    long     feathered  long      dark    1.05
+german_shorthaired           tall      long    floppy   stub       short     brown   1.05
+great_pyrenees               large     fox     drop     plume      fluffy    dark    1.15
+havanese                     toy       apple   floppy   curled     long      dark    0.8
+japanese_chin                toy       flat    floppy   curled     long      dark    0.8
+keeshond                     medium    fox     erect    curled     fluffy    dark    1.0
+leonberger                   large     broad   floppy   otter      fluffy    brown   1.15
+Maine_Coon                   large     round   tufted   plume      long      gold    1.1
+miniature_pinscher           toy       fox     erect    stub       short     dark    0.8
+newfoundland                 large     broad   floppy   otter      fluffy    brown   1.2
+Persian                      cobby     flat    small    plume      fluffy    copper  1.0
+pomeranian                   toy       fox     erect    curled     fluffy    dark    0.75
+pug                          cobby     flat    rose     curled     short     dark    0.85
+Ragdoll                      large     round   pointed  plume      long      blue    1.1
+Russian_Blue                 slim      wedge   large    thin       short     green   0.95
+saint_bernard                large     broad   floppy   otter      long      brown   1.2
+samoyed                      medium    fox     erect    curled     fluffy    dark    1.05
+scottish_terrier             long_low  long    erect    upright    wiry      dark    0.9
+shiba_inu                    medium    fox     erect    curled     short     dark    0.95
+Siamese                      slim      wedge   large    thin       short     blue    0.95
+Sphynx                       slim      wedge   huge     thin       hairless  green   0.95
+staffordshire_bull_terrier   stocky    wide    rose     whip       short     brown   0.95
+wheaten_terrier              medium    long    drop     upright    wiry      dark    1.0
+yorkshire_terrier            toy       fox     erect    stub       long      dark    0.75
+"""
+
+# Colour. palettes: named colours, base first ('|' separates alternatives, one is
+# picked per image); markings: kind:colour-index (index into the palette).
+_COLOUR_TABLE = """
+# name                       palettes                          markings
+Abyssinian                   ruddy,chocolate                   ticked:1
+american_bulldog             white,tan                         patches:1
+american_pit_bull_terrier    fawn,white|blue,white|red,white   underside:1
+basset_hound                 tan,white,black                   saddle:2 underside:1 socks:1
+beagle                       tan,white,black                   saddle:2 underside:1 socks:1
+Bengal                       gold,seal,cream                   underside:2 rosettes:1
+Birman                       cream,seal,white                  points:1 socks:2
+Bombay                       black                             -
+boxer                        fawn,white,black                  underside:1 mask:2 socks:1
+British_Shorthair            blue                              -
+chihuahua                    fawn,white|cream,white|black,tan  underside:1
+Egyptian_Mau                 silver,black                      spots:1
+english_cocker_spaniel       red|black|gold                    -
+english_setter               white,black|white,orange          ticked:1 headpatch:1
+german_shorthaired           liver,white                       ticked:1 head:0
+great_pyrenees               white,cream                       ears:1
+havanese                     cream,white|white,tan             patches:1
+japanese_chin                white,black                       headpatch:1 patches:1
+keeshond                     grey,black,silver                 saddle:1 mask:1 underside:2
+leonberger                   gold,black                        mask:1
+Maine_Coon                   brown,black,cream                 stripes:1 underside:2
+miniature_pinscher           black,tan|red,red                 tan:1
+newfoundland                 black                             -
+Persian                      white|grey|cream|black            -
+pomeranian                   orange,cream                      underside:1
+pug                          fawn,black                        mask:1 ears:1 wrinkles:1
+Ragdoll                      cream,lilac,white                 points:1 underside:2 socks:2
+Russian_Blue                 silverblue                        -
+saint_bernard                white,red,seal                    patches:1 headpatch:1 mask:2
+samoyed                      white                             -
+scottish_terrier             black|wheat                       -
+shiba_inu                    orange,cream                      underside:1
+Siamese                      cream,seal                        points:1
+Sphynx                       pink,skin                         wrinkles:1 patches:1
+staffordshire_bull_terrier   brindle,white,black               brindle:2 underside:1
+wheaten_terrier              wheat                             -
+yorkshire_terrier            tan,steel                         saddle:1
+"""
+
+# Groups drawn to look alike (shared shape and/or palette, different detail).
+CONFUSABLE_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("Siamese", "Birman", "Ragdoll"),  # colourpoint cats; Birman/Ragdoll both long-coated
+    ("British_Shorthair", "Russian_Blue"),  # solid grey-blue cats (cobby vs slim)
+    ("Bengal", "Egyptian_Mau"),  # spotted cats (gold rosettes vs silver spots)
+    ("american_bulldog", "american_pit_bull_terrier", "staffordshire_bull_terrier"),  # bully
+    ("basset_hound", "beagle"),  # same tricolour palette, long-low vs medium build
+    ("samoyed", "great_pyrenees"),  # white fluffy dogs (erect vs drop ears, curled tail)
+    ("shiba_inu", "pomeranian"),  # orange/cream spitz (short vs fluffy coat)
+    ("boxer", "pug", "leonberger"),  # fawn/gold with a black mask
+    ("Bombay", "newfoundland", "scottish_terrier"),  # solid black
+    ("Abyssinian", "Sphynx", "Russian_Blue", "Siamese"),  # slim wedge-headed large-eared cats
+)
+
+_COLOURS: dict[str, tuple[int, int, int]] = {
+    "white": (242, 239, 232), "cream": (232, 220, 194), "silver": (192, 192, 184),
+    "grey": (150, 150, 144), "blue": (124, 132, 146), "silverblue": (152, 164, 180),
+    "lilac": (112, 114, 132), "steel": (78, 86, 104), "black": (30, 27, 27),
+    "seal": (62, 44, 36), "chocolate": (94, 58, 38), "liver": (102, 62, 42),
+    "brindle": (96, 66, 46), "brown": (132, 96, 62), "ruddy": (180, 110, 58),
+    "red": (172, 92, 46), "tan": (186, 124, 64), "orange": (222, 140, 68),
+    "gold": (210, 154, 72), "fawn": (206, 166, 112), "wheat": (222, 198, 146),
+    "pink": (226, 184, 164), "skin": (170, 122, 108),
+}  # fmt: skip
+
+_EYE_COLOURS: dict[str, tuple[int, int, int]] = {
+    "gold": (214, 170, 40), "green": (120, 172, 70), "blue": (80, 150, 226),
+    "copper": (204, 112, 36), "brown": (92, 52, 28), "dark": (40, 26, 20),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Breed:
+    name: str
+    species: int  # 1 = cat, 2 = dog
+    build: str
+    head: str
+    ears: str
+    tail: str
+    coat: str
+    eyes: str
+    size: float
+    palettes: tuple[tuple[tuple[int, int, int], ...], ...]
+    markings: tuple[tuple[str, int], ...]
+
+
+def _table_rows(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.strip().splitlines():
+        if line.startswith("#"):
+            continue
+        fields = line.split()
+        rows[fields[0]] = fields[1:]
+    return rows
+
+
+def _parse_breeds() -> tuple[Breed, ...]:
+    shapes, colours = _table_rows(_SHAPE_TABLE), _table_rows(_COLOUR_TABLE)
+    assert list(shapes) == list(CLASS_NAMES) == list(colours), "trait tables out of order"
+    breeds = []
+    for name in CLASS_NAMES:
+        build, head, ears, tail, coat, eyes, size = shapes[name]
+        palette_text, *marking_text = colours[name]
+        palettes = tuple(
+            tuple(_COLOURS[c] for c in alt.split(",")) for alt in palette_text.split("|")
+        )
+        markings = tuple(
+            (kind, int(index))
+            for kind, index in (m.split(":") for m in marking_text if m != "-")
+        )
+        breeds.append(
+            Breed(name, 1 if name[0].isupper() else 2, build, head, ears, tail, coat, eyes,
+                  float(size), palettes, markings)
+        )  # fmt: skip
+    return tuple(breeds)
+
+
+BREEDS: tuple[Breed, ...] = _parse_breeds()
+
+# Quirk files (named .jpg, other content): (class name, split, rank in that split, format).
+QUIRKS: tuple[tuple[str, str, int, str], ...] = (
+    ("Abyssinian", "trainval", 0, "png"),
+    ("Egyptian_Mau", "test", 0, "png-rgba"),
+    ("beagle", "trainval", 0, "gif"),
+    ("chihuahua", "test", 0, "cmyk"),
+)
+
+# ------------------------------------------------------------------ geometry presets
+
+LW, LH, GROUND = 400, 300, 276  # local canvas for drawing one animal, facing right
+R = 2  # masks are drawn at LW x LH, then coloured and shaded at 1/R of that (speed)
+SW, SH = LW // R, LH // R
+
+_BUILDS = {  # body length, body height, leg length, leg width
+    "slim": (150, 62, 62, 13), "medium": (160, 74, 54, 17), "cobby": (148, 84, 38, 20),
+    "stocky": (160, 92, 48, 25), "tall": (172, 80, 76, 18), "large": (185, 94, 66, 24),
+    "long_low": (205, 76, 28, 21), "toy": (120, 60, 40, 11),
+}  # fmt: skip
+_HEADS = {  # half-width, half-height, muzzle length, muzzle height, boxy muzzle
+    "round": (42, 39, 8, 18, False), "wedge": (36, 38, 14, 17, False),
+    "flat": (46, 44, 0, 0, False), "apple": (40, 42, 12, 15, False),
+    "wide": (50, 45, 24, 34, True), "broad": (44, 40, 34, 30, True),
+    "long": (38, 35, 42, 24, False), "fox": (38, 35, 30, 19, False),
+}  # fmt: skip
+_EARS = {  # style, width and height as fractions of the head half-width
+    "pointed": ("tri", 0.6, 0.65), "large": ("tri", 0.75, 0.95), "huge": ("tri", 0.9, 1.25),
+    "tufted": ("tri", 0.65, 0.8), "small": ("tri", 0.5, 0.38), "erect": ("tri", 0.55, 0.85),
+    "floppy": ("hang", 0.55, 1.35), "long": ("hang", 0.6, 2.0), "rose": ("rose", 0.5, 0.4),
+    "drop": ("drop", 0.55, 0.8),
+}  # fmt: skip
+
+
+# ------------------------------------------------------------------ drawing helpers
+
+
+def _mask() -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    m = Image.new("L", (LW, LH), 0)
+    return m, ImageDraw.Draw(m)
+
+
+def _arr(mask: Image.Image, blur: float = 0.0) -> np.ndarray:
+    """An LW x LH mask as a 0..1 float array at shading resolution, optionally softened."""
+    small = mask.reduce(R)
+    if blur > 0:
+        small = small.filter(ImageFilter.GaussianBlur(blur / R))
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def _soften(a: np.ndarray, blur: float) -> np.ndarray:
+    small = Image.fromarray((a * 255).astype(np.uint8), "L")
+    return np.asarray(small.filter(ImageFilter.GaussianBlur(blur / R)), np.float32) / 255.0
+
+
+def _noise(rng: np.random.Generator, shape) -> np.ndarray:
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+_NOISE_BANK: list[np.ndarray] = []
+
+
+def _pixel_noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Unit gaussian noise (h, w, 3): a random window of a fixed bank (fast, deterministic)."""
+    if not _NOISE_BANK:
+        _NOISE_BANK.append(np.random.default_rng(20240).standard_normal((640, 640, 3), np.float32))
+    bank = _NOISE_BANK[0]
+    oy, ox = int(rng.integers(0, 641 - h)), int(rng.integers(0, 641 - w))
+    window = bank[oy : oy + h, ox : ox + w]
+    return window[::-1] if rng.random() < 0.5 else window
+
+
+_Y = (np.arange(SH, dtype=np.float32)[:, None] + 0.5) * R  # y in canvas units, per array row
+
+
+def _bezier(p0, p1, p2, n: int = 14) -> list[tuple[float, float]]:
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    pts = (1 - t) ** 2 * np.array(p0) + 2 * (1 - t) * t * np.array(p1) + t**2 * np.array(p2)
+    return [(float(x), float(y)) for x, y in pts]
+
+
+def _tapered(draw: ImageDraw.ImageDraw, pts, w0: float, w1: float) -> None:
+    for i in range(len(pts) - 1):
+        w = w0 + (w1 - w0) * i / max(1, len(pts) - 2)
+        draw.line([pts[i], pts[i + 1]], fill=255, width=max(1, int(round(w))))
+        r = w / 2
+        x, y = pts[i + 1]
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=255)
+
+
+def _random_colour(rng: np.random.Generator, s_max: float = 0.65) -> tuple[int, int, int]:
+    h, s, v = rng.random(), rng.uniform(0.0, s_max), rng.uniform(0.2, 0.97)
+    return tuple(int(c * 255) for c in colorsys.hsv_to_rgb(h, s, v))  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------ the animal
+
+
+def _geometry(breed: Breed, rng: np.random.Generator) -> dict:
+    bl, bh, ll, lw = _BUILDS[breed.build]
+    hw, hh, ml, mh, boxy = _HEADS[breed.head]
+    j = lambda a, b: rng.uniform(a, b)  # noqa: E731
+    bl, bh, lw = bl * j(0.9, 1.1), bh * j(0.9, 1.1), lw * j(0.9, 1.1)
+    ll *= j(0.85, 1.15)
+    lying = rng.random() < 0.15
+    if lying:
+        ll *= 0.25
+    k = j(0.9, 1.1)
+    hw, hh, ml, mh = hw * k, hh * k, ml * j(0.85, 1.15), mh * j(0.9, 1.1)
+    cx = 180 + j(-8, 8)
+    by = GROUND - ll  # body bottom line
+    top = by - bh
+    neck = 0.2 if breed.species == 1 else 0.45
+    hx = cx + bl / 2 + hw * j(-0.05, 0.25)
+    hy = top - hh * neck + j(-12, 12)
+    return dict(
+        bl=bl, bh=bh, ll=ll, lw=lw, hw=hw, hh=hh, ml=ml, mh=mh, boxy=boxy, cx=cx, by=by,
+        top=top, hx=hx, hy=hy, left=cx - bl / 2, right=cx + bl / 2, lying=lying,
+        mx0=hx + hw * 0.5 - mh * 0.3, mx1=hx + hw * 0.5 + ml, my=hy + hh * 0.25,
+    )  # fmt: skip
+
+
+def _draw_parts(breed: Breed, g: dict, rng: np.random.Generator) -> dict[str, Image.Image]:
+    """Part masks: far (far legs, far ear), body, legs, head, muzzle, ears, tail, coat."""
+    parts = {name: _mask() for name in ("far", "body", "legs", "head", "muzzle", "ears", "tail")}
+    bl, bh, ll, lw, cx, by, top = (g[k] for k in ("bl", "bh", "ll", "lw", "cx", "by", "top"))
+    hx, hy, hw, hh = g["hx"], g["hy"], g["hw"], g["hh"]
+
+    # body, haunch, neck
+    d = parts["body"][1]
+    d.ellipse([cx - bl / 2, top, cx + bl / 2, by + bh * 0.1], fill=255)
+    d.ellipse([g["left"] + 4, by - bh * 0.8, cx - bl * 0.12, by + bh * 0.12], fill=255)
+    nx, ny = cx + bl * 0.34, top + bh * 0.45
+    d.line([(nx, ny), (hx - hw * 0.2, hy + hh * 0.2)], fill=255, width=int(hh * 1.3))
+    d.ellipse([nx - bh * 0.45, ny - bh * 0.45, nx + bh * 0.45, ny + bh * 0.45], fill=255)
+
+    # legs: near pair in front, far pair (shaded) slightly offset
+    for which, dx in (("far", 0.09 * bl), ("legs", 0.0)):
+        d = parts[which][1]
+        for base in (cx + bl * 0.3, cx - bl * 0.3):
+            x = base + dx + rng.uniform(-6, 6)
+            d.rounded_rectangle([x - lw / 2, by - bh * 0.3, x + lw / 2, GROUND], lw / 2.5, 255)
+            d.ellipse([x - lw / 2 - 2, GROUND - lw * 0.55, x + lw / 2 + 6, GROUND + 2], fill=255)
+
+    # head and muzzle
+    parts["head"][1].ellipse([hx - hw, hy - hh, hx + hw, hy + hh], fill=255)
+    if g["ml"] > 0:
+        box = [g["mx0"], g["my"] - g["mh"] / 2, g["mx1"], g["my"] + g["mh"] / 2]
+        if g["boxy"]:
+            parts["muzzle"][1].rounded_rectangle(box, g["mh"] / 3, 255)
+        else:
+            parts["muzzle"][1].ellipse(box, fill=255)
+
+    # ears
+    style, ew, eh = _EARS[breed.ears]
+    ew, eh = ew * hw * rng.uniform(0.85, 1.15), eh * hw * rng.uniform(0.85, 1.15)
+    tilt = rng.uniform(-0.25, 0.15) * ew
+    for which, ex in (("far", hx + hw * 0.18), ("ears", hx - hw * 0.3)):
+        d = parts[which][1]
+        etop = hy - hh * 0.75
+        if style == "tri":
+            d.polygon([(ex - ew / 2, etop + eh * 0.3), (ex + ew / 2, etop + eh * 0.3),
+                       (ex + tilt, etop - eh)], fill=255)  # fmt: skip
+            if breed.ears == "tufted":
+                d.line([(ex + tilt, etop - eh), (ex + tilt - 2, etop - eh - 10)], 255, 3)
+            if breed.ears == "small":
+                d.ellipse([ex - ew / 2, etop - eh * 0.6, ex + ew / 2, etop + eh * 0.6], 255)
+        elif which == "far" and style in ("hang", "drop"):
+            continue  # hidden behind the head
+        elif style == "hang":
+            x0, y0 = hx - hw * 0.55, hy - hh * 0.8
+            d.ellipse([x0, y0, x0 + ew, y0 + eh], fill=255)
+        elif style == "rose":
+            d.polygon([(ex - ew * 0.6, etop + eh * 0.2), (ex + ew * 0.5, etop),
+                       (ex - ew * 0.9, etop - eh * 0.9)], fill=255)  # fmt: skip
+        else:  # drop: a small V hanging at the side of the head
+            d.polygon([(ex - ew * 0.6, etop), (ex + ew * 0.6, etop - 2),
+                       (ex - ew * 0.1, etop + eh * 1.1)], fill=255)  # fmt: skip
+
+    # tail
+    d = parts["tail"][1]
+    tx, ty = g["left"] + 8, top + bh * 0.3
+    length = bl * rng.uniform(0.45, 0.6)
+    if breed.tail in ("thin", "plume"):
+        w = 8 if breed.tail == "thin" else 18
+        if rng.random() < 0.5:  # held up
+            pts = _bezier((tx, ty), (tx - length * 0.5, ty + length * 0.15),
+                          (tx - length * 0.45, ty - length * 0.7))  # fmt: skip
+        else:  # hanging
+            pts = _bezier((tx, ty), (tx - length * 0.35, ty + length * 0.6),
+                          (tx - length * 0.8, ty + length * 0.5))  # fmt: skip
+        _tapered(d, pts, w, w * 0.75)
+    elif breed.tail == "upright":
+        pts = _bezier((tx, ty), (tx - length * 0.25, ty - length * 0.3),
+                      (tx - length * 0.3, ty - length * 0.75))  # fmt: skip
+        _tapered(d, pts, 10, 5)
+    elif breed.tail == "whip":
+        pts = _bezier((tx, ty), (tx - length * 0.4, ty + length * 0.2),
+                      (tx - length * 0.55, ty + length * 0.7))  # fmt: skip
+        _tapered(d, pts, 12, 3)
+    elif breed.tail in ("otter", "feathered"):
+        pts = _bezier((tx, ty), (tx - length * 0.25, ty + length * 0.45),
+                      (tx - length * 0.4, ty + length * 0.9))  # fmt: skip
+        _tapered(d, pts, 18, 10) if breed.tail == "otter" else _tapered(d, pts, 11, 6)
+        if breed.tail == "feathered":
+            d.polygon([pts[3], pts[-1], (pts[-1][0] + 16, pts[-1][1] - 6)], fill=255)
+    elif breed.tail == "curled":
+        r = bh * rng.uniform(0.28, 0.36)
+        ccx, ccy = tx + r * 0.6, top - r * 0.35
+        d.ellipse([ccx - r, ccy - r, ccx + r, ccy + r], outline=255, width=int(r * 0.75))
+    else:  # stub
+        d.ellipse([tx - 12, ty - 8, tx + 4, ty + 6], fill=255)
+
+    # coat: extra fur drawn into its own mask (fringes, ruffs, jagged outlines)
+    coat, d = _mask()
+    if breed.coat in ("long", "fluffy", "wiry"):
+        n, lo, hi, width = {"long": (40, 8, 18, 3), "fluffy": (70, 6, 16, 4),
+                            "wiry": (60, 3, 9, 2)}[breed.coat]  # fmt: skip
+        ellipses = [(cx, top + bh * 0.55, bl / 2, bh * 0.55), (hx, hy, hw, hh)]
+        for i in range(n):
+            ecx, ecy, a, b = ellipses[i % 2]
+            if breed.coat == "long":  # fringe hangs below the body
+                th = rng.uniform(0.15, 0.85) * np.pi
+                length = rng.uniform(lo, hi) * (1.0 if i % 2 == 0 else 0.5)
+                x0, y0 = ecx + a * np.cos(th), ecy + b * np.sin(th)
+                x1, y1 = x0 + rng.uniform(-3, 3), y0 + length
+            else:
+                th = rng.uniform(0, 2 * np.pi)
+                length = rng.uniform(lo, hi)
+                x0, y0 = ecx + a * np.cos(th), ecy + b * np.sin(th)
+                x1, y1 = x0 + length * np.cos(th), y0 + length * np.sin(th)
+            d.line([(x0, y0), (x1, y1)], fill=255, width=width)
+        if breed.coat == "fluffy":  # ruff around the neck and chest
+            d.ellipse([hx - hw * 1.2, hy - hh * 0.4, hx + hw * 0.6, top + bh * 0.9], fill=255)
+        if breed.coat == "wiry" and g["ml"] > 0:  # beard
+            d.ellipse([g["mx0"], g["my"], g["mx1"] - 2, g["my"] + g["mh"] * 1.1], fill=255)
+        if breed.ears == "long":  # feathered ears
+            x0, y0 = hx - hw * 0.55, hy - hh * 0.8 + ew * 0.1
+            d.ellipse([x0 - 3, y0 + eh * 0.3, x0 + ew + 4, y0 + eh + 8], fill=255)
+    parts["coat"] = (coat, d)
+    return {k: v[0] for k, v in parts.items()}
+
+
+def _marking_mask(
+    kind: str, g: dict, parts: dict, arrs: dict, rng: np.random.Generator
+) -> np.ndarray:
+    """Soft 0..1 mask of where a marking's colour goes (`arrs`: the part masks as arrays)."""
+    bl, bh, cx, by, top = g["bl"], g["bh"], g["cx"], g["by"], g["top"]
+    hx, hy, hw, hh = g["hx"], g["hy"], g["hw"], g["hh"]
+    m, d = _mask()
+    if kind == "ticked":
+        return (rng.random((SH, SW), dtype=np.float32) < 0.4).astype(np.float32) * 0.55
+    if kind in ("spots", "rosettes"):
+        n = rng.integers(24, 36) if kind == "spots" else rng.integers(13, 19)
+        for _ in range(n):
+            x = rng.uniform(g["left"] + 4, g["right"] + 8)
+            y = rng.uniform(top + 4, g["by"] + (GROUND - by) * 0.6)
+            r = rng.uniform(4, 7.5) if kind == "spots" else rng.uniform(7, 11)
+            rr = r * rng.uniform(0.7, 1.0)
+            if kind == "spots":
+                d.ellipse([x - r, y - rr, x + r, y + rr], fill=255)
+            else:
+                d.ellipse([x - r, y - rr, x + r, y + rr], fill=110, outline=255, width=3)
+        return _arr(m, 0.6)
+    if kind in ("stripes", "brindle"):
+        step, width, strength = (rng.uniform(15, 20), rng.uniform(5, 7), 0.9) if (
+            kind == "stripes") else (rng.uniform(6, 8), 2.5, 0.55)  # fmt: skip
+        x = g["left"] - bl * 0.45
+        while x < g["right"] + 6:
+            y0 = top - 4
+            y1 = top + bh * rng.uniform(0.55, 0.85)
+            mid = (x + rng.uniform(-6, 6), (y0 + y1) / 2)
+            d.line(_bezier((x, y0), mid, (x + rng.uniform(-8, 8), y1), 6), 255, int(width))
+            x += step * rng.uniform(0.85, 1.15)
+        if kind == "stripes":
+            y = by + 6
+            while y < GROUND - 6:  # leg bands
+                d.line([(0, y), (LW, y + rng.uniform(-3, 3))], fill=255, width=4)
+                y += rng.uniform(11, 15)
+            for i in range(3):  # forehead
+                fx = hx - hw * 0.35 + i * hw * 0.28
+                d.line([(fx, hy - hh * 0.95), (fx + 2, hy - hh * 0.45)], fill=255, width=3)
+        return _arr(m, 0.8) * strength
+    if kind == "patches":
+        for _ in range(rng.integers(2, 5)):
+            x = rng.uniform(g["left"], hx + hw)
+            y = rng.uniform(hy - hh, by)
+            a, b = rng.uniform(16, 42), rng.uniform(13, 32)
+            d.ellipse([x - a, y - b, x + a, y + b], fill=255)
+        return _arr(m, 1.5)
+    if kind == "headpatch":  # ears and a patch over the eye
+        m = parts["ears"].copy()
+        d = ImageDraw.Draw(m)
+        ex, ey = hx + hw * 0.42, hy - hh * 0.12
+        r = hw * rng.uniform(0.35, 0.5)
+        d.ellipse([ex - r * 1.2, ey - r, ex + r * 0.6, ey + r * 0.8], fill=255)
+        d.ellipse([hx - hw * 0.9, hy - hh, hx + hw * 0.1, hy + hh * 0.2], fill=255)
+        return np.maximum(_arr(m, 1.5), arrs["far"] * (_Y < hy))
+    if kind in ("points", "tan"):
+        leg_cut = by + (GROUND - by) * (0.15 if kind == "points" else 0.45)
+        legs = np.maximum(arrs["legs"], arrs["far"]) * (_Y > leg_cut)
+        if kind == "points":
+            d.ellipse([hx + hw * 0.05, hy - hh * 0.45, g["mx1"] + 4, hy + hh * 0.95], fill=255)
+            region = np.maximum(_arr(m, 5), legs)
+            for name in ("ears", "tail", "muzzle"):
+                region = np.maximum(region, arrs[name])
+            region = np.maximum(region, arrs["far"] * (_Y < hy))
+            return np.clip(region, 0, 1) * 0.95
+        m = parts["muzzle"].copy()
+        d = ImageDraw.Draw(m)
+        d.ellipse([cx + bl * 0.3, by - bh * 0.6, cx + bl * 0.55, by - bh * 0.05], fill=255)
+        ex, ey = hx + hw * 0.42, hy - hh * 0.12
+        d.ellipse([ex - 5, ey - 14, ex + 5, ey - 6], fill=255)  # eyebrow dot
+        return np.maximum(_arr(m, 2.5), legs)
+    if kind == "underside":
+        d.ellipse([cx - bl * 0.35, by - bh * 0.32, cx + bl * 0.5 + 6, by + bh * 0.3], fill=255)
+        d.ellipse([hx - hw * 0.6, hy + hh * 0.15, hx + hw * 0.5, by - bh * 0.1], fill=255)
+        d.ellipse([g["mx0"], g["my"], g["mx1"] + 2, g["my"] + g["mh"]], fill=255)
+        return _arr(m, 4)
+    if kind == "saddle":
+        d.ellipse([g["left"] - 10, top - 14, cx + bl * 0.28, top + bh * 0.6], fill=255)
+        return _arr(m, 4)
+    if kind == "mask":
+        m = parts["muzzle"].copy()
+        d = ImageDraw.Draw(m)
+        ex, ey = hx + hw * 0.42, hy - hh * 0.12
+        d.ellipse([ex - hw * 0.35, ey - hh * 0.3, g["mx1"], g["my"] + g["mh"] * 0.5], fill=255)
+        return _arr(m, 3) * 0.92
+    if kind == "socks":
+        cut = GROUND - (GROUND - by) * 0.4 - 4
+        legs = np.maximum(arrs["legs"], arrs["far"])
+        return legs * (_Y > cut)
+    if kind == "ears":
+        return np.maximum(_arr(parts["ears"], 1), _arr(parts["far"], 1) * (_Y < hy))
+    if kind == "head":
+        m = parts["head"].copy()
+        m.paste(255, mask=parts["muzzle"])
+        m.paste(255, mask=parts["ears"])
+        return _arr(m, 2)
+    if kind == "wrinkles":
+        for i in range(4):
+            y = hy - hh * 0.7 + i * hh * 0.2
+            d.arc([hx - hw * 0.6, y, hx + hw * 0.7, y + hh * 0.5], 200, 340, 255, 2)
+        for i in range(3):
+            x = cx + bl * (0.2 + 0.08 * i)
+            d.arc([x - 14, top + 8, x + 14, top + bh * 0.7], 240, 300, 255, 2)
+        return _arr(m, 0.5) * 0.6
+    raise ValueError(f"unknown marking kind {kind!r}")
+
+
+
+
+def _draw_animal(breed: Breed, rng: np.random.Generator) -> Image.Image:
+    """One animal, facing right, on a transparent LW x LH canvas."""
+    g = _geometry(breed, rng)
+    parts = _draw_parts(breed, g, rng)
+    arrs = {name: _arr(mask) for name, mask in parts.items()}
+
+    palette = breed.palettes[int(rng.integers(len(breed.palettes)))]
+    shade = rng.normal(1.0, 0.05)
+    colours = [np.clip(np.array(c) * shade + rng.normal(0, 6, 3), 0, 255) for c in palette]
+
+    # silhouette
+    sil = arrs["far"]
+    for name in ("body", "legs", "head", "muzzle", "ears", "tail", "coat"):
+        sil = np.maximum(sil, arrs[name])
+    if breed.coat == "fluffy":  # puff the whole outline
+        sil = np.maximum(sil, np.clip(_soften(sil, 5) * 3 - 0.6, 0, 1))
+
+    # fur colour over the whole canvas: base, then markings in table order
+    fur = np.empty((SH, SW, 3), np.float32)
+    fur[:] = colours[0]
+    for kind, index in breed.markings:
+        m = _marking_mask(kind, g, parts, arrs, rng)[..., None]
+        fur += (colours[min(index, len(colours) - 1)] - fur) * m
+
+    # texture and shading
+    if breed.coat == "short":
+        tex = 1.0 + 0.035 * _noise(rng, (SH, SW))
+    elif breed.coat == "hairless":
+        tex = np.ones((SH, SW), np.float32)
+    else:  # streaky fur
+        tex = np.repeat(1.0 + 0.06 * _noise(rng, (SH // 4 + 1, SW)), 4, 0)[:SH]
+    y0 = min(g["top"], g["hy"] - g["hh"])
+    vertical = 1.1 - 0.28 * np.clip((_Y - y0) / (GROUND - y0), 0, 1)
+    edge = _soften(sil, 3)
+    rim = 0.72 + 0.28 * np.clip(edge * 1.6 - 0.3, 0, 1)
+    far_only = arrs["far"] * (1 - np.maximum.reduce(
+        [arrs[n] for n in ("body", "legs", "head", "ears")]))  # fmt: skip
+    light = tex * vertical * rim * (1 - 0.22 * far_only)
+    fur = np.clip(fur * light[..., None], 0, 255)
+
+    img = Image.fromarray(fur.astype(np.uint8), "RGB")
+    img.putalpha(Image.fromarray((sil * 255).astype(np.uint8), "L"))
+    img = img.resize((LW, LH), Image.Resampling.BILINEAR)
+    _draw_face(img, breed, g, colours[0], rng)
+    return img
+
+
+def _draw_face(img: Image.Image, breed: Breed, g: dict, base, rng) -> None:
+    d = ImageDraw.Draw(img)
+    hx, hy, hw, hh = g["hx"], g["hy"], g["hw"], g["hh"]
+    cat = breed.species == 1
+    flat = g["ml"] == 0
+    ex, ey = (hx + hw * 0.55, hy - hh * 0.05) if flat else (hx + hw * 0.42, hy - hh * 0.12)
+    r = hw * (0.17 if cat else 0.12) * (1.25 if flat or breed.head == "apple" else 1.0)
+    iris = _EYE_COLOURS[breed.eyes]
+    closed = rng.random() < 0.06
+    if closed:
+        d.arc([ex - r, ey - r * 0.6, ex + r, ey + r * 0.6], 10, 170, (20, 16, 14), 2)
+    else:
+        d.ellipse([ex - r, ey - r * 0.85, ex + r, ey + r * 0.85], fill=iris, outline=(15, 12, 10))
+        if cat:
+            d.ellipse([ex - r * 0.2, ey - r * 0.75, ex + r * 0.2, ey + r * 0.75], (10, 8, 8))
+        else:
+            d.ellipse([ex - r * 0.5, ey - r * 0.5, ex + r * 0.5, ey + r * 0.5], (12, 9, 8))
+        d.ellipse([ex + r * 0.1, ey - r * 0.5, ex + r * 0.4, ey - r * 0.2], (250, 250, 250))
+    # nose and mouth
+    if flat:
+        nx, ny = hx + hw * 0.95, hy + hh * 0.2
+    else:
+        nx, ny = g["mx1"] - 3, g["my"] - g["mh"] * 0.3
+    base = np.asarray(base, np.float32)
+    nose = tuple(int(v) for v in (0.45 * base + (110, 60, 60))) if cat else (28, 22, 22)
+    ns = 5 if cat else 7 + g["mh"] * 0.08
+    d.ellipse([nx - ns, ny - ns * 0.7, nx + ns * 0.6, ny + ns * 0.8], fill=nose)
+    mouth = (40, 28, 26)
+    d.line([(nx - 2, ny + ns), (nx - ns * 1.5, ny + ns * 2.2)], fill=mouth, width=2)
+    if cat:  # whiskers
+        for k in (-1, 0, 1):
+            d.line([(nx - 4, ny + 4), (nx + 24, ny + 2 + k * 7)], fill=(235, 232, 225), width=1)
+
+
+# ------------------------------------------------------------------ the scene
+
+
+def _image_size(rng: np.random.Generator) -> tuple[int, int]:
+    long_side = int(rng.integers(300, 501))
+    short_side = max(200, int(long_side * rng.uniform(0.6, 0.88)))
+    return (long_side, short_side) if rng.random() < 0.7 else (short_side, long_side)
+
+
+def _background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    w, h = size
+    wall = _random_colour(rng)
+    img = Image.new("RGB", size, wall)
+    d = ImageDraw.Draw(img)
+    if rng.random() < 0.35:  # wallpaper stripes
+        alt = tuple(int(np.clip(c + rng.normal(0, 25), 0, 255)) for c in wall)
+        step = int(rng.integers(12, 40))
+        for x in range(0, w, step):
+            d.rectangle([x, 0, x + step // 2, h], fill=alt)
+    if rng.random() < 0.75:  # floor
+        horizon = int(h * rng.uniform(0.45, 0.8))
+        d.rectangle([0, horizon, w, h], fill=_random_colour(rng))
+    for _ in range(int(rng.integers(2, 9))):  # clutter
+        _clutter_shape(d, rng, size)
+    return img
+
+
+def _clutter_shape(d: ImageDraw.ImageDraw, rng: np.random.Generator, size) -> None:
+    w, h = size
+    s = min(w, h) * rng.uniform(0.06, 0.35)
+    x, y = rng.uniform(-0.1 * w, w), rng.uniform(-0.1 * h, h)
+    colour = _random_colour(rng, 0.9)
+    kind = rng.integers(4)
+    if kind == 0:
+        d.rectangle([x, y, x + s * rng.uniform(0.5, 2), y + s * rng.uniform(0.5, 2)], colour)
+    elif kind == 1:
+        d.ellipse([x, y, x + s, y + s * rng.uniform(0.6, 1.4)], colour)
+    elif kind == 2:
+        pts = [(x + s * rng.uniform(-1, 1), y + s * rng.uniform(-1, 1)) for _ in range(3)]
+        d.polygon(pts, colour)
+    else:
+        d.line([(x, y), (x + s * rng.uniform(-2, 2), y + s * rng.uniform(-2, 2))], colour,
+               int(rng.integers(2, 9)))  # fmt: skip
+
+
+def render_image(class_index: int, number: int, seed: int = 0) -> Image.Image:
+    """The RGB picture for image `<CLASS_NAMES[class_index]>_<number>` under `seed`."""
+    breed = BREEDS[class_index]
+    rng = np.random.default_rng((seed, class_index, number))
+    size = _image_size(rng)
+    scene = _background(rng, size)
+    w, h = size
+
+    animal = _draw_animal(breed, rng)
+    animal = animal.crop(animal.getchannel("A").getbbox())
+    if rng.random() < 0.5:
+        animal = animal.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    angle = rng.uniform(-15, 15)
+    aw, ah = animal.size
+    frac = min(1.0, rng.uniform(0.55, 0.9) * breed.size)
+    # size after rotation, approximately: fit the rotated box into the frame
+    c, s = abs(np.cos(np.radians(angle))), abs(np.sin(np.radians(angle)))
+    scale = min(w * frac / (aw * c + ah * s), 0.95 * h / (aw * s + ah * c))
+    animal = animal.resize((max(1, int(aw * scale)), max(1, int(ah * scale))),
+                           Image.Resampling.BILINEAR)  # fmt: skip
+    animal = animal.rotate(angle, Image.Resampling.BILINEAR, expand=True)
+    aw, ah = animal.size
+    x = int(rng.uniform(-0.08 * aw, w - 0.92 * aw))
+    y = int(rng.uniform(-0.04 * ah, h - 0.96 * ah))
+
+    # soft ground shadow, then the animal, then maybe an occluder in front
+    sw, sh = max(1, int(aw * 0.8)), max(1, int(ah * 0.12))
+    shadow = Image.new("L", (sw + 16, sh + 16), 0)
+    ImageDraw.Draw(shadow).ellipse([8, 8, sw + 8, sh + 8], fill=int(rng.integers(40, 110)))
+    sx, sy = int(x + aw * 0.1) - 8, int(y + ah * 0.92) - 8
+    scene.paste((0, 0, 0), (sx, sy, sx + sw + 16, sy + sh + 16),
+                shadow.filter(ImageFilter.GaussianBlur(4)))  # fmt: skip
+    scene.paste(animal, (x, y), animal)
+    if rng.random() < 0.2:  # something in front: a cushion or box edge from the bottom
+        top = h * rng.uniform(0.8, 0.93)
+        x0 = rng.uniform(-0.2, 0.7) * w
+        ImageDraw.Draw(scene).rounded_rectangle(
+            [x0, top, x0 + w * rng.uniform(0.3, 0.7), h + 10], 8, _random_colour(rng)
+        )
+
+    # lighting, colour cast, noise, blur
+    arr = np.asarray(scene, np.float32)
+    gain = rng.uniform(0.72, 1.22)
+    cast = 1.0 + rng.normal(0, 0.04, 3)
+    theta = rng.uniform(0, 2 * np.pi)
+    xx = np.linspace(-0.5, 0.5, w, dtype=np.float32)[None, :]
+    yy = np.linspace(-0.5, 0.5, h, dtype=np.float32)[:, None]
+    ramp = xx * np.float32(np.cos(theta)) + yy * np.float32(np.sin(theta))
+    light = (gain * (1.0 + rng.uniform(0, 0.45) * ramp))[..., None] * cast.astype(np.float32)
+    arr = arr * light + np.float32(rng.uniform(2, 9)) * _pixel_noise(rng, h, w)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    if rng.random() < 0.5:
+        img = img.filter(ImageFilter.BoxBlur(rng.uniform(0.3, 1.0)))  # a box: 3x cheaper
+    return img
+
+
+# ------------------------------------------------------------------ encoding and layout
+
+
+def _encode(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        img.save(buf, "JPEG", quality=JPEG_QUALITY)
+    elif fmt == "png":
+        img.save(buf, "PNG")
+    elif fmt == "png-rgba":  # transparent corners: alpha falls off outside a centred ellipse
+        w, h = img.size
+        alpha = Image.new("L", img.size, 0)
+        ImageDraw.Draw(alpha).ellipse([-0.1 * w, -0.1 * h, 1.1 * w, 1.1 * h], fill=255)
+        rgba = img.copy()
+        rgba.putalpha(alpha.filter(ImageFilter.GaussianBlur(6)))
+        rgba.save(buf, "PNG")
+    elif fmt == "gif":
+        img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            buf, "GIF"
+        )
+    elif fmt == "cmyk":
+        img.convert("CMYK").save(buf, "JPEG", quality=JPEG_QUALITY)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    return buf.getvalue()
+
+
+def _marker_text(seed: int, trainval_per_class: int, test_per_class: int) -> str:
+    return (
+        "SYNTHETIC data: NOT the Oxford-IIIT Pet dataset.\n"
+        "Procedurally drawn cats and dogs in the Oxford-IIIT Pet layout, made by petq.synth.\n"
+        f"generator_version: {GENERATOR_VERSION}\n"
+        f"seed: {seed}\n"
+        f"trainval_per_class: {trainval_per_class}\n"
+        f"test_per_class: {test_per_class}\n"
+        f"classes: {len(CLASS_NAMES)}\n"
+    )
+
+
+def _species_and_breed_ids() -> list[tuple[int, int]]:
+    counts = {1: 0, 2: 0}
+    ids = []
+    for name in CLASS_NAMES:
+        species = 1 if name[0].isupper() else 2
+        counts[species] += 1
+        ids.append((species, counts[species]))
+    return ids
+
+
+def _plan(seed: int, trainval_per_class: int, test_per_class: int):
+    """[(class index, number, split, format)], in list order (class, then number)."""
+    quirks = {(CLASS_NAMES.index(c), s, k): f for c, s, k, f in QUIRKS}
+    plan = []
+    total = trainval_per_class + test_per_class
+    for ci in range(len(CLASS_NAMES)):
+        order = np.random.default_rng((seed, ci, 1 << 30)).permutation(total) + 1
+        splits = {"trainval": sorted(order[:trainval_per_class].tolist()),
+                  "test": sorted(order[trainval_per_class:].tolist())}  # fmt: skip
+        rows = []
+        for split, numbers in splits.items():
+            for rank, number in enumerate(numbers):
+                rows.append((ci, number, split, quirks.get((ci, split, rank), "jpeg")))
+        plan.extend(sorted(rows, key=lambda r: r[1]))
+    return plan
+
+
+def is_synthetic(root: Path | str) -> bool:
+    """True when `root` holds a dataset made by this module (its SYNTHETIC marker)."""
+    return (Path(root) / MARKER_NAME).is_file()
+
+
+def generate(
+    root: Path | str,
+    *,
+    trainval_per_class: int = 40,
+    test_per_class: int = 20,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+) -> Path:
+    """Write a synthetic Oxford-IIIT-Pet-layout dataset at `root`; return `root`.
+
+    The files are written into `<root>.partial` and renamed into place at the end,
+    so an interrupted run never leaves a half dataset at `root` (a failed run removes
+    its `.partial`; a stale one from a killed run is removed by the next run).
+    A complete dataset already at `root` with the same parameters (same SYNTHETIC
+    marker text) is kept as is; a synthetic one with other parameters is replaced.
+    A non-synthetic, non-empty folder at `root` (the real dataset, say) is never
+    touched: FileExistsError.
+
+    `progress(done, total)` is called in this process as images are written (after
+    each image, or each batch of a few images when working in parallel).
+    `workers`: processes to draw with (default: CPU count, at most 4; 1 = in this
+    process). Workers are spawned, not forked, so a caller with threads (TensorFlow,
+    Streamlit) is safe; a plain script calling this needs the usual
+    `if __name__ == "__main__":` guard. The bytes written do not depend on `workers`.
+    """
+    root = Path(root)
+    if trainval_per_class < 1 or test_per_class < 1:
+        raise ValueError(
+            f"need at least one image per class and split, got trainval_per_class="
+            f"{trainval_per_class}, test_per_class={test_per_class}"
+        )
+    marker = _marker_text(seed, trainval_per_class, test_per_class)
+    if root.exists():
+        if is_synthetic(root) and (root / MARKER_NAME).read_text(encoding="utf-8") == marker:
+            return root
+        if not root.is_dir() or (any(root.iterdir()) and not is_synthetic(root)):
+            raise FileExistsError(f"{root}: exists and is not a synthetic dataset; not replacing")
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+
+    partial = root.with_name(root.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    try:
+        _write(partial, marker, seed, trainval_per_class, test_per_class, progress, workers)
+        if root.exists():
+            old = root.with_name(root.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            root.rename(old)
+            partial.rename(root)
+            shutil.rmtree(old)
+        else:
+            partial.rename(root)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return root
+
+
+def _draw_batch(images: str, seed: int, batch: list[tuple[int, int, str]]) -> int:
+    """Draw and write a batch of (class index, number, format); runs in a worker."""
+    for ci, number, fmt in batch:
+        path = Path(images) / f"{CLASS_NAMES[ci]}_{number}.jpg"
+        path.write_bytes(_encode(render_image(ci, number, seed), fmt))
+    return len(batch)
+
+
+def _write(out: Path, marker: str, seed: int, n_trainval: int, n_test: int, progress,
+           workers: int) -> None:  # fmt: skip
+    images, ann = out / "images", out / "annotations"
+    images.mkdir(parents=True)
+    ann.mkdir()
+    plan = _plan(seed, n_trainval, n_test)
+    total = len(plan)
+    report = progress or (lambda done, total: None)
+    jobs = [(ci, number, fmt) for ci, number, _, fmt in plan]
+    if workers <= 1 or total < 64:
+        for done, job in enumerate(jobs, start=1):
+            _draw_batch(str(images), seed, [job])
+            report(done, total)
+    else:
+        batches = [jobs[i : i + 8] for i in range(0, total, 8)]
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        try:
+            futures = [pool.submit(_draw_batch, str(images), seed, b) for b in batches]
+            done = 0
+            for future in as_completed(futures):
+                done += future.result()
+                report(done, total)
+        finally:  # on error, drop the queued batches and wait for the running ones
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    ids = _species_and_breed_ids()
+    lines: dict[str, list[str]] = {"all": [], "trainval": [], "test": []}
+    for ci, number, split, _ in plan:
+        species, breed_id = ids[ci]
+        line = f"{CLASS_NAMES[ci]}_{number} {ci + 1} {species} {breed_id}"
+        lines["all"].append(line)
+        lines[split].append(line)
+    (ann / "list.txt").write_text("\n".join([*LIST_HEADER, *lines["all"]]) + "\n", "utf-8")
+    (ann / "trainval.txt").write_text("\n".join(lines["trainval"]) + "\n", "utf-8")
+    (ann / "test.txt").write_text("\n".join(lines["test"]) + "\n", "utf-8")
+    (out / MARKER_NAME).write_text(marker, "utf-8")  # last: marks the folder complete

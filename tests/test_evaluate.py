@@ -1,0 +1,59 @@
+"""Metrics against hand-computed confusion matrices; agreement; latency shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from petq.evaluate import agreement, compute_metrics
+
+
+def one_hot_scores(predicted, num_classes):
+    scores = np.zeros((len(predicted), num_classes))
+    scores[np.arange(len(predicted)), predicted] = 1.0
+    return scores
+
+
+def test_metrics_match_hand_computed_confusion_matrix():
+    # truth:     0 0 0 0 1 1 2 2 2 2
+    # predicted: 0 0 1 2 1 1 2 2 2 0
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+    predicted = np.array([0, 0, 1, 2, 1, 1, 2, 2, 2, 0])
+    m = compute_metrics(labels, one_hot_scores(predicted, 3), 3)
+    assert m["confusion_matrix"] == [[2, 1, 1], [0, 2, 0], [1, 0, 3]]  # rows = truth
+    assert m["accuracy"] == pytest.approx(7 / 10)
+    # precision = TP / predicted-as-class: 2/3, 2/3, 3/4
+    assert m["per_class_precision"] == pytest.approx([2 / 3, 2 / 3, 3 / 4])
+    # sensitivity = TP / truly-class: 2/4, 2/2, 3/4 (the lab's metrics.py swaps these)
+    assert m["per_class_sensitivity"] == pytest.approx([1 / 2, 1.0, 3 / 4])
+    assert m["mean_precision"] == pytest.approx((2 / 3 + 2 / 3 + 3 / 4) / 3)
+    assert m["mean_sensitivity"] == pytest.approx((1 / 2 + 1 + 3 / 4) / 3)
+    assert m["g_mean"] == pytest.approx((1 / 2 * 1 * 3 / 4) ** (1 / 3))
+
+
+def test_class_never_predicted_and_class_absent():
+    # class 1 present but never predicted; class 3 neither present nor predicted
+    labels = np.array([0, 0, 1, 2])
+    predicted = np.array([0, 0, 0, 2])
+    m = compute_metrics(labels, one_hot_scores(predicted, 4), 4)
+    assert m["per_class_precision"][1] == 0.0  # no division by zero
+    assert m["per_class_precision"][3] is None and m["per_class_sensitivity"][3] is None
+    assert m["g_mean"] == 0.0  # a class with zero recall
+    assert m["mean_sensitivity"] == pytest.approx((1 + 0 + 1) / 3)
+    assert m["mean_precision"] == pytest.approx((2 / 3 + 0 + 1) / 3)
+
+
+def test_top5_uses_scores_not_just_argmax():
+    rng = np.random.default_rng(66)
+    labels = np.arange(10)
+    scores = rng.random((10, 10))
+    scores[np.arange(10), labels] = -1.0  # truth ranked last: never in the top 5
+    scores[0, 0] = 2.0  # ...except image 0, ranked first
+    m = compute_metrics(labels, scores, 10)
+    assert m["top5"] == pytest.approx(0.1)
+    assert m["accuracy"] == pytest.approx(0.1)
+
+
+def test_agreement():
+    assert agreement(np.array([1, 2, 3, 4]), np.array([1, 2, 0, 4])) == 0.75
+    assert np.isnan(agreement(np.array([1]), np.array([1, 2])))

@@ -1,0 +1,141 @@
+"""The pipeline on real parts: converter, LiteRT interpreter, cache on disk."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import CLASSES
+from petq.errors import ModelError, SpecError
+from petq.runtime import LiteRTRunner
+from petq.types import VariantKind, VariantSpec
+from petq.workspace import Workspace
+
+KINDS = [VariantSpec.native(), VariantSpec.fp32(), VariantSpec.int8(0.5),
+         VariantSpec.imbint8((1,))]
+
+
+@pytest.mark.parametrize("spec", KINDS, ids=lambda s: s.name)
+def test_every_kind_evaluates_and_is_cached(workspace, spec):
+    row, _ = workspace.evaluate(spec)
+    assert row["variant"] == spec.name
+    assert row["n_images"] == len(workspace.dataset.test)
+    assert row["accuracy"] >= 0.75  # the fixture classes are separable by colour
+    for key in ("mean_precision", "mean_sensitivity", "g_mean", "top5"):
+        assert 0.0 <= row[key] <= 1.0
+    assert row["latency_p50_ms"] > 0 and row["latency_runs"] == 100
+    again, computed = workspace.evaluate(spec)
+    assert not computed and again["accuracy"] == row["accuracy"]
+    details = workspace.details(row["result_key"])
+    assert np.asarray(details["confusion_matrix"]).sum() == row["n_images"]
+    assert len(details["top1"]) == row["n_images"]
+
+
+def test_int8_variant_is_int8_and_smaller(workspace):
+    fp32, _ = workspace.tflite(VariantSpec.fp32())
+    int8, _ = workspace.tflite(VariantSpec.int8(0.5))
+    runner = LiteRTRunner(int8.file("model.tflite"), threads=1)
+    assert runner.quantized_input and runner.input_dtype == np.int8
+    assert int8.file("model.tflite").stat().st_size < fp32.file("model.tflite").stat().st_size
+    assert int8.manifest["calibration_count"] == len(workspace.dataset.trainval) // 2
+
+
+def test_calibration_never_uses_test_images(workspace):
+    test_ids = {s.image_id for s in workspace.dataset.test}
+    for spec in (VariantSpec.int8(1.0), VariantSpec.imbint8((0, 1))):
+        calibration = {s.image_id for s in workspace.calibration_samples(spec)}
+        assert calibration and not calibration & test_ids
+
+
+def test_imbalanced_calibration_uses_only_chosen_classes(workspace):
+    hist = workspace.calibration_histogram(VariantSpec.imbint8((2,)))
+    assert hist[CLASSES[2][0]] > 0
+    assert sum(v for k, v in hist.items() if k != CLASSES[2][0]) == 0
+    with pytest.raises(SpecError, match="out of range"):
+        workspace.calibration_samples(VariantSpec.imbint8((5,)))
+
+
+def test_keys_change_with_what_changes_the_artifact(workspace):
+    a = workspace.variant_key(VariantSpec.int8(0.5))
+    assert a == workspace.variant_key(VariantSpec.int8(0.5))
+    assert a != workspace.variant_key(VariantSpec.int8(0.5, seed=99))
+    assert a != workspace.variant_key(VariantSpec.int8(0.3))
+
+
+def test_changed_model_bytes_give_new_keys(tiny_model, pet_root, tmp_path):
+    copy = tmp_path / "copy.keras"
+    shutil.copy(tiny_model, copy)
+    shutil.copy(tiny_model.with_suffix(".json"), copy.with_suffix(".json"))
+    a = Workspace(copy, pet_root, tmp_path / "c").variant_key(VariantSpec.fp32())
+    with open(copy, "ab") as handle:
+        handle.write(b"\0")
+    b = Workspace(copy, pet_root, tmp_path / "c").variant_key(VariantSpec.fp32())
+    assert a != b
+
+
+def test_corrupt_tflite_in_cache_is_rebuilt(tiny_model, pet_root, tmp_path):
+    ws = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)
+    entry, built = ws.tflite(VariantSpec.fp32())
+    assert built
+    data = entry.file("model.tflite").read_bytes()
+    entry.file("model.tflite").write_bytes(data[: len(data) // 2])
+    entry2, built2 = ws.tflite(VariantSpec.fp32())
+    assert built2 and entry2.file("model.tflite").read_bytes() == data
+    LiteRTRunner(entry2.file("model.tflite"), threads=1)
+
+
+def test_results_listing_is_filtered_to_model_and_dataset(workspace):
+    workspace.evaluate(VariantSpec.fp32())
+    rows = workspace.results()
+    assert rows and all(r["model_sha"] == workspace.model_sha for r in rows)
+    kinds = [r["kind"] for r in rows]
+    assert kinds == sorted(kinds, key=[k.value for k in VariantKind].index)
+
+
+def test_test_fraction_evaluates_a_stratified_subset(workspace):
+    row, _ = workspace.evaluate(VariantSpec.fp32(), test_fraction=0.4)
+    assert row["n_images"] == int(np.ceil(0.4 * len(workspace.dataset.test)))
+    assert row["test_fraction"] == 0.4
+
+
+def test_not_a_keras_model(pet_root, tmp_path):
+    bogus = tmp_path / "bogus.keras"
+    bogus.write_bytes(b"definitely not a model")
+    ws = Workspace(bogus, pet_root, tmp_path / "cache")
+    with pytest.raises(ModelError, match="bogus.keras: not a loadable Keras model"):
+        ws.evaluate(VariantSpec.native())
+    with pytest.raises(ModelError, match="not found"):
+        Workspace(tmp_path / "missing.keras", pet_root, tmp_path / "cache")
+
+
+def test_truncated_tflite_gives_clear_error(tmp_path, workspace):
+    entry, _ = workspace.tflite(VariantSpec.fp32())
+    data = entry.file("model.tflite").read_bytes()
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(data[:200])
+    with pytest.raises(ModelError, match="broken.tflite: not a valid TFLite model"):
+        LiteRTRunner(broken)
+
+
+def test_class_count_mismatch(tiny_model, tmp_path):
+    from conftest import write_pet_tree
+
+    other = write_pet_tree(tmp_path / "other")
+    (other / "annotations" / "test.txt").write_text("Abyssinian_11 1 1 1\n")
+    (other / "annotations" / "trainval.txt").write_text("Abyssinian_1 1 1 1\n")
+    with pytest.raises(ModelError, match="4 classes"):
+        Workspace(tiny_model, other, tmp_path / "cache")
+
+
+def test_unreadable_image_is_skipped_with_a_counted_warning(tiny_model, tmp_path):
+    from conftest import write_pet_tree
+
+    root = write_pet_tree(tmp_path / "pets")
+    (root / "images" / "beagle_12.jpg").write_bytes(b"garbage")
+    ws = Workspace(tiny_model, root, tmp_path / "cache", threads=1)
+    with pytest.warns(UserWarning, match="1 image"):
+        row, _ = ws.evaluate(VariantSpec.fp32())
+    assert row["n_images"] == len(ws.dataset.test) - 1
+    assert row["skipped_images"] == 1
