@@ -1,0 +1,98 @@
+"""Benchmarks, measured not asserted.
+
+1. Evaluation overhead: on the same test images and the same .tflite, petq's
+   accuracy pass (`petq.evaluate.predict_all`, from the decoded store) against a
+   bare loop of set_tensor + invoke + get_tensor on pre-made, pre-quantized inputs.
+2. The lab's full task set through the CLI, cold (empty cache) and warm (rerun).
+
+Usage: python benchmarks/bench_eval.py [--variant tflite-int8-0.08] [--skip-cli]
+Runs on the embedded demo (demo model + synthetic dataset) by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from petq.data import preprocess  # noqa: E402
+from petq.demo import default_workspace  # noqa: E402
+from petq.evaluate import predict_all  # noqa: E402
+from petq.runtime import LiteRTRunner  # noqa: E402
+from petq.types import VariantSpec  # noqa: E402
+
+
+def bare_loop(runner: LiteRTRunner, inputs: np.ndarray) -> float:
+    interp, index, out = runner.interpreter, runner.input_index, runner.output_index
+    start = time.perf_counter()
+    for i in range(len(inputs)):
+        interp.set_tensor(index, inputs[i:i + 1])
+        interp.invoke()
+        interp.get_tensor(out)
+    return time.perf_counter() - start
+
+
+def bench_overhead(variant: str, repeats: int, threads: int | None) -> None:
+    ws = default_workspace(threads=threads)
+    spec = VariantSpec.from_name(variant)
+    entry, _ = ws.tflite(spec)
+    store = ws.store()
+    pixels, kept = store.pixels_of(ws.dataset.test_samples())
+    runner = LiteRTRunner(entry.file("model.tflite"), ws.threads)
+    premade = runner.quantize(preprocess(np.asarray(pixels), ws.contract))
+    n = len(kept)
+    petq_times, bare_times = [], []
+    predict_all(runner, pixels[:32], ws.contract)  # warm-up
+    bare_loop(runner, premade[:32])
+    for _ in range(repeats):  # interleaved, so drift hits both alike
+        start = time.perf_counter()
+        predict_all(runner, pixels, ws.contract)
+        petq_times.append(time.perf_counter() - start)
+        bare_times.append(bare_loop(runner, premade))
+    petq_best, bare_best = min(petq_times), min(bare_times)
+    print(f"variant {variant}, {n} test images, {ws.threads} thread(s), best of {repeats}")
+    print(f"  petq evaluation : {n / petq_best:8.1f} img/s ({petq_best:.2f} s)")
+    print(f"  bare invoke loop: {n / bare_best:8.1f} img/s ({bare_best:.2f} s)")
+    print(f"  ratio petq/bare : {bare_best / petq_best:.3f}")
+
+
+def bench_cli(threads: int | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "petq", "experiments", "--tasks", "all",
+               "--cache-dir", f"{tmp}/cache", "--results-path", f"{tmp}/results"]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        for label in ("cold (empty cache)", "warm (cached)"):
+            start = time.perf_counter()
+            subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            print(f"  lab task set, {label}: {time.perf_counter() - start:.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="tflite-int8-0.08")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--skip-cli", action="store_true")
+    args = parser.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"python {platform.python_version()}")
+    bench_overhead(args.variant, args.repeats, args.threads)
+    if not args.skip_cli:
+        bench_cli(args.threads)
+
+
+if __name__ == "__main__":
+    main()
