@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from petq.errors import PetqError
 from petq.evaluate import agreement
 from petq.runtime import Runner, softmax
-from petq.types import VariantKind
+from petq.types import VariantKind, VariantSpec
 
 Row = Mapping[str, Any]
 Details = Mapping[str, Any]
@@ -180,6 +181,28 @@ def pareto_front(table: pd.DataFrame, x: str = "latency_mean_ms", y: str = "accu
 # ---------------------------------------------------------------- live classification
 
 
+def available_variants(ws: Any) -> list[tuple[VariantSpec, str]]:
+    """native, plus every variant whose .tflite is cached for this workspace's model,
+    with the key that identifies its artifact (the model hash for native).
+    """
+    out = [(VariantSpec.native(), ws.model_sha)]
+    for entry in ws.cache.entries("variants"):
+        manifest = entry.manifest
+        if manifest.get("model_sha") != ws.model_sha:
+            continue
+        try:
+            spec = VariantSpec.from_dict(manifest["spec"])
+            if ws.variant_key(spec) != manifest["key"]:  # other calibration ids or versions
+                continue
+        except (PetqError, KeyError, TypeError, ValueError):
+            continue
+        if all(spec != s for s, _ in out):
+            out.append((spec, manifest["key"]))
+    order = [k for k in VariantKind]
+    return sorted(out, key=lambda item: (order.index(item[0].kind), item[0].fraction or 0.0,
+                                         item[0].classes, item[0].seed))
+
+
 def classify(
     runners: Mapping[str, Runner], x: np.ndarray, class_names: Sequence[str], k: int = 5
 ) -> list[dict[str, Any]]:
@@ -209,66 +232,117 @@ def disagreement(predictions: Sequence[Mapping[str, Any]]) -> bool:
 # ---------------------------------------------------------------- figures
 
 
-def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
-    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=50, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
+def human_size(size: float | None) -> str:
+    """Bytes for people: 8.7 kB, 3.52 MB."""
+    if size is None or (isinstance(size, float) and math.isnan(size)):
+        return "n/a"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            value = size / scale
+            digits = 2 if value < 10 else 1 if value < 100 else 0
+            return f"{value:.{digits}f} {unit}"
+    return f"{int(size)} B"
+
+
+def fraction_text(fraction: float) -> str:
+    return "the whole test split" if fraction >= 1.0 else f"{fraction:.0%} of the test split"
+
+
+def _layout(fig: go.Figure, title: str, height: int = 420, legend: str = "top") -> go.Figure:
+    """Title top left; the legend above the plot, on its right, or none."""
+    fig.update_layout(
+        title=dict(text=title, x=0.0, xanchor="left", automargin=True, yref="container",
+                   y=0.98, yanchor="top"),
+        height=height, margin=dict(l=10, r=10, t=90 if legend == "top" else 40, b=10),
+        showlegend=legend != "none",
+    )
+    if legend == "top":
+        fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0,
+                                      xanchor="left"))
+    elif legend == "right":
+        fig.update_layout(legend=dict(orientation="v", yanchor="top", y=1.0, x=1.02,
+                                      xanchor="left"))
     return fig
 
 
 def metric_bars(table: pd.DataFrame, metrics: Sequence[str] = QUALITY_METRICS,
                 title: str = "Quality metrics") -> go.Figure:
-    """Grouped bars: one group per metric, one bar per variant."""
+    """Grouped bars: one group per variant, one bar per metric."""
     fig = go.Figure()
-    for _, row in table.iterrows():
+    for metric in metrics:
         fig.add_bar(
-            name=row["variant"], x=[LABELS.get(m, m) for m in metrics],
-            y=[row[m] for m in metrics],
-            hovertemplate="%{x}<br>" + str(row["variant"]) + ": %{y:.4g}<extra></extra>",
+            name=LABELS.get(metric, metric), x=list(table["variant"]), y=list(table[metric]),
+            hovertemplate="%{x}<br>" + LABELS.get(metric, metric) + ": %{y:.4g}<extra></extra>",
         )
     fig.update_layout(barmode="group")
+    fig.update_xaxes(tickangle=-30)
+    if all(m in QUALITY_METRICS for m in metrics):
+        fig.update_yaxes(range=[0, 1.0])
     return _layout(fig, title)
 
 
 def pareto_scatter(table: pd.DataFrame, x: str = "latency_mean_ms", y: str = "accuracy",
                    title: str = "Accuracy against latency (bubble size: file size)"
                    ) -> go.Figure:
-    """Accuracy against latency, bubbles sized by file size, the Pareto front drawn."""
+    """Accuracy against latency, one bubble per variant sized by file size; the Pareto
+    front (no other variant is both faster and more accurate) drawn as a dashed line.
+    """
     fig = go.Figure()
     data = table.dropna(subset=[x, y])
     sizes = data["file_size_bytes"].fillna(0).astype(float)
-    scale = 2.0 * float(sizes.max()) / (50.0 ** 2) if len(sizes) and sizes.max() > 0 else 1.0
-    for kind, group in data.groupby("kind", sort=False):
+    scale = 2.0 * float(sizes.max()) / (45.0 ** 2) if len(sizes) and sizes.max() > 0 else 1.0
+    front_names = pareto_front(data, x, y)
+    for _, row in data.iterrows():
+        on_front = row["variant"] in front_names
         fig.add_scatter(
-            x=group[x], y=group[y], mode="markers+text", name=str(kind),
-            text=group["variant"], textposition="top center",
-            marker=dict(size=group["file_size_bytes"].fillna(0).astype(float), sizemode="area",
-                        sizeref=scale, sizemin=6, color=KIND_COLOURS.get(str(kind)),
-                        line=dict(width=1, color="#333")),
-            customdata=np.stack([group["variant"], group["file_size_bytes"] / 1e6], axis=1),
-            hovertemplate=("%{customdata[0]}<br>" + LABELS.get(x, x) + ": %{x:.3f}<br>"
-                           + LABELS.get(y, y) + ": %{y:.4f}<br>size: %{customdata[1]:.2f} MB"
-                           "<extra></extra>"),
+            x=[row[x]], y=[row[y]], mode="markers", name=str(row["variant"]),
+            marker=dict(size=[float(row["file_size_bytes"] or 0)], sizemode="area",
+                        sizeref=scale, sizemin=7, opacity=0.8,
+                        line=dict(width=2 if on_front else 1,
+                                  color="#222" if on_front else "#888")),
+            hovertemplate=(f"<b>{row['variant']}</b><br>{LABELS.get(x, x)}: %{{x:.3f}}<br>"
+                           f"{LABELS.get(y, y)}: %{{y:.4f}}<br>size: "
+                           f"{human_size(row['file_size_bytes'])}"
+                           + ("<br>on the Pareto front" if on_front else "")
+                           + "<extra></extra>"),
         )
-    front = data[data["variant"].isin(pareto_front(data, x, y))].sort_values(x)
+    front = data[data["variant"].isin(front_names)].sort_values(x)
     if len(front) > 1:
         fig.add_scatter(x=front[x], y=front[y], mode="lines", name="Pareto front",
                         line=dict(dash="dash", color="#555"), hoverinfo="skip")
+    positive = data[x][data[x] > 0]
+    if len(positive) > 1 and positive.max() / positive.min() > 20:
+        fig.update_xaxes(type="log", dtick="D2")
+    if len(data):
+        low, high = float(data[y].min()), float(data[y].max())
+        pad = max(0.3 * (high - low), 0.01)
+        fig.update_yaxes(range=[max(0.0, low - pad), min(1.0, high) + pad])
     fig.update_xaxes(title=LABELS.get(x, x))
     fig.update_yaxes(title=LABELS.get(y, y))
-    return _layout(fig, title, height=460)
+    return _layout(fig, title, height=460, legend="right")
 
 
-def confusion_heatmap(details: Details, title: str) -> go.Figure:
-    """Confusion matrix (rows: true breed); hover shows true, predicted and count."""
+def _square_axes(fig: go.Figure, names: Sequence[str], y_labels: bool) -> None:
+    font = dict(size=9 if len(names) > 12 else 11)
+    fig.update_xaxes(title="predicted breed", tickangle=-90, dtick=1, tickfont=font)
+    fig.update_yaxes(title="true breed" if y_labels else None, autorange="reversed", dtick=1,
+                     tickfont=font, showticklabels=y_labels)
+
+
+def confusion_heatmap(details: Details, title: str, zmax: float | None = None,
+                      y_labels: bool = True, colorbar: bool = True) -> go.Figure:
+    """Confusion matrix (rows: true breed); hover shows true, predicted and count.
+
+    Side by side, pass one `zmax` to both so equal counts get equal colours.
+    """
     names = list(details["class_names"])
     cm = np.asarray(details["confusion_matrix"])
     fig = go.Figure(go.Heatmap(
-        z=cm, x=names, y=names, colorscale="Blues",
+        z=cm, x=names, y=names, colorscale="Blues", zmin=0, zmax=zmax, showscale=colorbar,
         hovertemplate="true: %{y}<br>predicted: %{x}<br>count: %{z}<extra></extra>",
     ))
-    fig.update_xaxes(title="predicted breed", tickangle=-60)
-    fig.update_yaxes(title="true breed", autorange="reversed")
-    return _layout(fig, title, height=max(420, 16 * len(names) + 160))
+    _square_axes(fig, names, y_labels)
+    return _layout(fig, title, height=max(420, 15 * len(names) + 220), legend="none")
 
 
 def difference_heatmap(diff: np.ndarray, class_names: Sequence[str], title: str) -> go.Figure:
@@ -280,9 +354,8 @@ def difference_heatmap(diff: np.ndarray, class_names: Sequence[str], title: str)
         zmin=-limit, zmax=limit,
         hovertemplate="true: %{y}<br>predicted: %{x}<br>difference: %{z:+d}<extra></extra>",
     ))
-    fig.update_xaxes(title="predicted breed", tickangle=-60)
-    fig.update_yaxes(title="true breed", autorange="reversed")
-    return _layout(fig, title, height=max(420, 16 * len(names) + 160))
+    _square_axes(fig, names, True)
+    return _layout(fig, title, height=max(420, 15 * len(names) + 220), legend="none")
 
 
 def per_class_heatmap(sensitivity: pd.DataFrame, reference: str | None = None,
@@ -290,25 +363,52 @@ def per_class_heatmap(sensitivity: pd.DataFrame, reference: str | None = None,
     """Classes x variants. With a reference: the change from it (red: the variant hurts)."""
     if reference is not None and reference in sensitivity.columns:
         values = per_class_delta(sensitivity, reference)
-        kwargs = dict(colorscale="RdBu", zmid=0, zmin=-1, zmax=1)
+        limit = float(np.nanmax(np.abs(values.to_numpy(dtype=float)))) if values.size else 0.0
+        limit = max(limit, 0.05) if np.isfinite(limit) else 0.05
+        kwargs = dict(colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit)
         label = "change from " + reference
+        hover = "%{z:+.3f}"
     else:
         values = sensitivity
         kwargs = dict(colorscale="Viridis", zmin=0, zmax=1)
         label = "sensitivity"
+        hover = "%{z:.3f}"
     fig = go.Figure(go.Heatmap(
         z=values.to_numpy(dtype=float), x=list(values.columns), y=list(values.index),
-        hovertemplate="breed: %{y}<br>variant: %{x}<br>" + label + ": %{z:.3f}<extra></extra>",
-        **kwargs,
+        hovertemplate="breed: %{y}<br>variant: %{x}<br>" + label + ": " + hover
+        + "<extra></extra>", **kwargs,
     ))
-    fig.update_yaxes(autorange="reversed")
-    return _layout(fig, title, height=max(360, 16 * len(values.index) + 140))
+    fig.update_yaxes(autorange="reversed", dtick=1,
+                     tickfont=dict(size=9 if len(values.index) > 12 else 11))
+    return _layout(fig, title, height=max(360, 15 * len(values.index) + 160), legend="none")
+
+
+def max_count(*details: Details) -> int:
+    """The largest confusion-matrix cell among results: one colour scale for all."""
+    return max([1] + [int(np.max(d["confusion_matrix"])) for d in details])
+
+
+def default_pair(table: pd.DataFrame, reference: str) -> str:
+    """The variant that agrees least with the reference: the most telling one to show."""
+    others = table[table["variant"] != reference]
+    if others.empty:
+        return reference
+    ranked = others.assign(a=others["agreement"].fillna(2.0)).sort_values("a", kind="stable")
+    return str(ranked["variant"].iloc[0])
+
+
+def most_hurt(delta: pd.DataFrame) -> str | None:
+    """The variant whose per-class sensitivity losses add up most."""
+    if delta.empty or not len(delta.columns):
+        return None
+    return str(delta.clip(upper=0).sum().idxmin())
 
 
 def calibration_histogram(histogram: Mapping[str, int], title: str) -> go.Figure:
     """Calibration images per class."""
-    fig = go.Figure(go.Bar(x=list(histogram), y=list(histogram.values()),
+    counts = list(histogram.values())
+    fig = go.Figure(go.Bar(x=list(histogram), y=counts,
                            hovertemplate="%{x}: %{y} images<extra></extra>"))
-    fig.update_xaxes(tickangle=-60)
-    fig.update_yaxes(title="images")
-    return _layout(fig, title, height=340)
+    fig.update_xaxes(tickangle=-60, dtick=1)
+    fig.update_yaxes(title="images", tick0=0, dtick=max(1, math.ceil(max(counts or [1]) / 5)))
+    return _layout(fig, title, height=420, legend="none")

@@ -49,15 +49,27 @@ def _new_id() -> str:
 
 def plan(ws: Any, specs: Sequence[VariantSpec], test_fraction: float = 1.0
          ) -> list[dict[str, Any]]:
-    """What a job on `specs` would do: per spec, `cached`, `to do`, or `skipped` with
-    the reason (a spec that does not fit the dataset, e.g. a class index out of range).
+    """What a job on `specs` would do: per spec, `cached`, `running` (in an active job),
+    `to do`, or `skipped` with the reason (a spec that does not fit the dataset, e.g. a
+    class index out of range).
     """
+    running = {
+        v["name"]
+        for job in list_jobs(ws.cache.root, active_only=True)
+        if job.get("test_fraction") == test_fraction
+        and job.get("model_path") == str(Path(ws.model_path).resolve())
+        and job.get("dataset_root") == str(Path(ws.dataset.root).resolve())
+        for v in job["variants"] if v["status"] in ACTIVE
+    }
     out = []
     for spec in dict.fromkeys(specs):
         item: dict[str, Any] = {"spec": spec, "name": spec.name, "reason": None}
         try:
             ws.calibration_samples(spec)
-            item["status"] = "cached" if ws.cached_result(spec, test_fraction) else "to do"
+            if ws.cached_result(spec, test_fraction):
+                item["status"] = "cached"
+            else:
+                item["status"] = "running" if spec.name in running else "to do"
         except PetqError as exc:
             item.update(status="skipped", reason=str(exc))
         out.append(item)
@@ -182,6 +194,7 @@ def job_status(cache_root: Path | str, job_id: str) -> dict[str, Any] | None:
                     "the worker process ended unexpectedly; see " + str(path.with_suffix(".log"))
                 )
     record["fraction"] = progress_fraction(record)
+    record["stage_fraction"] = stage_fraction(record)
     return record
 
 
@@ -199,6 +212,23 @@ def list_jobs(cache_root: Path | str, active_only: bool = False) -> list[dict[st
             records.append(record)
     records.sort(key=lambda r: r.get("created", 0), reverse=True)
     return records
+
+
+def find_active(
+    cache_root: Path | str, variant: str, test_fraction: float,
+    model_path: Path | str | None = None, dataset_root: Path | str | None = None,
+) -> dict[str, Any] | None:
+    """A running or queued job that is converting/evaluating `variant`, if any."""
+    for job in list_jobs(cache_root, active_only=True):
+        if job.get("test_fraction") != test_fraction:
+            continue
+        if model_path and job.get("model_path") != str(Path(model_path).resolve()):
+            continue
+        if dataset_root and job.get("dataset_root") != str(Path(dataset_root).resolve()):
+            continue
+        if any(v["name"] == variant and v["status"] in ACTIVE for v in job["variants"]):
+            return job
+    return None
 
 
 def cancel_job(cache_root: Path | str, job_id: str, wait: float = 5.0) -> dict[str, Any] | None:
@@ -231,16 +261,17 @@ def cancel_job(cache_root: Path | str, job_id: str, wait: float = 5.0) -> dict[s
 
 
 def progress_fraction(record: dict[str, Any]) -> float:
-    """Overall progress in [0, 1]: finished variants plus the current stage's share."""
-    total = max(1, int(record.get("total") or 0))
+    """Overall progress in [0, 1]: the share of variants finished (never goes back)."""
     if record.get("state") == "done":
         return 1.0
-    done = sum(v["status"] in FINISHED for v in record.get("variants", []))
-    stage_total = record.get("stage_total") or 0
-    partial = (record.get("stage_done") or 0) / stage_total if stage_total else 0.0
-    if record.get("current") is None:
-        partial = 0.0
-    return min(1.0, (done + min(partial, 1.0) * 0.99) / total)
+    total = max(1, int(record.get("total") or 0))
+    return sum(v["status"] in FINISHED for v in record.get("variants", [])) / total
+
+
+def stage_fraction(record: dict[str, Any]) -> float:
+    """Progress of the current stage (decode, calibrate, evaluate...) in [0, 1]."""
+    total = record.get("stage_total") or 0
+    return min(1.0, (record.get("stage_done") or 0) / total) if total else 0.0
 
 
 # ---------------------------------------------------------------- the worker
@@ -269,15 +300,15 @@ class _Reporter:
 
 def run_job(path: Path | str) -> int:
     """The worker: evaluate every queued variant of the job at `path`; 0 when all are done."""
-    from petq.workspace import Workspace
-
     path = Path(path)
     record = _read(path)
     if record is None:
         print(f"{path}: no such job", file=sys.stderr)
         return 2
     reporter = _Reporter(path, record)
-    reporter.write(state="running", pid=os.getpid(), started=time.time())
+    reporter.write(state="running", pid=os.getpid(), started=time.time(), stage="start")
+    from petq.workspace import Workspace  # after the first write: its imports take seconds
+
     try:
         ws = Workspace(record["model_path"], record["dataset_root"], record["cache_root"],
                        record["threads"])

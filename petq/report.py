@@ -50,17 +50,15 @@ def metrics_markdown(row: dict[str, Any]) -> str:
 
 def confusion_png(details: dict[str, Any], title: str) -> bytes:
     """The confusion matrix (rows = truth) as a PNG, breed names on both axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: safe from any thread
 
     cm = np.asarray(details["confusion_matrix"], dtype=np.float64)
     names = details["class_names"]
     totals = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
     side = max(6.0, 0.28 * len(names) + 3)
-    fig, ax = plt.subplots(figsize=(side, side), dpi=100)
+    fig = Figure(figsize=(side, side), dpi=100)
+    ax = fig.subplots()
     ax.imshow(share, cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
@@ -70,7 +68,6 @@ def confusion_png(details: dict[str, Any], title: str) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
 
 
@@ -190,8 +187,9 @@ def summary_markdown(workspace, rows: list[dict[str, Any]]) -> str:
                "INT8 models?**")
     out.append("")
     if imb and int8:
-        for r in imb:
-            out.append(_imbalanced_sentence(r, int8, details, workspace.class_names))
+        out.append("\n\n".join(
+            _imbalanced_sentence(r, int8, details, workspace.class_names) for r in imb
+        ))
     else:
         out.append("Not answered: evaluate an imbalanced INT8 variant and at least one "
                    "fraction-calibrated INT8 variant.")

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -144,7 +145,7 @@ japanese_chin                white,black                       headpatch:1 patch
 keeshond                     grey,black,silver                 saddle:1 mask:1 underside:2
 leonberger                   gold,black                        mask:1
 Maine_Coon                   brown,black,cream                 stripes:1 underside:2
-miniature_pinscher           black,tan|red,red                 tan:1
+miniature_pinscher           black,tan|black,tan|red,red       tan:1
 newfoundland                 black                             -
 Persian                      white|grey|cream|black            -
 pomeranian                   orange,cream                      underside:1
@@ -592,8 +593,11 @@ def _marking_mask(
 
 
 
-def _draw_animal(breed: Breed, rng: np.random.Generator) -> Image.Image:
-    """One animal, facing right, on a transparent LW x LH canvas."""
+def _draw_animal(breed: Breed, rng: np.random.Generator) -> tuple[Image.Image, dict]:
+    """One animal without its face, facing right, on a transparent SW x SH canvas.
+
+    Returns the image and the geometry (canvas units), for `_draw_face`.
+    """
     g = _geometry(breed, rng)
     parts = _draw_parts(breed, g, rng)
     arrs = {name: _arr(mask) for name, mask in parts.items()}
@@ -634,13 +638,54 @@ def _draw_animal(breed: Breed, rng: np.random.Generator) -> Image.Image:
 
     img = Image.fromarray(fur.astype(np.uint8), "RGB")
     img.putalpha(Image.fromarray((sil * 255).astype(np.uint8), "L"))
-    img = img.resize((LW, LH), Image.Resampling.BILINEAR)
-    _draw_face(img, breed, g, colours[0], rng)
-    return img
+    g["base"] = colours[0]
+    return img, g
 
 
-def _draw_face(img: Image.Image, breed: Breed, g: dict, base, rng) -> None:
-    d = ImageDraw.Draw(img)
+class _Mapped:
+    """ImageDraw on the final animal picture, taking canvas coordinates.
+
+    The picture is the canvas at 1/R, cropped to `bbox`, maybe mirrored, rotated by
+    `angle` degrees (PIL's sense, expanded) and resized to the picture's size.
+    """
+
+    def __init__(self, img: Image.Image, bbox, flip: bool, angle: float, rotated_size) -> None:
+        self.draw = ImageDraw.Draw(img)
+        self.ox, self.oy = bbox[0], bbox[1]
+        self.aw, self.ah = bbox[2] - bbox[0], bbox[3] - bbox[1]
+        self.flip = flip
+        self.cos, self.sin = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+        self.rw, self.rh = rotated_size
+        self.kx, self.ky = img.width / self.rw, img.height / self.rh
+
+    def _pt(self, x: float, y: float) -> tuple[float, float]:
+        x, y = x / R - self.ox, y / R - self.oy
+        if self.flip:
+            x = self.aw - x
+        dx, dy = x - self.aw / 2, y - self.ah / 2
+        qx = self.cos * dx + self.sin * dy + self.rw / 2
+        qy = -self.sin * dx + self.cos * dy + self.rh / 2
+        return float(qx * self.kx), float(qy * self.ky)
+
+    def _box(self, box) -> list[float]:
+        (cx, cy), rx, ry = self._pt((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), *(
+            abs(box[2] - box[0]) / 2 / R * self.kx, abs(box[3] - box[1]) / 2 / R * self.ky)
+        return [cx - rx, cy - ry, cx + rx, cy + ry]  # fmt: skip
+
+    def _width(self, width: float) -> int:
+        return max(1, int(round(width * self.kx / R)))
+
+    def ellipse(self, box, fill=None, outline=None) -> None:
+        self.draw.ellipse(self._box(box), fill=fill, outline=outline, width=self._width(1.5))
+
+    def arc(self, box, start: float, end: float, fill, width: float) -> None:
+        self.draw.arc(self._box(box), start, end, fill=fill, width=self._width(width))
+
+    def line(self, points, fill, width: float) -> None:
+        self.draw.line([self._pt(x, y) for x, y in points], fill=fill, width=self._width(width))
+
+
+def _draw_face(d: _Mapped, breed: Breed, g: dict, rng: np.random.Generator) -> None:
     hx, hy, hw, hh = g["hx"], g["hy"], g["hw"], g["hh"]
     cat = breed.species == 1
     flat = g["ml"] == 0
@@ -662,7 +707,7 @@ def _draw_face(img: Image.Image, breed: Breed, g: dict, base, rng) -> None:
         nx, ny = hx + hw * 0.95, hy + hh * 0.2
     else:
         nx, ny = g["mx1"] - 3, g["my"] - g["mh"] * 0.3
-    base = np.asarray(base, np.float32)
+    base = np.asarray(g["base"], np.float32)
     nose = tuple(int(v) for v in (0.45 * base + (110, 60, 60))) if cat else (28, 22, 22)
     ns = 5 if cat else 7 + g["mh"] * 0.08
     d.ellipse([nx - ns, ny - ns * 0.7, nx + ns * 0.6, ny + ns * 0.8], fill=nose)
@@ -676,6 +721,21 @@ def _draw_face(img: Image.Image, breed: Breed, g: dict, base, rng) -> None:
 # ------------------------------------------------------------------ the scene
 
 
+# Scene variation (within-class nuisance): how hard the pictures are, not what they show.
+_SCENE: dict[str, Any] = {
+    "animal_frac": (0.55, 0.9),  # animal width / image width (times the breed's size)
+    "rotate": 15.0,  # degrees, either way
+    "wall_saturation": 0.65,  # max HSV saturation of wall and floor colours
+    "wallpaper": 0.35,  # probability of striped wallpaper
+    "clutter": (2, 9),  # number of clutter shapes, [lo, hi)
+    "clutter_saturation": 0.9,
+    "occluder": 0.2,  # probability of an object in front
+    "noise": (2.0, 9.0),  # gaussian noise sigma range
+    "blur": 0.5,  # probability of a mild blur
+    "gain": (0.72, 1.22),  # brightness range
+}
+
+
 def _image_size(rng: np.random.Generator) -> tuple[int, int]:
     long_side = int(rng.integers(300, 501))
     short_side = max(200, int(long_side * rng.uniform(0.6, 0.88)))
@@ -684,18 +744,18 @@ def _image_size(rng: np.random.Generator) -> tuple[int, int]:
 
 def _background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     w, h = size
-    wall = _random_colour(rng)
+    wall = _random_colour(rng, _SCENE["wall_saturation"])
     img = Image.new("RGB", size, wall)
     d = ImageDraw.Draw(img)
-    if rng.random() < 0.35:  # wallpaper stripes
+    if rng.random() < _SCENE["wallpaper"]:  # wallpaper stripes
         alt = tuple(int(np.clip(c + rng.normal(0, 25), 0, 255)) for c in wall)
         step = int(rng.integers(12, 40))
         for x in range(0, w, step):
             d.rectangle([x, 0, x + step // 2, h], fill=alt)
     if rng.random() < 0.75:  # floor
         horizon = int(h * rng.uniform(0.45, 0.8))
-        d.rectangle([0, horizon, w, h], fill=_random_colour(rng))
-    for _ in range(int(rng.integers(2, 9))):  # clutter
+        d.rectangle([0, horizon, w, h], fill=_random_colour(rng, _SCENE["wall_saturation"]))
+    for _ in range(int(rng.integers(*_SCENE["clutter"]))):  # clutter
         _clutter_shape(d, rng, size)
     return img
 
@@ -704,7 +764,7 @@ def _clutter_shape(d: ImageDraw.ImageDraw, rng: np.random.Generator, size) -> No
     w, h = size
     s = min(w, h) * rng.uniform(0.06, 0.35)
     x, y = rng.uniform(-0.1 * w, w), rng.uniform(-0.1 * h, h)
-    colour = _random_colour(rng, 0.9)
+    colour = _random_colour(rng, _SCENE["clutter_saturation"])
     kind = rng.integers(4)
     if kind == 0:
         d.rectangle([x, y, x + s * rng.uniform(0.5, 2), y + s * rng.uniform(0.5, 2)], colour)
@@ -726,20 +786,21 @@ def render_image(class_index: int, number: int, seed: int = 0) -> Image.Image:
     scene = _background(rng, size)
     w, h = size
 
-    animal = _draw_animal(breed, rng)
-    animal = animal.crop(animal.getchannel("A").getbbox())
-    if rng.random() < 0.5:
+    # the animal: mirror and rotate at shading resolution, scale into the frame, add the face
+    animal, g = _draw_animal(breed, rng)
+    bbox = animal.getchannel("A").getbbox()
+    animal = animal.crop(bbox)
+    flip = rng.random() < 0.5
+    if flip:
         animal = animal.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    angle = rng.uniform(-15, 15)
-    aw, ah = animal.size
-    frac = min(1.0, rng.uniform(0.55, 0.9) * breed.size)
-    # size after rotation, approximately: fit the rotated box into the frame
-    c, s = abs(np.cos(np.radians(angle))), abs(np.sin(np.radians(angle)))
-    scale = min(w * frac / (aw * c + ah * s), 0.95 * h / (aw * s + ah * c))
-    animal = animal.resize((max(1, int(aw * scale)), max(1, int(ah * scale))),
-                           Image.Resampling.BILINEAR)  # fmt: skip
+    angle = rng.uniform(-_SCENE["rotate"], _SCENE["rotate"])
     animal = animal.rotate(angle, Image.Resampling.BILINEAR, expand=True)
-    aw, ah = animal.size
+    rotated_size = animal.size
+    frac = min(1.0, rng.uniform(*_SCENE["animal_frac"]) * breed.size)
+    scale = min(w * frac / animal.width, 0.95 * h / animal.height)
+    aw, ah = max(1, int(animal.width * scale)), max(1, int(animal.height * scale))
+    animal = animal.resize((aw, ah), Image.Resampling.BILINEAR)
+    _draw_face(_Mapped(animal, bbox, flip, angle, rotated_size), breed, g, rng)
     x = int(rng.uniform(-0.08 * aw, w - 0.92 * aw))
     y = int(rng.uniform(-0.04 * ah, h - 0.96 * ah))
 
@@ -751,7 +812,7 @@ def render_image(class_index: int, number: int, seed: int = 0) -> Image.Image:
     scene.paste((0, 0, 0), (sx, sy, sx + sw + 16, sy + sh + 16),
                 shadow.filter(ImageFilter.GaussianBlur(4)))  # fmt: skip
     scene.paste(animal, (x, y), animal)
-    if rng.random() < 0.2:  # something in front: a cushion or box edge from the bottom
+    if rng.random() < _SCENE["occluder"]:  # a cushion or box edge in front, from the bottom
         top = h * rng.uniform(0.8, 0.93)
         x0 = rng.uniform(-0.2, 0.7) * w
         ImageDraw.Draw(scene).rounded_rectangle(
@@ -759,17 +820,18 @@ def render_image(class_index: int, number: int, seed: int = 0) -> Image.Image:
         )
 
     # lighting, colour cast, noise, blur
-    arr = np.asarray(scene, np.float32)
-    gain = rng.uniform(0.72, 1.22)
+    arr = np.array(scene, np.float32)
+    gain = rng.uniform(*_SCENE["gain"])
     cast = 1.0 + rng.normal(0, 0.04, 3)
     theta = rng.uniform(0, 2 * np.pi)
     xx = np.linspace(-0.5, 0.5, w, dtype=np.float32)[None, :]
     yy = np.linspace(-0.5, 0.5, h, dtype=np.float32)[:, None]
     ramp = xx * np.float32(np.cos(theta)) + yy * np.float32(np.sin(theta))
-    light = (gain * (1.0 + rng.uniform(0, 0.45) * ramp))[..., None] * cast.astype(np.float32)
-    arr = arr * light + np.float32(rng.uniform(2, 9)) * _pixel_noise(rng, h, w)
-    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-    if rng.random() < 0.5:
+    arr *= (gain * (1.0 + rng.uniform(0, 0.45) * ramp))[..., None]
+    arr *= cast.astype(np.float32)
+    arr += np.float32(rng.uniform(*_SCENE["noise"])) * _pixel_noise(rng, h, w)
+    img = Image.fromarray(np.clip(arr, 0, 255, out=arr).astype(np.uint8), "RGB")
+    if rng.random() < _SCENE["blur"]:
         img = img.filter(ImageFilter.BoxBlur(rng.uniform(0.3, 1.0)))  # a box: 3x cheaper
     return img
 

@@ -53,7 +53,8 @@ def write_pet_tree(root: Path, seed: int = 66) -> Path:
         header + "\n".join(lines["trainval"] + lines["test"]) + "\n"
     )
     (root / "annotations" / "trainval.txt").write_text("\n".join(lines["trainval"]) + "\n")
-    (root / "annotations" / "test.txt").write_text("# a comment\n" + "\n".join(lines["test"]) + "\n")
+    test_lines = "# a comment\n" + "\n".join(lines["test"]) + "\n"
+    (root / "annotations" / "test.txt").write_text(test_lines)
     return root
 
 

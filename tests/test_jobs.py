@@ -18,6 +18,7 @@ from petq.jobs import (
     pid_alive,
     progress_fraction,
     run_job,
+    stage_fraction,
     start_job,
 )
 from petq.types import VariantSpec
@@ -37,6 +38,7 @@ def wait_for(cache, job_id, timeout=180.0):
     raise AssertionError(f"job {job_id} still {record['state']} after {timeout} s")
 
 
+@pytest.mark.slow
 def test_job_converts_evaluates_and_caches(tiny_model, pet_root, tmp_path):
     cache = tmp_path / "cache"
     specs = [VariantSpec.fp32(), VariantSpec.int8(0.5, seed=7)]
@@ -110,11 +112,13 @@ def test_worker_reports_the_petq_error(tmp_path, pet_root):
     assert "missing.keras: model file not found" in record["error"]
 
 
-def test_progress_fraction_counts_the_current_stage():
+def test_progress_counts_variants_and_the_current_stage():
     record = {"state": "running", "total": 4, "current": "x", "stage_done": 5,
               "stage_total": 10, "variants": [{"status": "done"}, {"status": "running"},
                                               {"status": "queued"}, {"status": "queued"}]}
-    assert progress_fraction(record) == pytest.approx((1 + 0.5 * 0.99) / 4)
+    assert progress_fraction(record) == 0.25
+    assert stage_fraction(record) == 0.5
+    assert stage_fraction({**record, "stage_total": 0}) == 0.0
     assert progress_fraction({**record, "state": "done"}) == 1.0
 
 

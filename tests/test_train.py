@@ -84,6 +84,7 @@ def test_train_writes_loadable_model_and_sidecar(tmp_path, capsys):
         seed=3,
         learning_rate=1e-3,
         input_size=(32, 32),
+        run_eagerly=True,  # tracing the training graph costs about a minute here
         progress=lambda epoch, epochs, logs: seen.append((epoch, epochs, sorted(logs))),
     )
     assert out.is_file() and out.with_suffix(".json").is_file()

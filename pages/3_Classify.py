@@ -1,0 +1,82 @@
+"""Classify: upload pet photos (or take one) and see every variant's top-5 side by side."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import pages as ui
+from petq import compare
+from petq.data import decode, open_image, preprocess
+from petq.errors import ImageError, PetqError
+
+PER_ROW = 3  # variant cards per row next to a photo
+
+ui.page("Classify")
+ws = ui.workspace_or_stop()
+ui.synthetic_note(ws)
+ui.sidebar_workspace(ws)
+
+variants = ui.available_variants(ws)
+st.session_state["classify_variants"] = [
+    n for n in st.session_state.get("classify_variants", list(variants)) if n in variants
+]
+chosen = st.multiselect("Variants", list(variants), key="classify_variants",
+                        help="native and every variant converted so far.")
+files = st.file_uploader("Pet photos (JPEG, PNG, WebP)", type=["jpg", "jpeg", "png", "webp"],
+                         accept_multiple_files=True, key="classify_upload")
+shot = None
+if st.toggle("Use the camera", key="classify_use_camera"):
+    shot = st.camera_input("Take a photo", key="classify_camera")
+
+inputs = [(f.name, f.getvalue()) for f in files or []]
+if shot is not None:
+    inputs.append(("camera photo", shot.getvalue()))
+if not inputs:
+    st.info("Upload one or more photos of cats or dogs to see what each variant predicts.")
+    st.stop()
+if not chosen:
+    st.warning("Pick at least one variant.")
+    st.stop()
+
+try:
+    with st.spinner("Loading the variants (first time only)…"):
+        runners = {name: ui.runner(ws, *variants[name]) for name in chosen}
+except PetqError as exc:
+    st.error(f"Cannot load a variant: {exc}")
+    st.stop()
+
+max_bytes = int(st.get_option("server.maxUploadSize")) * 1024 * 1024
+for name, data in inputs:
+    with st.container(border=True):
+        if len(data) > max_bytes:
+            st.error(f"{name}: file too large ({len(data) / 1e6:.1f} MB; the limit is "
+                     f"{max_bytes // (1024 * 1024)} MB).")
+            continue
+        try:
+            image = open_image(data, name=name)
+            x = preprocess(decode(image, ws.contract.input_size), ws.contract)
+        except ImageError as exc:
+            st.error(str(exc))
+            continue
+        predictions = compare.classify(runners, x, ws.class_names)
+        photo, cards = st.columns([1, 3])
+        thumbnail = image.copy()
+        thumbnail.thumbnail((480, 480))
+        photo.image(thumbnail, caption=f"{name} · {image.width}×{image.height}")
+        if compare.disagreement(predictions):
+            photo.badge("Variants disagree", icon=":material/warning:", color="orange")
+        else:
+            photo.badge("All variants agree", icon=":material/check:", color="green")
+        if ws.contract.synthetic:
+            photo.caption("⚠️ This model was trained on synthetic data: its predictions on "
+                          "real photos mean nothing.")
+        first = predictions[0]
+        for start in range(0, len(predictions), PER_ROW):
+            for col, p in zip(cards.columns(PER_ROW), predictions[start:start + PER_ROW],
+                              strict=False):
+                with col:
+                    differs = (f" :orange-badge[differs from {first['variant']}]"
+                               if p["top1"] != first["top1"] else "")
+                    st.markdown(f"**{p['variant']}** · {p['latency_ms']:.1f} ms{differs}")
+                    for breed, probability in p["top"]:
+                        st.progress(probability, text=f"{probability:.1%} · {breed}")

@@ -1,0 +1,43 @@
+"""Report: the lab's summary answered from the cached results, downloadable with its PNGs."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import pages as ui
+from petq import compare
+
+ui.page("Report")
+ws = ui.workspace_or_stop()
+ui.synthetic_note(ws)
+ui.sidebar_workspace(ws)
+
+all_rows = ui.results(ws)
+if not all_rows:
+    st.info("No evaluated variants yet: run the lab's task set on Home first.")
+    st.page_link("dashboard.py", label="Home", icon=":material/home:")
+    st.stop()
+fractions = compare.test_fractions(all_rows)
+fraction = (st.selectbox("Test set", fractions, format_func=lambda f: f"{f:g} of the test split",
+                         key="report_test_fraction") if len(fractions) > 1 else fractions[0])
+rows = compare.latest_per_variant([r for r in all_rows if r["test_fraction"] == fraction])
+summary = ui.report_summary(ws, fraction)
+
+left, right, _ = st.columns([1, 1, 2])
+left.download_button(
+    "Download the report (zip)", data=lambda: ui.report_zip(ws, rows),
+    file_name="petq-report.zip", mime="application/zip", type="primary", key="report_zip",
+    help="summary.md, and for each variant <prefix>-metrics.md and <prefix>-confusion-matrix.png",
+)
+right.download_button("Download summary.md", data=summary, file_name="summary.md",
+                      mime="text/markdown", key="report_md")
+with st.container(border=True):
+    st.markdown(summary)
+
+st.subheader("Per variant")
+variant = st.selectbox("Variant", [r["variant"] for r in rows], key="report_variant")
+row = next(r for r in rows if r["variant"] == variant)
+text_col, image_col = st.columns([1, 1])
+text_col.markdown(ui.report_metrics(ws, row["result_key"]))
+image_col.image(ui.report_confusion_png(ws, row["result_key"], variant),
+                caption=f"{variant}-confusion-matrix.png")
