@@ -143,13 +143,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from petq.demo import DEMO_MODEL, ensure_demo_dataset
-    from petq.train import DEMO_CONFIG, train
+    from petq.train import DEFAULTS, train
 
     root = args.dataset_root or ensure_demo_dataset()
     size = tuple(int(v) for v in args.input_size.lower().split("x"))
     if len(size) != 2:
         raise PetqError(f"--input-size must look like 224x224, got {args.input_size!r}")
-    kwargs = {k: getattr(args, k) for k in DEMO_CONFIG if getattr(args, k, None) is not None}
+    kwargs = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None}
 
     def progress(epoch: int, epochs: int, logs: dict) -> None:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--weights", choices=["imagenet"], help="ImageNet backbone (needs internet)")
     p.add_argument("--bn-momentum", type=float)
+    p.add_argument("--backbone", choices=["mobilenetv2", "convnet"])
+    p.add_argument("--working-size", type=int, help="convnet: resolution inside the model")
     p.add_argument("--input-size", default="224x224")
     p.set_defaults(func=cmd_train)
 

@@ -94,6 +94,9 @@ class PetDataset:
                         f"{path}: class id {sample.label + 1} is both {known!r} and {name!r}"
                     )
             splits[split] = tuple(r[0] for r in rows)
+        marker = root / "SYNTHETIC"  # generator version and parameters of a synthetic set
+        if marker.exists():
+            digest.update(marker.read_bytes())
         count = max(names) + 1
         missing = sorted(set(range(count)) - set(names))
         if missing:
