@@ -143,13 +143,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from petq.demo import DEMO_MODEL, ensure_demo_dataset
-    from petq.train import DEFAULTS, train
+    from petq.train import DEFAULTS, DEMO_TRAINING, train
 
     root = args.dataset_root or ensure_demo_dataset()
     size = tuple(int(v) for v in args.input_size.lower().split("x"))
     if len(size) != 2:
         raise PetqError(f"--input-size must look like 224x224, got {args.input_size!r}")
-    kwargs = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None}
+    kwargs = {**DEMO_TRAINING, **given}
 
     def progress(epoch: int, epochs: int, logs: dict) -> None:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
@@ -247,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("train", help="train the lab's classifier (default: the demo model)")
+    p = sub.add_parser("train", help="train the lab's head on a backbone (default: the demo "
+                                     "model's configuration)")
     p.add_argument("--dataset-root", type=Path, help="default: synthetic demo dataset")
     p.add_argument("--model-path", type=Path,
                    help="output .keras (default: models/petq-demo.keras)")
@@ -261,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-momentum", type=float)
     p.add_argument("--backbone", choices=["mobilenetv2", "convnet"])
     p.add_argument("--working-size", type=int, help="convnet: resolution inside the model")
+    p.add_argument("--pretrain-epochs", type=int,
+                   help="first train the backbone under a linear probe, then the lab's head")
     p.add_argument("--input-size", default="224x224")
     p.set_defaults(func=cmd_train)
 

@@ -55,7 +55,7 @@ __all__ = [
     "render_image",
 ]
 
-GENERATOR_VERSION = 2  # bump when drawing changes: a complete old dataset is then regenerated
+GENERATOR_VERSION = 3  # bump when drawing changes: a complete old dataset is then regenerated
 MARKER_NAME = "SYNTHETIC"
 JPEG_QUALITY = 90
 
@@ -728,13 +728,13 @@ def _draw_face(d: _Mapped, breed: Breed, g: dict, rng: np.random.Generator) -> N
 
 # Scene variation (within-class nuisance): how hard the pictures are, not what they show.
 _SCENE: dict[str, Any] = {
-    "animal_frac": (0.6, 0.95),  # animal width / image width (times the breed's size)
-    "rotate": 15.0,  # degrees, either way
-    "wall_saturation": 0.5,  # max HSV saturation of wall and floor colours
-    "wallpaper": 0.35,  # probability of striped wallpaper
-    "clutter": (1, 7),  # number of clutter shapes, [lo, hi)
-    "clutter_saturation": 0.75,
-    "occluder": 0.15,  # probability of an object in front
+    "animal_frac": (0.7, 0.95),  # animal width / image width (times the breed's size)
+    "rotate": 10.0,  # degrees, either way
+    "wall_saturation": 0.3,  # max HSV saturation of wall and floor colours
+    "wallpaper": 0.2,  # probability of striped wallpaper
+    "clutter": (0, 4),  # number of clutter shapes, [lo, hi)
+    "clutter_saturation": 0.5,
+    "occluder": 0.05,  # probability of an object in front
     "noise": (2.0, 7.0),  # gaussian noise sigma range
     "blur": 0.5,  # probability of a mild blur
     "gain": (0.72, 1.22),  # brightness range

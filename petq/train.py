@@ -40,6 +40,19 @@ DEFAULTS: dict[str, Any] = {
     "bn_momentum": 0.9,
     "backbone": "mobilenetv2",
     "working_size": 64,
+    "pretrain_epochs": 0,
+}
+
+# The shipped demo model's configuration: `petq train` with no flags repeats it
+# (about 12 minutes on the 2-core machine; see README).
+DEMO_TRAINING: dict[str, Any] = {
+    "backbone": "convnet",
+    "working_size": 80,
+    "pretrain_epochs": 22,
+    "epochs": 6,
+    "batch_size": 32,
+    "learning_rate": 2e-3,
+    "seed": 0,
 }
 
 
@@ -114,7 +127,7 @@ def _build_convnet(
     momentum = 0.99 if bn_momentum is None else bn_momentum
     inputs = keras.Input((*input_size, 3), name="image")
     x = layers.Resizing(working_size, working_size, name="working_resize")(inputs)
-    for stage, filters in enumerate((32, 64, 96, 128), start=1):
+    for stage, filters in enumerate((16, 32, 64, 128), start=1):
         for conv in (1, 2):
             x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
                               name=f"block{stage}_conv{conv}")(x)
@@ -204,6 +217,7 @@ def retrain_command(
     bn_momentum: float | None,
     backbone: str = "mobilenetv2",
     working_size: int = 64,
+    pretrain_epochs: int = 0,
 ) -> str:
     """The `petq train` command line that repeats a run."""
     args = [
@@ -225,6 +239,8 @@ def retrain_command(
         args += ["--weights", weights]
     if backbone != "mobilenetv2":
         args += ["--backbone", backbone, "--working-size", str(working_size)]
+    if pretrain_epochs:
+        args += ["--pretrain-epochs", str(pretrain_epochs)]
     return shlex.join(args)
 
 
@@ -243,6 +259,7 @@ def train(
     bn_momentum: float | None = DEFAULTS["bn_momentum"],
     backbone: str = DEFAULTS["backbone"],
     working_size: int = DEFAULTS["working_size"],
+    pretrain_epochs: int = DEFAULTS["pretrain_epochs"],
     progress: EpochProgress | None = None,
     run_eagerly: bool = False,
 ) -> dict[str, Any]:
@@ -297,35 +314,52 @@ def train(
         backbone=backbone,
         working_size=working_size,
     )
-    steps_per_epoch = -(-len(train_samples) // batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0,
-        decay_steps=max(1, (epochs - 1) * steps_per_epoch),
-        warmup_target=learning_rate,
-        warmup_steps=steps_per_epoch,
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        run_eagerly=run_eagerly,
-    )
-    best = _best_weights_callback(epochs, progress)
+    def fit(target, n_epochs: int, report: EpochProgress | None):
+        """Adam with a one-epoch warm-up then cosine decay; returns the best-val callback."""
+        steps_per_epoch = -(-len(train_samples) // batch_size)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0,
+            decay_steps=max(1, (n_epochs - 1) * steps_per_epoch),
+            warmup_target=learning_rate,
+            warmup_steps=steps_per_epoch,
+        )
+        target.compile(
+            optimizer=keras.optimizers.Adam(schedule),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            run_eagerly=run_eagerly,
+        )
+        callback = _best_weights_callback(n_epochs, report)
+        target.fit(
+            _augment_pipeline(x_train, y_train, contract, batch_size, seed),
+            validation_data=_plain_pipeline(x_val, y_val, contract, batch_size),
+            epochs=n_epochs,
+            callbacks=[callback],
+            shuffle=False,  # the pipeline shuffles, seeded
+            verbose=0,
+        )
+        target.set_weights(callback.weights)
+        return callback
+
     fit_started = time.perf_counter()
-    model.fit(
-        _augment_pipeline(x_train, y_train, contract, batch_size, seed),
-        validation_data=_plain_pipeline(x_val, y_val, contract, batch_size),
-        epochs=epochs,
-        callbacks=[best],
-        shuffle=False,  # the pipeline shuffles, seeded
-        verbose=0,
-    )
+    if pretrain_epochs:
+        # Stage 1: the backbone learns under a linear probe, which trains far faster from
+        # scratch than through the deep dropout head. Stage 2 (below) then trains the lab's
+        # head on the frozen backbone, as the lab does on its ImageNet backbone.
+        print(f"stage 1: backbone + linear probe, {pretrain_epochs} epochs")
+        features = model.get_layer("avg_pool").output
+        probe = keras.Model(
+            model.input, keras.layers.Dense(dataset.num_classes, name="probe_out")(features)
+        )
+        fit(probe, pretrain_epochs, progress)
+        for layer in model.layers[: model.layers.index(model.get_layer("avg_pool")) + 1]:
+            layer.trainable = False
+        print(f"stage 2: the lab's head on the frozen backbone, {epochs} epochs")
+    best = fit(model, epochs, progress)
     train_seconds = time.perf_counter() - fit_started
-    model.set_weights(best.weights)
 
     # Saved without compile state or optimizer variables: an uncompiled view of the same layers.
     final = keras.Model(model.input, model.output, name=model.name)
-    del x_train
     x_test, y_test = decode_samples(dataset, dataset.test, input_size)
     test_accuracy = keras_accuracy(final, x_test, y_test, contract)
     print(f"best epoch {best.epoch}: val accuracy {best.accuracy:.4f}, "
@@ -337,6 +371,7 @@ def train(
             " + GAP + Dense 1024/512/128 (dropout 0.3) + out_layer"
         ),
         "backbone": backbone,
+        "pretrain_epochs": pretrain_epochs,
         "working_size": working_size if backbone != "mobilenetv2" else None,
         "alpha": alpha,
         "input_size": list(input_size),
@@ -375,6 +410,7 @@ def train(
             bn_momentum=bn_momentum,
             backbone=backbone,
             working_size=working_size,
+            pretrain_epochs=pretrain_epochs,
         ),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -136,3 +136,34 @@ def test_retrain_command_round_trips_the_configuration():
         "--epochs 4 --batch-size 16 --learning-rate 0.0003 --val-fraction 0.25 --seed 2 "
         "--weights imagenet"
     )
+
+
+def test_convnet_backbone_keeps_the_input_contract_and_the_head():
+    model = build_model(4, input_size=(224, 224), backbone="convnet", working_size=48, seed=1)
+    assert model.input_shape == (None, 224, 224, 3)
+    assert model.get_layer("working_resize").output.shape[1:3] == (48, 48)
+    dense = [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert dense == [1024, 512, 128, 4]
+    with pytest.raises(SpecError, match="backbone"):
+        build_model(4, backbone="resnet")
+    command = retrain_command(
+        "d", "m.keras", alpha=0.35, epochs=2, batch_size=8, val_fraction=0.2, seed=0,
+        weights=None, learning_rate=1e-3, input_size=(224, 224), bn_momentum=0.9,
+        backbone="convnet", working_size=48,
+    )
+    assert command.endswith("--backbone convnet --working-size 48")
+
+
+def test_two_stage_training_freezes_the_backbone_for_the_head(tmp_path):
+    root = write_tiny_dataset(tmp_path / "pets")
+    out = tmp_path / "two-stage.keras"
+    info = train(
+        root, out, epochs=1, batch_size=4, seed=3, learning_rate=1e-3, input_size=(32, 32),
+        backbone="convnet", working_size=32, pretrain_epochs=1, run_eagerly=True,
+    )
+    assert info["pretrain_epochs"] == 1 and info["backbone"] == "convnet"
+    assert "--pretrain-epochs 1" in info["command"]
+    model = keras.models.load_model(out)
+    assert model.get_layer("out_layer").units == 3
+    with pytest.raises(ValueError):
+        model.get_layer("probe_out")  # the probe is not part of the saved model
