@@ -60,28 +60,23 @@ def convert(
 
 @contextlib.contextmanager
 def captured_output() -> Iterator[io.TextIOBase]:
-    """Send the converter's chatter (Python and C++ stdout/stderr) to a temp file.
+    """Send the converter's chatter on stdout (Python and C++) to a temp file.
 
-    Progress bars stay readable; the text is kept for error messages.
+    stderr stays free for progress bars (TF_CPP_MIN_LOG_LEVEL quiets TensorFlow's
+    C++ logging there); the text is kept for error messages.
     """
     log = tempfile.TemporaryFile(mode="w+")
     sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
+    saved = os.dup(1)
     try:
         os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
-                warnings.catch_warnings():
+        with contextlib.redirect_stdout(log), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield log
     finally:
         sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
+        os.dup2(saved, 1)
+        os.close(saved)
         log.seek(0)
 
 

@@ -57,3 +57,19 @@ def test_top5_uses_scores_not_just_argmax():
 def test_agreement():
     assert agreement(np.array([1, 2, 3, 4]), np.array([1, 2, 0, 4])) == 0.75
     assert np.isnan(agreement(np.array([1]), np.array([1, 2])))
+
+
+def test_input_lookup_table_equals_preprocess_then_quantize(workspace):
+    from petq.data import preprocess
+    from petq.evaluate import input_lut
+    from petq.runtime import LiteRTRunner
+    from petq.types import VariantSpec
+
+    for spec in (VariantSpec.fp32(), VariantSpec.int8(0.5)):
+        entry, _ = workspace.tflite(spec)
+        runner = LiteRTRunner(entry.file("model.tflite"), threads=1)
+        pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+        lut = input_lut(runner, workspace.contract)
+        expected = runner.quantize(preprocess(pixels, workspace.contract))
+        via_lut = np.stack([lut[c][pixels[..., c]] for c in range(3)], axis=-1)
+        np.testing.assert_array_equal(via_lut, expected)
