@@ -2,4 +2,5 @@ import sys
 
 from petq.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # also keeps spawned worker processes from re-running the CLI
+    sys.exit(main())

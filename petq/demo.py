@@ -30,8 +30,14 @@ def demo_dataset_root() -> Path:
     return data_dir() / "synthetic-pets"
 
 
-def ensure_demo_dataset(progress: Callable[[int, int], None] | None = None) -> Path:
-    """The synthetic dataset the demo model was trained on, generated if missing."""
+def ensure_demo_dataset(
+    progress: Callable[[int, int], None] | None = None, workers: int = 1
+) -> Path:
+    """The synthetic dataset the demo model was trained on, generated if missing.
+
+    In-process by default: spawned workers re-import the caller's `__main__`, which
+    inside Streamlit is the dashboard script itself.
+    """
     from petq.synth import generate
 
     return generate(
@@ -40,6 +46,7 @@ def ensure_demo_dataset(progress: Callable[[int, int], None] | None = None) -> P
         test_per_class=SYNTH_TEST_PER_CLASS,
         seed=SYNTH_SEED,
         progress=progress,
+        workers=workers,
     )
 
 
