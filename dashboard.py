@@ -81,7 +81,8 @@ model_col, data_col = st.columns(2)
 with model_col:
     st.subheader("Model")
     a, b, c = st.columns(3)
-    a.metric("Parameters", f"{info['param_count'] / 1e6:.2f} M",
+    count = info["param_count"]
+    a.metric("Parameters", f"{count / 1e6:.2f} M" if count >= 1e6 else f"{count:,}",
              help=f"{info['param_count']:,} parameters")
     b.metric("Input", f"{ws.contract.input_size[0]}×{ws.contract.input_size[1]}")
     size = info.get("file_size_bytes")
