@@ -12,22 +12,10 @@ ws = ui.workspace_or_stop()
 ui.synthetic_note(ws)
 ui.sidebar_workspace(ws)
 
-all_rows = ui.results(ws)
-if not all_rows:
-    st.info("No evaluated variants yet: run some on Home or Convert first.")
-    st.page_link("pages/1_Convert.py", label="Convert a variant", icon=":material/tune:")
-    st.stop()
-
-fractions = compare.test_fractions(all_rows)
-if len(fractions) > 1:
-    fraction = st.selectbox(
-        "Test set", fractions, format_func=lambda f: f"{f:g} of the test split",
-        key="compare_test_fraction",
-        help="Variants compare only on the same test images.",
-    )
-else:
-    fraction = fractions[0]
-rows = compare.latest_per_variant([r for r in all_rows if r["test_fraction"] == fraction])
+_, rows = ui.rows_for_one_test_set(
+    ws, "compare_test_fraction", "No evaluated variants yet: run some on Home or Convert first.",
+    ("pages/1_Convert.py", "Convert a variant", ":material/tune:"),
+)
 names = [r["variant"] for r in rows]
 
 st.session_state["compare_variants"] = [  # default: all; keep only variants still cached

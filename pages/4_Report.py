@@ -5,22 +5,16 @@ from __future__ import annotations
 import streamlit as st
 
 import pages as ui
-from petq import compare
 
 ui.page("Report")
 ws = ui.workspace_or_stop()
 ui.synthetic_note(ws)
 ui.sidebar_workspace(ws)
 
-all_rows = ui.results(ws)
-if not all_rows:
-    st.info("No evaluated variants yet: run the lab's task set on Home first.")
-    st.page_link("dashboard.py", label="Home", icon=":material/home:")
-    st.stop()
-fractions = compare.test_fractions(all_rows)
-fraction = (st.selectbox("Test set", fractions, format_func=lambda f: f"{f:g} of the test split",
-                         key="report_test_fraction") if len(fractions) > 1 else fractions[0])
-rows = compare.latest_per_variant([r for r in all_rows if r["test_fraction"] == fraction])
+fraction, rows = ui.rows_for_one_test_set(
+    ws, "report_test_fraction", "No evaluated variants yet: run the lab's task set on Home first.",
+    ("dashboard.py", "Home", ":material/home:"),
+)
 summary = ui.report_summary(ws, fraction)
 
 left, right, _ = st.columns([1, 1, 2])

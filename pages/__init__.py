@@ -148,9 +148,10 @@ def ws_key(ws) -> WorkspaceKey:
             _mtime(str(ws.model_path)))
 
 
-def _results_stamp(ws) -> int:
+def _stamp(ws, kind: str) -> int:
+    """Changes whenever an entry of this cache kind is added or replaced."""
     try:
-        return (Path(ws.cache.root) / "results").stat().st_mtime_ns
+        return (Path(ws.cache.root) / kind).stat().st_mtime_ns
     except OSError:
         return 0
 
@@ -160,9 +161,32 @@ def _results(key: WorkspaceKey, stamp: int) -> list[dict[str, Any]]:
     return _workspace(*key).results()
 
 
+def rows_for_one_test_set(ws, key: str, empty: str, link: tuple[str, str, str]
+                          ) -> tuple[float, list[dict[str, Any]]]:
+    """The latest row per variant on one test set (a picker when there are several).
+
+    Stops the page with `empty` and a link (page, label, icon) when nothing is cached.
+    """
+    all_rows = results(ws)
+    if not all_rows:
+        st.info(empty)
+        st.page_link(link[0], label=link[1], icon=link[2])
+        st.stop()
+    fractions = compare.test_fractions(all_rows)
+    fraction = fractions[0]
+    if len(fractions) > 1:
+        fraction = st.selectbox(
+            "Test set", fractions, format_func=lambda f: f"{f:g} of the test split", key=key,
+            help="Variants compare only on the same test images.",
+        )
+    return fraction, compare.latest_per_variant(
+        [r for r in all_rows if r["test_fraction"] == fraction]
+    )
+
+
 def results(ws) -> list[dict[str, Any]]:
     """Every cached result row of the workspace (re-read when the results folder changes)."""
-    return _results(ws_key(ws), _results_stamp(ws))
+    return _results(ws_key(ws), _stamp(ws, "results"))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -183,13 +207,6 @@ def model_info(ws) -> dict[str, Any]:
     return _model_info(ws_key(ws))
 
 
-def _variants_stamp(ws) -> int:
-    try:
-        return (Path(ws.cache.root) / "variants").stat().st_mtime_ns
-    except OSError:
-        return 0
-
-
 @st.cache_data(show_spinner=False, max_entries=16)
 def _available(key: WorkspaceKey, stamp: int) -> dict[str, tuple[str, str]]:
     return {spec.name: (json.dumps(spec.to_dict(), sort_keys=True), artifact)
@@ -198,7 +215,7 @@ def _available(key: WorkspaceKey, stamp: int) -> dict[str, tuple[str, str]]:
 
 def available_variants(ws) -> dict[str, tuple[str, str]]:
     """Variant name -> (spec as JSON, artifact key), for native and every cached .tflite."""
-    return _available(ws_key(ws), _variants_stamp(ws))
+    return _available(ws_key(ws), _stamp(ws, "variants"))
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -227,7 +244,7 @@ def _report_summary(key: WorkspaceKey, stamp: int, test_fraction: float) -> str:
 
 def report_summary(ws, test_fraction: float) -> str:
     """The lab's summary for the results on one test fraction (re-made when results change)."""
-    return _report_summary(ws_key(ws), _results_stamp(ws), test_fraction)
+    return _report_summary(ws_key(ws), _stamp(ws, "results"), test_fraction)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
