@@ -34,8 +34,10 @@ import io
 import multiprocessing
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -981,6 +983,30 @@ def _draw_batch(images: str, seed: int, batch: list[tuple[int, int, str]]) -> in
     return len(batch)
 
 
+def _draw_in_pool(images: str, seed: int, batches: list, workers: int, report,
+                  total: int) -> set[int]:  # fmt: skip
+    """Draw `batches` in spawned processes; return the indices of those not drawn.
+
+    Not drawn means the pool broke (a worker killed or crashed): a batch it was
+    writing may have left a truncated file, which drawing it again overwrites.
+    """
+    left = set(range(len(batches)))
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    try:
+        futures = {pool.submit(_draw_batch, images, seed, b): i for i, b in enumerate(batches)}
+        done = 0
+        for future in as_completed(futures):
+            done += future.result()
+            left.discard(futures[future])
+            report(done, total)
+    except BrokenProcessPool:
+        pass
+    finally:  # on error, drop the queued batches and wait for the running ones
+        pool.shutdown(wait=True, cancel_futures=True)
+    return left
+
+
 def _write(out: Path, marker: str, seed: int, n_trainval: int, n_test: int, progress,
            workers: int) -> None:  # fmt: skip
     images, ann = out / "images", out / "annotations"
@@ -996,16 +1022,17 @@ def _write(out: Path, marker: str, seed: int, n_trainval: int, n_test: int, prog
             report(done, total)
     else:
         batches = [jobs[i : i + 8] for i in range(0, total, 8)]
-        context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
-        try:
-            futures = [pool.submit(_draw_batch, str(images), seed, b) for b in batches]
-            done = 0
-            for future in as_completed(futures):
-                done += future.result()
+        left = _draw_in_pool(str(images), seed, batches, workers, report, total)
+        if left:  # a worker died (killed, out of memory): draw what it did not finish here
+            warnings.warn(
+                f"a drawing process ended abruptly; drawing the remaining "
+                f"{sum(len(batches[i]) for i in left)} image(s) in this process",
+                stacklevel=3,
+            )
+            done = total - sum(len(batches[i]) for i in left)
+            for i in sorted(left):
+                done += _draw_batch(str(images), seed, batches[i])
                 report(done, total)
-        finally:  # on error, drop the queued batches and wait for the running ones
-            pool.shutdown(wait=True, cancel_futures=True)
 
     ids = _species_and_breed_ids()
     lines: dict[str, list[str]] = {"all": [], "trainval": [], "test": []}

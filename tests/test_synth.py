@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -147,6 +150,17 @@ def test_same_seed_same_bytes_other_seed_other_bytes(dataset: Path, tmp_path: Pa
     images = [n for n in same_names if n.startswith("images")]
     assert images and all(a[n] != b[n] for n in images)
     assert a[synth.MARKER_NAME] != b[synth.MARKER_NAME]
+
+
+def test_a_killed_worker_costs_time_not_images(dataset: Path, tmp_path: Path):
+    def kill_the_workers(done: int, total: int) -> None:
+        for child in multiprocessing.active_children():  # the pool's spawned workers
+            os.kill(child.pid, signal.SIGKILL)
+
+    with pytest.warns(UserWarning, match="ended abruptly; drawing the remaining"):
+        again = synth.generate(tmp_path / "again", trainval_per_class=TV, test_per_class=TE,
+                               workers=2, progress=kill_the_workers)  # fmt: skip
+    assert _files(again) == _files(dataset)
 
 
 def test_render_image_is_deterministic():
