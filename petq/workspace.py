@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from petq import __version__ as petq_version
 from petq.cache import Cache, Entry, key_of, sha256_file, write_bytes_atomic
 from petq.data import PetDataset, Sample
 from petq.errors import ModelError, SpecError
@@ -34,11 +35,12 @@ Stage = Callable[[str, int, int], None]  # progress(stage, done, total)
 def library_versions() -> dict[str, str]:
     """Versions that change a converted artifact or its numbers (no heavy imports)."""
     versions = {}
-    for package in ("tensorflow", "keras", "ai-edge-litert", "petq"):
+    for package in ("tensorflow", "keras", "ai-edge-litert"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = "none"
+    versions["petq"] = petq_version  # installed or run from a checkout alike
     return versions
 
 
