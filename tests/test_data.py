@@ -137,6 +137,18 @@ def test_preprocess_matches_lab_formula():
     assert batch.shape == (2, 4, 6, 3)
 
 
+def test_preprocess_is_the_plain_float32_formula_bit_for_bit():
+    contract = ModelContract(input_size=(5, 7))
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
+    mean, std = np.asarray(contract.mean, np.float32), np.asarray(contract.std, np.float32)
+    plain = (pixels.astype(np.float32) / 255.0 - mean) / std
+    np.testing.assert_array_equal(preprocess(pixels, contract), plain)
+    flipped = pixels[:, ::-1]  # a strided view in, the same numbers out
+    np.testing.assert_array_equal(preprocess(flipped, contract), plain[:, ::-1])
+    assert preprocess(pixels[:0], contract).shape == (0, 5, 7, 3)
+    np.testing.assert_array_equal(pixels, np.asarray(flipped)[:, ::-1])  # input untouched
+
+
 def test_prepare_image_from_bytes():
     contract = ModelContract(input_size=(8, 8))
     x = prepare_image(_encoded(Image.new("RGB", (30, 50), (1, 2, 3)), "PNG"), contract)
