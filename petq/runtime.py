@@ -162,7 +162,10 @@ class LiteRTRunner(Runner):
         self.interpreter.invoke()
 
     def postprocess_outputs(self, y: Any = None) -> np.ndarray:
-        out = self.interpreter.get_tensor(self.output_index)[0]
+        return self.dequantize(self.interpreter.get_tensor(self.output_index)[0])
+
+    def dequantize(self, out: np.ndarray) -> np.ndarray:
+        """Raw output values (any shape) -> float32 scores."""
         if np.issubdtype(self.output_dtype, np.integer):
             return (out.astype(np.float32) - self.output_zero) * self.output_scale
         return out.astype(np.float32)

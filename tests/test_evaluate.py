@@ -61,7 +61,7 @@ def test_agreement():
 
 def test_input_lookup_table_equals_preprocess_then_quantize(workspace):
     from petq.data import preprocess
-    from petq.evaluate import input_lut
+    from petq.evaluate import apply_lut, input_lut
     from petq.runtime import LiteRTRunner
     from petq.types import VariantSpec
 
@@ -73,3 +73,26 @@ def test_input_lookup_table_equals_preprocess_then_quantize(workspace):
         expected = runner.quantize(preprocess(pixels, workspace.contract))
         via_lut = np.stack([lut[c][pixels[..., c]] for c in range(3)], axis=-1)
         np.testing.assert_array_equal(via_lut, expected)
+        np.testing.assert_array_equal(apply_lut(pixels, lut), expected)  # Pillow for int8
+        assert apply_lut(pixels[:0], lut).shape == (0, 32, 32, 3)
+
+
+def test_accuracy_pass_equals_one_predict_per_image(workspace):
+    from petq.data import preprocess
+    from petq.evaluate import LITERT_CHUNK, predict_all
+    from petq.runtime import LiteRTRunner
+    from petq.types import VariantSpec
+
+    n = 2 * LITERT_CHUNK + 3
+    pixels = np.random.default_rng(2).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    for spec in (VariantSpec.fp32(), VariantSpec.int8(0.5)):
+        entry, _ = workspace.tflite(spec)
+        runner = LiteRTRunner(entry.file("model.tflite"), threads=1)
+        seen = []
+        progress = lambda done, total, log=seen: log.append(done)  # noqa: E731
+        scores = predict_all(runner, pixels, workspace.contract, progress)
+        x = preprocess(pixels, workspace.contract)
+        one_by_one = np.stack([runner.predict(x[i:i + 1]) for i in range(len(x))])
+        np.testing.assert_array_equal(scores, one_by_one)
+        assert seen == [LITERT_CHUNK, 2 * LITERT_CHUNK, 2 * LITERT_CHUNK + 3]
+        assert predict_all(runner, pixels[:0], workspace.contract).shape == (0, 4)
