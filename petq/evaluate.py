@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from sklearn.metrics import confusion_matrix, top_k_accuracy_score
 
 from petq.data import preprocess
 from petq.runtime import KerasRunner, LiteRTRunner, Runner
@@ -31,6 +30,8 @@ def compute_metrics(labels: np.ndarray, scores: np.ndarray, num_classes: int) ->
     Classes absent from the evaluated labels are left out of the per-class
     means; a present class never predicted has precision 0.
     """
+    from sklearn.metrics import confusion_matrix, top_k_accuracy_score  # 2 s to import
+
     labels = np.asarray(labels, dtype=np.int64)
     scores = np.asarray(scores)
     classes = np.arange(num_classes)

@@ -48,6 +48,9 @@ def metrics_markdown(row: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+FIGURE_VERSION = 1  # bump when confusion_png draws differently
+
+
 def confusion_png(details: dict[str, Any], title: str) -> bytes:
     """The confusion matrix (rows = truth) as a PNG, breed names on both axes."""
     from matplotlib.figure import Figure  # not pyplot: safe from any thread
@@ -260,10 +263,28 @@ def report_files(workspace, rows: list[dict[str, Any]]) -> dict[str, bytes]:
     for row in rows:
         prefix = row["variant"]
         files[f"{prefix}-metrics.md"] = metrics_markdown(row).encode()
-        files[f"{prefix}-confusion-matrix.png"] = confusion_png(
-            workspace.details(row["result_key"]), prefix
+        files[f"{prefix}-confusion-matrix.png"] = cached_confusion_png(
+            workspace, row["result_key"], prefix
         )
     return files
+
+
+def cached_confusion_png(workspace, result_key: str, title: str) -> bytes:
+    """`confusion_png` of a cached result, drawn once and kept in the cache (`figures/`)."""
+    from importlib import metadata
+
+    from petq.cache import key_of
+
+    key = key_of({"v": FIGURE_VERSION, "result": result_key, "title": title,
+                  "matplotlib": metadata.version("matplotlib")})  # fmt: skip
+
+    def build(tmp: Path) -> dict[str, Any]:
+        png = confusion_png(workspace.details(result_key), title)
+        (tmp / "confusion.png").write_bytes(png)
+        return {"result_key": result_key, "title": title}
+
+    entry, _ = workspace.cache.get_or_build("figures", key, build)
+    return entry.file("confusion.png").read_bytes()
 
 
 def write_reports(workspace, rows: list[dict[str, Any]], results_path: Path) -> list[Path]:

@@ -36,9 +36,16 @@ def test_every_variant_kind_through_the_cli(cli_args, tmp_path, capsys):
     assert "**4. How does the model calibrated on chosen classes" in summary
     assert "Not answered" not in summary
     assert (results / "config.json").exists()
-    # a rerun reuses the cache
+    # a rerun reuses the cache, the drawn confusion matrix included
+    png = (results / "tflite-fp32-confusion-matrix.png").read_bytes()
+    (results / "tflite-fp32-confusion-matrix.png").unlink()
+    figures = Path(cli_args[cli_args.index("--cache-dir") + 1]) / "figures"
+    drawn = {p: p.stat().st_mtime_ns for p in figures.rglob("confusion.png")}
+    assert len(drawn) >= len(names)
     assert main(["experiments", *cli_args, "--tasks", "tflite-fp32"]) == 0
     assert "(cached)" in capsys.readouterr().out
+    assert (results / "tflite-fp32-confusion-matrix.png").read_bytes() == png
+    assert {p: p.stat().st_mtime_ns for p in figures.rglob("confusion.png")} == drawn
 
 
 def test_list_shows_cached_results(cli_args, capsys):
