@@ -78,6 +78,7 @@ class Workspace:
             )
         self.contract = contract
         self._store: DecodedStore | None = None
+        self._keras: KerasRunner | None = None
 
     # ------------------------------------------------------------ identity
 
@@ -100,7 +101,7 @@ class Workspace:
         """Parameter count, input and output shapes of the source model (cached)."""
 
         def build(tmp: Path) -> dict[str, Any]:
-            runner = KerasRunner(self.model_path, self.threads)
+            runner = self.keras_runner()
             model = runner.model
             info = {
                 "param_count": int(model.count_params()),
@@ -200,9 +201,15 @@ class Workspace:
 
         return self.cache.get_or_build("variants", self.variant_key(spec), build)
 
+    def keras_runner(self) -> KerasRunner:
+        """The source model, loaded once per workspace (for its info and the native variant)."""
+        if self._keras is None:
+            self._keras = KerasRunner(self.model_path, self.threads)
+        return self._keras
+
     def runner(self, spec: VariantSpec, progress: Stage | None = None) -> Runner:
         if spec.kind is VariantKind.NATIVE:
-            return KerasRunner(self.model_path, self.threads)
+            return self.keras_runner()
         entry, _ = self.tflite(spec, progress)
         return LiteRTRunner(entry.file("model.tflite"), self.threads)
 
