@@ -245,7 +245,7 @@ class Workspace:
                 raise SpecError("the test set is empty")
             row: dict[str, Any] = {}
             if spec.kind is VariantKind.NATIVE:
-                runner: Runner = KerasRunner(self.model_path, self.threads)
+                runner: Runner = self.keras_runner()
                 row["file_size_bytes"] = info["file_size_bytes"]
                 row["calibration_count"] = 0
                 row["convert_seconds"] = 0.0
