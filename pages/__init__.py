@@ -325,14 +325,14 @@ def _jobs_to_show(cache: str) -> list[dict[str, Any]]:
 STAGES = {
     "start": "starting the worker (loading TensorFlow)", "decode": "decoding the dataset (once)",
     "calibrate": "calibrating", "convert": "converting", "evaluate": "evaluating",
-    "latency": "measuring latency",
+    "latency": "measuring latency", "figures": "drawing the confusion matrix",
 }
 
 
 def _stage_text(job: dict[str, Any]) -> str:
     stage = job.get("stage") or "start"
     count = (f" {job['stage_done']}/{job['stage_total']}"
-             if job.get("stage_total") and stage not in ("convert", "latency") else "")
+             if job.get("stage_total") and stage not in ("convert", "latency", "figures") else "")
     what = STAGES.get(stage, stage) + count
     return f"{job['current']}: {what}" if job.get("current") else what
 

@@ -307,7 +307,8 @@ def run_job(path: Path | str) -> int:
         return 2
     reporter = _Reporter(path, record)
     reporter.write(state="running", pid=os.getpid(), started=time.time(), stage="start")
-    from petq.workspace import Workspace  # after the first write: its imports take seconds
+    from petq.report import cached_confusion_png  # after the first write: imports take seconds
+    from petq.workspace import Workspace
 
     try:
         ws = Workspace(record["model_path"], record["dataset_root"], record["cache_root"],
@@ -324,6 +325,8 @@ def run_job(path: Path | str) -> int:
         try:
             spec = VariantSpec.from_dict(variant["spec"])
             result, _ = ws.evaluate(spec, record["test_fraction"], progress=reporter.progress)
+            reporter.progress("figures", 0, 1)
+            cached_confusion_png(ws, result["result_key"], spec.name)  # the report's, drawn now
             variant.update(status="done", result_key=result["result_key"])
         except PetqError as exc:
             variant.update(status="failed", error=str(exc))

@@ -54,6 +54,7 @@ def test_job_converts_evaluates_and_caches(tiny_model, pet_root, tmp_path):
     assert {"tflite-fp32", "tflite-int8-0.5-s7"} <= names
     assert {v["result_key"] for v in record["variants"]} == {
         r["result_key"] for r in ws.results()}
+    assert len(list((cache / "figures").rglob("confusion.png"))) == 2  # the report's, drawn
 
     # Asking again: every spec is cached, reported done at once, no worker started.
     again = start_job(tiny_model, pet_root, cache, 1, specs, test_fraction=1.0)
