@@ -10,10 +10,7 @@ from petq.errors import PetqError
 from petq.jobs import find_active, start_job
 from petq.types import DEFAULT_CALIBRATION_SEED, LAB_IMBALANCED_CLASSES, VariantKind, VariantSpec
 
-ui.page("Convert")
-ws = ui.workspace_or_stop()
-ui.synthetic_note(ws)
-ui.sidebar_workspace(ws)
+ws = ui.workspace_page("Convert")
 test_fraction = ui.settings().test_fraction
 names = list(ws.class_names)
 

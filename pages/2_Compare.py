@@ -7,10 +7,7 @@ import streamlit as st
 import pages as ui
 from petq import compare
 
-ui.page("Compare")
-ws = ui.workspace_or_stop()
-ui.synthetic_note(ws)
-ui.sidebar_workspace(ws)
+ws = ui.workspace_page("Compare")
 
 _, rows = ui.rows_for_one_test_set(
     ws, "compare_test_fraction", "No evaluated variants yet: run some on Home or Convert first.",

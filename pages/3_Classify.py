@@ -11,10 +11,7 @@ from petq.errors import ImageError, PetqError
 
 PER_ROW = 3  # variant cards per row next to a photo
 
-ui.page("Classify")
-ws = ui.workspace_or_stop()
-ui.synthetic_note(ws)
-ui.sidebar_workspace(ws)
+ws = ui.workspace_page("Classify")
 
 variants = ui.available_variants(ws)
 st.session_state["classify_variants"] = [

@@ -6,10 +6,7 @@ import streamlit as st
 
 import pages as ui
 
-ui.page("Report")
-ws = ui.workspace_or_stop()
-ui.synthetic_note(ws)
-ui.sidebar_workspace(ws)
+ws = ui.workspace_page("Report")
 
 fraction, rows = ui.rows_for_one_test_set(
     ws, "report_test_fraction", "No evaluated variants yet: run the lab's task set on Home first.",

@@ -132,6 +132,16 @@ def open_workspace(current: Settings | None = None):
     return _workspace(*workspace_key(current))
 
 
+def workspace_page(title: str):
+    """A page that shows a workspace: setup, the workspace (or a stop), the synthetic-data
+    note and the sidebar line. Returns the workspace."""
+    page(title)
+    ws = workspace_or_stop()
+    synthetic_note(ws)
+    sidebar_workspace(ws)
+    return ws
+
+
 def workspace_or_stop():
     """The current Workspace; on a bad model or dataset, a clear error and the page stops."""
     try:
