@@ -262,9 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=["imagenet"], help="ImageNet backbone (needs internet)")
     p.add_argument("--bn-momentum", type=float)
     p.add_argument("--backbone", choices=["mobilenetv2", "convnet"])
-    p.add_argument("--working-size", type=int, help="convnet: resolution inside the model")
+    p.add_argument("--working-size", type=int, help="in-model resize to this resolution")
     p.add_argument("--pretrain-epochs", type=int,
                    help="first train the backbone under a linear probe, then the lab's head")
+    p.add_argument("--min-crop", type=float,
+                   help="random zoom: crop sides a random fraction in [MIN_CROP, 1] (1: off)")
     p.add_argument("--input-size", default="224x224")
     p.set_defaults(func=cmd_train)
 

@@ -39,8 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "weights": None,
     "bn_momentum": 0.9,
     "backbone": "mobilenetv2",
-    "working_size": 64,
+    "working_size": None,  # no in-model resize (the convnet falls back to 64 px)
     "pretrain_epochs": 0,
+    "min_crop": 1.0,
 }
 
 # The shipped demo model's configuration: `petq train` with no flags repeats it
@@ -65,7 +66,7 @@ def build_model(
     seed: int = 0,
     bn_momentum: float | None = None,
     backbone: str = "mobilenetv2",
-    working_size: int = 64,
+    working_size: int | None = None,
 ):
     """The lab's classifier: MobileNetV2 backbone + GAP + Dense 1024/512/128 + logits.
 
@@ -74,20 +75,28 @@ def build_model(
     normalised by `petq.data.preprocess`, so no `preprocess_input` layer is added.
     `bn_momentum` overrides the backbone's BatchNormalization momentum (Keras uses
     0.999, too slow for the moving statistics to settle in a few epochs from scratch).
+    With `working_size`, the first layer resizes the input to that resolution (the input
+    contract stays `input_size`), which makes training from scratch affordable on a CPU.
     The graph is flat (the backbone's layers, then the head), as in the lab.
     """
     import keras
 
     if backbone == "convnet":
-        return _build_convnet(num_classes, input_size, working_size, seed, bn_momentum)
+        return _build_convnet(num_classes, input_size, working_size or 64, seed, bn_momentum)
     if backbone != "mobilenetv2":
         raise SpecError(f"backbone must be 'mobilenetv2' or 'convnet', got {backbone!r}")
     if weights not in (None, "imagenet"):
         raise SpecError(f"weights must be None or 'imagenet', got {weights!r}")
     height, width = input_size
     keras.utils.set_random_seed(seed)
+    resized = None
+    if working_size is not None:
+        inputs = keras.Input((height, width, 3), name="image")
+        resized = keras.layers.Resizing(working_size, working_size, name="working_resize")(inputs)
+        height = width = working_size
     base = keras.applications.MobileNetV2(
-        include_top=False, alpha=alpha, input_shape=(height, width, 3), weights=weights
+        include_top=False, alpha=alpha, input_shape=(height, width, 3), weights=weights,
+        input_tensor=resized,
     )
     base.trainable = weights is None
     if bn_momentum is not None:
@@ -95,7 +104,9 @@ def build_model(
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = bn_momentum
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output)
-    name = f"petq_mobilenetv2_{alpha:g}_{height}"
+    name = f"petq_mobilenetv2_{alpha:g}_{input_size[0]}"
+    if working_size is not None:
+        name = f"petq_mobilenetv2_{alpha:g}_{working_size}_{input_size[0]}"
     return keras.Model(base.input, _head(x, num_classes), name=name)
 
 
@@ -159,8 +170,14 @@ def keras_accuracy(model, pixels: np.ndarray, labels: np.ndarray, contract: Mode
     return correct / len(pixels)
 
 
-def _augment_pipeline(pixels, labels, contract: ModelContract, batch_size: int, seed: int):
-    """Shuffled, lightly augmented (flip, small shift, brightness), petq-normalised batches."""
+def _augment_pipeline(
+    pixels, labels, contract: ModelContract, batch_size: int, seed: int, min_crop: float = 1.0
+):
+    """Shuffled, lightly augmented (flip, small shift, brightness), petq-normalised batches.
+
+    With `min_crop` < 1, each image is first zoomed: a random crop whose sides are a random
+    fraction in [min_crop, 1] of the image's, resized back to the input size.
+    """
     import tensorflow as tf
 
     height, width = contract.input_size
@@ -169,6 +186,14 @@ def _augment_pipeline(pixels, labels, contract: ModelContract, batch_size: int, 
     def augment(image, label, rng):
         seeds = tf.random.experimental.stateless_split(rng, 3)
         x = tf.cast(image, tf.float32)
+        if min_crop < 1.0:
+            zoom = tf.random.experimental.stateless_split(
+                tf.random.experimental.stateless_fold_in(rng, 1), 2
+            )
+            side = tf.random.stateless_uniform((), zoom[0], min_crop, 1.0)
+            crop = tf.cast(tf.round(side * tf.constant([height, width], tf.float32)), tf.int32)
+            x = tf.image.stateless_random_crop(x, tf.concat([crop, [3]], 0), zoom[1])
+            x = tf.image.resize(x, (height, width))
         x = tf.image.stateless_random_flip_left_right(x, seeds[0])
         x = tf.pad(x, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
         x = tf.image.stateless_random_crop(x, (height, width, 3), seeds[1])
@@ -216,8 +241,9 @@ def retrain_command(
     input_size: tuple[int, int],
     bn_momentum: float | None,
     backbone: str = "mobilenetv2",
-    working_size: int = 64,
+    working_size: int | None = None,
     pretrain_epochs: int = 0,
+    min_crop: float = 1.0,
 ) -> str:
     """The `petq train` command line that repeats a run."""
     args = [
@@ -237,10 +263,12 @@ def retrain_command(
         args += ["--bn-momentum", f"{bn_momentum:g}"]
     if weights:
         args += ["--weights", weights]
-    if backbone != "mobilenetv2":
-        args += ["--backbone", backbone, "--working-size", str(working_size)]
-    if pretrain_epochs:
-        args += ["--pretrain-epochs", str(pretrain_epochs)]
+    # Always named: `petq train` fills missing flags from DEMO_TRAINING, not from DEFAULTS.
+    args += ["--backbone", backbone, "--pretrain-epochs", str(pretrain_epochs)]
+    if working_size is not None:
+        args += ["--working-size", str(working_size)]
+    if min_crop < 1.0:
+        args += ["--min-crop", f"{min_crop:g}"]
     return shlex.join(args)
 
 
@@ -258,8 +286,9 @@ def train(
     input_size: tuple[int, int] = (224, 224),
     bn_momentum: float | None = DEFAULTS["bn_momentum"],
     backbone: str = DEFAULTS["backbone"],
-    working_size: int = DEFAULTS["working_size"],
+    working_size: int | None = DEFAULTS["working_size"],
     pretrain_epochs: int = DEFAULTS["pretrain_epochs"],
+    min_crop: float = DEFAULTS["min_crop"],
     progress: EpochProgress | None = None,
     run_eagerly: bool = False,
 ) -> dict[str, Any]:
@@ -282,9 +311,13 @@ def train(
         raise SpecError(f"{out_path}: the trained model path must end with .keras")
     if epochs < 1 or batch_size < 1:
         raise SpecError(f"epochs and batch size must be >= 1, got {epochs} and {batch_size}")
+    if not 0.0 < min_crop <= 1.0:
+        raise SpecError(f"min crop must be in (0, 1], got {min_crop}")
     if not 0.0 < val_fraction < 1.0:
         raise SpecError(f"validation fraction must be in (0, 1), got {val_fraction}")
     input_size = (int(input_size[0]), int(input_size[1]))
+    if backbone == "convnet" and working_size is None:
+        working_size = 64
 
     dataset = PetDataset.load(dataset_root)
     contract = ModelContract(
@@ -331,7 +364,7 @@ def train(
         )
         callback = _best_weights_callback(n_epochs, report)
         target.fit(
-            _augment_pipeline(x_train, y_train, contract, batch_size, seed),
+            _augment_pipeline(x_train, y_train, contract, batch_size, seed, min_crop),
             validation_data=_plain_pipeline(x_val, y_val, contract, batch_size),
             epochs=n_epochs,
             callbacks=[callback],
@@ -367,12 +400,14 @@ def train(
 
     info = {
         "architecture": (
-            f"{'MobileNetV2' if backbone == 'mobilenetv2' else f'convnet at {working_size} px'}"
+            f"{'MobileNetV2' if backbone == 'mobilenetv2' else 'convnet'}"
+            f"{f' at {working_size} px' if working_size else ''}"
             " + GAP + Dense 1024/512/128 (dropout 0.3) + out_layer"
         ),
         "backbone": backbone,
         "pretrain_epochs": pretrain_epochs,
-        "working_size": working_size if backbone != "mobilenetv2" else None,
+        "min_crop": min_crop,
+        "working_size": working_size,
         "alpha": alpha,
         "input_size": list(input_size),
         "epochs": epochs,
@@ -411,6 +446,7 @@ def train(
             backbone=backbone,
             working_size=working_size,
             pretrain_epochs=pretrain_epochs,
+            min_crop=min_crop,
         ),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)

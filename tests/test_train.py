@@ -134,7 +134,7 @@ def test_retrain_command_round_trips_the_configuration():
     assert command == (
         "petq train --dataset-root 'data/my pets' --model-path models/m.keras --alpha 0.5 "
         "--epochs 4 --batch-size 16 --learning-rate 0.0003 --val-fraction 0.25 --seed 2 "
-        "--weights imagenet"
+        "--weights imagenet --backbone mobilenetv2 --pretrain-epochs 0"
     )
 
 
@@ -151,7 +151,22 @@ def test_convnet_backbone_keeps_the_input_contract_and_the_head():
         weights=None, learning_rate=1e-3, input_size=(224, 224), bn_momentum=0.9,
         backbone="convnet", working_size=48,
     )
-    assert command.endswith("--backbone convnet --working-size 48")
+    assert command.endswith("--backbone convnet --pretrain-epochs 0 --working-size 48")
+
+
+def test_mobilenetv2_working_size_resizes_inside_the_model():
+    model = build_model(4, alpha=0.35, input_size=(224, 224), working_size=48, seed=1)
+    assert model.input_shape == (None, 224, 224, 3)
+    assert model.get_layer("working_resize").output.shape[1:3] == (48, 48)
+    assert isinstance(model.layers[2], keras.layers.Conv2D)  # flat: resize, then the backbone
+    assert model.name == "petq_mobilenetv2_0.35_48_224"
+    command = retrain_command(
+        "d", "m.keras", alpha=0.35, epochs=2, batch_size=8, val_fraction=0.2, seed=0,
+        weights=None, learning_rate=1e-3, input_size=(224, 224), bn_momentum=0.9,
+        working_size=48,
+    )
+    assert command.endswith("--bn-momentum 0.9 --backbone mobilenetv2 --pretrain-epochs 0 "
+                            "--working-size 48")
 
 
 def test_two_stage_training_freezes_the_backbone_for_the_head(tmp_path):
