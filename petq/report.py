@@ -83,7 +83,8 @@ def _points(delta: float) -> str:
 
 
 def _speed(a_ms: float, b_ms: float) -> str:
-    """'1.8x faster' / '1.2x slower' for a against b."""
+    """'1.8x faster' / '1.2x slower' for a against b (medians: a few slow runs on a busy
+    machine move a mean, not a median)."""
     if a_ms <= 0 or b_ms <= 0:
         return "not comparable"
     ratio = b_ms / a_ms
@@ -154,8 +155,8 @@ def summary_markdown(workspace, rows: list[dict[str, Any]]) -> str:
             f"{_pct(native['accuracy'])} for the native model "
             f"({_points(fp32['accuracy'] - native['accuracy'])}); the two "
             f"agree on the top-1 breed for {_pct(agree)} of test images. It runs "
-            f"{_speed(fp32['latency_mean_ms'], native['latency_mean_ms'])} "
-            f"({fp32['latency_mean_ms']:.2f} ms against {native['latency_mean_ms']:.2f} ms "
+            f"{_speed(fp32['latency_p50_ms'], native['latency_p50_ms'])} "
+            f"(median {fp32['latency_p50_ms']:.2f} ms against {native['latency_p50_ms']:.2f} ms "
             "per image)."
         )
     else:
@@ -166,7 +167,7 @@ def summary_markdown(workspace, rows: list[dict[str, Any]]) -> str:
     out.append("")
     quantized = int8 + imb
     if fp32 and quantized:
-        best = max(quantized, key=lambda r: (r["accuracy"], -r["latency_mean_ms"]))
+        best = max(quantized, key=lambda r: (r["accuracy"], -r["latency_p50_ms"]))
         agree = agreement(top1[best["variant"]], top1[fp32["variant"]])
         out.append(
             f"The best INT8 variant, `{best['variant']}`, reaches {_pct(best['accuracy'])} "
@@ -174,8 +175,8 @@ def summary_markdown(workspace, rows: list[dict[str, Any]]) -> str:
             f"{_pct(fp32['accuracy'])}; G-Mean {best['g_mean']:.3f} against {fp32['g_mean']:.3f}), "
             f"agrees with FP32 on {_pct(agree)} of images, is "
             f"{fp32['file_size_bytes'] / best['file_size_bytes']:.2f}x smaller and runs "
-            f"{_speed(best['latency_mean_ms'], fp32['latency_mean_ms'])} "
-            f"({best['latency_mean_ms']:.2f} ms against {fp32['latency_mean_ms']:.2f} ms)."
+            f"{_speed(best['latency_p50_ms'], fp32['latency_p50_ms'])} "
+            f"(median {best['latency_p50_ms']:.2f} ms against {fp32['latency_p50_ms']:.2f} ms)."
         )
     else:
         out.append("Not answered: evaluate `tflite-fp32` and at least one INT8 variant.")

@@ -36,6 +36,16 @@ def test_every_variant_kind_through_the_cli(cli_args, tmp_path, capsys):
     assert "**4. How does the model calibrated on chosen classes" in summary
     assert "Not answered" not in summary
     assert (results / "config.json").exists()
+    # speed sentences quote medians (a mean moves with a few slow runs on a busy machine)
+    from petq.workspace import Workspace
+
+    i = cli_args.index
+    ws = Workspace(cli_args[i("--model-path") + 1], cli_args[i("--dataset-root") + 1],
+                   cli_args[i("--cache-dir") + 1], threads=1)  # fmt: skip
+    rows = {r["variant"]: r for r in ws.results(test_fraction=1.0)}
+    fp32, native = rows["tflite-fp32"], rows["native"]
+    assert (f"(median {fp32['latency_p50_ms']:.2f} ms against "
+            f"{native['latency_p50_ms']:.2f} ms per image)") in summary  # fmt: skip
     # a rerun reuses the cache, the drawn confusion matrix included
     png = (results / "tflite-fp32-confusion-matrix.png").read_bytes()
     (results / "tflite-fp32-confusion-matrix.png").unlink()
