@@ -76,9 +76,8 @@ def predict_all(
     """Scores (N, C) for uint8 images (N, H, W, 3), one image per invoke as deployed.
 
     For LiteRT the per-image loop is set_tensor + invoke + get_tensor and nothing
-    else: preprocessing and quantization (per-channel maps of a uint8 value) are one
-    lookup table applied a chunk at a time in a helper thread, which prepares the
-    next chunk while this one runs; raw outputs are dequantized once at the end.
+    else: a helper thread prepares the next chunk's inputs (`input_maker`) while
+    this one runs, and raw outputs are dequantized once at the end.
     """
     n = len(pixels)
     if isinstance(runner, LiteRTRunner):
