@@ -153,10 +153,7 @@ class LiteRTRunner(Runner):
         return np.clip(q, info.min, info.max).astype(self.input_dtype)
 
     def preprocess_input(self, x: np.ndarray) -> None:
-        self.set_quantized(self.quantize(x))
-
-    def set_quantized(self, q: np.ndarray) -> None:
-        self.interpreter.set_tensor(self.input_index, q)
+        self.interpreter.set_tensor(self.input_index, self.quantize(x))
 
     def run_inference(self) -> None:
         self.interpreter.invoke()

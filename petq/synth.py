@@ -1016,23 +1016,23 @@ def _write(out: Path, marker: str, seed: int, n_trainval: int, n_test: int, prog
     total = len(plan)
     report = progress or (lambda done, total: None)
     jobs = [(ci, number, fmt) for ci, number, _, fmt in plan]
-    if workers <= 1 or total < 64:
-        for done, job in enumerate(jobs, start=1):
-            _draw_batch(str(images), seed, [job])
-            report(done, total)
-    else:
-        batches = [jobs[i : i + 8] for i in range(0, total, 8)]
+    parallel = workers > 1 and total >= 64
+    batches = [jobs[i : i + 8] for i in range(0, total, 8)] if parallel else [[j] for j in jobs]
+    if parallel:
         left = _draw_in_pool(str(images), seed, batches, workers, report, total)
-        if left:  # a worker died (killed, out of memory): draw what it did not finish here
-            warnings.warn(
-                f"a drawing process ended abruptly; drawing the remaining "
-                f"{sum(len(batches[i]) for i in left)} image(s) in this process",
-                stacklevel=3,
-            )
-            done = total - sum(len(batches[i]) for i in left)
-            for i in sorted(left):
-                done += _draw_batch(str(images), seed, batches[i])
-                report(done, total)
+    else:
+        left = set(range(len(batches)))
+    missing = sum(len(batches[i]) for i in left)
+    if parallel and left:  # a worker died (killed, out of memory): draw the rest here
+        warnings.warn(
+            f"a drawing process ended abruptly; drawing the remaining {missing} image(s) "
+            "in this process",
+            stacklevel=3,
+        )
+    done = total - missing
+    for i in sorted(left):
+        done += _draw_batch(str(images), seed, batches[i])
+        report(done, total)
 
     ids = _species_and_breed_ids()
     lines: dict[str, list[str]] = {"all": [], "trainval": [], "test": []}

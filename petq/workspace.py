@@ -21,7 +21,7 @@ import numpy as np
 
 from petq import __version__ as petq_version
 from petq.cache import Cache, Entry, key_of, sha256_file, write_bytes_atomic
-from petq.data import PetDataset, Sample
+from petq.data import PetDataset, Sample, preprocess
 from petq.errors import ModelError, SpecError
 from petq.evaluate import compute_metrics, measure_latency, predict_all
 from petq.runtime import KerasRunner, LiteRTRunner, Runner, default_threads
@@ -177,8 +177,6 @@ class Workspace:
                 rows, kept = store.rows(samples)
                 if not kept:
                     raise SpecError(f"{spec.name}: the calibration set is empty")
-                from petq.data import preprocess
-
                 calibration = (preprocess(store.pixels[r], self.contract) for r in rows)
             if progress:
                 progress("convert", 0, 1)
@@ -262,8 +260,6 @@ class Workspace:
             eval_seconds = time.perf_counter() - start
             if progress:
                 progress("latency", 0, 1)
-            from petq.data import preprocess
-
             latency = measure_latency(runner, preprocess(np.asarray(pixels[0]), self.contract),
                                       runs=latency_runs)
             if progress:
