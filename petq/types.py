@@ -16,6 +16,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 LAB_IMBALANCED_CLASSES = (5,)  # the lab's tflite-imbint8 task calibrates on class index 5 alone
 DEFAULT_CALIBRATION_SEED = 1234  # the lab's calibration seed
 LAB_INT8_FRACTIONS = (0.01, 0.08, 0.3, 0.8)
+# Input preprocessing modes, named after keras.applications.imagenet_utils.preprocess_input
+# plus `unit` and `raw`; `torch` (the lab's) uses the contract's mean and std.
+PREPROCESSING = {
+    "torch": "/255, then the model's mean/std (ImageNet by default; the lab's)",
+    "tf": "scaled to [-1, 1]",
+    "caffe": "RGB to BGR, then the ImageNet BGR means subtracted (0-255 scale)",
+    "unit": "/255: [0, 1]",
+    "raw": "0-255 as float",
+}
 
 
 class VariantKind(str, Enum):
@@ -194,7 +203,13 @@ class ModelContract:
     std: tuple[float, float, float] = IMAGENET_STD
     class_names: tuple[str, ...] = ()
     synthetic: bool = False
+    preprocessing: str = "torch"
     info: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.preprocessing not in PREPROCESSING:
+            raise ModelError(f"unknown preprocessing {self.preprocessing!r}: expected one of "
+                             f"{', '.join(PREPROCESSING)}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -215,6 +230,7 @@ class ModelContract:
             std=tuple(float(v) for v in data.get("std", IMAGENET_STD)),
             class_names=tuple(data.get("class_names", ())),
             synthetic=bool(data.get("synthetic", False)),
+            preprocessing=str(data.get("preprocessing", "torch")),
             info=dict(data.get("info", {})),
         )
 
