@@ -12,11 +12,26 @@ from petq.errors import (
     PetqError,
     SpecError,
 )
-from petq.types import ModelContract, VariantKind, VariantSpec, lab_tasks, parse_tasks
+from petq.types import (
+    RECIPES,
+    Backend,
+    Calibration,
+    Mode,
+    ModelContract,
+    Recipe,
+    VariantSpec,
+    lab_tasks,
+    parse_tasks,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "RECIPES",
+    "Backend",
+    "Calibration",
+    "Mode",
+    "Recipe",
     "DatasetError",
     "DownloadError",
     "ImageError",
@@ -24,7 +39,6 @@ __all__ = [
     "ModelError",
     "PetqError",
     "SpecError",
-    "VariantKind",
     "VariantSpec",
     "lab_tasks",
     "parse_tasks",

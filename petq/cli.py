@@ -14,7 +14,13 @@ import time
 from pathlib import Path
 
 from petq.errors import PetqError
-from petq.types import DEFAULT_CALIBRATION_SEED, VariantKind, VariantSpec, parse_tasks
+from petq.types import (
+    DEFAULT_CALIBRATION_SEED,
+    PREPROCESSING,
+    Calibration,
+    VariantSpec,
+    parse_tasks,
+)
 
 
 class StageBars:
@@ -62,7 +68,7 @@ def _workspace(args: argparse.Namespace):
         bar.update(done - bar.n)
 
     ws = default_workspace(args.model_path, args.dataset_root, args.cache_dir, args.threads,
-                           progress=synth_progress)
+                           progress=synth_progress, preprocessing=args.preprocessing)
     if bar is not None:
         bar.close()
     return ws
@@ -72,33 +78,28 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     from petq.report import write_reports
 
     ws = _workspace(args)
-    specs = parse_tasks(args.tasks)
-    if args.calibration_classes:
-        classes = tuple(ws.dataset.class_index(c) for c in args.calibration_classes)
-        specs = [VariantSpec.imbint8(classes) if s.kind is VariantKind.IMBINT8 else s
-                 for s in specs]
-    if args.seed != DEFAULT_CALIBRATION_SEED:
-        specs = [VariantSpec.int8(s.fraction, args.seed) if s.kind is VariantKind.INT8 else s
-                 for s in specs]
-    for spec in specs:  # fail fast, before any conversion, on a spec the dataset can't serve
-        ws.calibration_samples(spec)
+    specs = resolve_specs(ws, args)
     data_note = " (synthetic demo data)" if ws.dataset.synthetic else ""
     print(f"model {ws.model_path}, dataset {ws.dataset.root}{data_note}, "
           f"{len(specs)} task(s), {ws.threads} thread(s)", file=sys.stderr)
-    rows = []
+    results, failures = [], []
     for spec in specs:
         start = time.perf_counter()
         bars = StageBars(f"{spec.name}: ")
         try:
-            row, computed = ws.evaluate(spec, args.test_dataset_fraction, progress=bars)
+            result, computed = ws.evaluate(spec, args.test_dataset_fraction, progress=bars)
+        except PetqError as exc:  # one recipe the model cannot take: the others still run
+            print(f"petq: error: {exc}", file=sys.stderr)
+            failures.append(spec.name)
+            continue
         finally:
             bars.close()
         how = f"computed in {time.perf_counter() - start:.1f} s" if computed else "cached"
-        print(f"{spec.name:24s} accuracy {row['accuracy']:.4f}  g-mean {row['g_mean']:.4f}  "
-              f"top-5 {row['top5']:.4f}  latency {row['latency_mean_ms']:.2f} ms  "
-              f"size {row['file_size_bytes']:,} B  ({how})")
-        rows.append(row)
-    written = write_reports(ws, rows, args.results_path)
+        print(f"{spec.name:28s} {result_line(result)}  ({how})")
+        results.append(result)
+    if not results:
+        raise PetqError(f"no variant could be evaluated ({', '.join(failures)})")
+    written = write_reports(ws, results, args.results_path)
     config = {
         "model_path": str(ws.model_path), "dataset_root": str(ws.dataset.root),
         "results_path": str(args.results_path), "test_dataset_fraction":
@@ -107,20 +108,56 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     }
     (Path(args.results_path) / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     print(f"wrote {len(written)} report files and config.json to {args.results_path}")
-    return 0
+    if failures:
+        print(f"petq: {len(failures)} task(s) failed: {', '.join(failures)}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def result_line(result) -> str:
+    """One line of a result's headline metrics, formatted by the metrics registry."""
+    from petq.results import METRICS
+
+    shown = ("accuracy", "g_mean", "top5", "latency_p50_ms", "file_size_bytes")
+    return "  ".join(f"{METRICS[k].label.lower()} {METRICS[k].format(result.value(k))}"
+                     for k in shown)
+
+
+def resolve_specs(ws, args: argparse.Namespace) -> list[VariantSpec]:
+    """The run's specs from --tasks, with --calibration-classes and --seed applied; fails
+    before any work on a spec the dataset cannot serve."""
+    specs = parse_tasks(args.tasks)
+    if args.calibration_classes:
+        classes = tuple(ws.class_index(c) for c in args.calibration_classes)
+        specs = [s.with_calibration(Calibration(classes=classes))
+                 if s.calibration.kind == "classes" else s for s in specs]
+    if args.seed != DEFAULT_CALIBRATION_SEED:
+        specs = [s.with_calibration(Calibration(s.fraction, seed=args.seed))
+                 if s.uses_seed else s for s in specs]
+    specs = list(dict.fromkeys(specs))
+    for spec in specs:
+        ws.calibration_samples(spec)
+    return specs
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     ws = _workspace(args)
-    rows = ws.results()
-    if not rows:
+    results = ws.results()
+    if not results:
         print("no cached results for this model and dataset")
         return 0
-    print(f"{'variant':24s} {'test':>5s} {'accuracy':>9s} {'g-mean':>7s} {'latency ms':>10s} "
-          f"{'size B':>10s}")
-    for r in rows:
-        print(f"{r['variant']:24s} {r['test_fraction']:5g} {r['accuracy']:9.4f} "
-              f"{r['g_mean']:7.4f} {r['latency_mean_ms']:10.2f} {r['file_size_bytes']:10,}")
+    for r in results:
+        print(f"{r.variant:28s} test {r.test_fraction:<5g} {result_line(r)}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    """Every recipe: its name pattern, backend, scheme and what it is for."""
+    from petq.types import RECIPES
+
+    for recipe in RECIPES.values():
+        pattern = recipe.stem + ("-<fraction>|-c<i>+<j>" if recipe.calibrates else "")
+        pattern += f"-{recipe.tag}" if recipe.tag else ""
+        print(f"{pattern:36s} {recipe.backend.value:7s} {recipe.scheme:12s} {recipe.summary}")
     return 0
 
 
@@ -199,13 +236,18 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-path", type=Path, help="Keras model (default: the demo model)")
+    parser.add_argument("--model-path", type=Path,
+                        help="Keras model (.keras, .h5) or float .tflite (default: the demo model)")
     parser.add_argument("--dataset-root", type=Path,
                         help="Oxford-IIIT Pet layout folder (default: synthetic demo dataset)")
     parser.add_argument("--download-dataset", action="store_true",
                         help="download Oxford-IIIT Pet into --dataset-root first")
     parser.add_argument("--cache-dir", type=Path, help="cache folder (default: ./cache)")
     parser.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
+    parser.add_argument("--preprocessing", choices=list(PREPROCESSING),
+                        help="input scaling, for a model without a sidecar JSON (default: "
+                             "the sidecar's, else torch: /255 then ImageNet mean/std). "
+                             + "; ".join(f"{k}: {v}" for k, v in PREPROCESSING.items()))
 
 
 def fraction(text: str) -> float:
@@ -229,13 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-dataset-fraction", type=fraction, default=1.0,
                    help="stratified fraction of the test split to evaluate on (0, 1]")
     p.add_argument("--tasks", nargs="+", default=["all"],
-                   help="native tflite-fp32 tflite-int8-<fraction> tflite-imbint8 "
-                        "tflite-imbint8-c<i>+<j> | all | tflite-int8-all")
+                   help="variant names (native tflite-fp32 tflite-int8-<fraction> "
+                        "tflite-imbint8 aeq-wi8-ai8-<fraction> ...; `petq recipes` lists them) "
+                        "| all (the lab's seven) | tflite-int8-all | recipes (every recipe once)")
     p.add_argument("--calibration-classes", nargs="+",
                    help="breed names or indices calibrating tflite-imbint8 (default: index 5)")
     p.add_argument("--seed", type=int, default=DEFAULT_CALIBRATION_SEED,
                    help="seed of the stratified INT8 calibration pick")
     p.set_defaults(func=cmd_experiments)
+
+    p = sub.add_parser("recipes", help="list the quantization recipes and their names")
+    p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("list", help="list cached results for a model and dataset")
     _common(p)

@@ -1,6 +1,6 @@
 """Comparing variants: tables with deltas, per-class views and Plotly figures.
 
-Pure functions over `Workspace.results()` rows and `Workspace.details()` dicts,
+Pure functions over `Workspace.results()` and `Workspace.details()` records,
 so the dashboard pages only lay them out. No streamlit here.
 """
 
@@ -17,58 +17,38 @@ import plotly.graph_objects as go
 
 from petq.errors import PetqError
 from petq.evaluate import agreement
+from petq.results import METRICS, QUALITY, Details, Result
 from petq.runtime import Runner, softmax
-from petq.types import VariantKind, VariantSpec
-
-Row = Mapping[str, Any]
-Details = Mapping[str, Any]
-
-# (column, label, higher is better) in the order the comparison table shows them
-METRICS: tuple[tuple[str, str, bool], ...] = (
-    ("accuracy", "Accuracy", True),
-    ("mean_precision", "Mean precision", True),
-    ("mean_sensitivity", "Mean sensitivity", True),
-    ("g_mean", "G-Mean", True),
-    ("top5", "Top-5", True),
-    ("latency_mean_ms", "Latency mean (ms)", False),
-    ("latency_p95_ms", "Latency p95 (ms)", False),
-    ("file_size_bytes", "File size (bytes)", False),
-    ("compression_ratio", "Compression vs FP32", True),
-    ("agreement", "Top-1 agreement", True),
-)
-QUALITY_METRICS = ("accuracy", "mean_precision", "mean_sensitivity", "g_mean", "top5")
-LATENCY_METRICS = ("latency_mean_ms", "latency_p95_ms")
-LABELS = {column: label for column, label, _ in METRICS}
-KIND_COLOURS = {
-    VariantKind.NATIVE.value: "#636efa",
-    VariantKind.FP32.value: "#00a884",
-    VariantKind.INT8.value: "#ef8a17",
-    VariantKind.IMBINT8.value: "#d62728",
-}
+from petq.types import RECIPES, VariantSpec
 
 
-def latest_per_variant(rows: Sequence[Row]) -> list[Row]:
-    """One row per variant name (the most recent), in the input order."""
-    best: dict[str, Row] = {}
-    for row in rows:
-        kept = best.get(row["variant"])
-        if kept is None or row.get("created", 0) >= kept.get("created", 0):
-            best[row["variant"]] = row
-    order = list(dict.fromkeys(r["variant"] for r in rows))
+def label(metric: str) -> str:
+    return METRICS[metric].label if metric in METRICS else metric
+
+
+def latest_per_variant(results: Sequence[Result]) -> list[Result]:
+    """One result per variant name (the most recent), in the input order."""
+    best: dict[str, Result] = {}
+    for result in results:
+        kept = best.get(result.variant)
+        if kept is None or result.created >= kept.created:
+            best[result.variant] = result
+    order = list(dict.fromkeys(r.variant for r in results))
     return [best[name] for name in order]
 
 
-def test_fractions(rows: Sequence[Row]) -> list[float]:
-    """The test-set fractions the rows were evaluated on, largest first."""
-    return sorted({float(r.get("test_fraction", 1.0)) for r in rows}, reverse=True)
+def test_fractions(results: Sequence[Result]) -> list[float]:
+    """The test-set fractions the results were evaluated on, largest first."""
+    return sorted({float(r.test_fraction) for r in results}, reverse=True)
 
 
-def same_images(a: Details, b: Details) -> bool:
-    return list(a.get("image_ids", [])) == list(b.get("image_ids", []))
+TABLE_METRICS = ("accuracy", "mean_precision", "mean_sensitivity", "g_mean", "top5",
+                 "latency_p50_ms", "latency_p95_ms", "file_size_bytes", "compression_ratio",
+                 "agreement")
 
 
 def comparison_table(
-    rows: Sequence[Row],
+    results: Sequence[Result],
     details_by_key: Mapping[str, Details],
     reference_variant: str | None = None,
 ) -> pd.DataFrame:
@@ -76,36 +56,42 @@ def comparison_table(
     with the reference, and each metric's delta from the reference (`<metric>_delta`).
 
     Agreement is only computed between results on the same test images (NaN
-    otherwise). Without the reference among the rows, deltas and agreement are NaN.
+    otherwise). Without the reference among the results, deltas and agreement are NaN.
     """
-    rows = latest_per_variant(rows)
-    columns = ["variant", "kind", "precision", "description", "result_key", "n_images",
-               "test_fraction", "calibration_count", *(m for m, _, _ in METRICS)]
-    if not rows:
-        return pd.DataFrame(columns=columns + [f"{m}_delta" for m, _, _ in METRICS])
-    by_name = {r["variant"]: r for r in rows}
+    results = latest_per_variant(results)
+    columns = ["variant", "backend", "scheme", "description", "result_key", "n_images",
+               "test_fraction", "calibration_count", *TABLE_METRICS]
+    if not results:
+        return pd.DataFrame(columns=columns + [f"{m}_delta" for m in TABLE_METRICS])
+    by_name = {r.variant: r for r in results}
     reference = by_name.get(reference_variant) if reference_variant else None
-    fp32 = by_name.get(VariantKind.FP32.value)
-    fp32_size = fp32.get("file_size_bytes") if fp32 else None
-    ref_details = details_by_key.get(reference["result_key"]) if reference else None
+    fp32 = by_name.get(VariantSpec.fp32().name)
+    ref_details = details_by_key.get(reference.result_key) if reference else None
     records = []
-    for row in rows:
-        record = {c: row.get(c) for c in columns if c in row}
-        size = row.get("file_size_bytes")
+    for result in results:
+        record: dict[str, Any] = {
+            "variant": result.variant, "backend": result.spec.recipe.backend.value,
+            "scheme": result.scheme, "description": result.description,
+            "result_key": result.result_key, "n_images": result.n_images,
+            "test_fraction": result.test_fraction, "calibration_count": result.calibration_count,
+        }
+        for metric in TABLE_METRICS:
+            record[metric] = result.value(metric)
+        size = result.file_size_bytes
         record["compression_ratio"] = (
-            fp32_size / size if fp32_size and size else math.nan
+            fp32.file_size_bytes / size if fp32 and fp32.file_size_bytes and size else math.nan
         )
-        details = details_by_key.get(row["result_key"])
-        if ref_details is not None and details is not None and same_images(details, ref_details):
-            record["agreement"] = agreement(details["top1"], ref_details["top1"])
+        details = details_by_key.get(result.result_key)
+        if ref_details is not None and details is not None and details.same_images(ref_details):
+            record["agreement"] = agreement(details.top1, ref_details.top1)
         else:
             record["agreement"] = math.nan
         records.append(record)
     table = pd.DataFrame.from_records(records).reindex(columns=columns)
-    for metric, _, _ in METRICS:
+    for metric in TABLE_METRICS:
         table[metric] = pd.to_numeric(table[metric], errors="coerce")
     ref_index = table.index[table["variant"] == reference_variant]
-    for metric, _, _ in METRICS:
+    for metric in TABLE_METRICS:
         if len(ref_index):
             table[f"{metric}_delta"] = table[metric] - table.loc[ref_index[0], metric]
         else:
@@ -114,29 +100,26 @@ def comparison_table(
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The comparison table for people: metric then its delta, readable headers."""
-    out = pd.DataFrame({"Variant": table["variant"], "Precision": table["precision"]})
-    for metric, label, _ in METRICS:
-        out[label] = table[metric]
-        out[f"Δ {label}"] = table[f"{metric}_delta"]
+    """The comparison table for people: metric then its delta, labels from the registry."""
+    out = pd.DataFrame({"Variant": table["variant"], "Scheme": table["scheme"]})
+    for metric in TABLE_METRICS:
+        out[label(metric)] = table[metric]
+        out[f"Δ {label(metric)}"] = table[f"{metric}_delta"]
     out["Test images"] = table["n_images"]
     return out.set_index("Variant")
 
 
-def per_class_sensitivity(rows: Sequence[Row], details_by_key: Mapping[str, Details]
+def per_class_sensitivity(results: Sequence[Result], details_by_key: Mapping[str, Details]
                           ) -> pd.DataFrame:
     """Per-class sensitivity (recall): one column per variant, one line per class."""
-    rows = latest_per_variant(rows)
     columns = {}
     names: list[str] = []
-    for row in rows:
-        details = details_by_key.get(row["result_key"])
+    for result in latest_per_variant(results):
+        details = details_by_key.get(result.result_key)
         if details is None:
             continue
-        names = list(details["class_names"])
-        columns[row["variant"]] = [
-            math.nan if v is None else float(v) for v in details["per_class_sensitivity"]
-        ]
+        names = list(details.class_names)
+        columns[result.variant] = details.per_class_sensitivity.tolist()
     return pd.DataFrame(columns, index=pd.Index(names, name="class"))
 
 
@@ -160,12 +143,12 @@ def confusion_difference(details: Details, reference: Details) -> np.ndarray:
 
     Both must come from the same test images; otherwise the counts do not compare.
     """
-    if not same_images(details, reference):
+    if not details.same_images(reference):
         raise ValueError("the two results were evaluated on different test images")
-    return np.asarray(details["confusion_matrix"]) - np.asarray(reference["confusion_matrix"])
+    return details.confusion_matrix - reference.confusion_matrix
 
 
-def pareto_front(table: pd.DataFrame, x: str = "latency_mean_ms", y: str = "accuracy"
+def pareto_front(table: pd.DataFrame, x: str = "latency_p50_ms", y: str = "accuracy"
                  ) -> list[str]:
     """Variants no other variant beats on both lower `x` and higher `y`."""
     points = table[["variant", x, y]].dropna()
@@ -198,9 +181,9 @@ def available_variants(ws: Any) -> list[tuple[VariantSpec, str]]:
             continue
         if all(spec != s for s, _ in out):
             out.append((spec, manifest["key"]))
-    order = [k for k in VariantKind]
-    return sorted(out, key=lambda item: (order.index(item[0].kind), item[0].fraction or 0.0,
-                                         item[0].classes, item[0].seed))
+    keys = list(RECIPES)
+    return sorted(out, key=lambda item: (keys.index(item[0].recipe.key), item[0].fraction or 0.0,
+                                         item[0].classes, item[0].seed, item[0].keep_float))
 
 
 def classify(
@@ -265,23 +248,23 @@ def _layout(fig: go.Figure, title: str, height: int = 420, legend: str = "top") 
     return fig
 
 
-def metric_bars(table: pd.DataFrame, metrics: Sequence[str] = QUALITY_METRICS,
+def metric_bars(table: pd.DataFrame, metrics: Sequence[str] = QUALITY,
                 title: str = "Quality metrics") -> go.Figure:
     """Grouped bars: one group per variant, one bar per metric."""
     fig = go.Figure()
     for metric in metrics:
         fig.add_bar(
-            name=LABELS.get(metric, metric), x=list(table["variant"]), y=list(table[metric]),
-            hovertemplate="%{x}<br>" + LABELS.get(metric, metric) + ": %{y:.4g}<extra></extra>",
+            name=label(metric), x=list(table["variant"]), y=list(table[metric]),
+            hovertemplate="%{x}<br>" + label(metric) + ": %{y:.4g}<extra></extra>",
         )
     fig.update_layout(barmode="group")
     fig.update_xaxes(tickangle=-30)
-    if all(m in QUALITY_METRICS for m in metrics):
+    if all(m in QUALITY for m in metrics):
         fig.update_yaxes(range=[0, 1.0])
     return _layout(fig, title)
 
 
-def pareto_scatter(table: pd.DataFrame, x: str = "latency_mean_ms", y: str = "accuracy",
+def pareto_scatter(table: pd.DataFrame, x: str = "latency_p50_ms", y: str = "accuracy",
                    title: str = "Accuracy against latency (bubble size: file size)"
                    ) -> go.Figure:
     """Accuracy against latency, one bubble per variant sized by file size; the Pareto
@@ -300,8 +283,8 @@ def pareto_scatter(table: pd.DataFrame, x: str = "latency_mean_ms", y: str = "ac
                         sizeref=scale, sizemin=7, opacity=0.8,
                         line=dict(width=2 if on_front else 1,
                                   color="#222" if on_front else "#888")),
-            hovertemplate=(f"<b>{row['variant']}</b><br>{LABELS.get(x, x)}: %{{x:.3f}}<br>"
-                           f"{LABELS.get(y, y)}: %{{y:.4f}}<br>size: "
+            hovertemplate=(f"<b>{row['variant']}</b><br>{label(x)}: %{{x:.3f}}<br>"
+                           f"{label(y)}: %{{y:.4f}}<br>size: "
                            f"{human_size(row['file_size_bytes'])}"
                            + ("<br>on the Pareto front" if on_front else "")
                            + "<extra></extra>"),
@@ -317,8 +300,8 @@ def pareto_scatter(table: pd.DataFrame, x: str = "latency_mean_ms", y: str = "ac
         low, high = float(data[y].min()), float(data[y].max())
         pad = max(0.3 * (high - low), 0.01)
         fig.update_yaxes(range=[max(0.0, low - pad), min(1.0, high) + pad])
-    fig.update_xaxes(title=LABELS.get(x, x))
-    fig.update_yaxes(title=LABELS.get(y, y))
+    fig.update_xaxes(title=label(x))
+    fig.update_yaxes(title=label(y))
     return _layout(fig, title, height=460, legend="right")
 
 
@@ -335,8 +318,8 @@ def confusion_heatmap(details: Details, title: str, zmax: float | None = None,
 
     Side by side, pass one `zmax` to both so equal counts get equal colours.
     """
-    names = list(details["class_names"])
-    cm = np.asarray(details["confusion_matrix"])
+    names = list(details.class_names)
+    cm = details.confusion_matrix
     fig = go.Figure(go.Heatmap(
         z=cm, x=names, y=names, colorscale="Blues", zmin=0, zmax=zmax, showscale=colorbar,
         hovertemplate="true: %{y}<br>predicted: %{x}<br>count: %{z}<extra></extra>",
@@ -385,7 +368,7 @@ def per_class_heatmap(sensitivity: pd.DataFrame, reference: str | None = None,
 
 def max_count(*details: Details) -> int:
     """The largest confusion-matrix cell among results: one colour scale for all."""
-    return max([1] + [int(np.max(d["confusion_matrix"])) for d in details])
+    return max([1] + [int(np.max(d.confusion_matrix)) for d in details])
 
 
 def default_pair(table: pd.DataFrame, reference: str) -> str:

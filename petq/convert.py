@@ -1,4 +1,4 @@
-"""Keras -> TensorFlow Lite conversion for every variant kind."""
+"""Recipes to .tflite bytes: the TFLite converter and AI Edge Quantizer."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from petq.errors import ModelError, SpecError
-from petq.runtime import load_keras_model
-from petq.types import VariantKind, VariantSpec
+from petq.errors import ModelError, PetqError, SpecError
+from petq.runtime import default_threads, load_keras_model
+from petq.types import Backend, Mode, VariantSpec
 
 Progress = Callable[[int, int], None]
 
@@ -26,36 +26,141 @@ def convert(
     calibration: Iterable[np.ndarray] | None = None,
     calibration_count: int = 0,
     progress: Progress | None = None,
+    *,
+    float_tflite: bytes | None = None,
+    keep_float_nodes: Sequence[str] = (),
 ) -> bytes:
-    """Convert the Keras model at `model_path` to the variant's .tflite bytes.
+    """The variant's .tflite bytes: the one place a recipe becomes a backend configuration.
 
-    `calibration` yields float32 (1, H, W, 3) inputs (already preprocessed) for
-    the INT8 kinds; `progress(done, total)` is called as the calibrator reads them.
+    `calibration` yields float32 (1, H, W, 3) inputs (already preprocessed) for static
+    recipes; `progress(done, total)` is called as the calibrator reads them. AI Edge
+    Quantizer recipes quantize `float_tflite` (the FP32 variant's bytes).
+    `keep_float_nodes` names layers left in float (selective quantization).
     """
-    if not spec.kind.is_tflite:
+    recipe = spec.recipe
+    if recipe.backend is Backend.KERAS:
         raise SpecError("the native variant is not converted")
+    if recipe.calibrates and (calibration is None or calibration_count <= 0):
+        raise SpecError(f"{spec.name}: the calibration set is empty")
+    samples = _counted(calibration, calibration_count, progress) if recipe.calibrates else None
+    if recipe.backend is Backend.AEQ:
+        if float_tflite is None:
+            raise SpecError(f"{spec.name}: AI Edge Quantizer needs the FP32 .tflite")
+        return _aeq(spec, float_tflite, samples, keep_float_nodes)
+    if Path(model_path).suffix == ".tflite":
+        raise ModelError(f"{model_path}: {spec.name} needs the TFLite converter, which takes a "
+                         "Keras model; a .tflite source model takes tflite-fp32 and aeq-* recipes")
+    return _tflite(model_path, spec, samples, keep_float_nodes)
+
+
+def _tflite(model_path: Path | str, spec: VariantSpec, samples: Iterator[np.ndarray] | None,
+            keep_float_nodes: Sequence[str]) -> bytes:
     import tensorflow as tf
 
+    recipe = spec.recipe
     model = load_keras_model(model_path)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if spec.kind in (VariantKind.INT8, VariantKind.IMBINT8):
-        if calibration is None or calibration_count <= 0:
-            raise SpecError(f"{spec.name}: the calibration set is empty")
+    io_types = {"float": tf.float32, "int8": tf.int8, "int16": tf.int16}
+    if recipe.mode is Mode.FLOAT16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _representative(
-            calibration, calibration_count, progress
-        )
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        converter.target_spec.supported_types = [tf.float16]
+    elif recipe.mode is Mode.DYNAMIC:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif recipe.mode is Mode.STATIC:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        rows = list(samples) if keep_float_nodes else samples
+        converter.representative_dataset = _representative(rows)
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            if recipe.activations == "i16" else tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+        ]
+        if not recipe.per_channel:
+            converter._experimental_disable_per_channel = True
+        converter.inference_input_type = io_types[recipe.io]
+        converter.inference_output_type = io_types[recipe.io]
+        if keep_float_nodes:
+            from petq.layers import selective_int8
+
+            return _logged(spec, model_path, lambda: selective_int8(
+                converter, rows, keep_float_nodes))
+    elif recipe.mode is not Mode.FLOAT:
+        raise SpecError(f"{recipe.key}: the TFLite converter has no {recipe.mode.value} mode")
+    return _logged(spec, model_path, converter.convert)
+
+
+AEQ_RECIPES = {  # (mode, weights, activations) -> ai_edge_quantizer.recipe function
+    (Mode.DYNAMIC, "i8", "fp32"): "dynamic_wi8_afp32",
+    (Mode.DYNAMIC, "i4", "fp32"): "dynamic_wi4_afp32",
+    (Mode.WEIGHT_ONLY, "i8", "fp32"): "weight_only_wi8_afp32",
+    (Mode.WEIGHT_ONLY, "i4", "fp32"): "weight_only_wi4_afp32",
+    (Mode.STATIC, "i8", "i8"): "static_wi8_ai8",
+    (Mode.STATIC, "i8", "i16"): "static_wi8_ai16",
+}
+
+
+def aeq_recipe(spec: VariantSpec) -> list[dict]:
+    """The AI Edge Quantizer recipe (its JSON-like list of op configs) for a spec."""
+    from ai_edge_quantizer import recipe as aeq_recipes
+
+    recipe = spec.recipe
+    name = AEQ_RECIPES.get((recipe.mode, recipe.weights, recipe.activations))
+    if name is None:
+        raise SpecError(f"{recipe.key}: AI Edge Quantizer has no recipe for {recipe.scheme} "
+                        f"({recipe.mode.value})")
+    return getattr(aeq_recipes, name)()
+
+
+def _aeq(spec: VariantSpec, float_tflite: bytes, samples: Iterator[np.ndarray] | None,
+         keep_float_nodes: Sequence[str]) -> bytes:
+    from ai_edge_quantizer import quantizer
+
+    def run() -> bytes:
+        qt = quantizer.Quantizer(bytearray(float_tflite), aeq_recipe(spec))
+        if keep_float_nodes:
+            from petq.layers import aeq_keep_float
+
+            aeq_keep_float(qt, keep_float_nodes)
+        calibration_result = None
+        if qt.need_calibration:
+            signature, input_name = aeq_signature(float_tflite)
+            data = {signature: [{input_name: x} for x in samples]}
+            calibration_result = qt.calibrate(data, num_threads=default_threads())
+        return bytes(qt.quantize(calibration_result, enable_progress_report=False)
+                     .quantized_model)
+
+    return _logged(spec, "the FP32 .tflite", run)
+
+
+def aeq_signature(tflite: bytes) -> tuple[str, str]:
+    """(signature key, input name) of a one-input .tflite model."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    signatures = Interpreter(model_content=tflite).get_signature_list()
+    if not signatures:
+        raise ModelError("the FP32 .tflite has no signature: AI Edge Quantizer needs one")
+    key = next(iter(signatures))
+    inputs = signatures[key]["inputs"]
+    if len(inputs) != 1:
+        raise ModelError(f"the FP32 .tflite signature {key!r} has {len(inputs)} inputs, not 1")
+    return key, inputs[0]
+
+
+def _logged(spec: VariantSpec, source: object, run: Callable[[], bytes]) -> bytes:
+    """Run a backend with its chatter captured; a failure becomes one ModelError naming
+    the recipe and the backend's own reason (e.g. the op without a kernel)."""
     with captured_output() as log:
         try:
-            return converter.convert()
+            return run()
+        except PetqError:
+            raise
         except Exception as exc:
-            tail = log.read()[-2000:]
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])
+            detail = next((line for line in reversed(log.read().splitlines())
+                           if "error" in line.lower()), "")
             raise ModelError(
-                f"{model_path}: TFLite conversion of {spec.name} failed: {exc}\n{tail}"
-            ) from exc
+                f"{source}: recipe {spec.recipe.key} ({spec.name}) failed: {reason[0][:300]}"
+                + (f" [{detail.strip()[:300]}]" if detail else "")
+            ) from None
 
 
 @contextlib.contextmanager
@@ -80,13 +185,17 @@ def captured_output() -> Iterator[io.TextIOBase]:
         log.seek(0)
 
 
-def _representative(
-    samples: Iterable[np.ndarray], total: int, progress: Progress | None
-) -> Callable[[], Iterator[list[np.ndarray]]]:
+def _counted(samples: Iterable[np.ndarray], total: int, progress: Progress | None
+             ) -> Iterator[np.ndarray]:
+    for done, x in enumerate(samples, start=1):
+        yield np.asarray(x, dtype=np.float32)
+        if progress:
+            progress(done, total)
+
+
+def _representative(samples: Iterable[np.ndarray]) -> Callable[[], Iterator[list[np.ndarray]]]:
     def generator() -> Iterator[list[np.ndarray]]:
-        for done, x in enumerate(samples, start=1):
-            yield [np.asarray(x, dtype=np.float32)]
-            if progress:
-                progress(done, total)
+        for x in samples:
+            yield [x]
 
     return generator

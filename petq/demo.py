@@ -56,10 +56,12 @@ def default_workspace(
     cache_root: Path | str | None = None,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    preprocessing: str | None = None,
 ):
     """A Workspace on the given model/dataset, or on the embedded demo for what is None."""
     from petq.workspace import Workspace
 
     model = Path(model_path) if model_path else DEMO_MODEL
     root = Path(dataset_root) if dataset_root else ensure_demo_dataset(progress)
-    return Workspace(model, root, cache_root or cache_dir(), threads=threads)
+    return Workspace(model, root, cache_root or cache_dir(), threads=threads,
+                     preprocessing=preprocessing)

@@ -14,36 +14,30 @@ from typing import Any
 import numpy as np
 
 from petq.evaluate import agreement
-from petq.types import VariantKind
-
-METRIC_LABELS = [
-    ("accuracy", "Accuracy"),
-    ("mean_precision", "Mean precision"),
-    ("mean_sensitivity", "Mean sensitivity"),
-    ("g_mean", "G-Mean"),
-    ("top5", "Top-5"),
-]
+from petq.results import METRICS, Details, Result
+from petq.types import VariantSpec
 
 
-def metrics_markdown(row: dict[str, Any]) -> str:
+def metrics_markdown(row: Result) -> str:
     """The lab's `<prefix>-metrics.md`, plus what petq measures beyond it."""
-    lines = [f"Model type: {row['variant']}", ""]
-    lines += [f"* {label}: {row[key]:.4f}" for key, label in METRIC_LABELS[:4]]
+    lines = [f"Model type: {row.variant}", ""]
+    lines += [f"* {METRICS[key].label}: {METRICS[key].format(row.value(key))}"
+              for key in ("accuracy", "mean_precision", "mean_sensitivity", "g_mean")]
     lines += [
-        f"* Mean inference time: {row['latency_mean_ms']:.3f} ms",
-        f"* Top-5 percentage: {row['top5']:.4f}",
+        f"* Mean inference time: {row.latency_mean_ms:.3f} ms",
+        f"* Top-5 percentage: {row.top5:.4f}",
         "",
-        f"* Description: {row['description']}",
-        f"* Latency p50 / p95 / std: {row['latency_p50_ms']:.3f} / {row['latency_p95_ms']:.3f} / "
-        f"{row['latency_std_ms']:.3f} ms ({row['latency_runs']} runs, {row['threads']} threads, "
+        f"* Description: {row.description}",
+        f"* Latency p50 / p95 / std: {row.latency_p50_ms:.3f} / {row.latency_p95_ms:.3f} / "
+        f"{row.latency_std_ms:.3f} ms ({row.latency_runs} runs, {row.threads} threads, "
         "after warm-up)",
-        f"* File size: {row['file_size_bytes']:,} bytes",
-        f"* Parameters: {row['param_count']:,}",
-        f"* Test images: {row['n_images']} (fraction {row['test_fraction']:g} of the test split)",
+        f"* File size: {row.file_size_bytes:,} bytes",
+        f"* Parameters: {row.param_count:,}",
+        f"* Test images: {row.n_images} (fraction {row.test_fraction:g} of the test split)",
     ]
-    if row.get("calibration_count"):
-        lines.append(f"* Calibration images (trainval only): {row['calibration_count']}")
-    if row.get("synthetic"):
+    if row.calibration_count:
+        lines.append(f"* Calibration images (trainval only): {row.calibration_count}")
+    if row.synthetic:
         lines.append("* Data: synthetic pets dataset (not Oxford-IIIT Pet)")
     return "\n".join(lines) + "\n"
 
@@ -51,12 +45,12 @@ def metrics_markdown(row: dict[str, Any]) -> str:
 FIGURE_VERSION = 1  # bump when confusion_png draws differently
 
 
-def confusion_png(details: dict[str, Any], title: str) -> bytes:
+def confusion_png(details: Details, title: str) -> bytes:
     """The confusion matrix (rows = truth) as a PNG, breed names on both axes."""
     from matplotlib.figure import Figure  # not pyplot: safe from any thread
 
-    cm = np.asarray(details["confusion_matrix"], dtype=np.float64)
-    names = details["class_names"]
+    cm = details.confusion_matrix.astype(np.float64)
+    names = list(details.class_names)
     totals = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
     side = max(6.0, 0.28 * len(names) + 3)
@@ -93,42 +87,41 @@ def _speed(a_ms: float, b_ms: float) -> str:
     return f"{ratio:.2f}x faster" if ratio > 1 else f"{1 / ratio:.2f}x slower"
 
 
-def _noise(row: dict[str, Any]) -> float:
+def _noise(row: Result) -> float:
     """Standard error of the accuracy estimate: a yardstick for 'within noise'."""
-    p, n = row["accuracy"], max(row["n_images"], 1)
+    p, n = row.accuracy, max(row.n_images, 1)
     return math.sqrt(max(p * (1 - p), 1e-12) / n)
 
 
-def summary_markdown(workspace, rows: list[dict[str, Any]]) -> str:
+def summary_markdown(workspace, rows: list[Result]) -> str:
     """The lab's summary: sizes, a metrics table and the four questions, from the numbers."""
     if not rows:
         return "# Summary\n\nNo evaluated variants yet.\n"
-    by_kind: dict[str, list[dict]] = {}
-    for row in rows:
-        by_kind.setdefault(row["kind"], []).append(row)
-    native = (by_kind.get(VariantKind.NATIVE.value) or [None])[0]
-    fp32 = (by_kind.get(VariantKind.FP32.value) or [None])[0]
-    int8 = sorted(by_kind.get(VariantKind.INT8.value, []), key=lambda r: r["spec"]["fraction"])
-    imb = by_kind.get(VariantKind.IMBINT8.value, [])
-    details = {r["result_key"]: workspace.details(r["result_key"]) for r in rows}
-    top1 = {r["variant"]: np.asarray(details[r["result_key"]]["top1"]) for r in rows}
+    native = next((r for r in rows if r.spec.is_native), None)
+    fp32 = next((r for r in rows if r.spec == VariantSpec.fp32()), None)
+    lab_int8 = [r for r in rows if r.spec.lab_int8 and not r.spec.keep_float]
+    int8 = sorted((r for r in lab_int8 if r.spec.calibration.kind == "fraction"),
+                  key=lambda r: (r.spec.fraction, r.spec.seed))
+    imb = [r for r in lab_int8 if r.spec.calibration.kind == "classes"]
+    details = {r.result_key: workspace.details(r.result_key) for r in rows}
+    top1 = {r.variant: details[r.result_key].top1 for r in rows}
     first = rows[0]
 
     out = ["# Quantization experiment summary", ""]
     data_kind = "synthetic pets dataset" if first.get("synthetic") else "Oxford-IIIT Pet dataset"
     out.append(
-        f"Model `{first['model']}` on the {data_kind} (`{first['dataset']}`), "
-        f"{first['n_images']} test images (fraction {first['test_fraction']:g} of the test "
-        f"split), latency on {first['threads']} thread(s)."
+        f"Model `{first.model}` on the {data_kind} (`{first.dataset}`), "
+        f"{first.n_images} test images (fraction {first.test_fraction:g} of the test "
+        f"split), latency on {first.threads} thread(s)."
     )
     if first.get("synthetic"):
         out.append("")
         out.append("> These numbers come from synthetic data: they show how petq works, not how "
                    "the lab's model behaves on real pets.")
-    out += ["", f"* Parameters in the model: {first['param_count']:,}"]
+    out += ["", f"* Parameters in the model: {first.param_count:,}"]
     if fp32 and (int8 or imb):
-        small = min(int8 + imb, key=lambda r: r["file_size_bytes"])["file_size_bytes"]
-        big = fp32["file_size_bytes"]
+        small = min(int8 + imb, key=lambda r: r.file_size_bytes).file_size_bytes
+        big = fp32.file_size_bytes
         out.append(
             f"* TFLite FP32 size: {big:,} bytes; INT8 size: {small:,} bytes: "
             f"{big / small:.2f}x smaller ({1 - small / big:.0%} reduction)"
@@ -139,9 +132,9 @@ def summary_markdown(workspace, rows: list[dict[str, Any]]) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(
-            f"| {r['variant']} | {r['accuracy']:.4f} | {r['mean_precision']:.4f} | "
-            f"{r['mean_sensitivity']:.4f} | {r['g_mean']:.4f} | {r['top5']:.4f} | "
-            f"{r['latency_mean_ms']:.3f} | {r['latency_p95_ms']:.3f} | {r['file_size_bytes']:,} |"
+            f"| {r.variant} | {r.accuracy:.4f} | {r.mean_precision:.4f} | "
+            f"{r.mean_sensitivity:.4f} | {r.g_mean:.4f} | {r.top5:.4f} | "
+            f"{r.latency_mean_ms:.3f} | {r.latency_p95_ms:.3f} | {r.file_size_bytes:,} |"
         )
     out += ["", "Per variant: `<variant>-metrics.md` and `<variant>-confusion-matrix.png`.", ""]
     out += ["## Questions", ""]
@@ -149,14 +142,14 @@ def summary_markdown(workspace, rows: list[dict[str, Any]]) -> str:
     out.append("**1. How does the TFLite FP32 model perform compared to the native model?**")
     out.append("")
     if native and fp32:
-        agree = agreement(top1[fp32["variant"]], top1[native["variant"]])
+        agree = agreement(top1[fp32.variant], top1[native.variant])
         out.append(
-            f"TFLite FP32 reaches {_pct(fp32['accuracy'])} accuracy against "
-            f"{_pct(native['accuracy'])} for the native model "
-            f"({_points(fp32['accuracy'] - native['accuracy'])}); the two "
+            f"TFLite FP32 reaches {_pct(fp32.accuracy)} accuracy against "
+            f"{_pct(native.accuracy)} for the native model "
+            f"({_points(fp32.accuracy - native.accuracy)}); the two "
             f"agree on the top-1 breed for {_pct(agree)} of test images. It runs "
-            f"{_speed(fp32['latency_p50_ms'], native['latency_p50_ms'])} "
-            f"(median {fp32['latency_p50_ms']:.2f} ms against {native['latency_p50_ms']:.2f} ms "
+            f"{_speed(fp32.latency_p50_ms, native.latency_p50_ms)} "
+            f"(median {fp32.latency_p50_ms:.2f} ms against {native.latency_p50_ms:.2f} ms "
             "per image)."
         )
     else:
@@ -167,16 +160,16 @@ def summary_markdown(workspace, rows: list[dict[str, Any]]) -> str:
     out.append("")
     quantized = int8 + imb
     if fp32 and quantized:
-        best = max(quantized, key=lambda r: (r["accuracy"], -r["latency_p50_ms"]))
-        agree = agreement(top1[best["variant"]], top1[fp32["variant"]])
+        best = max(quantized, key=lambda r: (r.accuracy, -r.latency_p50_ms))
+        agree = agreement(top1[best.variant], top1[fp32.variant])
         out.append(
-            f"The best INT8 variant, `{best['variant']}`, reaches {_pct(best['accuracy'])} "
-            f"accuracy ({_points(best['accuracy'] - fp32['accuracy'])} against FP32's "
-            f"{_pct(fp32['accuracy'])}; G-Mean {best['g_mean']:.3f} against {fp32['g_mean']:.3f}), "
+            f"The best INT8 variant, `{best.variant}`, reaches {_pct(best.accuracy)} "
+            f"accuracy ({_points(best.accuracy - fp32.accuracy)} against FP32's "
+            f"{_pct(fp32.accuracy)}; G-Mean {best.g_mean:.3f} against {fp32.g_mean:.3f}), "
             f"agrees with FP32 on {_pct(agree)} of images, is "
-            f"{fp32['file_size_bytes'] / best['file_size_bytes']:.2f}x smaller and runs "
-            f"{_speed(best['latency_p50_ms'], fp32['latency_p50_ms'])} "
-            f"(median {best['latency_p50_ms']:.2f} ms against {fp32['latency_p50_ms']:.2f} ms)."
+            f"{fp32.file_size_bytes / best.file_size_bytes:.2f}x smaller and runs "
+            f"{_speed(best.latency_p50_ms, fp32.latency_p50_ms)} "
+            f"(median {best.latency_p50_ms:.2f} ms against {fp32.latency_p50_ms:.2f} ms)."
         )
     else:
         out.append("Not answered: evaluate `tflite-fp32` and at least one INT8 variant.")
@@ -200,14 +193,14 @@ def summary_markdown(workspace, rows: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _trend_sentence(int8: list[dict[str, Any]]) -> str:
+def _trend_sentence(int8: list[Result]) -> str:
     if len(int8) < 2:
         return "Not answered: evaluate INT8 variants with at least two calibration fractions."
     pairs = ", ".join(
-        f"{r['spec']['fraction']:g} ({r['calibration_count']} images): {_pct(r['accuracy'])}"
+        f"{r.spec.fraction:g} ({r.calibration_count} images): {_pct(r.accuracy)}"
         for r in int8
     )
-    accuracies = np.array([r["accuracy"] for r in int8])
+    accuracies = np.array([r.accuracy for r in int8])
     spread = float(accuracies.max() - accuracies.min())
     noise = max(_noise(r) for r in int8)
     steps = np.sign(np.diff(accuracies))
@@ -225,47 +218,45 @@ def _trend_sentence(int8: list[dict[str, Any]]) -> str:
         best = int8[int(accuracies.argmax())]
         verdict = (
             f"No monotonic trend: accuracies spread over {_points(spread).lstrip('+')}, best at "
-            f"fraction {best['spec']['fraction']:g}."
+            f"fraction {best.spec.fraction:g}."
         )
     return f"Accuracy by calibration fraction: {pairs}. {verdict}"
 
 
 def _imbalanced_sentence(
-    row: dict[str, Any], int8: list[dict[str, Any]], details: dict[str, dict],
+    row: Result, int8: list[Result], details: dict[str, Details],
     class_names: tuple[str, ...],
 ) -> str:
-    mean_acc = float(np.mean([r["accuracy"] for r in int8]))
-    best = max(int8, key=lambda r: r["accuracy"])
-    chosen = ", ".join(class_names[c] for c in row["spec"]["classes"] if c < len(class_names))
+    mean_acc = float(np.mean([r.accuracy for r in int8]))
+    best = max(int8, key=lambda r: r.accuracy)
+    chosen = ", ".join(class_names[c] for c in row.spec.classes if c < len(class_names))
     text = (
-        f"`{row['variant']}` (calibrated on {row['calibration_count']} images of {chosen}) "
-        f"reaches {_pct(row['accuracy'])} accuracy, {_points(row['accuracy'] - mean_acc)} against "
+        f"`{row.variant}` (calibrated on {row.calibration_count} images of {chosen}) "
+        f"reaches {_pct(row.accuracy)} accuracy, {_points(row.accuracy - mean_acc)} against "
         f"the mean of the fraction-calibrated INT8 variants ({_pct(mean_acc)}) and "
-        f"{_points(row['accuracy'] - best['accuracy'])} against the best, `{best['variant']}`; "
-        f"G-Mean {row['g_mean']:.3f} against {best['g_mean']:.3f}."
+        f"{_points(row.accuracy - best.accuracy)} against the best, `{best.variant}`; "
+        f"G-Mean {row.g_mean:.3f} against {best.g_mean:.3f}."
     )
-    mine = np.array([np.nan if v is None else v
-                     for v in details[row["result_key"]]["per_class_sensitivity"]])
-    ref = np.array([np.nan if v is None else v
-                    for v in details[best["result_key"]]["per_class_sensitivity"]])
+    mine = details[row.result_key].per_class_sensitivity
+    ref = details[best.result_key].per_class_sensitivity
     drop = ref - mine
     if np.isfinite(drop).any() and np.nanmax(drop) > 0:
         worst = np.argsort(np.nan_to_num(drop, nan=-np.inf))[::-1][:3]
         hurt = [f"{class_names[i]} ({_points(-drop[i])})" for i in worst if drop[i] > 0]
-        text += f" Breeds it hurts most against `{best['variant']}`: {', '.join(hurt)}."
+        text += f" Breeds it hurts most against `{best.variant}`: {', '.join(hurt)}."
     else:
-        text += f" No breed loses sensitivity against `{best['variant']}`."
+        text += f" No breed loses sensitivity against `{best.variant}`."
     return text
 
 
-def report_files(workspace, rows: list[dict[str, Any]]) -> dict[str, bytes]:
+def report_files(workspace, rows: list[Result]) -> dict[str, bytes]:
     """Report files by name: summary.md, `<prefix>-metrics.md`, `<prefix>-confusion-matrix.png`."""
     files = {"summary.md": summary_markdown(workspace, rows).encode()}
     for row in rows:
-        prefix = row["variant"]
+        prefix = row.variant
         files[f"{prefix}-metrics.md"] = metrics_markdown(row).encode()
         files[f"{prefix}-confusion-matrix.png"] = cached_confusion_png(
-            workspace, row["result_key"], prefix
+            workspace, row.result_key, prefix
         )
     return files
 
@@ -288,7 +279,7 @@ def cached_confusion_png(workspace, result_key: str, title: str) -> bytes:
     return entry.file("confusion.png").read_bytes()
 
 
-def write_reports(workspace, rows: list[dict[str, Any]], results_path: Path) -> list[Path]:
+def write_reports(workspace, rows: list[Result], results_path: Path) -> list[Path]:
     from petq.cache import write_bytes_atomic
 
     results_path = Path(results_path)
@@ -300,7 +291,7 @@ def write_reports(workspace, rows: list[dict[str, Any]], results_path: Path) -> 
     return written
 
 
-def report_zip(workspace, rows: list[dict[str, Any]]) -> bytes:
+def report_zip(workspace, rows: list[Result]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in report_files(workspace, rows).items():

@@ -103,6 +103,39 @@ def load_keras_model(path: Path | str):
     return model
 
 
+def model_io(path: Path | str) -> dict[str, Any]:
+    """What a source model says of itself: parameter count, input shape (H, W, C), class
+    count, file size. Reads a Keras model or a .tflite file."""
+    path = Path(path)
+    size = path.stat().st_size if path.is_file() else None
+    if path.suffix == ".tflite":
+        runner = LiteRTRunner(path, 1)
+        params = _constant_elements(runner.interpreter)
+        shape = list(runner.input_shape[1:])
+        classes = runner.num_classes
+    else:
+        model = load_keras_model(path)
+        params = int(model.count_params())
+        shape = [int(d) if d else 0 for d in model.inputs[0].shape[1:]]
+        classes = int(model.outputs[0].shape[-1])
+    if len(shape) != 3 or shape[-1] != 3 or not shape[0] or not shape[1]:
+        raise ModelError(f"{path}: expected an RGB image input (H, W, 3), got {shape}")
+    return {"param_count": params, "input_shape": shape, "num_classes": classes,
+            "file_size_bytes": size}
+
+
+def _constant_elements(interpreter) -> int:
+    """Elements of the tensors baked into a .tflite model (weights, biases): op inputs
+    that no op produces and that are not graph inputs."""
+    ops = interpreter._get_ops_details()
+    produced = {i for op in ops for i in op["outputs"]}
+    graph_inputs = {d["index"] for d in interpreter.get_input_details()}
+    constants = {i for op in ops for i in op["inputs"]
+                 if i >= 0 and i not in produced and i not in graph_inputs}
+    shapes = {d["index"]: d["shape"] for d in interpreter.get_tensor_details()}
+    return int(sum(np.prod(shapes[i]) for i in constants if i in shapes))
+
+
 class LiteRTRunner(Runner):
     """A .tflite model on ai_edge_litert's interpreter (XNNPACK on, threads explicit)."""
 

@@ -27,142 +27,336 @@ PREPROCESSING = {
 }
 
 
-class VariantKind(str, Enum):
-    NATIVE = "native"
-    FP32 = "tflite-fp32"
-    INT8 = "tflite-int8"
-    IMBINT8 = "tflite-imbint8"
+class Backend(str, Enum):
+    """What makes a variant: the source model itself, TFLite's converter, or AI Edge Quantizer."""
 
-    @property
-    def precision(self) -> str:
-        """Weights/activations precision, in ai-edge-quantizer's naming."""
-        return "wi8_ai8" if self in (VariantKind.INT8, VariantKind.IMBINT8) else "wfp32_afp32"
+    KERAS = "keras"
+    TFLITE = "tflite"
+    AEQ = "aeq"
 
-    @property
-    def is_tflite(self) -> bool:
-        return self is not VariantKind.NATIVE
+
+class Mode(str, Enum):
+    """How a recipe quantizes (AI Edge Quantizer's vocabulary)."""
+
+    FLOAT = "float"  # nothing quantized
+    FLOAT16 = "float16"  # weights stored as float16
+    DYNAMIC = "dynamic"  # int weights; activations quantized on the fly at run time
+    WEIGHT_ONLY = "weight_only"  # int weights dequantized before float compute
+    STATIC = "static"  # int weights and activations: needs calibration data
+
+
+IO_TYPES = ("float", "int8", "int16")
 
 
 @dataclass(frozen=True)
-class VariantSpec:
-    """One model variant. Its `name` matches the lab's report prefixes."""
+class Recipe:
+    """How one variant is quantized, as data. `petq.convert` is the one place that turns it
+    into a converter configuration or an AI Edge Quantizer recipe.
 
-    kind: VariantKind
+    `stem` and `tag` make the variant name: `<stem>[-<calibration>][-s<seed>][-<tag>]`.
+    """
+
+    stem: str
+    backend: Backend
+    mode: Mode
+    weights: str  # "fp32", "f16", "i8", "i4"
+    activations: str  # "fp32", "i8", "i16"
+    per_channel: bool = True
+    io: str = "float"  # the model's input/output tensor type
+    tag: str = ""
+    summary: str = ""  # one plain line: what is quantized and what it needs
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backend", Backend(self.backend))
+        object.__setattr__(self, "mode", Mode(self.mode))
+        if self.io not in IO_TYPES:
+            raise SpecError(f"recipe {self.stem}: io must be one of {IO_TYPES}, got {self.io!r}")
+
+    @property
+    def key(self) -> str:
+        """Unique recipe id: the stem plus the tag (`tflite-int8-pertensor`)."""
+        return f"{self.stem}-{self.tag}" if self.tag else self.stem
+
+    @property
+    def scheme(self) -> str:
+        """Weights/activations precision, AI Edge Quantizer style: `wi8_ai8`, `wf16_afp32`."""
+        return f"w{self.weights}_a{self.activations}"
+
+    @property
+    def calibrates(self) -> bool:
+        return self.mode is Mode.STATIC
+
+    @property
+    def quantized(self) -> bool:
+        return self.mode is not Mode.FLOAT
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(backend=self.backend.value, mode=self.mode.value)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def _recipes(*recipes: Recipe) -> dict[str, Recipe]:
+    return {r.key: r for r in recipes}
+
+
+RECIPES: dict[str, Recipe] = _recipes(
+    Recipe("native", Backend.KERAS, Mode.FLOAT, "fp32", "fp32",
+           summary="The Keras model itself, float32: the reference."),
+    Recipe("tflite-fp32", Backend.TFLITE, Mode.FLOAT, "fp32", "fp32",
+           summary="TFLite converter, float32 weights and activations, no optimization."),
+    Recipe("tflite-fp16", Backend.TFLITE, Mode.FLOAT16, "f16", "fp32",
+           summary="TFLite converter, float16 weights (half the size), float compute; "
+                   "no calibration."),
+    Recipe("tflite-dynamic", Backend.TFLITE, Mode.DYNAMIC, "i8", "fp32",
+           summary="TFLite converter dynamic range: int8 weights, activations quantized at "
+                   "run time; no calibration."),
+    Recipe("tflite-int8", Backend.TFLITE, Mode.STATIC, "i8", "i8", io="int8",
+           summary="TFLite converter full INT8: int8 weights (per channel) and activations, "
+                   "int8 input and output; needs calibration images."),
+    Recipe("tflite-int8", Backend.TFLITE, Mode.STATIC, "i8", "i8", per_channel=False,
+           io="int8", tag="pertensor",
+           summary="Full INT8 with one scale per weight tensor (older accelerators need it); "
+                   "needs calibration images."),
+    Recipe("tflite-int8", Backend.TFLITE, Mode.STATIC, "i8", "i8", io="float", tag="floatio",
+           summary="Full INT8 inside, float32 input and output (a drop-in for the float "
+                   "model); needs calibration images."),
+    Recipe("tflite-int16x8", Backend.TFLITE, Mode.STATIC, "i8", "i16", io="int16",
+           summary="TFLite converter 16x8: int8 weights, int16 activations and I/O; needs "
+                   "calibration images. LiteRT has few optimized int16 kernels on x86: slow."),
+    Recipe("aeq-wi8-afp32", Backend.AEQ, Mode.DYNAMIC, "i8", "fp32",
+           summary="AI Edge Quantizer dynamic_wi8_afp32: int8 weights per channel, "
+                   "activations quantized at run time; no calibration."),
+    Recipe("aeq-wi4-afp32", Backend.AEQ, Mode.WEIGHT_ONLY, "i4", "fp32",
+           summary="AI Edge Quantizer weight_only_wi4_afp32: int4 weights, dequantized for "
+                   "float compute (smallest file); no calibration."),
+    Recipe("aeq-wi8-ai8", Backend.AEQ, Mode.STATIC, "i8", "i8",
+           summary="AI Edge Quantizer static_wi8_ai8: int8 weights and activations, float "
+                   "I/O; needs calibration images (fast calibration)."),
+    Recipe("aeq-wi8-ai16", Backend.AEQ, Mode.STATIC, "i8", "i16",
+           summary="AI Edge Quantizer static_wi8_ai16: int8 weights, int16 activations, "
+                   "float I/O; needs calibration images."),
+)
+LAB_IMBALANCED_STEM = "tflite-imbint8"  # the lab's name for tflite-int8 calibrated on classes
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Where a static recipe's calibration images come from (trainval only): nothing, a
+    stratified seeded fraction, or every image of chosen classes."""
+
     fraction: float | None = None
     classes: tuple[int, ...] = ()
     seed: int = DEFAULT_CALIBRATION_SEED
 
     def __post_init__(self) -> None:
-        kind = VariantKind(self.kind)
-        object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "classes", tuple(sorted({int(c) for c in self.classes})))
-        if kind is VariantKind.INT8:
-            if self.fraction is None or not 0.0 < float(self.fraction) <= 1.0:
-                raise SpecError(
-                    f"calibration fraction must be in (0, 1], got {self.fraction!r}"
-                )
-            object.__setattr__(self, "fraction", float(self.fraction))
-        elif self.fraction is not None:
-            raise SpecError(f"{kind.value} takes no calibration fraction")
-        if kind is VariantKind.IMBINT8:
-            if not self.classes:
-                raise SpecError("tflite-imbint8 needs at least one calibration class")
-            if min(self.classes) < 0:
-                raise SpecError(f"class indices must be >= 0, got {self.classes}")
-        elif self.classes:
-            raise SpecError(f"{kind.value} takes no calibration classes")
+        object.__setattr__(self, "seed", int(self.seed))
+        if self.fraction is not None:
+            try:
+                fraction = float(self.fraction)
+            except (TypeError, ValueError):
+                raise SpecError(f"calibration fraction must be a number, got "
+                                f"{self.fraction!r}") from None
+            if not 0.0 < fraction <= 1.0:
+                raise SpecError(f"calibration fraction must be in (0, 1], got {self.fraction!r}")
+            object.__setattr__(self, "fraction", fraction)
+            if self.classes:
+                raise SpecError("calibrate on a fraction or on classes, not both")
+        if self.classes and min(self.classes) < 0:
+            raise SpecError(f"class indices must be >= 0, got {self.classes}")
+
+    @property
+    def kind(self) -> str:
+        return "fraction" if self.fraction is not None else "classes" if self.classes else "none"
+
+    @property
+    def token(self) -> str:
+        """The calibration's part of a variant name: `0.08`, `c3+5`, or ``."""
+        if self.fraction is not None:
+            return f"{self.fraction:g}"
+        return "c" + "+".join(str(c) for c in self.classes) if self.classes else ""
+
+
+NO_CALIBRATION = Calibration()
+_NAME_TAIL = re.compile(
+    r"(?:-(?P<fraction>[0-9.]+(?:e[-+]?\d+)?)|-c(?P<classes>\d+(?:\+\d+)*))?"
+    r"(?:-s(?P<seed>\d+))?(?:-(?P<tag>[a-z]+))?(?:-keep(?P<keep>\d+))?"
+)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One model variant: a recipe, its calibration source, and the number of worst layers
+    kept in float (selective quantization). Its `name` matches the lab's report prefixes."""
+
+    recipe: Recipe
+    calibration: Calibration = NO_CALIBRATION
+    keep_float: int = 0
+
+    def __post_init__(self) -> None:
+        recipe = self.recipe
+        if isinstance(recipe, str):
+            if recipe not in RECIPES:
+                raise SpecError(f"unknown recipe {recipe!r}: expected one of "
+                                f"{', '.join(RECIPES)}")
+            recipe = RECIPES[recipe]
+            object.__setattr__(self, "recipe", recipe)
+        if recipe.calibrates and self.calibration.kind == "none":
+            raise SpecError(f"{recipe.key} needs calibration: a fraction of trainval (e.g. "
+                            f"{recipe.stem}-0.08) or breeds")
+        if not recipe.calibrates and self.calibration.kind != "none":
+            raise SpecError(f"{recipe.key} takes no calibration (it is not a static recipe)")
+        if self.keep_float < 0 or (self.keep_float and not recipe.calibrates):
+            raise SpecError(f"{recipe.key}: keeping layers in float needs a static recipe")
+
+    # ---------------------------------------------------------------- constructors
+
+    @classmethod
+    def of(cls, recipe: str | Recipe, fraction: float | None = None,
+           classes: tuple[int, ...] = (), seed: int = DEFAULT_CALIBRATION_SEED,
+           keep_float: int = 0) -> VariantSpec:
+        return cls(recipe, Calibration(fraction, tuple(classes), seed), keep_float)
 
     @classmethod
     def native(cls) -> VariantSpec:
-        return cls(VariantKind.NATIVE)
+        return cls.of("native")
 
     @classmethod
     def fp32(cls) -> VariantSpec:
-        return cls(VariantKind.FP32)
+        return cls.of("tflite-fp32")
 
     @classmethod
     def int8(cls, fraction: float, seed: int = DEFAULT_CALIBRATION_SEED) -> VariantSpec:
-        return cls(VariantKind.INT8, fraction=fraction, seed=seed)
+        return cls.of("tflite-int8", fraction, seed=seed)
 
     @classmethod
     def imbint8(cls, classes: tuple[int, ...] = LAB_IMBALANCED_CLASSES) -> VariantSpec:
-        return cls(VariantKind.IMBINT8, classes=tuple(classes))
+        if not classes:
+            raise SpecError("tflite-imbint8 needs at least one calibration class")
+        return cls.of("tflite-int8", classes=tuple(classes))
+
+    def with_calibration(self, calibration: Calibration) -> VariantSpec:
+        return VariantSpec(self.recipe, calibration, self.keep_float)
+
+    # ---------------------------------------------------------------- views
+
+    @property
+    def fraction(self) -> float | None:
+        return self.calibration.fraction
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        return self.calibration.classes
+
+    @property
+    def seed(self) -> int:
+        return self.calibration.seed
 
     @property
     def uses_seed(self) -> bool:
-        return self.kind is VariantKind.INT8
+        return self.calibration.kind == "fraction"
+
+    @property
+    def is_native(self) -> bool:
+        return self.recipe.backend is Backend.KERAS
+
+    @property
+    def lab_int8(self) -> bool:
+        """The lab's INT8 recipe (`tflite-int8-<fraction>` or `tflite-imbint8`)."""
+        return self.recipe.key == "tflite-int8"
 
     @property
     def name(self) -> str:
-        """Readable, unique name: `native`, `tflite-int8-0.08`, `tflite-imbint8-c3+5`..."""
-        if self.kind is VariantKind.INT8:
-            name = f"{self.kind.value}-{self.fraction:g}"
-            return name if self.seed == DEFAULT_CALIBRATION_SEED else f"{name}-s{self.seed}"
-        if self.kind is VariantKind.IMBINT8:
+        """Readable, unique: `native`, `tflite-int8-0.08`, `tflite-imbint8-c3+5`,
+        `aeq-wi8-ai8-0.3-s7`, `tflite-int8-0.8-pertensor`, `tflite-int8-0.8-keep3`."""
+        stem, token = self.recipe.stem, self.calibration.token
+        if stem == "tflite-int8" and self.calibration.kind == "classes":
+            stem = LAB_IMBALANCED_STEM
             if self.classes == LAB_IMBALANCED_CLASSES:
-                return self.kind.value
-            return f"{self.kind.value}-c" + "+".join(str(c) for c in self.classes)
-        return self.kind.value
+                token = ""
+        parts = [stem]
+        if token:
+            parts.append(token)
+        if self.uses_seed and self.seed != DEFAULT_CALIBRATION_SEED:
+            parts.append(f"s{self.seed}")
+        if self.recipe.tag:
+            parts.append(self.recipe.tag)
+        if self.keep_float:
+            parts.append(f"keep{self.keep_float}")
+        return "-".join(parts)
 
     def describe(self, class_names: tuple[str, ...] | list[str] = ()) -> str:
         """One line for people: what is quantized and what calibrated it."""
-        if self.kind is VariantKind.NATIVE:
-            return "Keras model, float32 (reference)"
-        if self.kind is VariantKind.FP32:
-            return "TFLite, float32 weights and activations, no optimization"
-        if self.kind is VariantKind.INT8:
-            return (
-                f"TFLite full INT8, calibrated on {self.fraction:.0%} of trainval "
-                f"(stratified, seed {self.seed})"
-            )
-        names = [
-            class_names[c] if c < len(class_names) else str(c) for c in self.classes
-        ]
-        return f"TFLite full INT8, calibrated only on trainval images of {', '.join(names)}"
+        text = self.recipe.summary
+        cal = self.calibration
+        if cal.kind == "fraction":
+            text += f" Calibrated on {cal.fraction:.0%} of trainval (stratified, seed {cal.seed})."
+        elif cal.kind == "classes":
+            names = [class_names[c] if c < len(class_names) else str(c) for c in cal.classes]
+            text += f" Calibrated only on trainval images of {', '.join(names)}."
+        if self.keep_float:
+            text += f" The {self.keep_float} layers with the largest quantization error stay float."
+        return text
 
     @classmethod
     def from_name(cls, name: str) -> VariantSpec:
         """Parse a name produced by `name` (the lab's task names included)."""
         text = name.strip()
-        if text == VariantKind.NATIVE.value:
-            return cls.native()
-        if text == VariantKind.FP32.value:
-            return cls.fp32()
-        if text == VariantKind.IMBINT8.value:
-            return cls.imbint8()
-        m = re.fullmatch(r"tflite-int8-([0-9.eE+-]+?)(?:-s(\d+))?", text)
-        if m:
-            try:
-                fraction = float(m.group(1))
-            except ValueError:
-                raise SpecError(f"bad calibration fraction in variant name {name!r}") from None
-            seed = int(m.group(2)) if m.group(2) else DEFAULT_CALIBRATION_SEED
-            return cls.int8(fraction, seed)
-        m = re.fullmatch(r"tflite-imbint8-c(\d+(?:\+\d+)*)", text)
-        if m:
-            return cls.imbint8(tuple(int(c) for c in m.group(1).split("+")))
+        stems = sorted({r.stem for r in RECIPES.values()} | {LAB_IMBALANCED_STEM},
+                       key=len, reverse=True)
+        for stem in stems:
+            if text != stem and not text.startswith(stem + "-"):
+                continue
+            m = _NAME_TAIL.fullmatch(text[len(stem):])
+            if not m:
+                continue
+            recipe_stem = "tflite-int8" if stem == LAB_IMBALANCED_STEM else stem
+            key = f"{recipe_stem}-{m['tag']}" if m["tag"] else recipe_stem
+            if key not in RECIPES:
+                continue
+            classes = tuple(int(c) for c in m["classes"].split("+")) if m["classes"] else ()
+            if stem == LAB_IMBALANCED_STEM:
+                if m["fraction"]:
+                    continue
+                classes = classes or LAB_IMBALANCED_CLASSES
+            elif classes and recipe_stem == "tflite-int8":
+                continue  # the lab's spelling is tflite-imbint8-c<i>
+            seed = int(m["seed"]) if m["seed"] else DEFAULT_CALIBRATION_SEED
+            if m["seed"] and not m["fraction"]:
+                continue
+            fraction = float(m["fraction"]) if m["fraction"] else None
+            spec = cls.of(key, fraction, classes, seed, int(m["keep"] or 0))
+            if spec.name != text and VariantSpec.from_name(spec.name) != spec:
+                continue
+            return spec
         raise SpecError(
             f"unknown variant {name!r}: expected native, tflite-fp32, tflite-int8-<fraction>, "
-            "tflite-imbint8 or tflite-imbint8-c<i>+<j>"
+            "tflite-imbint8[-c<i>+<j>], or a recipe from `petq recipes` "
+            "(e.g. aeq-wi8-ai8-0.08, tflite-int8-0.3-pertensor)"
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": self.kind.value,
-            "fraction": self.fraction,
-            "classes": list(self.classes),
-            "seed": self.seed,
             "name": self.name,
-            "precision": self.kind.precision,
+            "recipe": self.recipe.to_dict(),
+            "calibration": {"fraction": self.fraction, "classes": list(self.classes),
+                            "seed": self.seed},
+            "keep_float": self.keep_float,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VariantSpec:
+        cal = data.get("calibration") or {}
         return cls(
-            VariantKind(data["kind"]),
-            fraction=data.get("fraction"),
-            classes=tuple(data.get("classes") or ()),
-            seed=int(data.get("seed", DEFAULT_CALIBRATION_SEED)),
+            Recipe.from_dict(data["recipe"]),
+            Calibration(cal.get("fraction"), tuple(cal.get("classes") or ()),
+                        int(cal.get("seed", DEFAULT_CALIBRATION_SEED))),
+            int(data.get("keep_float", 0)),
         )
 
 
@@ -177,13 +371,19 @@ def lab_tasks() -> list[VariantSpec]:
 
 
 def parse_tasks(tasks: list[str]) -> list[VariantSpec]:
-    """Expand the lab's `--tasks` words (`all`, `tflite-int8-all`, names) into specs."""
+    """Expand `--tasks` words (`all`, `tflite-int8-all`, `recipes`, names) into specs.
+
+    `recipes` is every recipe once: calibrating ones on the lab's 0.08 fraction.
+    """
     specs: list[VariantSpec] = []
     for task in tasks:
         if task == "all":
             expanded = lab_tasks()
         elif task == "tflite-int8-all":
             expanded = [VariantSpec.int8(f) for f in LAB_INT8_FRACTIONS]
+        elif task == "recipes":
+            expanded = [VariantSpec.of(r, 0.08 if r.calibrates else None)
+                        for r in RECIPES.values()]
         else:
             expanded = [VariantSpec.from_name(task)]
         specs.extend(s for s in expanded if s not in specs)

@@ -12,6 +12,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
@@ -24,18 +25,19 @@ from petq.cache import Cache, Entry, key_of, sha256_file, write_bytes_atomic
 from petq.data import PetDataset, Sample, preprocess
 from petq.errors import ModelError, SpecError
 from petq.evaluate import compute_metrics, measure_latency, predict_all
-from petq.runtime import KerasRunner, LiteRTRunner, Runner, default_threads
+from petq.results import Details, Result, top_k
+from petq.runtime import KerasRunner, LiteRTRunner, Runner, default_threads, model_io
 from petq.store import DecodedStore, load_store
-from petq.types import ModelContract, VariantKind, VariantSpec, load_contract
+from petq.types import RECIPES, Backend, ModelContract, VariantSpec, load_contract, sidecar_path
 
-RESULT_VERSION = 1
+RESULT_VERSION = 2  # 2: Result records, per-image top-5 kept
 Stage = Callable[[str, int, int], None]  # progress(stage, done, total)
 
 
 def library_versions() -> dict[str, str]:
     """Versions that change a converted artifact or its numbers (no heavy imports)."""
     versions = {}
-    for package in ("tensorflow", "keras", "ai-edge-litert"):
+    for package in ("tensorflow", "keras", "ai-edge-litert", "ai-edge-quantizer"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -57,6 +59,7 @@ class Workspace:
         dataset_root: Path | str,
         cache_root: Path | str = "cache",
         threads: int | None = None,
+        preprocessing: str | None = None,
     ):
         self.model_path = Path(model_path)
         if not self.model_path.exists():
@@ -64,21 +67,65 @@ class Workspace:
         self.dataset = PetDataset.load(dataset_root)
         self.cache = Cache(cache_root)
         self.threads = threads or default_threads()
-        contract = load_contract(self.model_path)
-        if not contract.class_names:
-            contract = ModelContract(
-                input_size=contract.input_size, mean=contract.mean, std=contract.std,
-                class_names=self.dataset.class_names, synthetic=contract.synthetic,
-                info=contract.info,
-            )
-        elif len(contract.class_names) != self.dataset.num_classes:
-            raise ModelError(
-                f"{self.model_path}: the model has {len(contract.class_names)} classes, the "
-                f"dataset at {self.dataset.root} has {self.dataset.num_classes}"
-            )
-        self.contract = contract
         self._store: DecodedStore | None = None
         self._keras: KerasRunner | None = None
+        self.contract = self._resolve_contract(preprocessing)
+        self.label_map = self._label_map()
+
+    def _resolve_contract(self, preprocessing: str | None) -> ModelContract:
+        """The sidecar's contract; without one, input size and class count from the model
+        itself (class names from the dataset) and the preprocessing the user chose."""
+        contract = load_contract(self.model_path)
+        if not sidecar_path(self.model_path).exists():
+            info = self.model_info(check_classes=False)
+            height, width = (int(d) for d in info["input_shape"][:2])
+            names = self.dataset.class_names
+            if len(names) > info["num_classes"]:
+                raise ModelError(
+                    f"{self.model_path}: the model outputs {info['num_classes']} classes, the "
+                    f"dataset at {self.dataset.root} names {len(names)}; give the model a "
+                    "sidecar JSON with its class names")
+            names += tuple(f"class_{i + 1}" for i in range(len(names), info["num_classes"]))
+            contract = replace(contract, input_size=(height, width), class_names=names)
+        elif not contract.class_names:
+            contract = replace(contract, class_names=self.dataset.class_names)
+        if preprocessing:
+            contract = replace(contract, preprocessing=preprocessing)
+        return contract
+
+    def _label_map(self) -> np.ndarray:
+        """Dataset label -> the model's class index, matched by breed name (case-insensitive).
+
+        A dataset may list only some of the model's breeds; a breed the model does not
+        know is an error naming it."""
+        model_index = {name.lower(): i for i, name in enumerate(self.class_names)}
+        present = {s.label for s in self.dataset.trainval + self.dataset.test}
+        mapping = np.arange(len(self.dataset.class_names), dtype=np.int64)
+        for label in sorted(present):
+            name = self.dataset.class_names[label]
+            if name.lower() not in model_index:
+                raise ModelError(
+                    f"{self.model_path}: the dataset at {self.dataset.root} has breed {name!r}, "
+                    f"which the model's {len(self.class_names)} classes do not include")
+            mapping[label] = model_index[name.lower()]
+        return mapping
+
+    def class_index(self, name_or_index: str | int) -> int:
+        """A breed name (case-insensitive) or index in the model's class space."""
+        text = str(name_or_index).strip()
+        if text.isdigit():
+            index = int(text)
+            if not 0 <= index < len(self.class_names):
+                raise SpecError(f"class index {index} out of range 0..{len(self.class_names) - 1}")
+            return index
+        lowered = {n.lower(): i for i, n in enumerate(self.class_names)}
+        if text.lower() not in lowered:
+            raise SpecError(f"unknown class name {name_or_index!r}")
+        return lowered[text.lower()]
+
+    def label(self, sample: Sample) -> int:
+        """A sample's class index in the model's class space."""
+        return int(self.label_map[sample.label])
 
     # ------------------------------------------------------------ identity
 
@@ -97,30 +144,22 @@ class Workspace:
     def class_names(self) -> tuple[str, ...]:
         return self.contract.class_names
 
-    def model_info(self) -> dict[str, Any]:
-        """Parameter count, input and output shapes of the source model (cached)."""
+    def model_info(self, check_classes: bool = True) -> dict[str, Any]:
+        """Parameter count, input shape, class count and file size of the source model
+        (read once, then cached by the model's hash)."""
 
         def build(tmp: Path) -> dict[str, Any]:
-            runner = self.keras_runner()
-            model = runner.model
-            info = {
-                "param_count": int(model.count_params()),
-                "input_shape": [d for d in model.inputs[0].shape[1:]],
-                "num_classes": runner.num_classes,
-                "file_size_bytes": self.model_path.stat().st_size
-                if self.model_path.is_file() else None,
-            }
+            info = model_io(self.model_path)
             (tmp / "info.json").write_text(json.dumps(info))
             return info
 
         entry, _ = self.cache.get_or_build("models", self.model_sha[:24], build)
         info = {k: entry.manifest[k] for k in ("param_count", "input_shape", "num_classes",
                                               "file_size_bytes")}
-        if info["num_classes"] != self.dataset.num_classes:
+        if check_classes and info["num_classes"] != len(self.class_names):
             raise ModelError(
-                f"{self.model_path}: the model outputs {info['num_classes']} classes, the "
-                f"dataset at {self.dataset.root} has {self.dataset.num_classes}"
-            )
+                f"{self.model_path}: the model outputs {info['num_classes']} classes, its "
+                f"contract names {len(self.class_names)}")
         return info
 
     # ------------------------------------------------------------ data
@@ -134,19 +173,20 @@ class Workspace:
 
     def calibration_samples(self, spec: VariantSpec) -> list[Sample]:
         """The trainval images that calibrate an INT8 variant (never test images)."""
-        if spec.kind is VariantKind.INT8:
+        if spec.calibration.kind == "fraction":
             return self.dataset.calibration_samples(spec.fraction, spec.seed)
-        if spec.kind is VariantKind.IMBINT8:
+        if spec.calibration.kind == "classes":
             for c in spec.classes:
-                self.dataset.class_index(c)  # raises SpecError when out of range
-            samples = self.dataset.class_samples(spec.classes)
+                self.class_index(c)  # raises SpecError when out of range
+            wanted = set(spec.classes)
+            samples = [s for s in self.dataset.trainval if self.label(s) in wanted]
             if not samples:
                 raise SpecError(f"{spec.name}: no trainval images of classes {spec.classes}")
             return samples
         return []
 
     def calibration_histogram(self, spec: VariantSpec) -> dict[str, int]:
-        counts = Counter(s.label for s in self.calibration_samples(spec))
+        counts = Counter(self.label(s) for s in self.calibration_samples(spec))
         return {name: counts.get(i, 0) for i, name in enumerate(self.class_names)}
 
     # ------------------------------------------------------------ variants
@@ -162,11 +202,16 @@ class Workspace:
     def cached_tflite(self, spec: VariantSpec) -> Entry | None:
         return self.cache.get("variants", self.variant_key(spec))
 
+    @property
+    def source_is_tflite(self) -> bool:
+        return self.model_path.suffix == ".tflite"
+
     def tflite(self, spec: VariantSpec, progress: Stage | None = None) -> tuple[Entry, bool]:
         """The variant's .tflite entry, converting it only when not cached."""
-        if not spec.kind.is_tflite:
+        if spec.is_native:
             raise SpecError("the native variant has no .tflite file")
         samples = self.calibration_samples(spec)
+        recipe = spec.recipe
 
         def build(tmp: Path) -> dict[str, Any]:
             start = time.perf_counter()
@@ -178,12 +223,19 @@ class Workspace:
                 if not kept:
                     raise SpecError(f"{spec.name}: the calibration set is empty")
                 calibration = (preprocess(store.pixels[r], self.contract) for r in rows)
+            float_tflite = None
+            if recipe.backend is Backend.AEQ:
+                float_tflite = self.fp32_tflite(progress)
             if progress:
                 progress("convert", 0, 1)
-            from petq.convert import convert
+            if self.source_is_tflite and spec == VariantSpec.fp32():
+                data = self.model_path.read_bytes()
+            else:
+                from petq.convert import convert
 
-            data = convert(self.model_path, spec, calibration, len(kept),
-                           _stage(progress, "calibrate"))
+                data = convert(self.model_path, spec, calibration, len(kept),
+                               _stage(progress, "calibrate"), float_tflite=float_tflite,
+                               keep_float_nodes=self.kept_float_layers(spec))
             write_bytes_atomic(tmp / "model.tflite", data)
             (tmp / "recipe.json").write_text(json.dumps(spec.to_dict(), indent=2))
             if progress:
@@ -192,12 +244,27 @@ class Workspace:
                 "spec": spec.to_dict(),
                 "model": str(self.model_path), "model_sha": self.model_sha,
                 "calibration_count": len(kept),
-                "calibration_classes": dict(Counter(self.class_names[s.label] for s in kept)),
+                "calibration_classes": dict(Counter(self.class_names[self.label(s)] for s in kept)),
+                "kept_float_layers": list(self.kept_float_layers(spec)),
                 "convert_seconds": time.perf_counter() - start,
                 "versions": library_versions(),
             }
 
         return self.cache.get_or_build("variants", self.variant_key(spec), build)
+
+    def fp32_tflite(self, progress: Stage | None = None) -> bytes:
+        """The FP32 .tflite that AI Edge Quantizer recipes start from (converted once)."""
+        entry, _ = self.tflite(VariantSpec.fp32(), progress)
+        return entry.file("model.tflite").read_bytes()
+
+    def kept_float_layers(self, spec: VariantSpec) -> tuple[str, ...]:
+        """The layers a `keep<N>` spec leaves in float: the N worst of its base variant."""
+        if not spec.keep_float:
+            return ()
+        from petq.layers import worst_layers
+
+        base = VariantSpec(spec.recipe, spec.calibration)
+        return tuple(worst_layers(self.layer_stats(base), spec.keep_float))
 
     def keras_runner(self) -> KerasRunner:
         """The source model, loaded once per workspace (for its info and the native variant)."""
@@ -206,7 +273,7 @@ class Workspace:
         return self._keras
 
     def runner(self, spec: VariantSpec, progress: Stage | None = None) -> Runner:
-        if spec.kind is VariantKind.NATIVE:
+        if spec.is_native:
             return self.keras_runner()
         entry, _ = self.tflite(spec, progress)
         return LiteRTRunner(entry.file("model.tflite"), self.threads)
@@ -214,13 +281,13 @@ class Workspace:
     # ------------------------------------------------------------ evaluation
 
     def result_key(self, spec: VariantSpec, test_fraction: float) -> str:
-        variant = self.model_sha if spec.kind is VariantKind.NATIVE else self.variant_key(spec)
+        variant = self.model_sha if spec.is_native else self.variant_key(spec)
         ids = [s.image_id for s in self.dataset.test_samples(test_fraction)]
         return key_of({"v": RESULT_VERSION, "variant": variant, "spec": spec.to_dict(),
                        "test": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
                        "threads": self.threads, "versions": library_versions()})
 
-    def cached_result(self, spec: VariantSpec, test_fraction: float = 1.0) -> dict | None:
+    def cached_result(self, spec: VariantSpec, test_fraction: float = 1.0) -> Result | None:
         entry = self.cache.get("results", self.result_key(spec, test_fraction), verify=False)
         return _read_result(entry) if entry else None
 
@@ -230,10 +297,12 @@ class Workspace:
         test_fraction: float = 1.0,
         progress: Stage | None = None,
         latency_runs: int = 100,
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[Result, bool]:
         """Evaluate a variant on the test split (cached). Returns (result, computed)."""
         if not 0.0 < test_fraction <= 1.0:
             raise SpecError(f"test dataset fraction must be in (0, 1], got {test_fraction}")
+        if spec.is_native and self.source_is_tflite:
+            raise SpecError(f"{self.model_path}: a .tflite source model has no native variant")
 
         def build(tmp: Path) -> dict[str, Any]:
             info = self.model_info()
@@ -241,20 +310,20 @@ class Workspace:
             pixels, kept = store.pixels_of(self.dataset.test_samples(test_fraction))
             if not kept:
                 raise SpecError("the test set is empty")
-            row: dict[str, Any] = {}
-            if spec.kind is VariantKind.NATIVE:
+            variant: dict[str, Any] = {"calibration_count": 0, "convert_seconds": 0.0,
+                                       "file_size_bytes": info["file_size_bytes"]}
+            if spec.is_native:
                 runner: Runner = self.keras_runner()
-                row["file_size_bytes"] = info["file_size_bytes"]
-                row["calibration_count"] = 0
-                row["convert_seconds"] = 0.0
             else:
                 entry, _ = self.tflite(spec, progress)
                 runner = LiteRTRunner(entry.file("model.tflite"), self.threads)
-                row["file_size_bytes"] = entry.file("model.tflite").stat().st_size
-                row["calibration_count"] = entry.manifest["calibration_count"]
-                row["calibration_classes"] = entry.manifest["calibration_classes"]
-                row["convert_seconds"] = entry.manifest["convert_seconds"]
-                row["tflite_key"] = entry.manifest["key"]
+                variant = {
+                    "file_size_bytes": entry.file("model.tflite").stat().st_size,
+                    "calibration_count": entry.manifest["calibration_count"],
+                    "calibration_classes": entry.manifest["calibration_classes"],
+                    "convert_seconds": entry.manifest["convert_seconds"],
+                    "tflite_key": entry.manifest["key"],
+                }
             start = time.perf_counter()
             scores = predict_all(runner, pixels, self.contract, _stage(progress, "evaluate"))
             eval_seconds = time.perf_counter() - start
@@ -264,65 +333,71 @@ class Workspace:
                                       runs=latency_runs)
             if progress:
                 progress("latency", 1, 1)
-            labels = np.array([s.label for s in kept])
+            labels = np.array([self.label(s) for s in kept], dtype=np.int64)
             metrics = compute_metrics(labels, scores, len(self.class_names))
-            np.save(tmp / "scores.npy", scores)
-            details = {k: metrics.pop(k) for k in
-                       ("per_class_precision", "per_class_sensitivity", "confusion_matrix")}
-            details["image_ids"] = [s.image_id for s in kept]
-            details["labels"] = labels.tolist()
-            details["top1"] = scores.argmax(axis=1).tolist()
-            details["class_names"] = list(self.class_names)
-            (tmp / "details.json").write_text(json.dumps(details))
-            row.update({
-                "variant": spec.name, "kind": spec.kind.value, "precision": spec.kind.precision,
-                "description": spec.describe(self.class_names),
-                "spec": spec.to_dict(),
-                "model": self.model_path.name, "model_sha": self.model_sha,
-                "dataset": str(self.dataset.root), "dataset_fingerprint": self.dataset.fingerprint,
-                "synthetic": self.dataset.synthetic,
-                "test_fraction": test_fraction, "skipped_images": len(store.bad),
-                "param_count": info["param_count"], "threads": self.threads,
-                "eval_seconds": eval_seconds, **metrics, **latency,
-                "versions": library_versions(),
-            })
-            return {"row": row}
+            top5, top5_scores = top_k(scores)
+            details = Details(
+                class_names=self.class_names, image_ids=tuple(s.image_id for s in kept),
+                labels=labels, top5=top5, top5_scores=top5_scores,
+                confusion_matrix=np.asarray(metrics.pop("confusion_matrix")),
+                per_class_precision=np.asarray(metrics.pop("per_class_precision"), float),
+                per_class_sensitivity=np.asarray(metrics.pop("per_class_sensitivity"), float),
+            )
+            (tmp / "details.json").write_text(json.dumps(details.to_json()))
+            np.savez(tmp / "predictions.npz", top5=top5, top5_scores=top5_scores)
+            result = Result(
+                spec=spec, description=spec.describe(self.class_names),
+                model=self.model_path.name, model_sha=self.model_sha,
+                dataset=str(self.dataset.root), dataset_fingerprint=self.dataset.fingerprint,
+                synthetic=self.dataset.synthetic, test_fraction=test_fraction,
+                skipped_images=len(store.bad), param_count=info["param_count"],
+                threads=self.threads, eval_seconds=eval_seconds,
+                versions=library_versions(), **variant, **metrics, **latency,
+            )
+            return {"result": result.to_dict()}
 
         entry, built = self.cache.get_or_build(
             "results", self.result_key(spec, test_fraction), build
         )
         return _read_result(entry), built
 
-    def results(self, test_fraction: float | None = None) -> list[dict[str, Any]]:
-        """Every cached result row for this model and dataset: the dashboard's main query."""
-        rows = []
+    def results(self, test_fraction: float | None = None) -> list[Result]:
+        """Every cached result for this model and dataset: the dashboard's main query."""
+        results = []
         for entry in self.cache.entries("results"):
-            row = entry.manifest.get("row")
-            if (not row or row.get("model_sha") != self.model_sha
-                    or row.get("dataset_fingerprint") != self.dataset.fingerprint
-                    or row.get("threads") != self.threads):
+            data = entry.manifest.get("result")
+            if (not data or data.get("model_sha") != self.model_sha
+                    or data.get("dataset_fingerprint") != self.dataset.fingerprint
+                    or data.get("threads") != self.threads):
                 continue
-            if test_fraction is not None and row.get("test_fraction") != test_fraction:
+            if test_fraction is not None and data.get("test_fraction") != test_fraction:
                 continue
-            rows.append(_read_result(entry))
-        rows.sort(key=_variant_order)
-        return rows
+            try:
+                results.append(_read_result(entry))
+            except (KeyError, TypeError, ValueError):  # an entry from another petq version
+                continue
+        results.sort(key=variant_order)
+        return results
 
-    def details(self, result_key: str) -> dict[str, Any]:
-        """Confusion matrix, per-class metrics and per-image top-1 of one cached result."""
+    def details(self, result_key: str) -> Details:
+        """Confusion matrix, per-class metrics and per-image top-5 of one cached result."""
         entry = self.cache.get("results", result_key, verify=False)
         if entry is None:
             raise KeyError(f"no cached result {result_key}")
-        return json.loads(entry.file("details.json").read_text())
+        with np.load(entry.file("predictions.npz")) as predictions:
+            return Details.from_parts(json.loads(entry.file("details.json").read_text()),
+                                      predictions["top5"], predictions["top5_scores"])
 
 
-def _read_result(entry: Entry) -> dict[str, Any]:
-    return {**entry.manifest["row"], "result_key": entry.manifest["key"],
-            "created": entry.manifest["created"]}
+def _read_result(entry: Entry) -> Result:
+    return Result.from_dict({**entry.manifest["result"], "result_key": entry.manifest["key"],
+                             "created": entry.manifest["created"]})
 
 
-def _variant_order(row: dict[str, Any]) -> tuple:
-    order = [k.value for k in VariantKind]
-    spec = row.get("spec", {})
-    return (order.index(row["kind"]) if row.get("kind") in order else 9,
-            spec.get("fraction") or 0.0, spec.get("classes") or [], spec.get("seed") or 0)
+def variant_order(result: Result) -> tuple:
+    """Sort key: recipe order of the registry, then calibration, seed and kept layers."""
+    spec = result.spec
+    keys = list(RECIPES)
+    return (keys.index(spec.recipe.key) if spec.recipe.key in keys else len(keys),
+            spec.calibration.kind, spec.fraction or 0.0, spec.classes, spec.seed,
+            spec.keep_float)

@@ -6,8 +6,9 @@ import pytest
 
 from petq.errors import ModelError, SpecError
 from petq.types import (
+    RECIPES,
+    Calibration,
     ModelContract,
-    VariantKind,
     VariantSpec,
     lab_tasks,
     load_contract,
@@ -22,6 +23,11 @@ ALL_KINDS = [
     VariantSpec.int8(0.3, seed=7),
     VariantSpec.imbint8(),
     VariantSpec.imbint8((3, 1)),
+    *(VariantSpec.of(r, 0.08 if r.calibrates else None) for r in RECIPES.values()),
+    *(VariantSpec.of(r, classes=(2, 4)) for r in RECIPES.values() if r.calibrates),
+    *(VariantSpec.of(r, 0.3, seed=9) for r in RECIPES.values() if r.calibrates),
+    VariantSpec.of("tflite-int8", 0.8, keep_float=3),
+    VariantSpec.of("aeq-wi8-ai8", 1e-5),
 ]
 
 
@@ -39,7 +45,24 @@ def test_lab_names():
     ]
     assert VariantSpec.imbint8((3, 1)).name == "tflite-imbint8-c1+3"
     assert VariantSpec.int8(0.3, seed=7).name == "tflite-int8-0.3-s7"
-    assert VariantKind.INT8.precision == "wi8_ai8"
+    assert VariantSpec.int8(0.3).recipe.scheme == "wi8_ai8"
+    assert VariantSpec.of("aeq-wi4-afp32").recipe.scheme == "wi4_afp32"
+    assert VariantSpec.of("tflite-fp16").recipe.scheme == "wf16_afp32"
+    assert VariantSpec.of("tflite-int8-pertensor", 0.08).name == "tflite-int8-0.08-pertensor"
+    assert VariantSpec.of("tflite-int8", 0.8, keep_float=3).name == "tflite-int8-0.8-keep3"
+    assert VariantSpec.of("aeq-wi8-ai16", classes=(5, 2)).name == "aeq-wi8-ai16-c2+5"
+
+
+def test_names_are_unique_across_recipes():
+    names = [s.name for s in ALL_KINDS]
+    assert len(set(names)) == len(set(ALL_KINDS))
+
+
+def test_every_recipe_says_what_it_is():
+    for recipe in RECIPES.values():
+        assert recipe.summary and recipe.summary.endswith(".")
+        says = "needs calibration" in recipe.summary or "no calibration" not in recipe.summary
+        assert says == recipe.calibrates or not recipe.quantized
 
 
 def test_parse_tasks_expands_groups_without_duplicates():
@@ -51,18 +74,24 @@ def test_parse_tasks_expands_groups_without_duplicates():
 @pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, None])
 def test_fraction_outside_range_is_rejected(bad):
     with pytest.raises(SpecError, match="fraction"):
-        VariantSpec(VariantKind.INT8, fraction=bad)
+        VariantSpec("tflite-int8", Calibration(bad))
 
 
 def test_invalid_specs():
     with pytest.raises(SpecError, match="at least one"):
-        VariantSpec(VariantKind.IMBINT8)
+        VariantSpec.imbint8(())
+    with pytest.raises(SpecError, match="needs calibration"):
+        VariantSpec.from_name("aeq-wi8-ai8")
+    with pytest.raises(SpecError, match="takes no calibration"):
+        VariantSpec.from_name("aeq-wi4-afp32-0.1")
+    with pytest.raises(SpecError, match="static recipe"):
+        VariantSpec.of("tflite-dynamic", keep_float=2)
     with pytest.raises(SpecError, match="unknown variant"):
         VariantSpec.from_name("tflite-int4")
     with pytest.raises(SpecError):
         VariantSpec.from_name("tflite-int8-2")
     with pytest.raises(SpecError, match="takes no"):
-        VariantSpec(VariantKind.FP32, fraction=0.1)
+        VariantSpec("tflite-fp32", Calibration(0.1))
 
 
 def test_contract_sidecar_round_trip_and_defaults(tmp_path):

@@ -10,27 +10,56 @@ import pytest
 from conftest import CLASSES
 from petq.errors import ModelError, SpecError
 from petq.runtime import LiteRTRunner
-from petq.types import VariantKind, VariantSpec
+from petq.types import RECIPES, VariantSpec
 from petq.workspace import Workspace
 
 KINDS = [VariantSpec.native(), VariantSpec.fp32(), VariantSpec.int8(0.5),
          VariantSpec.imbint8((1,))]
+# every other recipe, calibrated on half of trainval (or on breeds 1 and 2)
+RECIPE_SPECS = [VariantSpec.of(r, 0.5 if r.calibrates else None) for r in RECIPES.values()
+                if VariantSpec.of(r, 0.5 if r.calibrates else None) not in KINDS]
 
 
 @pytest.mark.parametrize("spec", KINDS, ids=lambda s: s.name)
 def test_every_kind_evaluates_and_is_cached(workspace, spec):
     row, _ = workspace.evaluate(spec)
-    assert row["variant"] == spec.name
-    assert row["n_images"] == len(workspace.dataset.test)
-    assert row["accuracy"] >= 0.75  # the fixture classes are separable by colour
+    assert row.variant == spec.name
+    assert row.n_images == len(workspace.dataset.test)
+    assert row.accuracy >= 0.75  # the fixture classes are separable by colour
     for key in ("mean_precision", "mean_sensitivity", "g_mean", "top5"):
-        assert 0.0 <= row[key] <= 1.0
-    assert row["latency_p50_ms"] > 0 and row["latency_runs"] == 100
+        assert 0.0 <= row.value(key) <= 1.0
+    assert row.latency_p50_ms > 0 and row.latency_runs == 100
     again, computed = workspace.evaluate(spec)
-    assert not computed and again["accuracy"] == row["accuracy"]
-    details = workspace.details(row["result_key"])
-    assert np.asarray(details["confusion_matrix"]).sum() == row["n_images"]
-    assert len(details["top1"]) == row["n_images"]
+    assert not computed and again.accuracy == row.accuracy
+    details = workspace.details(row.result_key)
+    assert details.confusion_matrix.sum() == row.n_images
+    assert len(details.top1) == row.n_images
+    assert details.top5.shape == (row.n_images, len(workspace.class_names))  # 4 classes
+    assert (details.top5_scores[:, :-1] >= details.top5_scores[:, 1:]).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", RECIPE_SPECS, ids=lambda s: s.name)
+def test_every_recipe_converts_and_evaluates(workspace, spec):
+    entry, _ = workspace.tflite(spec)
+    runner = LiteRTRunner(entry.file("model.tflite"), threads=1)
+    expected = {"float": np.float32, "int8": np.int8, "int16": np.int16}[spec.recipe.io]
+    if spec.recipe.backend.value == "tflite":
+        assert runner.input_dtype == expected
+    result, _ = workspace.evaluate(spec)
+    assert result.variant == spec.name and result.scheme == spec.recipe.scheme
+    assert result.accuracy >= 0.75, result
+    assert result.calibration_count == (len(workspace.dataset.trainval) // 2
+                                        if spec.recipe.calibrates else 0)
+    fp32 = workspace.tflite(VariantSpec.fp32())[0].file("model.tflite").stat().st_size
+    assert result.file_size_bytes < fp32 or not spec.recipe.quantized
+
+
+def test_no_two_recipes_share_a_cache_key(workspace):
+    specs = [VariantSpec.of(r, 0.5 if r.calibrates else None) for r in RECIPES.values()
+             if not r.backend.value == "keras"]
+    keys = {workspace.variant_key(s) for s in specs}
+    assert len(keys) == len(specs)
 
 
 def test_int8_variant_is_int8_and_smaller(workspace):
@@ -89,23 +118,23 @@ def test_corrupt_tflite_in_cache_is_rebuilt(tiny_model, pet_root, tmp_path):
 def test_results_listing_is_filtered_to_model_and_dataset(workspace):
     workspace.evaluate(VariantSpec.fp32())
     rows = workspace.results()
-    assert rows and all(r["model_sha"] == workspace.model_sha for r in rows)
-    kinds = [r["kind"] for r in rows]
-    assert kinds == sorted(kinds, key=[k.value for k in VariantKind].index)
+    assert rows and all(r.model_sha == workspace.model_sha for r in rows)
+    order = [list(RECIPES).index(r.spec.recipe.key) for r in rows]
+    assert order == sorted(order)
 
 
 def test_test_fraction_evaluates_a_stratified_subset(workspace):
     row, _ = workspace.evaluate(VariantSpec.fp32(), test_fraction=0.4)
-    assert row["n_images"] == int(np.ceil(0.4 * len(workspace.dataset.test)))
-    assert row["test_fraction"] == 0.4
+    assert row.n_images == int(np.ceil(0.4 * len(workspace.dataset.test)))
+    assert row.test_fraction == 0.4
 
 
 def test_not_a_keras_model(pet_root, tmp_path):
     bogus = tmp_path / "bogus.keras"
     bogus.write_bytes(b"definitely not a model")
-    ws = Workspace(bogus, pet_root, tmp_path / "cache")
+    # without a sidecar the model is read at once (for its input size and classes)
     with pytest.raises(ModelError, match="bogus.keras: not a loadable Keras model"):
-        ws.evaluate(VariantSpec.native())
+        Workspace(bogus, pet_root, tmp_path / "cache")
     with pytest.raises(ModelError, match="not found"):
         Workspace(tmp_path / "missing.keras", pet_root, tmp_path / "cache")
 
@@ -123,10 +152,33 @@ def test_class_count_mismatch(tiny_model, tmp_path):
     from conftest import write_pet_tree
 
     other = write_pet_tree(tmp_path / "other")
-    (other / "annotations" / "test.txt").write_text("Abyssinian_11 1 1 1\n")
+    (other / "annotations" / "test.txt").write_text("Abyssinian_11 1 1 1\nunicorn_12 9 1 1\n")
     (other / "annotations" / "trainval.txt").write_text("Abyssinian_1 1 1 1\n")
-    with pytest.raises(ModelError, match="4 classes"):
+    with pytest.raises(ModelError, match="breed 'unicorn'.* 4 classes do not include"):
         Workspace(tiny_model, other, tmp_path / "cache")
+
+
+def test_a_dataset_of_some_breeds_evaluates_in_the_model_class_space(tiny_model, tmp_path):
+    """Only breeds 1 and 3 listed (ids with gaps), in another order: labels follow the names."""
+    from conftest import write_pet_tree
+
+    root = write_pet_tree(tmp_path / "some")
+    for split in ("trainval", "test"):
+        path = root / "annotations" / f"{split}.txt"
+        kept = [line for line in path.read_text().splitlines()
+                if line.startswith(("Abyssinian", "Bengal"))]
+        path.write_text("\n".join(kept) + "\n")
+    ws = Workspace(tiny_model, root, tmp_path / "cache", threads=1)
+    assert ws.class_names == tuple(name for name, _, _ in CLASSES)  # the model's 4 classes
+    assert ws.class_index("Bengal") == 2
+    result, _ = ws.evaluate(VariantSpec.fp32())
+    details = ws.details(result.result_key)
+    assert set(details.labels.tolist()) == {0, 2}
+    assert result.n_images == 10 and result.accuracy >= 0.75
+    present = ~np.isnan(details.per_class_sensitivity)
+    assert present.tolist() == [True, False, True, False]
+    assert result.mean_sensitivity == pytest.approx(
+        np.mean(details.per_class_sensitivity[present]))
 
 
 def test_unreadable_image_is_skipped_with_a_counted_warning(tiny_model, tmp_path):
@@ -137,5 +189,5 @@ def test_unreadable_image_is_skipped_with_a_counted_warning(tiny_model, tmp_path
     ws = Workspace(tiny_model, root, tmp_path / "cache", threads=1)
     with pytest.warns(UserWarning, match="1 image"):
         row, _ = ws.evaluate(VariantSpec.fp32())
-    assert row["n_images"] == len(ws.dataset.test) - 1
-    assert row["skipped_images"] == 1
+    assert row.n_images == len(ws.dataset.test) - 1
+    assert row.skipped_images == 1
