@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import io
 import warnings
 from collections.abc import Callable, Sequence
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from petq.errors import DatasetError, ImageError, SpecError
 from petq.types import ModelContract
@@ -18,6 +20,7 @@ from petq.types import ModelContract
 TEST_SPLIT_SEED = 12345  # the lab's seed for --test-dataset-fraction
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit (89.5 MP)
 Progress = Callable[[int, int], None]
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # Keras' caffe mode: ImageNet means, BGR order
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,20 @@ def class_name_of(image_id: str) -> str:
     return image_id.rsplit("_", 1)[0]
 
 
+def placeholder_name(label: int) -> str:
+    """The name of a class whose CLASS-ID no list line uses: `class_<CLASS-ID>`."""
+    return f"class_{label + 1}"
+
+
 @dataclass(frozen=True)
 class PetDataset:
-    """An Oxford-IIIT-Pet-layout dataset: `images/` and `annotations/*.txt`."""
+    """An Oxford-IIIT-Pet-layout dataset: `images/` and `annotations/*.txt`.
+
+    The list files may name only some breeds (your own photos of two breeds under
+    their Oxford CLASS-IDs): labels stay CLASS-ID - 1, a CLASS-ID that no line uses
+    gets a placeholder name (`class_<CLASS-ID>`), and `present_classes` says which
+    labels have images.
+    """
 
     root: Path
     class_names: tuple[str, ...]
@@ -98,12 +112,9 @@ class PetDataset:
         if marker.exists():
             digest.update(marker.read_bytes())
         count = max(names) + 1
-        missing = sorted(set(range(count)) - set(names))
-        if missing:
-            raise DatasetError(f"{ann}: class ids {[m + 1 for m in missing]} have no images")
         return cls(
             root=root,
-            class_names=tuple(names[i] for i in range(count)),
+            class_names=tuple(names.get(i, placeholder_name(i)) for i in range(count)),
             trainval=splits["trainval"],
             test=splits["test"],
             fingerprint=digest.hexdigest()[:16],
@@ -113,6 +124,11 @@ class PetDataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @functools.cached_property
+    def present_classes(self) -> tuple[int, ...]:
+        """Sorted labels that have trainval or test images (the others are placeholders)."""
+        return tuple(sorted({s.label for s in self.trainval} | {s.label for s in self.test}))
 
     def image_path(self, image_id: str) -> Path:
         return self.root / "images" / f"{image_id}.jpg"
@@ -177,14 +193,54 @@ def stratified_fraction(samples: Sequence[Sample], fraction: float, seed: int) -
 
 # ---------------------------------------------------------------- images
 
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+
+
+def _upload_types() -> tuple[str, ...]:
+    types = ["jpg", "jpeg", "jfif", "png", "gif", "bmp", "webp", "tif", "tiff"]
+    if features.check_module("avif"):  # Pillow's own AVIF plugin, when built with libavif
+        types.append("avif")
+    if importlib.util.find_spec("pillow_heif") is not None:
+        types += ["heic", "heif"]
+    return tuple(types)
+
+
+# File extensions `open_image` decodes (for upload widgets); HEIC/HEIF only with pillow-heif.
+UPLOAD_TYPES = _upload_types()
+
+
+@functools.cache
+def _register_heif() -> bool:
+    """Teach Pillow HEIC/HEIF (phone photos) through pillow-heif, once; False when missing."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def _looks_like_heif(source: Path | str | bytes) -> bool:
+    try:
+        if isinstance(source, bytes):
+            head = source[:12]
+        else:
+            with open(source, "rb") as f:
+                head = f.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
 
 def open_image(source: Path | str | bytes, name: str | None = None) -> Image.Image:
-    """Decode an image to RGB: EXIF orientation applied, alpha composited on white.
+    """Decode an image to 8-bit RGB: EXIF orientation applied, alpha composited on white.
 
-    Accepts whatever Pillow reads (JPEG, PNG, GIF, WebP, CMYK, grayscale...),
-    whatever the file's extension says. Raises ImageError naming the source.
+    Accepts whatever Pillow reads (JPEG, PNG, GIF, BMP, TIFF, WebP, CMYK, grayscale,
+    16-bit...), plus HEIC/HEIF when pillow-heif is installed, whatever the file's
+    extension says. Raises ImageError naming the source.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "uploaded image")
+    has_heif = _register_heif()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -193,6 +249,11 @@ def open_image(source: Path | str | bytes, name: str | None = None) -> Image.Ima
     except FileNotFoundError:
         raise ImageError(f"{label}: file not found") from None
     except UnidentifiedImageError:
+        if not has_heif and _looks_like_heif(source):
+            raise ImageError(
+                f"{label}: a HEIC/HEIF image; reading it needs pillow-heif (pip install "
+                "pillow-heif)"
+            ) from None
         raise ImageError(f"{label}: not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
@@ -204,7 +265,8 @@ def open_image(source: Path | str | bytes, name: str | None = None) -> Image.Ima
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    image = ImageOps.exif_transpose(image)
+    """Any decoded Pillow image -> 8-bit RGB, upright, alpha composited on white."""
+    image = to_8bit(ImageOps.exif_transpose(image))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -214,24 +276,96 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Single-band 16-bit and 32-bit images -> 8-bit `L`; other modes pass unchanged.
+
+    Pillow's `convert` clips these at 255, so a 16-bit photo comes out all white.
+    16-bit (`I;16*`, and `I` holding 0-65535) keeps the high byte, `v >> 8`: the
+    reduction Pillow itself applies when it opens 16-bit RGB(A) PNGs and TIFFs,
+    so 16-bit gray and colour files agree. Float `F` images in [0, 1] are scaled
+    by 255, others by 255 / their maximum (negative and NaN values become 0).
+    """
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(image)
+        if mode == "I":
+            values = np.clip(values, 0, 0xFFFF)
+        eight = (values >> 8).astype(np.uint8)
+    elif mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0,
+                               neginf=0.0)
+        peak = float(values.max()) if values.size else 0.0
+        scale = 255.0 if peak <= 1.0 else 255.0 / peak
+        eight = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    else:
+        return image
+    return Image.fromarray(np.ascontiguousarray(eight))
+
+
 def decode(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """Resize to (height, width) with Pillow's default filter, as the lab does: uint8 HxWx3."""
     height, width = size
     return np.asarray(image.resize((width, height)), dtype=np.uint8)
 
 
-def preprocess(pixels: np.ndarray, contract: ModelContract) -> np.ndarray:
-    """uint8 HxWx3 (or NxHxWx3) -> float32 NHWC: /255 then ImageNet-style mean/std.
+def channel_order(contract: ModelContract) -> tuple[int, int, int]:
+    """The RGB channel each channel of `preprocess`'s output reads: (2, 1, 0) for caffe (BGR).
 
-    The one preprocessing used by calibration, evaluation, training and live
-    classification (the lab's `prepare_input_sample`).
+    A per-channel lookup table built from `preprocess` (evaluate.input_lut) must be
+    applied to `pixels[..., channel_order(contract)]`.
     """
-    x = np.asarray(pixels).astype(np.float32)  # a new C-ordered array, changed in place
-    width = x.shape[-2]
-    rows = x.reshape(-1, width * x.shape[-1])  # channels repeat along a row: long SIMD loops
+    return (2, 1, 0) if contract.preprocessing == "caffe" else (0, 1, 2)
+
+
+def _torch(rows: np.ndarray, width: int, contract: ModelContract) -> None:
     rows /= np.float32(255.0)
     rows -= np.tile(np.asarray(contract.mean, np.float32), width)
     rows /= np.tile(np.asarray(contract.std, np.float32), width)
+
+
+def _tf(rows: np.ndarray, width: int, contract: ModelContract) -> None:
+    rows /= np.float32(127.5)
+    rows -= np.float32(1.0)
+
+
+def _caffe(rows: np.ndarray, width: int, contract: ModelContract) -> None:
+    rows -= np.tile(np.asarray(CAFFE_BGR_MEAN, np.float32), width)  # channels already BGR
+
+
+def _unit(rows: np.ndarray, width: int, contract: ModelContract) -> None:
+    rows /= np.float32(255.0)
+
+
+def _raw(rows: np.ndarray, width: int, contract: ModelContract) -> None:
+    pass
+
+
+# One in-place function per types.PREPROCESSING mode, on rows of (width * 3) float32 values.
+_MODES: dict[str, Callable[[np.ndarray, int, ModelContract], None]] = {
+    "torch": _torch, "tf": _tf, "caffe": _caffe, "unit": _unit, "raw": _raw,
+}
+
+
+def preprocess(pixels: np.ndarray, contract: ModelContract) -> np.ndarray:
+    """uint8 HxWx3 (or NxHxWx3) -> float32 NHWC, in the contract's preprocessing mode.
+
+    The modes are Keras' `imagenet_utils.preprocess_input` ones, to float32 precision:
+    `torch` (the lab's) /255 then the contract's mean/std; `tf` /127.5 - 1; `caffe`
+    RGB to BGR, then the ImageNet BGR means subtracted; plus `unit` (/255) and `raw`.
+    The one preprocessing used by calibration, evaluation, training and live
+    classification (the lab's `prepare_input_sample`).
+    """
+    pixels = np.asarray(pixels)
+    order = channel_order(contract)
+    if order == (0, 1, 2):
+        x = pixels.astype(np.float32)  # a new C-ordered array, changed in place
+    else:  # reorder while converting: twice as fast as converting a reversed view
+        x = np.empty(pixels.shape, np.float32)
+        for channel, source in enumerate(order):
+            x[..., channel] = pixels[..., source]
+    width = x.shape[-2]
+    rows = x.reshape(-1, width * x.shape[-1])  # channels repeat along a row: long SIMD loops
+    _MODES[contract.preprocessing](rows, width, contract)
     return x[None] if x.ndim == 3 else x
 
 

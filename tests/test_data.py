@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import io
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +15,9 @@ from PIL import Image
 
 from conftest import CLASSES, TEST_PER_CLASS, TRAINVAL_PER_CLASS
 from petq.data import (
+    UPLOAD_TYPES,
     PetDataset,
+    channel_order,
     decode,
     open_image,
     parse_list_file,
@@ -19,7 +26,8 @@ from petq.data import (
     stratified_fraction,
 )
 from petq.errors import DatasetError, ImageError, SpecError
-from petq.types import ModelContract
+from petq.evaluate import apply_lut
+from petq.types import PREPROCESSING, ModelContract
 
 
 def test_loads_layout_with_comments_and_quirk_files(pet_root):
@@ -153,3 +161,232 @@ def test_prepare_image_from_bytes():
     contract = ModelContract(input_size=(8, 8))
     x = prepare_image(_encoded(Image.new("RGB", (30, 50), (1, 2, 3)), "PNG"), contract)
     assert x.shape == (1, 8, 8, 3)
+
+
+# ---------------------------------------------------------------- preprocessing modes
+
+
+def _pixels(shape=(2, 5, 7, 3)) -> np.ndarray:
+    return np.random.default_rng(66).integers(0, 256, shape, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["tf", "caffe", "torch"])
+def test_preprocess_modes_match_keras_preprocess_input(mode):
+    from keras.applications.imagenet_utils import preprocess_input
+
+    pixels = _pixels()
+    contract = ModelContract(input_size=(5, 7), preprocessing=mode)  # ImageNet mean/std
+    expected = preprocess_input(pixels.astype(np.float32), mode=mode)
+    np.testing.assert_allclose(preprocess(pixels, contract), expected, rtol=1e-6, atol=1e-5)
+    # one image in, a batch of one out; a strided view reads the same numbers
+    np.testing.assert_allclose(preprocess(pixels[0], contract), expected[:1], rtol=1e-6,
+                               atol=1e-5)
+    flipped = preprocess(pixels[:, :, ::-1], contract)
+    np.testing.assert_allclose(flipped, expected[:, :, ::-1], rtol=1e-6, atol=1e-5)
+
+
+def test_caffe_is_bgr_without_scaling():
+    contract = ModelContract(input_size=(1, 1), preprocessing="caffe")
+    x = preprocess(np.array([[[255, 128, 0]]], np.uint8), contract)
+    np.testing.assert_allclose(x[0, 0, 0], [0 - 103.939, 128 - 116.779, 255 - 123.68],
+                               rtol=1e-6)
+
+
+def test_unit_and_raw_modes_by_hand():
+    pixels = _pixels()
+    unit = preprocess(pixels, ModelContract(input_size=(5, 7), preprocessing="unit"))
+    np.testing.assert_array_equal(unit, pixels.astype(np.float32) / np.float32(255))
+    assert unit.min() >= 0 and unit.max() <= 1
+    raw = preprocess(pixels, ModelContract(input_size=(5, 7), preprocessing="raw"))
+    assert raw.dtype == np.float32
+    np.testing.assert_array_equal(raw, pixels.astype(np.float32))
+
+
+def test_every_declared_mode_is_implemented_and_leaves_the_input_alone():
+    pixels = _pixels()
+    before = pixels.copy()
+    outputs = {mode: preprocess(pixels, ModelContract(input_size=(5, 7), preprocessing=mode))
+               for mode in PREPROCESSING}
+    np.testing.assert_array_equal(pixels, before)
+    assert all(x.shape == pixels.shape and x.dtype == np.float32 for x in outputs.values())
+    distinct = {x.tobytes() for x in outputs.values()}
+    assert len(distinct) == len(PREPROCESSING)
+
+
+@pytest.mark.parametrize("mode", list(PREPROCESSING))
+def test_channel_order_makes_a_per_channel_table_exact(mode):
+    """evaluate.input_lut's table trick: a (3, 256) table built from `preprocess` on
+    [v, v, v] gives preprocess exactly once the pixels are read in `channel_order`."""
+    contract = ModelContract(input_size=(5, 7), preprocessing=mode)
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)[None]
+    scale, zero = 0.05, -3  # an int8 input tensor's quantization
+
+    def quantize(x):
+        return np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
+
+    table = np.ascontiguousarray(quantize(preprocess(values, contract))[0, 0].T)
+    pixels = _pixels()
+    exact = quantize(preprocess(pixels, contract))
+    ordered = np.ascontiguousarray(pixels[..., list(channel_order(contract))])
+    np.testing.assert_array_equal(apply_lut(ordered, table), exact)
+    if mode == "caffe":  # the plain table, in RGB order, is wrong for caffe
+        assert channel_order(contract) == (2, 1, 0)
+        assert not np.array_equal(apply_lut(pixels, table), exact)
+    else:
+        assert channel_order(contract) == (0, 1, 2)
+
+
+# ---------------------------------------------------------------- 16-bit and other formats
+
+
+def _png16(values: np.ndarray) -> bytes:
+    """A 16-bit PNG (gray, or RGB for HxWx3) written by hand: Pillow cannot write 16-bit RGB."""
+    height, width = values.shape[:2]
+    colour_type = 2 if values.ndim == 3 else 0
+    raw = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+def _gradient16() -> tuple[np.ndarray, np.ndarray]:
+    """A 16-bit gradient over all 256 high bytes (low bytes varied) and its 8-bit match."""
+    eight = np.arange(256, dtype=np.uint16)
+    sixteen = (eight << 8) | (eight * 7 % 256)
+    return np.tile(sixteen, (4, 1)), np.tile(eight.astype(np.uint8), (4, 1))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_gray_decodes_to_the_matching_8_bit_gradient(fmt):
+    sixteen, eight = _gradient16()
+    image = Image.fromarray(sixteen)  # mode I;16
+    data = _encoded(image, fmt)
+    assert Image.open(io.BytesIO(data)).mode.startswith("I;16")
+    decoded = np.asarray(open_image(data))
+    assert decoded.shape == (4, 256, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(decoded[..., channel], eight)
+
+
+def test_16_bit_rgb_png_and_16_bit_gray_agree():
+    sixteen, eight = _gradient16()
+    assert Image.open(io.BytesIO(_png16(sixteen))).mode == "I;16"
+    gray = np.asarray(open_image(_png16(sixteen)))
+    colour = np.asarray(open_image(_png16(np.stack([sixteen, sixteen, 0xFFFF - sixteen], -1))))
+    np.testing.assert_array_equal(gray[..., 0], eight)
+    np.testing.assert_array_equal(colour[..., 0], gray[..., 0])  # Pillow's own high byte
+    np.testing.assert_array_equal(colour[..., 2], 255 - eight)
+
+
+def test_32_bit_int_and_float_tiffs_scale_to_8_bits(tmp_path):
+    sixteen, eight = _gradient16()
+    as_int = Image.fromarray(sixteen.astype(np.int32))  # mode I, 16-bit values
+    decoded = np.asarray(open_image(_encoded(as_int, "TIFF")))
+    np.testing.assert_array_equal(decoded[..., 1], eight)
+    unit = Image.fromarray((eight / 255.0).astype(np.float32))  # mode F in [0, 1]
+    path = tmp_path / "unit.tif"
+    unit.save(path)
+    np.testing.assert_array_equal(np.asarray(open_image(path))[..., 0], eight)
+    wide = Image.fromarray((eight * 4.0).astype(np.float32))  # mode F, max 1020: by max
+    np.testing.assert_array_equal(np.asarray(open_image(_encoded(wide, "TIFF")))[..., 2], eight)
+
+
+# lossless formats decode exactly, lossy ones within a few levels on flat colour
+FORMATS = {"jpg": ("JPEG", 8), "jpeg": ("JPEG", 8), "jfif": ("JPEG", 8), "png": ("PNG", 0),
+           "gif": ("GIF", 0), "bmp": ("BMP", 0), "webp": ("WEBP", 8), "tif": ("TIFF", 0),
+           "tiff": ("TIFF", 0), "avif": ("AVIF", 8), "heic": ("HEIF", 8), "heif": ("HEIF", 8)}
+QUADRANTS = {(16, 16): (255, 0, 0), (16, 48): (0, 0, 255), (48, 16): (0, 255, 0),
+             (48, 48): (255, 255, 0)}
+
+
+def _quadrants() -> Image.Image:
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    for (y, x), colour in QUADRANTS.items():
+        pixels[y - 16:y + 16, x - 16:x + 16] = colour
+    return Image.fromarray(pixels)
+
+
+@pytest.mark.parametrize("ext", UPLOAD_TYPES)
+def test_every_upload_type_round_trips_to_the_right_colours(ext, tmp_path):
+    fmt, tolerance = FORMATS[ext]
+    path = tmp_path / f"photo.{ext}"
+    if fmt == "HEIF":
+        import pillow_heif
+
+        pillow_heif.from_pillow(_quadrants()).save(path, quality=90)
+    else:
+        _quadrants().save(path, format=fmt)
+    decoded = np.asarray(open_image(path)).astype(int)
+    for (y, x), colour in QUADRANTS.items():
+        assert np.abs(decoded[y, x] - colour).max() <= tolerance, (ext, (y, x), decoded[y, x])
+
+
+def test_upload_types_name_the_common_photo_formats():
+    assert {"jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff"} <= set(UPLOAD_TYPES)
+    assert {"heic", "heif"} <= set(UPLOAD_TYPES)  # pillow-heif is a dependency
+    assert len(set(UPLOAD_TYPES)) == len(UPLOAD_TYPES)
+
+
+def test_heic_without_pillow_heif_is_a_clear_image_error(tmp_path):
+    import pillow_heif
+
+    path = tmp_path / "phone.heic"
+    pillow_heif.from_pillow(_quadrants()).save(path, quality=90)
+    script = (
+        "import sys; sys.modules['pillow_heif'] = None\n"  # as if it were not installed
+        "from petq.data import UPLOAD_TYPES, open_image\n"
+        "from petq.errors import ImageError\n"
+        "assert 'heic' not in UPLOAD_TYPES, UPLOAD_TYPES\n"
+        "try:\n"
+        f"    open_image({str(path)!r})\n"
+        "except ImageError as exc:\n"
+        "    print(exc)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=root, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "phone.heic: a HEIC/HEIF image; reading it needs pillow-heif" in done.stdout
+
+
+# ---------------------------------------------------------------- datasets with some breeds
+
+
+def _keep_classes(pet_root: Path, root: Path, class_ids: set[int]) -> Path:
+    """The fixture tree with list files rewritten to name only `class_ids` (images shared)."""
+    (root / "annotations").mkdir(parents=True)
+    (root / "images").symlink_to(pet_root / "images", target_is_directory=True)
+    for name in ("list.txt", "trainval.txt", "test.txt"):
+        lines = (pet_root / "annotations" / name).read_text().splitlines()
+        kept = [line for line in lines
+                if line.startswith("#") or int(line.split()[1]) in class_ids]
+        (root / "annotations" / name).write_text("\n".join(kept) + "\n")
+    return root
+
+
+def test_dataset_listing_only_some_breeds_loads_with_placeholders(pet_root, tmp_path):
+    ds = PetDataset.load(_keep_classes(pet_root, tmp_path / "two", {1, 3}))
+    assert ds.class_names == ("Abyssinian", "class_2", "Bengal")  # CLASS-ID 4: not listed
+    assert ds.num_classes == 3
+    assert ds.present_classes == (0, 2)
+    assert {s.label for s in ds.trainval} == {s.label for s in ds.test} == {0, 2}
+    assert len(ds.test) == 2 * TEST_PER_CLASS
+    assert ds.class_index("bengal") == 2
+    pick = ds.calibration_samples(0.5, seed=1)
+    assert np.bincount([s.label for s in pick]).tolist() == [5, 0, 5]
+    full = PetDataset.load(pet_root)
+    assert full.present_classes == (0, 1, 2, 3)
+    assert ds.fingerprint != full.fingerprint
+
+
+def test_partial_dataset_still_rejects_a_class_id_with_two_names(pet_root, tmp_path):
+    root = _keep_classes(pet_root, tmp_path / "two", {1, 3})
+    test = root / "annotations" / "test.txt"
+    test.write_text(test.read_text() + "beagle_99 3 2 2\n")
+    with pytest.raises(DatasetError, match="class id 3 is both 'Bengal' and 'beagle'"):
+        PetDataset.load(root)
