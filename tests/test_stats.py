@@ -1,0 +1,261 @@
+"""petq.stats against hand-computed cases, scipy's exact binomial test and compute_metrics."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from petq import stats
+from petq.errors import PetqError
+from petq.evaluate import compute_metrics
+
+C = 37
+
+
+def pairs(both: int, only_variant: int, only_reference: int, neither: int, label: int = 0,
+          num_classes: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Labels and predictions of one class with the four paired outcomes counted."""
+    wrong = (label + 1) % num_classes
+    n = both + only_variant + only_reference + neither
+    labels = np.full(n, label)
+    variant = np.array([label] * (both + only_variant) + [wrong] * (only_reference + neither))
+    reference = np.array(
+        [label] * both + [wrong] * only_variant + [label] * only_reference + [wrong] * neither)
+    return labels, variant, reference
+
+
+def oxford_sized(seed: int = 0, ref_acc: float = 0.85, flip: float = 0.03, n_per: int = 100):
+    """37 classes x n_per images; a reference near ref_acc and a variant that changes some."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(C), n_per)
+    n = len(labels)
+    reference = np.where(rng.random(n) < ref_acc, labels, rng.integers(0, C, n))
+    variant = np.where(rng.random(n) < 1 - flip, reference, rng.integers(0, C, n))
+    return labels, variant, reference
+
+
+@contextmanager
+def no_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+def test_mcnemar_matches_the_exact_binomial_test():
+    labels, variant, reference = pairs(both=20, only_variant=9, only_reference=3, neither=5)
+    result = stats.mcnemar(labels, variant, reference)
+    assert (result.b, result.c, result.n) == (3, 9, 37)
+    assert result.p_value == pytest.approx(binomtest(3, 12, 0.5).pvalue, rel=1e-12)
+    assert result.p_value == pytest.approx(0.14599609375)  # 2 * P(X <= 3), X ~ Bin(12, 1/2)
+
+
+def test_mcnemar_without_discordant_images_is_p_one():
+    labels, variant, reference = pairs(both=10, only_variant=0, only_reference=0, neither=4)
+    result = stats.mcnemar(labels, variant, reference)
+    assert (result.b, result.c, result.p_value) == (0, 0, 1.0)
+
+
+def test_mismatched_or_bad_arrays_raise_clear_errors():
+    with pytest.raises(PetqError, match="same images"):
+        stats.mcnemar(np.zeros(5, int), np.zeros(5, int), np.zeros(4, int))
+    with pytest.raises(PetqError, match="outside 0..3"):
+        stats.compare_paired(np.array([0, 4]), np.array([0, 1]), np.array([0, 1]), 4)
+    with pytest.raises(PetqError, match="integer"):
+        stats.mcnemar(np.zeros(3), np.zeros(3, int), np.zeros(3, int))
+    with pytest.raises(PetqError, match="1000"):
+        stats.compare_paired(np.zeros(5, int), np.zeros(5, int), np.zeros(5, int), 2,
+                             resamples=100)
+
+
+def test_estimates_match_compute_metrics():
+    labels, variant, reference = oxford_sized()
+    labels, variant, reference = labels[:-150], variant[:-150], reference[:-150]  # 2 absent
+    result = stats.compare_paired(labels, variant, reference, C)
+    for pred, acc, gm in ((variant, result.accuracy_variant, result.g_mean_variant),
+                          (reference, result.accuracy_reference, result.g_mean_reference)):
+        metrics = compute_metrics(labels, np.eye(C)[pred], C)
+        assert acc.estimate == pytest.approx(metrics["accuracy"], abs=1e-12)
+        assert gm.estimate == pytest.approx(metrics["g_mean"], abs=1e-12)
+        assert acc.low < acc.estimate < acc.high
+        assert gm.low < gm.estimate < gm.high
+    assert result.accuracy_difference.estimate == pytest.approx(
+        result.accuracy_variant.estimate - result.accuracy_reference.estimate)
+
+
+def test_resampled_metrics_match_compute_metrics_per_resample():
+    """The vectorised statistic, G-Mean's zero rule included, on resampled images."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(5), 4)
+    variant = np.where(rng.random(20) < 0.7, labels, rng.integers(0, 5, 20))
+    variant[labels == 4] = 0  # class 4 has recall 0 for the variant: G-Mean 0
+    reference = np.where(rng.random(20) < 0.8, labels, rng.integers(0, 5, 20))
+    codes = labels * 4 + 2 * (variant == labels) + (reference == labels)
+    index = rng.integers(0, 20, (30, 20))
+    got = stats._metrics_of_codes(codes[index], 5)
+    zero_seen = False
+    for r, rows in enumerate(index):
+        m_v = compute_metrics(labels[rows], np.eye(5)[variant[rows]], 5)
+        m_r = compute_metrics(labels[rows], np.eye(5)[reference[rows]], 5)
+        expected = [m_v["accuracy"], m_r["accuracy"], m_v["accuracy"] - m_r["accuracy"],
+                    m_v["g_mean"], m_r["g_mean"], m_v["g_mean"] - m_r["g_mean"]]
+        np.testing.assert_allclose(got[:, r], expected, atol=1e-12)
+        zero_seen |= m_v["g_mean"] == 0
+    assert zero_seen
+
+
+def test_identical_variants_have_zero_width_difference_intervals():
+    labels, _, reference = oxford_sized()
+    with no_warnings():
+        result = stats.compare_paired(labels, reference.copy(), reference, C)
+    for interval in (result.accuracy_difference, result.g_mean_difference):
+        assert (interval.estimate, interval.low, interval.high) == (0.0, 0.0, 0.0)
+        assert not interval.excludes_zero
+    assert result.mcnemar.p_value == 1.0
+    assert not result.significant
+
+
+def test_interval_widens_when_there_are_fewer_images():
+    big = stats.compare_paired(*oxford_sized(n_per=100), C)
+    small = stats.compare_paired(*oxford_sized(n_per=10), C)
+
+    def width(interval: stats.Interval) -> float:
+        return interval.high - interval.low
+    assert width(small.accuracy_variant) > 2 * width(big.accuracy_variant)
+    assert width(small.accuracy_difference) > 2 * width(big.accuracy_difference)
+
+
+def test_clearly_better_variant_excludes_zero():
+    labels, worse, better = oxford_sized(flip=0.10)  # "reference" is the better one here
+    result = stats.compare_paired(labels, better, worse, C)
+    assert result.accuracy_difference.low > 0
+    assert result.accuracy_difference.excludes_zero
+    assert result.g_mean_difference.low > 0
+    assert result.significant and result.mcnemar.p_value < 1e-6
+    reverse = stats.compare_paired(labels, worse, better, C)
+    assert reverse.accuracy_difference.high < 0
+
+
+def test_same_seed_same_interval_other_seed_other_interval():
+    data = oxford_sized()
+    first = stats.compare_paired(*data, C, seed=7)
+    assert stats.compare_paired(*data, C, seed=7) == first
+    other = stats.compare_paired(*data, C, seed=8)
+    assert other.accuracy_variant.estimate == first.accuracy_variant.estimate
+    assert (other.accuracy_variant.low, other.accuracy_variant.high) != (
+        first.accuracy_variant.low, first.accuracy_variant.high)
+
+
+def test_compare_paired_is_fast_at_oxford_size():
+    data = oxford_sized()
+    stats.compare_paired(*data, C, resamples=1000)  # warm up
+    start = time.perf_counter()
+    stats.compare_paired(*data, C, resamples=2000)
+    assert time.perf_counter() - start < 3.0  # measured 0.07 s here; the bound leaves room
+
+
+def test_paired_difference_interval_matches_fagerland_et_al():
+    # Cavo et al. (2012) table from contingencytables' tests: -0.0621 (-0.1186 to -0.0046)
+    low, high = stats.paired_difference_interval(59, 6, 16, 80)
+    assert (round(low, 4), round(high, 4)) == (-0.1186, -0.0046)
+
+
+def test_two_image_drop_in_twenty_is_not_hurt_twelve_is():
+    small = stats.per_class_changes(*pairs(both=18, only_variant=0, only_reference=2,
+                                           neither=0), num_classes=4)
+    assert len(small) == 1
+    change = small[0]
+    assert (change.class_index, change.n, change.b, change.c) == (0, 20, 2, 0)
+    assert (change.reference_recall, change.variant_recall) == (1.0, 0.9)
+    assert change.difference == pytest.approx(-0.1)
+    assert change.low < -0.1 < 0 < change.high
+    assert not change.hurt and not change.helped
+    assert change.p_value == pytest.approx(0.5)
+
+    big = stats.per_class_changes(*pairs(both=8, only_variant=0, only_reference=12,
+                                         neither=0), num_classes=4)[0]
+    assert big.difference == pytest.approx(-0.6)
+    assert big.high < 0 and big.hurt and not big.helped
+    assert big.p_value == pytest.approx(2 * 0.5**12)
+
+
+def test_per_class_changes_per_class_and_helped():
+    class0 = pairs(both=18, only_variant=0, only_reference=2, neither=0, label=0)
+    class2 = pairs(both=5, only_variant=12, only_reference=0, neither=3, label=2)
+    labels, variant, reference = (np.concatenate(parts) for parts in zip(class0, class2,
+                                                                          strict=True))
+    changes = stats.per_class_changes(labels, variant, reference, num_classes=4)
+    assert [c.class_index for c in changes] == [0, 2]  # absent classes 1 and 3 left out
+    assert not changes[0].hurt and not changes[0].helped
+    assert changes[1].helped and not changes[1].hurt
+    assert changes[1].variant_recall == pytest.approx(17 / 20)
+    assert changes[1].reference_recall == pytest.approx(5 / 20)
+    assert changes[1].p_adjusted == pytest.approx(min(1.0, 2 * changes[1].p_value))  # Holm
+
+
+def test_per_class_changes_at_oxford_size_match_compute_metrics():
+    labels, variant, reference = oxford_sized()
+    changes = stats.per_class_changes(labels, variant, reference, C)
+    recall_v = compute_metrics(labels, np.eye(C)[variant], C)["per_class_sensitivity"]
+    recall_r = compute_metrics(labels, np.eye(C)[reference], C)["per_class_sensitivity"]
+    assert len(changes) == C
+    for change in changes:
+        assert change.variant_recall == pytest.approx(recall_v[change.class_index])
+        assert change.reference_recall == pytest.approx(recall_r[change.class_index])
+        assert change.low <= change.difference <= change.high
+
+
+def test_seed_spread_against_hand_numbers():
+    spread = stats.seed_spread([0.80, 0.82, 0.84])
+    assert spread.mean == pytest.approx(0.82)
+    assert spread.std == pytest.approx(0.02)
+    half = 4.302652729911275 * 0.02 / math.sqrt(3)  # t(0.975, df=2) from tables
+    assert (spread.low, spread.high) == (pytest.approx(0.82 - half), pytest.approx(0.82 + half))
+    assert (spread.n, spread.min, spread.max) == (3, 0.80, 0.84)
+
+
+def test_seed_spread_one_value_has_no_interval_and_no_warning():
+    with no_warnings():
+        spread = stats.seed_spread([0.9])
+    assert spread.mean == 0.9 and spread.n == 1
+    assert math.isnan(spread.std) and math.isnan(spread.low) and math.isnan(spread.high)
+    with no_warnings():
+        same = stats.seed_spread([0.9, 0.9, 0.9])
+    assert (same.std, same.low, same.high) == (0.0, 0.9, 0.9)
+    with pytest.raises(PetqError, match="non-empty"):
+        stats.seed_spread([])
+
+
+def sleeper(seconds: float):
+    return lambda: time.sleep(seconds)
+
+
+def test_interleaved_latency_finds_the_faster_callable():
+    result = stats.interleaved_latency(sleeper(0.001), sleeper(0.003), rounds=30, warmup=2)
+    assert result.faster == "a faster"
+    assert 1.0 <= result.median_a_ms < result.median_b_ms
+    assert result.ratio_b_over_a.low > 1.5
+    assert len(result.times_a_ms) == len(result.times_b_ms) == 30
+    assert 0 <= result.cpu_percent <= 100 and result.cpu_count >= 1
+    assert len(result.loadavg_before) == 3 and isinstance(result.busy, bool)
+    swapped = stats.interleaved_latency(sleeper(0.003), sleeper(0.001), rounds=30, warmup=2)
+    assert swapped.faster == "b faster" and swapped.ratio_b_over_a.high < 1 / 1.5
+
+
+def test_interleaved_latency_identical_callables_no_clear_difference():
+    same = sleeper(0.002)
+    result = stats.interleaved_latency(same, same, rounds=30, warmup=2)
+    assert result.faster == "no clear difference"
+    assert 0.9 < result.ratio_b_over_a.estimate < 1.1
+
+
+def test_interleaved_latency_alternates_the_order_every_round():
+    calls: list[str] = []
+    stats.interleaved_latency(lambda: calls.append("a"), lambda: calls.append("b"),
+                              rounds=6, warmup=1)
+    assert "".join(calls) == "ab" + "ab" "ba" "ab" "ba" "ab" "ba"
