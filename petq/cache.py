@@ -5,7 +5,8 @@ An entry is a folder `<root>/<kind>/<key>/` holding its files and a
 It is built in a temporary folder, manifest last, then renamed into place under
 a file lock: two processes asking for one key build it once, a killed build
 leaves nothing at the key, and an entry whose files do not match its manifest
-is rebuilt, never served.
+is rebuilt, never served. The temp folder of a killed build (`<kind>/.tmp-<key>-*`)
+is cleared when a Cache opens, once no builder holds the key's lock.
 """
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 MANIFEST = "manifest.json"
 HASHED_FILE_LIMIT = 64 * 1024 * 1024  # files above this are checked by size alone
+STALE_TEMP_AGE = 300.0  # seconds: an unlocked temp folder older than this is a killed build's
+TEMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -41,16 +45,36 @@ def key_of(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def _create_unique(parent: Path, prefix: str, suffix: str, make: Callable[[Path], None]
+                   ) -> Path:
+    """Create `parent/<prefix><random><suffix>` with `make`, retrying on a name clash."""
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            make(path)
+            return path
+        except FileExistsError:
+            continue
+
+
+def _new_file(path: Path) -> None:
+    # 0o666 through the umask, like open(path, "w"); tempfile.mkstemp would give 0600.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write a file so readers see the old content or the new, never a partial one."""
+    """Write a file so readers see the old content or the new, never a partial one.
+
+    The file gets the mode any new file gets under the process's umask.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _create_unique(path.parent, f".{path.name}.", ".tmp", _new_file)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -71,6 +95,7 @@ class Cache:
     def __init__(self, root: Path | str, lock_timeout: float = 3600.0):
         self.root = Path(root)
         self.lock_timeout = lock_timeout
+        self.clear_stale_temp()
 
     def entry_path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -123,7 +148,7 @@ class Cache:
     def _build(self, kind: str, key: str, build: Callable[[Path], dict[str, Any]]) -> Entry:
         parent = self.root / kind
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{key}-"))
+        tmp = _create_unique(parent, f"{TEMP_PREFIX}{key}-", "", lambda p: p.mkdir(0o777))
         try:
             data = build(tmp)
             files = {}
@@ -138,7 +163,7 @@ class Cache:
             write_json_atomic(tmp / MANIFEST, manifest)
             target = self.entry_path(kind, key)
             if target.exists():  # a corrupt entry: move it aside, then drop it
-                trash = parent / f".trash-{key}-{os.getpid()}-{time.time_ns()}"
+                trash = parent / f"{TRASH_PREFIX}{key}-{os.getpid()}-{time.time_ns()}"
                 os.replace(target, trash)
                 shutil.rmtree(trash, ignore_errors=True)
             os.replace(tmp, target)
@@ -162,3 +187,48 @@ class Cache:
     def remove(self, kind: str, key: str) -> None:
         with self.lock(kind, key):
             shutil.rmtree(self.entry_path(kind, key), ignore_errors=True)
+
+    def clear_stale_temp(self, max_age: float = STALE_TEMP_AGE) -> list[Path]:
+        """Remove what killed builds left: temp folders whose key no builder has locked and
+        that are older than `max_age` seconds, and old trash folders. Returns what went.
+
+        A live builder holds its key's lock for as long as its temp folder exists, so its
+        folder is never touched, however old.
+        """
+        removed: list[Path] = []
+        try:
+            kinds = [p for p in self.root.iterdir()
+                     if p.is_dir() and not p.name.startswith(".") and p.name != "locks"]
+        except OSError:  # no cache yet, or unreadable: nothing to clear
+            return removed
+        now = time.time()
+        for parent in kinds:
+            try:
+                leftovers = [p for p in parent.iterdir()
+                             if p.name.startswith((TEMP_PREFIX, TRASH_PREFIX))]
+            except OSError:
+                continue
+            for path in leftovers:
+                try:
+                    old = now - path.lstat().st_mtime > max_age
+                except OSError:
+                    continue
+                if not old:
+                    continue
+                if path.name.startswith(TRASH_PREFIX):  # only ever removed, never rebuilt
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+                    continue
+                key = path.name[len(TEMP_PREFIX):].rsplit("-", 1)[0]
+                try:
+                    lock = self.lock(parent.name, key)
+                    lock.acquire(timeout=0)
+                except (Timeout, OSError):  # a live builder owns it, or no lock can be taken
+                    continue
+                try:
+                    if path.exists():
+                        shutil.rmtree(path, ignore_errors=True)
+                        removed.append(path)
+                finally:
+                    lock.release()
+        return removed

@@ -5,6 +5,12 @@ The dashboard starts a job and returns at once; the worker (`python -m petq.jobs
 atomically to `<cache>/jobs/<job_id>.json`, so any page, session or process can
 follow it. A job outlives the page that started it; specs already cached are
 reported done without starting a process. No streamlit here.
+
+One worker converts/evaluates per cache at a time: a worker holds
+`<cache>/jobs/.worker.lock` while it works, and a job whose worker waits for it stays
+"queued". A job is alive while a process with its worker's pid AND psutil create time
+exists (a reused pid is not the worker); a dead worker's job is marked failed on read.
+Finished jobs' files are pruned (older than a week, beyond the newest 50).
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+from filelock import FileLock, Timeout
+
 from petq.cache import write_json_atomic
 from petq.errors import PetqError
 from petq.types import VariantSpec
@@ -30,7 +39,17 @@ ACTIVE = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled")
 WRITE_INTERVAL = 0.25  # seconds between progress writes within one stage
 START_GRACE = 120.0  # a queued job whose worker never reported is failed after this
+CREATE_TIME_TOLERANCE = 1.5  # s; psutil's create time is epoch-based: the boot time may shift
+LOCK_POLL = 1.0  # seconds between checks of who holds the worker lock, while waiting
+WORKER_LOCK = ".worker.lock"
+PRUNE_AGE = 7 * 24 * 3600.0  # finished jobs older than this (seconds) are pruned
+KEEP_FINISHED = 50  # at most this many finished jobs are kept, newest first
+STALE_WRITE_AGE = 3600.0  # a write_json_atomic temp file this old was left by a killed writer
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class JobError(PetqError):
+    """A job does not exist, or cannot be restarted in its state."""
 
 
 def jobs_dir(cache_root: Path | str) -> Path:
@@ -43,8 +62,24 @@ def job_path(cache_root: Path | str, job_id: str) -> Path:
     return jobs_dir(cache_root) / f"{job_id}.json"
 
 
+def worker_lock(cache_root: Path | str, timeout: float = -1) -> FileLock:
+    """The lock a worker holds while it converts and evaluates: one worker per cache."""
+    folder = jobs_dir(cache_root)
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / WORKER_LOCK), timeout=timeout)
+
+
 def _new_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def _result_key(result: Any) -> str | None:
+    """A result's cache key, from a result record (attribute) or a plain dict."""
+    if result is None:
+        return None
+    if isinstance(result, dict):
+        return result.get("result_key")
+    return getattr(result, "result_key", None)
 
 
 def plan(ws: Any, specs: Sequence[VariantSpec], test_fraction: float = 1.0
@@ -66,7 +101,7 @@ def plan(ws: Any, specs: Sequence[VariantSpec], test_fraction: float = 1.0
         item: dict[str, Any] = {"spec": spec, "name": spec.name, "reason": None}
         try:
             ws.calibration_samples(spec)
-            if ws.cached_result(spec, test_fraction):
+            if ws.cached_result(spec, test_fraction) is not None:
                 item["status"] = "cached"
             else:
                 item["status"] = "running" if spec.name in running else "to do"
@@ -85,11 +120,13 @@ def start_job(
     test_fraction: float = 1.0,
     *,
     workspace: Any = None,
+    restart_of: str | None = None,
 ) -> str:
     """Start converting + evaluating `specs`; return the job id at once.
 
-    Raises PetqError when the workspace or a spec is invalid (nothing started).
-    Pass `workspace` to reuse an open Workspace on the same paths.
+    The job stays "queued" while another job's worker holds the cache. Raises PetqError
+    when the workspace or a spec is invalid (nothing started). Pass `workspace` to reuse
+    an open Workspace on the same paths; `restart_of` names the job this one repeats.
     """
     from petq.workspace import Workspace
 
@@ -103,9 +140,10 @@ def start_job(
         cached = ws.cached_result(spec, test_fraction)
         variants.append({
             "name": spec.name, "spec": spec.to_dict(),
-            "status": "done" if cached else "queued", "cached": bool(cached),
-            "result_key": cached["result_key"] if cached else None, "error": None,
+            "status": "done" if cached is not None else "queued", "cached": cached is not None,
+            "result_key": _result_key(cached), "error": None,
         })
+    prune_jobs(cache_root)
     job_id = _new_id()
     now = time.time()
     record: dict[str, Any] = {
@@ -116,7 +154,7 @@ def start_job(
         "test_fraction": test_fraction, "variants": variants,
         "total": len(variants), "done": sum(v["status"] == "done" for v in variants),
         "current": None, "stage": None, "stage_done": 0, "stage_total": 0,
-        "error": None, "pid": None,
+        "error": None, "pid": None, "create_time": None, "restart_of": restart_of,
     }
     path = job_path(cache_root, job_id)
     if record["done"] == record["total"]:
@@ -135,10 +173,37 @@ def start_job(
             cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
-    path.with_suffix(".pid").write_text(str(process.pid))
+    # Read before the reaper below can reap it: a worker that already ended stays a zombie.
+    create_time = process_create_time(process.pid)
     # Reap the worker when it ends, so a crashed one does not linger as a zombie.
     threading.Thread(target=process.wait, daemon=True).start()
+    write_json_atomic(path.with_suffix(".pid"), {"pid": process.pid, "create_time": create_time})
     return job_id
+
+
+def restart_job(cache_root: Path | str, job_id: str, *, workspace: Any = None) -> str:
+    """Start a fresh job for the variants of a failed or cancelled job that did not finish
+    (same model, dataset, cache, threads and test fraction); return the new job's id.
+
+    Raises JobError for an unknown job, a job still queued or running, or one with nothing
+    left to do.
+    """
+    record = job_status(cache_root, job_id)
+    if record is None:
+        raise JobError(f"{job_path(cache_root, job_id)}: no such job")
+    if record["state"] in ACTIVE:
+        raise JobError(f"job {job_id} is still {record['state']}: cancel it or let it finish "
+                       "before restarting it")
+    todo = [v for v in record.get("variants", []) if v.get("status") != "done"]
+    if record["state"] == "done" or not todo:
+        raise JobError(f"job {job_id} finished every variant: nothing to restart")
+    missing = [v.get("name", "?") for v in todo if not v.get("spec")]
+    if missing:
+        raise JobError(f"job {job_id}: no spec recorded for {', '.join(missing)}")
+    specs = [VariantSpec.from_dict(v["spec"]) for v in todo]
+    return start_job(record["model_path"], record["dataset_root"], cache_root,
+                     record.get("threads"), specs, record.get("test_fraction", 1.0),
+                     workspace=workspace, restart_of=job_id)
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -152,54 +217,100 @@ def _read(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def _pid_of(path: Path, record: dict[str, Any]) -> int | None:
+def _worker_of(path: Path, record: dict[str, Any]) -> tuple[int | None, float | None]:
+    """(pid, create time) of the job's worker: the worker's own record, else the .pid file
+    start_job wrote (a bare pid in files of older versions)."""
     if record.get("pid"):
-        return int(record["pid"])
+        return int(record["pid"]), record.get("create_time")
     try:
-        return int(path.with_suffix(".pid").read_text())
-    except (OSError, ValueError):
+        text = path.with_suffix(".pid").read_text()
+    except OSError:
+        return None, None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None, None
+    if isinstance(data, int):
+        return data, None
+    if isinstance(data, dict) and data.get("pid"):
+        return int(data["pid"]), data.get("create_time")
+    return None, None
+
+
+def process_create_time(pid: int | None = None) -> float | None:
+    """psutil's create time of process `pid` (this process by default); None if it is gone."""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process runs (a zombie counts as dead)."""
+def process_alive(pid: int, create_time: float | None = None) -> bool:
+    """Whether process `pid` runs and is the one created at `create_time` (a zombie, or a
+    later process that reuses the pid, counts as dead). Without `create_time`, the pid alone
+    decides, as records of older versions only have that."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if create_time is None:
+            return True
+        return abs(process.create_time() - float(create_time)) <= CREATE_TIME_TOLERANCE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
+    except psutil.AccessDenied:  # someone else's process with that pid: not our worker
+        return create_time is None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs (a zombie counts as dead); see process_alive."""
+    return process_alive(pid)
+
+
+def _worker_alive(record: dict[str, Any]) -> bool:
+    pid = record.get("pid")
+    if pid:
+        return process_alive(pid, record.get("create_time"))
+    return time.time() - record.get("created", 0) <= START_GRACE
+
+
+def _mark_dead(path: Path) -> dict[str, Any] | None:
+    """Record that the job's worker died: the job and its unfinished variants failed."""
+    record = _read(path)  # it may have finished just now
+    if record is None or record["state"] not in ACTIVE:
+        return record
+    error = "the worker process ended unexpectedly; see " + str(path.with_suffix(".log"))
+    for variant in record.get("variants", []):
+        if variant.get("status") in ACTIVE:
+            variant.update(status="failed", error=variant.get("error") or error)
+    now = time.time()
+    record.update(state="failed", error=record.get("error") or error, finished=now,
+                  updated=now, current=None, stage=None)
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+        write_json_atomic(path, record)
+    except OSError:  # a read-only jobs folder: report the failure all the same
+        pass
+    return record
 
 
 def job_status(cache_root: Path | str, job_id: str) -> dict[str, Any] | None:
-    """The job's record, or None. A running job whose worker died is reported failed."""
+    """The job's record, or None. An active job whose worker died is marked failed."""
     path = job_path(cache_root, job_id)
     record = _read(path)
     if record is None:
         return None
-    record["pid"] = _pid_of(path, record)
-    if record["state"] in ACTIVE:
-        pid = record["pid"]
-        dead = (not pid_alive(pid)) if pid else time.time() - record["created"] > START_GRACE
-        if dead:
-            record = _read(path) or record  # it may have finished just now
-            if record["state"] in ACTIVE:
-                record["state"] = "failed"
-                record["error"] = record.get("error") or (
-                    "the worker process ended unexpectedly; see " + str(path.with_suffix(".log"))
-                )
+    record["pid"], record["create_time"] = _worker_of(path, record)
+    if record["state"] in ACTIVE and not _worker_alive(record):
+        dead = _mark_dead(path)
+        if dead is not None:
+            dead["pid"], dead["create_time"] = record["pid"], record["create_time"]
+            record = dead
     record["fraction"] = progress_fraction(record)
     record["stage_fraction"] = stage_fraction(record)
     return record
 
 
-def list_jobs(cache_root: Path | str, active_only: bool = False) -> list[dict[str, Any]]:
-    """Every job under the cache, newest first."""
+def _statuses(cache_root: Path | str) -> list[dict[str, Any]]:
     folder = jobs_dir(cache_root)
     if not folder.is_dir():
         return []
@@ -208,10 +319,58 @@ def list_jobs(cache_root: Path | str, active_only: bool = False) -> list[dict[st
         if path.name.startswith("."):
             continue
         record = job_status(cache_root, path.stem)
-        if record is not None and (not active_only or record["state"] in ACTIVE):
+        if record is not None:
             records.append(record)
     records.sort(key=lambda r: r.get("created", 0), reverse=True)
     return records
+
+
+def _prune(cache_root: Path | str, records: list[dict[str, Any]], max_age: float, keep: int
+           ) -> set[str]:
+    """Delete the files of finished jobs beyond the newest `keep` or older than `max_age`,
+    files of no job older than `max_age`, and temp files of killed writes."""
+    folder = jobs_dir(cache_root)
+    now = time.time()
+    finished = [r for r in records if r["state"] in FINISHED]  # records: newest first
+    gone = {r["id"] for r in finished[keep:]}
+    gone |= {r["id"] for r in finished
+             if now - (r.get("finished") or r.get("updated") or r.get("created") or now)
+             > max_age}
+    known = {r["id"] for r in records} - gone
+    for job_id in gone:
+        for suffix in (".json", ".log", ".pid"):
+            job_path(cache_root, job_id).with_suffix(suffix).unlink(missing_ok=True)
+    try:
+        leftovers = list(folder.iterdir())
+    except OSError:
+        return gone
+    for path in leftovers:
+        if path.name == WORKER_LOCK or path.stem in known:
+            continue
+        leftover_write = path.name.startswith(".") and path.name.endswith(".tmp")
+        orphan = not path.name.startswith(".") and path.suffix in (".json", ".log", ".pid")
+        try:
+            age = now - path.stat().st_mtime
+        except OSError:
+            continue
+        if (leftover_write and age > STALE_WRITE_AGE) or (orphan and age > max_age):
+            path.unlink(missing_ok=True)
+    return gone
+
+
+def prune_jobs(cache_root: Path | str, max_age: float = PRUNE_AGE, keep: int = KEEP_FINISHED
+               ) -> list[str]:
+    """Delete finished jobs' files (.json, .log, .pid) older than `max_age` seconds or beyond
+    the newest `keep`; active jobs are never touched. Returns the ids pruned."""
+    return sorted(_prune(cache_root, _statuses(cache_root), max_age, keep))
+
+
+def list_jobs(cache_root: Path | str, active_only: bool = False) -> list[dict[str, Any]]:
+    """Every job under the cache, newest first (old finished jobs are pruned first)."""
+    records = _statuses(cache_root)
+    gone = _prune(cache_root, records, PRUNE_AGE, KEEP_FINISHED)
+    return [r for r in records
+            if r["id"] not in gone and (not active_only or r["state"] in ACTIVE)]
 
 
 def find_active(
@@ -232,22 +391,23 @@ def find_active(
 
 
 def cancel_job(cache_root: Path | str, job_id: str, wait: float = 5.0) -> dict[str, Any] | None:
-    """Stop a job's worker (its whole process group) and mark the job cancelled."""
+    """Stop a job's worker (its whole process group), running or waiting for its turn, and
+    mark the job cancelled."""
     path = job_path(cache_root, job_id)
     record = job_status(cache_root, job_id)
     if record is None or record["state"] not in ACTIVE:
         return record
-    pid = record.get("pid")
-    if pid and pid_alive(pid):
+    pid, create_time = record.get("pid"), record.get("create_time")
+    if pid and process_alive(pid, create_time):
         for sig, patience in ((signal.SIGTERM, wait), (signal.SIGKILL, 2.0)):
             try:
                 os.killpg(pid, sig)
             except (ProcessLookupError, PermissionError):
                 break
             deadline = time.monotonic() + patience
-            while pid_alive(pid) and time.monotonic() < deadline:
+            while process_alive(pid, create_time) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if not pid_alive(pid):
+            if not process_alive(pid, create_time):
                 break
     record = _read(path) or record
     if record["state"] in ACTIVE:
@@ -298,15 +458,58 @@ class _Reporter:
             self.write()
 
 
+def _running_job(folder: Path, own_id: str) -> str | None:
+    """The id of another job of this cache whose worker is running, if any."""
+    for path in folder.glob("*.json"):
+        if path.stem == own_id or path.name.startswith("."):
+            continue
+        record = _read(path)
+        if record and record.get("state") == "running" and _worker_alive(record):
+            return path.stem
+    return None
+
+
+def _wait_for_turn(lock: FileLock, reporter: _Reporter) -> None:
+    """Take the cache's worker lock; until then the job stays queued, its stage says why."""
+    timeout = 0.0
+    while True:
+        try:
+            lock.acquire(timeout=timeout)
+            return
+        except Timeout:
+            timeout = LOCK_POLL
+            holder = _running_job(reporter.path.parent, reporter.record["id"])
+            stage = f"waiting for job {holder}" if holder else "waiting for another job"
+            if stage != reporter.record.get("stage"):
+                reporter.write(stage=stage)
+
+
 def run_job(path: Path | str) -> int:
-    """The worker: evaluate every queued variant of the job at `path`; 0 when all are done."""
+    """The worker: evaluate every queued variant of the job at `path`; 0 when all are done.
+
+    It waits for the cache's worker lock first, so jobs on one cache run one at a time.
+    """
     path = Path(path)
     record = _read(path)
     if record is None:
         print(f"{path}: no such job", file=sys.stderr)
         return 2
+    if record.get("state") != "queued":  # cancelled (or failed) before the worker began
+        print(f"{path}: job is {record.get('state')}, not queued", file=sys.stderr)
+        return 2
     reporter = _Reporter(path, record)
-    reporter.write(state="running", pid=os.getpid(), started=time.time(), stage="start")
+    reporter.write(pid=os.getpid(), create_time=process_create_time())
+    lock = FileLock(str(path.parent / WORKER_LOCK))
+    _wait_for_turn(lock, reporter)
+    try:
+        return _work(reporter)
+    finally:
+        lock.release()
+
+
+def _work(reporter: _Reporter) -> int:
+    record = reporter.record
+    reporter.write(state="running", started=time.time(), stage="start")
     from petq.report import cached_confusion_png  # after the first write: imports take seconds
     from petq.workspace import Workspace
 
@@ -314,7 +517,11 @@ def run_job(path: Path | str) -> int:
         ws = Workspace(record["model_path"], record["dataset_root"], record["cache_root"],
                        record["threads"])
     except PetqError as exc:
-        reporter.write(state="failed", error=str(exc), finished=time.time())
+        for variant in record["variants"]:
+            if variant["status"] != "done":
+                variant.update(status="failed", error=str(exc))
+        reporter.write(state="failed", error=str(exc), current=None, stage=None,
+                       finished=time.time())
         return 1
     errors = []
     for variant in record["variants"]:
@@ -325,9 +532,10 @@ def run_job(path: Path | str) -> int:
         try:
             spec = VariantSpec.from_dict(variant["spec"])
             result, _ = ws.evaluate(spec, record["test_fraction"], progress=reporter.progress)
+            key = _result_key(result)
             reporter.progress("figures", 0, 1)
-            cached_confusion_png(ws, result["result_key"], spec.name)  # the report's, drawn now
-            variant.update(status="done", result_key=result["result_key"])
+            cached_confusion_png(ws, key, spec.name)  # the report's, drawn now
+            variant.update(status="done", result_key=key)
         except PetqError as exc:
             variant.update(status="failed", error=str(exc))
             errors.append(f"{variant['name']}: {exc}")

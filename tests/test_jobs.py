@@ -1,7 +1,14 @@
-"""Background jobs: a detached worker converts and evaluates, progress in a JSON file."""
+"""Background jobs: a detached worker converts and evaluates, progress in a JSON file.
+
+One worker per cache at a time (a held lock keeps the others queued), liveness by pid and
+create time, restart, pruning.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,15 +18,21 @@ import pytest
 from petq.cache import write_json_atomic
 from petq.errors import SpecError
 from petq.jobs import (
+    JobError,
     cancel_job,
     job_path,
     job_status,
     list_jobs,
     pid_alive,
+    process_alive,
+    process_create_time,
     progress_fraction,
+    prune_jobs,
+    restart_job,
     run_job,
     stage_fraction,
     start_job,
+    worker_lock,
 )
 from petq.types import VariantSpec
 from petq.workspace import Workspace
@@ -34,8 +47,60 @@ def wait_for(cache, job_id, timeout=180.0):
             seen_stages.add(record["stage"])
         if record["state"] not in ("queued", "running"):
             return record, seen_stages
-        time.sleep(0.2)
+        time.sleep(0.1)
     raise AssertionError(f"job {job_id} still {record['state']} after {timeout} s")
+
+
+def variant_of(result):
+    """A result's variant name, from a result record or a plain dict (both exist)."""
+    return result["variant"] if isinstance(result, dict) else result.spec.name
+
+
+def key_of_result(result):
+    return result["result_key"] if isinstance(result, dict) else result.result_key
+
+
+def poll(check, timeout=30.0, what="the condition"):
+    """Call `check` until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not reached within {timeout} s")
+
+
+def raw(cache, job_id):
+    """The job file as the worker wrote it (no liveness check)."""
+    return json.loads(job_path(cache, job_id).read_text())
+
+
+def fake_job(cache, job_id, state="running", age=0.0, **fields):
+    """Write a job record by hand, as a worker of `fields['pid']` would have."""
+    created = time.time() - age
+    record = {
+        "id": job_id, "state": state, "created": created, "updated": created,
+        "finished": created if state in ("done", "failed", "cancelled") else None,
+        "model_path": "m", "dataset_root": "d", "cache_root": str(cache), "threads": 1,
+        "test_fraction": 1.0, "total": 1, "done": int(state == "done"),
+        "variants": [{"name": "tflite-fp32", "spec": VariantSpec.fp32().to_dict(),
+                      "status": "running" if state == "running" else state}],
+        "current": None, "stage": None, "stage_done": 0, "stage_total": 0,
+        "error": None, "pid": None, "create_time": None, **fields,
+    }
+    path = job_path(cache, job_id)
+    write_json_atomic(path, record)
+    return path
+
+
+def waiting_worker(cache, job_id):
+    """The job's record once its worker has reported and waits for the worker lock."""
+    def check():
+        record = raw(cache, job_id)
+        return record if record.get("pid") and (record.get("stage") or "").startswith(
+            "waiting") else None
+    return poll(check, what=f"job {job_id} waiting for its turn")
 
 
 @pytest.mark.slow
@@ -48,12 +113,13 @@ def test_job_converts_evaluates_and_caches(tiny_model, pet_root, tmp_path):
     assert [v["status"] for v in record["variants"]] == ["done", "done"]
     assert record["done"] == record["total"] == 2
     assert record["fraction"] == 1.0
-    assert {"decode", "evaluate"} <= stages or record["stage"] is None
+    assert "convert" in stages  # seen while it ran: the converter takes a second or more
+    assert record["stage"] is None and record["current"] is None
     ws = Workspace(tiny_model, pet_root, cache, threads=1)
-    names = {r["variant"] for r in ws.results()}
+    names = {variant_of(r) for r in ws.results()}
     assert {"tflite-fp32", "tflite-int8-0.5-s7"} <= names
     assert {v["result_key"] for v in record["variants"]} == {
-        r["result_key"] for r in ws.results()}
+        key_of_result(r) for r in ws.results()}
     assert len(list((cache / "figures").rglob("confusion.png"))) == 2  # the report's, drawn
 
     # Asking again: every spec is cached, reported done at once, no worker started.
@@ -63,6 +129,22 @@ def test_job_converts_evaluates_and_caches(tiny_model, pet_root, tmp_path):
     assert all(v["cached"] for v in status["variants"])
     assert [j["id"] for j in list_jobs(cache)][:2] == [again, job_id]
     assert list_jobs(cache, active_only=True) == []
+
+
+@pytest.mark.slow
+def test_two_real_jobs_run_one_after_the_other(tiny_model, pet_root, tmp_path):
+    first = start_job(tiny_model, pet_root, tmp_path, 1, [VariantSpec.fp32()])
+    poll(lambda: raw(tmp_path, first)["state"] == "running", what="the first job running")
+    second = start_job(tiny_model, pet_root, tmp_path, 1, [VariantSpec.int8(0.5, seed=1)])
+    record = waiting_worker(tmp_path, second)
+    assert record["stage"] == f"waiting for job {first}"
+    assert job_status(tmp_path, second)["state"] == "queued"
+    done_first, _ = wait_for(tmp_path, first)
+    done_second, stages = wait_for(tmp_path, second)
+    assert (done_first["state"], done_second["state"]) == ("done", "done")
+    assert done_first["finished"] <= done_second["started"]  # never both at work
+    assert done_second["started"] - done_second["created"] > 1.0  # it did wait
+    assert "convert" in stages
 
 
 def test_a_spec_that_does_not_fit_starts_nothing(tiny_model, pet_root, tmp_path):
@@ -79,6 +161,142 @@ def test_cancel_stops_the_worker(tiny_model, pet_root, tmp_path):
     assert record["state"] == "cancelled"
     assert not pid_alive(pid)
     assert list_jobs(tmp_path, active_only=True) == []
+
+
+def test_the_pid_file_names_the_worker_by_pid_and_create_time(tiny_model, pet_root, tmp_path):
+    with worker_lock(tmp_path):  # keeps the worker waiting: no conversion
+        job_id = start_job(tiny_model, pet_root, tmp_path, 1, [VariantSpec.fp32()])
+        side = json.loads(job_path(tmp_path, job_id).with_suffix(".pid").read_text())
+        assert side["create_time"] == process_create_time(side["pid"])
+        assert job_status(tmp_path, job_id)["pid"] == side["pid"]
+        record = waiting_worker(tmp_path, job_id)
+        assert (record["pid"], record["create_time"]) == (side["pid"], side["create_time"])
+        cancel_job(tmp_path, job_id)
+
+
+def test_a_reused_pid_is_not_the_worker(tmp_path):
+    me, started = os.getpid(), process_create_time()
+    assert process_alive(me, started)
+    assert not process_alive(me, started - 3600.0)
+    fake_job(tmp_path, "20000101-000000-000010", pid=me, create_time=started)
+    assert job_status(tmp_path, "20000101-000000-000010")["state"] == "running"
+    # The same live pid, but created at another time: another process got the pid.
+    fake_job(tmp_path, "20000101-000000-000011", pid=me, create_time=started - 3600.0)
+    record = job_status(tmp_path, "20000101-000000-000011")
+    assert record["state"] == "failed"
+    assert "ended unexpectedly" in record["error"]
+    saved = raw(tmp_path, "20000101-000000-000011")  # written down, not only reported
+    assert saved["state"] == "failed" and saved["finished"]
+    assert [v["status"] for v in saved["variants"]] == ["failed"]
+    assert [j["id"] for j in list_jobs(tmp_path, active_only=True)] == ["20000101-000000-000010"]
+
+
+def test_a_zombie_worker_is_dead(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        poll(lambda: process_create_time(child.pid) and not process_alive(child.pid),
+             what="the child turning zombie")  # ended, not reaped: a zombie
+        assert process_create_time(child.pid) is not None
+    finally:
+        child.wait()
+    assert process_create_time(child.pid) is None
+
+
+def test_a_killed_worker_is_failed_within_seconds_and_restarts(tiny_model, pet_root, tmp_path):
+    with worker_lock(tmp_path):  # the worker waits for its turn: nothing is converted
+        job_id = start_job(tiny_model, pet_root, tmp_path, 1,
+                           [VariantSpec.fp32(), VariantSpec.int8(0.5, seed=3)])
+        pid = waiting_worker(tmp_path, job_id)["pid"]
+        assert job_status(tmp_path, job_id)["state"] == "queued"
+        with pytest.raises(JobError, match="still queued"):
+            restart_job(tmp_path, job_id)
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        record = poll(lambda: (r := job_status(tmp_path, job_id))["state"] == "failed" and r,
+                      timeout=5.0, what="the killed job reported failed")
+        assert time.monotonic() - killed < 5.0
+        assert "ended unexpectedly" in record["error"]
+        assert [v["status"] for v in record["variants"]] == ["failed", "failed"]
+
+        again = restart_job(tmp_path, job_id)
+        assert again != job_id
+        fresh = job_status(tmp_path, again)
+        assert fresh["state"] == "queued" and fresh["restart_of"] == job_id
+        assert [v["name"] for v in fresh["variants"]] == ["tflite-fp32", "tflite-int8-0.5-s3"]
+        assert [v["status"] for v in fresh["variants"]] == ["queued", "queued"]
+        assert (fresh["model_path"], fresh["dataset_root"], fresh["threads"],
+                fresh["test_fraction"]) == (record["model_path"], record["dataset_root"],
+                                            record["threads"], record["test_fraction"])
+        # A waiting worker can be cancelled too, and a cancelled job restarts.
+        new_pid = waiting_worker(tmp_path, again)["pid"]
+        cancelled = cancel_job(tmp_path, again)
+        assert cancelled["state"] == "cancelled"
+        assert not process_alive(new_pid)
+        assert [v["status"] for v in cancelled["variants"]] == ["cancelled", "cancelled"]
+        third = restart_job(tmp_path, again)
+        cancel_job(tmp_path, third)
+
+
+def test_restart_refuses_unknown_and_finished_jobs(tmp_path):
+    with pytest.raises(JobError, match="no such job"):
+        restart_job(tmp_path, "20000101-000000-000020")
+    fake_job(tmp_path, "20000101-000000-000021", state="done")
+    with pytest.raises(JobError, match="nothing to restart"):
+        restart_job(tmp_path, "20000101-000000-000021")
+
+
+def test_a_second_job_waits_while_the_first_runs(tiny_model, pet_root, tmp_path):
+    # The first job: this process, running, holding the cache's worker lock.
+    fake_job(tmp_path, "20000101-000000-000030", pid=os.getpid(),
+             create_time=process_create_time(), stage="convert")
+    lock = worker_lock(tmp_path)
+    lock.acquire()
+    try:
+        second = start_job(tiny_model, pet_root, tmp_path, 1, [VariantSpec.fp32()])
+        record = waiting_worker(tmp_path, second)
+        assert record["stage"] == "waiting for job 20000101-000000-000030"
+        time.sleep(1.5)  # a few lock polls later, still waiting, still alive
+        status = job_status(tmp_path, second)
+        assert status["state"] == "queued" and process_alive(status["pid"])
+        assert status["started"] is None
+        assert [j["state"] for j in list_jobs(tmp_path)] == ["queued", "running"]
+    finally:
+        lock.release()
+    poll(lambda: raw(tmp_path, second)["state"] == "running", what="its turn after release")
+    assert raw(tmp_path, second)["started"] is not None
+    assert cancel_job(tmp_path, second)["state"] == "cancelled"
+
+
+def test_finished_jobs_are_pruned_active_ones_kept(tmp_path):
+    day = 24 * 3600.0
+    old = [f"20000101-000000-{n:06d}" for n in range(3)]
+    recent = [f"20000102-000000-{n:06d}" for n in range(55)]
+    for job_id in old:
+        fake_job(tmp_path, job_id, state="done", age=8 * day)
+        job_path(tmp_path, job_id).with_suffix(".log").write_text("log")
+        job_path(tmp_path, job_id).with_suffix(".pid").write_text("{}")
+    for n, job_id in enumerate(recent):  # the first is the oldest
+        fake_job(tmp_path, job_id, state="failed" if n % 2 else "done", age=day - n)
+    active = "20000101-000000-999999"  # older than any, but running: never pruned
+    fake_job(tmp_path, active, age=9 * day, pid=os.getpid(), create_time=process_create_time())
+    orphan_old = job_path(tmp_path, "20000101-000000-aaaaaa").with_suffix(".log")
+    orphan_new = job_path(tmp_path, "20000101-000000-bbbbbb").with_suffix(".log")
+    killed_write = tmp_path / "jobs" / ".20000101-000000-cccccc.json.1a2b3c4d.tmp"
+    for path in (orphan_old, orphan_new, killed_write):
+        path.write_text("x")
+    for path in (orphan_old, killed_write):
+        os.utime(path, (time.time() - 8 * day,) * 2)
+
+    ids = [j["id"] for j in list_jobs(tmp_path)]
+    assert ids == recent[:4:-1] + [active]  # newest first: the 50 newest finished, the active
+    left = {p.name for p in (tmp_path / "jobs").iterdir()}
+    for job_id in old + recent[:5]:
+        assert not {f"{job_id}.json", f"{job_id}.log", f"{job_id}.pid"} & left
+    assert orphan_new.name in left
+    assert orphan_old.name not in left and killed_write.name not in left
+    assert prune_jobs(tmp_path) == []  # nothing more to prune
+    assert prune_jobs(tmp_path, keep=10) == sorted(recent[5:45])
+    assert {j["id"] for j in list_jobs(tmp_path)} == {active, *recent[45:]}
 
 
 def test_a_dead_worker_is_reported_failed(tmp_path):
