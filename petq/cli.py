@@ -22,9 +22,25 @@ from petq.types import (
     parse_tasks,
 )
 
+_TERMINAL: dict[int, object] = {}  # id(sys.stderr) -> its copy
+
+
+def terminal():
+    """A copy of the user's stderr: conversions capture file descriptor 2 for the
+    converter's chatter, and progress must still reach the user."""
+    key = id(sys.stderr)
+    if key not in _TERMINAL:
+        _TERMINAL.clear()
+        try:
+            _TERMINAL[key] = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+        except (OSError, ValueError, AttributeError):  # a stderr without a file descriptor
+            _TERMINAL[key] = sys.stderr
+    return _TERMINAL[key]
+
 
 class StageBars:
-    """tqdm bars for progress(stage, done, total): one bar per stage and variant."""
+    """Progress for progress(stage, done, total): a tqdm bar per stage on a terminal; on a
+    pipe or a CI log, one plain line per stage instead of thousands of carriage returns."""
 
     LABELS = {"decode": "decoding images", "calibrate": "calibrating", "convert": "converting",
               "evaluate": "evaluating", "latency": "timing latency"}
@@ -33,16 +49,23 @@ class StageBars:
         self.prefix = prefix
         self.bar = None
         self.stage = None
+        self.out = terminal()
+        self.interactive = self.out.isatty()
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        label = f"{self.prefix}{self.LABELS.get(stage, stage)}"
+        if not self.interactive:
+            if stage != self.stage:
+                self.stage = stage
+                print(label + (f" ({total} images)" if total > 1 else ""), file=self.out)
+            return
         from tqdm import tqdm
 
         if stage != self.stage or self.bar is None:
             self.close()
             self.stage = stage
-            label = f"{self.prefix}{self.LABELS.get(stage, stage)}"
             self.bar = tqdm(total=total, desc=label, unit="img" if total > 1 else "step",
-                            leave=False, file=sys.stderr, dynamic_ncols=True)
+                            leave=False, file=self.out, dynamic_ncols=True)
         self.bar.total = total
         self.bar.update(done - self.bar.n)
 
@@ -53,25 +76,18 @@ class StageBars:
 
 
 def _workspace(args: argparse.Namespace):
-    from tqdm import tqdm
-
     from petq.demo import default_workspace
 
     if args.download_dataset and args.dataset_root:
         _download_dataset(args.dataset_root)
-    bar = None
-
-    def synth_progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc="generating synthetic pets", unit="img", leave=False)
-        bar.update(done - bar.n)
-
-    ws = default_workspace(args.model_path, args.dataset_root, args.cache_dir, args.threads,
-                           progress=synth_progress, preprocessing=args.preprocessing)
-    if bar is not None:
-        bar.close()
-    return ws
+    bars = StageBars()
+    try:
+        return default_workspace(
+            args.model_path, args.dataset_root, args.cache_dir, args.threads,
+            progress=lambda done, total: bars("generating synthetic pets", done, total),
+            preprocessing=args.preprocessing)
+    finally:
+        bars.close()
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
@@ -89,11 +105,11 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         try:
             result, computed = ws.evaluate(spec, args.test_dataset_fraction, progress=bars)
         except PetqError as exc:  # one recipe the model cannot take: the others still run
+            bars.close()
             print(f"petq: error: {exc}", file=sys.stderr)
             failures.append(spec.name)
             continue
-        finally:
-            bars.close()
+        bars.close()
         how = f"computed in {time.perf_counter() - start:.1f} s" if computed else "cached"
         print(f"{spec.name:28s} {result_line(result)}  ({how})")
         results.append(result)
@@ -162,18 +178,16 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from petq.synth import generate
 
-    with tqdm(desc="generating synthetic pets", unit="img") as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
+    bars = StageBars()
+    try:
         root = generate(args.output, trainval_per_class=args.trainval_per_class,
-                        test_per_class=args.test_per_class, seed=args.seed, progress=progress)
+                        test_per_class=args.test_per_class, seed=args.seed,
+                        progress=lambda done, total: bars("generating synthetic pets", done,
+                                                          total))
+    finally:
+        bars.close()
     print(f"synthetic pets dataset in {root}")
     return 0
 
@@ -200,25 +214,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _download_dataset(root: Path) -> None:
-    from tqdm import tqdm
-
     from petq.download import download_dataset
 
-    bars = {}
-
-    def progress(part: str):
-        def update(done: int, total: int) -> None:
-            bar = bars.setdefault(part, tqdm(desc=f"downloading {part}", unit="B",
-                                             unit_scale=True, total=total or None))
-            bar.n = done
-            bar.refresh()
-        return update
-
+    bars = StageBars()
     try:
-        download_dataset(root, progress=progress)
+        download_dataset(root, progress=lambda part: lambda done, total: bars(
+            f"downloading {part} (bytes)", done, total))
     finally:
-        for bar in bars.values():
-            bar.close()
+        bars.close()
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -279,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEFAULT_CALIBRATION_SEED,
                    help="seed of the stratified INT8 calibration pick")
     p.set_defaults(func=cmd_experiments)
+
+    from petq import classify  # imports petq.cli inside its functions: registered here
+
+    classify.add_parser(sub)
 
     p = sub.add_parser("recipes", help="list the quantization recipes and their names")
     p.set_defaults(func=cmd_recipes)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from petq.errors import ModelError, PetqError, SpecError
-from petq.runtime import default_threads, load_keras_model
+from petq.runtime import default_threads, load_keras_model, quiet_native_stderr
 from petq.types import Backend, Mode, VariantSpec
 
 Progress = Callable[[int, int], None]
@@ -55,7 +55,8 @@ def convert(
 
 def _tflite(model_path: Path | str, spec: VariantSpec, samples: Iterator[np.ndarray] | None,
             keep_float_nodes: Sequence[str]) -> bytes:
-    import tensorflow as tf
+    with quiet_native_stderr():
+        import tensorflow as tf
 
     recipe = spec.recipe
     model = load_keras_model(model_path)
@@ -165,23 +166,28 @@ def _logged(spec: VariantSpec, source: object, run: Callable[[], bytes]) -> byte
 
 @contextlib.contextmanager
 def captured_output() -> Iterator[io.TextIOBase]:
-    """Send the converter's chatter on stdout (Python and C++) to a temp file.
+    """Send the converter's chatter on stdout and stderr (Python and C++) to a temp file.
 
-    stderr stays free for progress bars (TF_CPP_MIN_LOG_LEVEL quiets TensorFlow's
-    C++ logging there); the text is kept for error messages.
+    The text is kept for error messages. Progress bars are not lost: the CLI draws them
+    on its own copy of the terminal's stderr (`petq.cli.terminal`).
     """
     log = tempfile.TemporaryFile(mode="w+")
     sys.stdout.flush()
-    saved = os.dup(1)
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
     try:
-        os.dup2(log.fileno(), 1)
-        with contextlib.redirect_stdout(log), warnings.catch_warnings():
+        for fd in saved:
+            os.dup2(log.fileno(), fd)
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
+                warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield log
     finally:
         sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+        sys.stderr.flush()
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
         log.seek(0)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from petq.data import preprocess
+from petq.data import channel_order, preprocess
 from petq.runtime import KerasRunner, LiteRTRunner, Runner
 from petq.types import ModelContract
 
@@ -132,7 +132,10 @@ def input_maker(
     if not runner.quantized_input:
         return lambda pixels: runner.quantize(preprocess(pixels, contract))
     lut = input_lut(runner, contract)
-    return lambda pixels: apply_lut(pixels, lut)
+    order = list(channel_order(contract))  # caffe's input is BGR: table k reads channel order[k]
+    if order == [0, 1, 2]:
+        return lambda pixels: apply_lut(pixels, lut)
+    return lambda pixels: apply_lut(np.ascontiguousarray(pixels[..., order]), lut)
 
 
 def input_lut(runner: LiteRTRunner, contract: ModelContract) -> np.ndarray:

@@ -5,42 +5,19 @@ Every sentence of the summary is computed from the result rows; nothing is canne
 
 from __future__ import annotations
 
+import csv
 import io
-import math
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from petq.evaluate import agreement
 from petq.results import METRICS, Details, Result
+from petq.stats import PairedComparison, compare_paired, per_class_changes, seed_spread
 from petq.types import VariantSpec
-
-
-def metrics_markdown(row: Result) -> str:
-    """The lab's `<prefix>-metrics.md`, plus what petq measures beyond it."""
-    lines = [f"Model type: {row.variant}", ""]
-    lines += [f"* {METRICS[key].label}: {METRICS[key].format(row.value(key))}"
-              for key in ("accuracy", "mean_precision", "mean_sensitivity", "g_mean")]
-    lines += [
-        f"* Mean inference time: {row.latency_mean_ms:.3f} ms",
-        f"* Top-5 percentage: {row.top5:.4f}",
-        "",
-        f"* Description: {row.description}",
-        f"* Latency p50 / p95 / std: {row.latency_p50_ms:.3f} / {row.latency_p95_ms:.3f} / "
-        f"{row.latency_std_ms:.3f} ms ({row.latency_runs} runs, {row.threads} threads, "
-        "after warm-up)",
-        f"* File size: {row.file_size_bytes:,} bytes",
-        f"* Parameters: {row.param_count:,}",
-        f"* Test images: {row.n_images} (fraction {row.test_fraction:g} of the test split)",
-    ]
-    if row.calibration_count:
-        lines.append(f"* Calibration images (trainval only): {row.calibration_count}")
-    if row.synthetic:
-        lines.append("* Data: synthetic pets dataset (not Oxford-IIIT Pet)")
-    return "\n".join(lines) + "\n"
-
 
 FIGURE_VERSION = 1  # bump when confusion_png draws differently
 
@@ -76,25 +53,122 @@ def _points(delta: float) -> str:
     return f"{100 * delta:+.1f} points"
 
 
-def _speed(a_ms: float, b_ms: float) -> str:
-    """'1.8x faster' / '1.2x slower' for a against b (medians: a few slow runs on a busy
-    machine move a mean, not a median)."""
-    if a_ms <= 0 or b_ms <= 0:
-        return "not comparable"
-    ratio = b_ms / a_ms
-    if abs(ratio - 1) < 0.05:
-        return "about as fast"
-    return f"{ratio:.2f}x faster" if ratio > 1 else f"{1 / ratio:.2f}x slower"
+def _ci_points(interval) -> str:
+    """`-0.4 points (95% CI -1.5 to +0.7)`."""
+    return (f"{_points(interval.estimate)} ({interval.level:.0%} CI {100 * interval.low:+.1f} "
+            f"to {100 * interval.high:+.1f})")
 
 
-def _noise(row: Result) -> float:
-    """Standard error of the accuracy estimate: a yardstick for 'within noise'."""
-    p, n = row.accuracy, max(row.n_images, 1)
-    return math.sqrt(max(p * (1 - p), 1e-12) / n)
+def reference_of(result: Result, results: list[Result]) -> Result | None:
+    """What a variant is compared against: TFLite FP32, or native for FP32 itself."""
+    fp32 = next((r for r in results if r.spec == VariantSpec.fp32()), None)
+    native = next((r for r in results if r.spec.is_native), None)
+    if result.spec == VariantSpec.fp32() or fp32 is None:
+        return native if result is not native else None
+    return fp32
+
+
+def paired(workspace, result: Result, reference: Result,
+           details: dict[str, Details] | None = None) -> PairedComparison | None:
+    """Paired statistics of a result against a reference on the same test images."""
+    details = details or {}
+    mine = details.get(result.result_key) or workspace.details(result.result_key)
+    ref = details.get(reference.result_key) or workspace.details(reference.result_key)
+    if not mine.same_images(ref):
+        return None
+    return compare_paired(mine.labels, mine.top1, ref.top1, len(mine.class_names))
+
+
+def _verdict(comparison: PairedComparison, what: str = "accuracy") -> str:
+    """A plain sentence: is the accuracy difference real at 5%?"""
+    test = comparison.mcnemar
+    counts = (f"exact McNemar test on the {test.b + test.c} images where only one is right: "
+              f"{test.b} against {test.c}, p = {test.p_value:.3g}")
+    if comparison.significant:
+        direction = "lower" if comparison.accuracy_difference.estimate < 0 else "higher"
+        return f"The {what} is significantly {direction} at 5% ({counts})."
+    return f"The difference is within noise: not significant at 5% ({counts})."
+
+
+def metrics_markdown(row: Result, comparison: PairedComparison | None = None,
+                     reference: str | None = None) -> str:
+    """The lab's `<prefix>-metrics.md`, plus what petq measures beyond it."""
+    lines = [f"Model type: {row.variant}", ""]
+    lines += [f"* {METRICS[key].label}: {METRICS[key].format(row.value(key))}"
+              for key in ("accuracy", "mean_precision", "mean_sensitivity", "g_mean")]
+    lines += [
+        f"* Mean inference time: {row.latency_mean_ms:.3f} ms",
+        f"* Top-5 percentage: {row.top5:.4f}",
+        "",
+        f"* Description: {row.description}",
+        f"* Scheme: {row.scheme} ({row.spec.recipe.backend.value})",
+        f"* Latency p50 / p95 / std: {row.latency_p50_ms:.3f} / {row.latency_p95_ms:.3f} / "
+        f"{row.latency_std_ms:.3f} ms ({row.latency_runs} runs, {row.threads} threads, "
+        "after warm-up)",
+        f"* File size: {row.file_size_bytes:,} bytes",
+        f"* Parameters: {row.param_count:,}",
+        f"* Test images: {row.n_images} (fraction {row.test_fraction:g} of the test split)",
+    ]
+    if row.calibration_count:
+        lines.append(f"* Calibration images (trainval only): {row.calibration_count}")
+    if comparison is not None and reference:
+        acc, gm = comparison.accuracy_difference, comparison.g_mean_difference
+        lines += [
+            f"* Against `{reference}` (paired, same images, {comparison.resamples} bootstrap "
+            f"resamples): accuracy {_ci_points(acc)}; G-Mean {_ci_points(gm)}",
+            f"* {_verdict(comparison)}",
+        ]
+    if row.synthetic:
+        lines.append("* Data: synthetic pets dataset (not Oxford-IIIT Pet)")
+    return "\n".join(lines) + "\n"
+
+
+COMPARISON_COLUMNS = ("variant", "reference", "accuracy", "accuracy_difference",
+                      "accuracy_difference_low", "accuracy_difference_high",
+                      "g_mean_difference", "g_mean_difference_low", "g_mean_difference_high",
+                      "b", "c", "p_value", "significant")
+
+
+def comparisons_csv(rows: list[tuple[Result, Result, PairedComparison]]) -> str:
+    """One line per variant against its reference (`comparisons.csv`)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COMPARISON_COLUMNS)
+    for result, reference, c in rows:
+        acc, gm = c.accuracy_difference, c.g_mean_difference
+        writer.writerow([result.variant, reference.variant, f"{result.accuracy:.6f}",
+                         f"{acc.estimate:.6f}", f"{acc.low:.6f}", f"{acc.high:.6f}",
+                         f"{gm.estimate:.6f}", f"{gm.low:.6f}", f"{gm.high:.6f}",
+                         c.mcnemar.b, c.mcnemar.c, f"{c.mcnemar.p_value:.6g}",
+                         int(c.significant)])
+    return out.getvalue()
+
+
+def _speed_sentence(workspace, fast: Result, slow: Result) -> str:
+    """Speed of `fast` against `slow`, timed interleaved; a claim only where the interval
+    of the median ratio says so."""
+    timing = workspace.latency_comparison(fast.spec, slow.spec)
+    ratio = timing.ratio_b_over_a
+    text = (f"Timed interleaved ({timing.rounds} rounds each), median {timing.median_a_ms:.2f} "
+            f"ms against {timing.median_b_ms:.2f} ms: ")
+    if timing.faster == "a faster":
+        text += (f"`{fast.variant}` is {ratio.estimate:.2f}x faster ({ratio.level:.0%} CI "
+                 f"{ratio.low:.2f}x to {ratio.high:.2f}x).")
+    elif timing.faster == "b faster":
+        text += (f"`{fast.variant}` is {1 / ratio.estimate:.2f}x slower ({ratio.level:.0%} CI "
+                 f"of the ratio {ratio.low:.2f} to {ratio.high:.2f}).")
+    else:
+        text += (f"no clear difference in speed (ratio {ratio.estimate:.2f}, {ratio.level:.0%} "
+                 f"CI {ratio.low:.2f} to {ratio.high:.2f}).")
+    if timing.busy:
+        text += (f" The machine was busy while timing ({100 * timing.other_cpu_share:.0f}% of "
+                 "its CPU went to other work): treat the timing with care.")
+    return text
 
 
 def summary_markdown(workspace, rows: list[Result]) -> str:
-    """The lab's summary: sizes, a metrics table and the four questions, from the numbers."""
+    """The lab's summary: sizes, a metrics table with paired statistics, and the four
+    questions answered from tests, not from point estimates."""
     if not rows:
         return "# Summary\n\nNo evaluated variants yet.\n"
     native = next((r for r in rows if r.spec.is_native), None)
@@ -104,17 +178,23 @@ def summary_markdown(workspace, rows: list[Result]) -> str:
                   key=lambda r: (r.spec.fraction, r.spec.seed))
     imb = [r for r in lab_int8 if r.spec.calibration.kind == "classes"]
     details = {r.result_key: workspace.details(r.result_key) for r in rows}
-    top1 = {r.variant: details[r.result_key].top1 for r in rows}
+    pairs = {}
+    for r in rows:
+        ref = reference_of(r, rows)
+        if ref is not None:
+            comparison = paired(workspace, r, ref, details)
+            if comparison is not None:
+                pairs[r.variant] = (ref, comparison)
     first = rows[0]
 
     out = ["# Quantization experiment summary", ""]
-    data_kind = "synthetic pets dataset" if first.get("synthetic") else "Oxford-IIIT Pet dataset"
+    data_kind = "synthetic pets dataset" if first.synthetic else "Oxford-IIIT Pet dataset"
     out.append(
         f"Model `{first.model}` on the {data_kind} (`{first.dataset}`), "
         f"{first.n_images} test images (fraction {first.test_fraction:g} of the test "
         f"split), latency on {first.threads} thread(s)."
     )
-    if first.get("synthetic"):
+    if first.synthetic:
         out.append("")
         out.append("> These numbers come from synthetic data: they show how petq works, not how "
                    "the lab's model behaves on real pets.")
@@ -127,30 +207,37 @@ def summary_markdown(workspace, rows: list[Result]) -> str:
             f"{big / small:.2f}x smaller ({1 - small / big:.0%} reduction)"
         )
     out += ["", "## Metrics", "",
-            "| Variant | Accuracy | Mean precision | Mean sensitivity | G-Mean | Top-5 | "
-            "Latency mean (ms) | Latency p95 (ms) | Size (bytes) |",
+            "Δ accuracy: against the reference (TFLite FP32; native for FP32), paired over the "
+            "same test images, with a 95% bootstrap interval; p: exact McNemar test.", "",
+            "| Variant | Scheme | Accuracy | Δ accuracy (95% CI) | p | G-Mean | Top-5 | "
+            "Latency median (ms) | Size (bytes) |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r.variant in pairs:
+            ref, c = pairs[r.variant]
+            delta = (f"{_ci_points(c.accuracy_difference)} vs {ref.variant}"
+                     + (" *" if c.significant else ""))
+            p_text = f"{c.mcnemar.p_value:.3g}"
+        else:
+            delta, p_text = "reference", ""
         out.append(
-            f"| {r.variant} | {r.accuracy:.4f} | {r.mean_precision:.4f} | "
-            f"{r.mean_sensitivity:.4f} | {r.g_mean:.4f} | {r.top5:.4f} | "
-            f"{r.latency_mean_ms:.3f} | {r.latency_p95_ms:.3f} | {r.file_size_bytes:,} |"
+            f"| {r.variant} | {r.scheme} | {r.accuracy:.4f} | {delta} | {p_text} | "
+            f"{r.g_mean:.4f} | {r.top5:.4f} | {r.latency_p50_ms:.3f} | {r.file_size_bytes:,} |"
         )
-    out += ["", "Per variant: `<variant>-metrics.md` and `<variant>-confusion-matrix.png`.", ""]
+    out += ["", "`*`: significant at 5%. Per variant: `<variant>-metrics.md` and "
+            "`<variant>-confusion-matrix.png`; every paired comparison in `comparisons.csv`.", ""]
     out += ["## Questions", ""]
 
     out.append("**1. How does the TFLite FP32 model perform compared to the native model?**")
     out.append("")
-    if native and fp32:
-        agree = agreement(top1[fp32.variant], top1[native.variant])
+    if native and fp32 and fp32.variant in pairs:
+        c = pairs[fp32.variant][1]
+        agree = agreement(details[fp32.result_key].top1, details[native.result_key].top1)
         out.append(
             f"TFLite FP32 reaches {_pct(fp32.accuracy)} accuracy against "
-            f"{_pct(native.accuracy)} for the native model "
-            f"({_points(fp32.accuracy - native.accuracy)}); the two "
-            f"agree on the top-1 breed for {_pct(agree)} of test images. It runs "
-            f"{_speed(fp32.latency_p50_ms, native.latency_p50_ms)} "
-            f"(median {fp32.latency_p50_ms:.2f} ms against {native.latency_p50_ms:.2f} ms "
-            "per image)."
+            f"{_pct(native.accuracy)} for the native model ({_ci_points(c.accuracy_difference)}); "
+            f"the two agree on the top-1 breed for {_pct(agree)} of test images. "
+            f"{_verdict(c)} {_speed_sentence(workspace, fp32, native)}"
         )
     else:
         out.append("Not answered: evaluate both `native` and `tflite-fp32`.")
@@ -158,26 +245,33 @@ def summary_markdown(workspace, rows: list[Result]) -> str:
 
     out.append("**2. How does the best INT8 model perform compared to the TFLite FP32 model?**")
     out.append("")
-    quantized = int8 + imb
+    quantized = [r for r in int8 + imb if r.variant in pairs]
     if fp32 and quantized:
         best = max(quantized, key=lambda r: (r.accuracy, -r.latency_p50_ms))
-        agree = agreement(top1[best.variant], top1[fp32.variant])
+        c = pairs[best.variant][1]
+        agree = agreement(details[best.result_key].top1, details[fp32.result_key].top1)
         out.append(
-            f"The best INT8 variant, `{best.variant}`, reaches {_pct(best.accuracy)} "
-            f"accuracy ({_points(best.accuracy - fp32.accuracy)} against FP32's "
-            f"{_pct(fp32.accuracy)}; G-Mean {best.g_mean:.3f} against {fp32.g_mean:.3f}), "
-            f"agrees with FP32 on {_pct(agree)} of images, is "
-            f"{fp32.file_size_bytes / best.file_size_bytes:.2f}x smaller and runs "
-            f"{_speed(best.latency_p50_ms, fp32.latency_p50_ms)} "
-            f"(median {best.latency_p50_ms:.2f} ms against {fp32.latency_p50_ms:.2f} ms)."
+            f"The INT8 variant with the highest accuracy, `{best.variant}`, reaches "
+            f"{_pct(best.accuracy)} against FP32's {_pct(fp32.accuracy)} "
+            f"({_ci_points(c.accuracy_difference)}; G-Mean "
+            f"{_ci_points(c.g_mean_difference)}), agrees with FP32 on {_pct(agree)} of images "
+            f"and is {fp32.file_size_bytes / best.file_size_bytes:.2f}x smaller. "
+            f"{_verdict(c)} {_speed_sentence(workspace, best, fp32)}"
         )
+        worse = [r.variant for r in quantized if pairs[r.variant][1].significant
+                 and pairs[r.variant][1].accuracy_difference.estimate < 0]
+        out.append("")
+        out.append(f"Of the {len(quantized)} INT8 variants, "
+                   + (f"{len(worse)} are significantly less accurate than FP32: "
+                      + ", ".join(f"`{v}`" for v in worse) + "." if worse
+                      else "none is significantly less accurate than FP32."))
     else:
         out.append("Not answered: evaluate `tflite-fp32` and at least one INT8 variant.")
     out.append("")
 
     out.append("**3. Is there a trend in INT8 quality with calibration dataset size?**")
     out.append("")
-    out.append(_trend_sentence(int8))
+    out.append(_trend_sentence(int8, details))
     out.append("")
 
     out.append("**4. How does the model calibrated on chosen classes only compare to the other "
@@ -185,7 +279,7 @@ def summary_markdown(workspace, rows: list[Result]) -> str:
     out.append("")
     if imb and int8:
         out.append("\n\n".join(
-            _imbalanced_sentence(r, int8, details, workspace.class_names) for r in imb
+            _imbalanced_sentence(workspace, r, int8, details) for r in imb
         ))
     else:
         out.append("Not answered: evaluate an imbalanced INT8 variant and at least one "
@@ -193,71 +287,98 @@ def summary_markdown(workspace, rows: list[Result]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _trend_sentence(int8: list[Result]) -> str:
-    if len(int8) < 2:
+def _trend_sentence(int8: list[Result], details: dict[str, Details]) -> str:
+    """Accuracy by calibration fraction, with the seed spread where several seeds ran, and a
+    trend claimed only when Spearman's rank test over all runs says so."""
+    fractions = sorted({r.spec.fraction for r in int8})
+    if len(fractions) < 2:
         return "Not answered: evaluate INT8 variants with at least two calibration fractions."
-    pairs = ", ".join(
-        f"{r.spec.fraction:g} ({r.calibration_count} images): {_pct(r.accuracy)}"
-        for r in int8
-    )
-    accuracies = np.array([r.accuracy for r in int8])
-    spread = float(accuracies.max() - accuracies.min())
-    noise = max(_noise(r) for r in int8)
-    steps = np.sign(np.diff(accuracies))
-    if spread <= 2 * noise:
-        verdict = (
-            f"The spread, {_points(spread).lstrip('+')}, is within twice the sampling noise of "
-            f"one accuracy estimate ({100 * noise:.1f} points), so no trend can be claimed."
-        )
-    elif (steps >= 0).all():
-        verdict = (f"Accuracy rises with calibration size ({_points(spread).lstrip('+')} from "
-                   "smallest to best).")
-    elif (steps <= 0).all():
-        verdict = f"Accuracy falls as calibration grows ({_points(-spread)} overall)."
+    parts = []
+    for f in fractions:
+        runs = [r for r in int8 if r.spec.fraction == f]
+        spread = seed_spread([r.accuracy for r in runs])
+        if spread.n > 1:
+            parts.append(f"{f:g}: {_pct(spread.mean)} mean over {spread.n} seeds "
+                         f"(range {_pct(spread.min)} to {_pct(spread.max)})")
+        else:
+            parts.append(f"{f:g} ({runs[0].calibration_count} images): {_pct(spread.mean)}")
+    text = "Accuracy by calibration fraction: " + ", ".join(parts) + ". "
+    smallest = min(int8, key=lambda r: (r.spec.fraction, r.spec.seed))
+    largest = max(int8, key=lambda r: (r.spec.fraction, -r.spec.seed))
+    a, b = details[largest.result_key], details[smallest.result_key]
+    if a.same_images(b):
+        c = compare_paired(a.labels, a.top1, b.top1, len(a.class_names))
+        text += (f"From the smallest to the largest fraction (`{smallest.variant}` to "
+                 f"`{largest.variant}`): {_ci_points(c.accuracy_difference)}, McNemar p = "
+                 f"{c.mcnemar.p_value:.3g}. ")
+    if len(int8) >= 3:
+        rho, p = spearmanr([r.spec.fraction for r in int8], [r.accuracy for r in int8])
+        if np.isnan(rho):
+            text += "Every run has the same accuracy: no trend."
+        elif p < 0.05:
+            direction = "rises" if rho > 0 else "falls"
+            text += (f"Accuracy {direction} with calibration size (Spearman rho {rho:.2f}, "
+                     f"p = {p:.3g}, over {len(int8)} runs).")
+        else:
+            text += (f"No trend can be claimed: Spearman rho {rho:.2f}, p = {p:.3g} over "
+                     f"{len(int8)} runs"
+                     + ("" if any(seed_spread([r.accuracy for r in int8
+                                               if r.spec.fraction == f]).n > 1
+                                  for f in fractions)
+                        else "; run several seeds per fraction (`--seeds`) to see the spread "
+                             "that calibration picks alone cause") + ".")
     else:
-        best = int8[int(accuracies.argmax())]
-        verdict = (
-            f"No monotonic trend: accuracies spread over {_points(spread).lstrip('+')}, best at "
-            f"fraction {best.spec.fraction:g}."
-        )
-    return f"Accuracy by calibration fraction: {pairs}. {verdict}"
+        text += "Two runs are too few for a trend test."
+    return text
 
 
-def _imbalanced_sentence(
-    row: Result, int8: list[Result], details: dict[str, Details],
-    class_names: tuple[str, ...],
-) -> str:
-    mean_acc = float(np.mean([r.accuracy for r in int8]))
+def _imbalanced_sentence(workspace, row: Result, int8: list[Result],
+                         details: dict[str, Details]) -> str:
     best = max(int8, key=lambda r: r.accuracy)
-    chosen = ", ".join(class_names[c] for c in row.spec.classes if c < len(class_names))
+    names = workspace.class_names
+    chosen = ", ".join(names[c] for c in row.spec.classes if c < len(names))
+    mine, ref = details[row.result_key], details[best.result_key]
+    c = compare_paired(mine.labels, mine.top1, ref.top1, len(names))
     text = (
-        f"`{row.variant}` (calibrated on {row.calibration_count} images of {chosen}) "
-        f"reaches {_pct(row.accuracy)} accuracy, {_points(row.accuracy - mean_acc)} against "
-        f"the mean of the fraction-calibrated INT8 variants ({_pct(mean_acc)}) and "
-        f"{_points(row.accuracy - best.accuracy)} against the best, `{best.variant}`; "
-        f"G-Mean {row.g_mean:.3f} against {best.g_mean:.3f}."
+        f"`{row.variant}` (calibrated on {row.calibration_count} images of {chosen}) reaches "
+        f"{_pct(row.accuracy)} accuracy, {_ci_points(c.accuracy_difference)} against the best "
+        f"fraction-calibrated variant, `{best.variant}`; G-Mean "
+        f"{_ci_points(c.g_mean_difference)}. {_verdict(c)}"
     )
-    mine = details[row.result_key].per_class_sensitivity
-    ref = details[best.result_key].per_class_sensitivity
-    drop = ref - mine
-    if np.isfinite(drop).any() and np.nanmax(drop) > 0:
-        worst = np.argsort(np.nan_to_num(drop, nan=-np.inf))[::-1][:3]
-        hurt = [f"{class_names[i]} ({_points(-drop[i])})" for i in worst if drop[i] > 0]
-        text += f" Breeds it hurts most against `{best.variant}`: {', '.join(hurt)}."
+    changes = per_class_changes(mine.labels, mine.top1, ref.top1, len(names))
+    hurt = sorted((k for k in changes if k.hurt), key=lambda k: k.difference)
+    if hurt:
+        text += (" Breeds it hurts (their sensitivity interval excludes zero): " + ", ".join(
+            f"{names[k.class_index]} ({_points(k.difference)}, {k.b} of {k.n} images lost, "
+            f"CI {100 * k.low:+.0f} to {100 * k.high:+.0f})" for k in hurt) + ".")
+        if all(k.p_adjusted >= 0.05 for k in hurt):
+            text += (f" Across all {len(changes)} breeds, none survives a Holm correction: "
+                     "with this many breeds, a few such flags can come from chance alone.")
     else:
-        text += f" No breed loses sensitivity against `{best.variant}`."
+        worst = min(changes, key=lambda k: k.difference, default=None)
+        text += " No breed is hurt: no breed's sensitivity interval lies below zero"
+        text += (f" (largest drop {names[worst.class_index]}, {_points(worst.difference)}, "
+                 f"{worst.b} of {worst.n} images)." if worst and worst.difference < 0 else ".")
     return text
 
 
 def report_files(workspace, rows: list[Result]) -> dict[str, bytes]:
-    """Report files by name: summary.md, `<prefix>-metrics.md`, `<prefix>-confusion-matrix.png`."""
+    """Report files by name: summary.md, comparisons.csv, `<prefix>-metrics.md`,
+    `<prefix>-confusion-matrix.png`."""
     files = {"summary.md": summary_markdown(workspace, rows).encode()}
+    compared = []
     for row in rows:
         prefix = row.variant
-        files[f"{prefix}-metrics.md"] = metrics_markdown(row).encode()
+        reference = reference_of(row, rows)
+        comparison = paired(workspace, row, reference) if reference else None
+        if comparison is not None:
+            compared.append((row, reference, comparison))
+        files[f"{prefix}-metrics.md"] = metrics_markdown(
+            row, comparison, reference.variant if reference else None).encode()
         files[f"{prefix}-confusion-matrix.png"] = cached_confusion_png(
             workspace, row.result_key, prefix
         )
+    files["comparisons.csv"] = comparisons_csv(compared).encode()
     return files
 
 

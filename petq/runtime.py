@@ -6,9 +6,12 @@ invokes (it is what latency measures), `postprocess_outputs` dequantizes.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,29 @@ from petq.errors import ModelError
 
 def default_threads() -> int:
     return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Keep native libraries' start-up lines (TensorFlow's oneDNN and CUDA probes, LiteRT's
+    delegate notice) off the terminal: they print through C++ logging, which
+    TF_CPP_MIN_LOG_LEVEL does not reach before logging is initialised."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def import_keras():
+    """`keras`, imported with TensorFlow's start-up chatter kept quiet."""
+    with quiet_native_stderr():
+        import keras
+    return keras
 
 
 class Runner(ABC):
@@ -91,8 +117,7 @@ def load_keras_model(path: Path | str):
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: model file not found")
-    import keras
-
+    keras = import_keras()
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a bad file
@@ -153,13 +178,16 @@ class LiteRTRunner(Runner):
         source = self.model_source
         label = "model bytes" if isinstance(source, bytes) else str(source)
         try:
-            if isinstance(source, bytes):
-                self.interpreter = Interpreter(model_content=source, num_threads=self.threads)
-            else:
-                if not Path(source).is_file():
-                    raise ModelError(f"{source}: model file not found")
-                self.interpreter = Interpreter(model_path=str(source), num_threads=self.threads)
-            self.interpreter.allocate_tensors()
+            if not isinstance(source, bytes) and not Path(source).is_file():
+                raise ModelError(f"{source}: model file not found")
+            with quiet_native_stderr():
+                if isinstance(source, bytes):
+                    self.interpreter = Interpreter(model_content=source,
+                                                   num_threads=self.threads)
+                else:
+                    self.interpreter = Interpreter(model_path=str(source),
+                                                   num_threads=self.threads)
+                self.interpreter.allocate_tensors()
         except ModelError:
             raise
         except (ValueError, RuntimeError) as exc:

@@ -12,7 +12,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +27,7 @@ from petq.errors import ModelError, SpecError
 from petq.evaluate import compute_metrics, measure_latency, predict_all
 from petq.results import Details, Result, top_k
 from petq.runtime import KerasRunner, LiteRTRunner, Runner, default_threads, model_io
+from petq.stats import Interval, LatencyComparison, interleaved_latency
 from petq.store import DecodedStore, load_store
 from petq.types import RECIPES, Backend, ModelContract, VariantSpec, load_contract, sidecar_path
 
@@ -360,6 +361,35 @@ class Workspace:
             "results", self.result_key(spec, test_fraction), build
         )
         return _read_result(entry), built
+
+    def artifact_key(self, spec: VariantSpec) -> str:
+        """What identifies the model a spec runs: the source model's hash or the variant key."""
+        return self.model_sha if spec.is_native else self.variant_key(spec)
+
+    def latency_comparison(self, a: VariantSpec, b: VariantSpec) -> LatencyComparison:
+        """A and B timed interleaved in one measurement, with an interval on the ratio of
+        medians and the machine's load (cached: a report rerun shows the same timing)."""
+        key = key_of({"v": 1, "a": self.artifact_key(a), "b": self.artifact_key(b),
+                      "threads": self.threads, "versions": library_versions()})
+
+        def build(tmp: Path) -> dict[str, Any]:
+            store = self.store()
+            x = preprocess(np.asarray(store.pixels[0]), self.contract)
+            runners = [self.runner(a), self.runner(b)]
+            for runner in runners:
+                runner.preprocess_input(x)
+            rounds = 30 if a.is_native or b.is_native else 100
+            with runners[0].lock, runners[1].lock:
+                timing = interleaved_latency(runners[0].run_inference, runners[1].run_inference,
+                                             rounds=rounds)
+            return {"a": a.name, "b": b.name, "timing": asdict(timing)}
+
+        entry, _ = self.cache.get_or_build("latency", key, build)
+        data = dict(entry.manifest["timing"])
+        data["ratio_b_over_a"] = Interval(**data["ratio_b_over_a"])
+        for name in ("loadavg_before", "loadavg_after", "times_a_ms", "times_b_ms"):
+            data[name] = tuple(data[name])
+        return LatencyComparison(**data)
 
     def results(self, test_fraction: float | None = None) -> list[Result]:
         """Every cached result for this model and dataset: the dashboard's main query."""

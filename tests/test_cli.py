@@ -42,10 +42,25 @@ def test_every_variant_kind_through_the_cli(cli_args, tmp_path, capsys):
     i = cli_args.index
     ws = Workspace(cli_args[i("--model-path") + 1], cli_args[i("--dataset-root") + 1],
                    cli_args[i("--cache-dir") + 1], threads=1)  # fmt: skip
-    rows = {r["variant"]: r for r in ws.results(test_fraction=1.0)}
+    rows = {r.variant: r for r in ws.results(test_fraction=1.0)}
     fp32, native = rows["tflite-fp32"], rows["native"]
-    assert (f"(median {fp32['latency_p50_ms']:.2f} ms against "
-            f"{native['latency_p50_ms']:.2f} ms per image)") in summary  # fmt: skip
+    timing = ws.latency_comparison(fp32.spec, native.spec)  # cached by the report
+    assert (f"median {timing.median_a_ms:.2f} ms against {timing.median_b_ms:.2f} ms"
+            in summary)
+    # every comparison is paired: b and c of the csv are the discordant counts
+    import csv
+
+    with open(results / "comparisons.csv") as handle:
+        table = {row["variant"]: row for row in csv.DictReader(handle)}
+    assert set(table) == set(names)  # native against FP32, FP32 against native
+    assert table["tflite-fp32"]["reference"] == "native"
+    fp32_top1 = ws.details(fp32.result_key).top1
+    int8_details = ws.details(rows["tflite-int8-0.3"].result_key)
+    labels = int8_details.labels
+    b = int(((fp32_top1 == labels) & (int8_details.top1 != labels)).sum())
+    assert int(table["tflite-int8-0.3"]["b"]) == b
+    assert float(table["tflite-int8-0.3"]["accuracy_difference_low"]) <= float(
+        table["tflite-int8-0.3"]["accuracy_difference"])
     # a rerun reuses the cache, the drawn confusion matrix included
     png = (results / "tflite-fp32-confusion-matrix.png").read_bytes()
     (results / "tflite-fp32-confusion-matrix.png").unlink()
@@ -100,3 +115,35 @@ def test_python_dash_m_as_a_new_user_would(cli_args):
     )
     assert result.returncode == 0, result.stderr
     assert "tflite-fp32" in result.stdout
+
+
+def test_a_recipe_the_model_cannot_take_fails_alone(pet_root, tmp_path, capsys):
+    """LOG_SOFTMAX has no 16x8 kernel: tflite-int16x8 fails with one line naming recipe and
+    op, no traceback, nothing half-written in the cache, and tflite-fp32 is still done."""
+    import keras
+
+    from petq.types import ModelContract, save_contract
+
+    model = keras.Sequential([
+        keras.Input((32, 32, 3)),
+        keras.layers.Conv2D(4, 3),
+        keras.layers.Activation("log_softmax"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(4, name="out_layer"),
+    ])
+    path = tmp_path / "logsoftmax.keras"
+    model.save(path)
+    save_contract(path, ModelContract(input_size=(32, 32)))
+    cache = tmp_path / "cache"
+    code = main(["experiments", "--model-path", str(path), "--dataset-root", str(pet_root),
+                 "--cache-dir", str(cache), "--threads", "1", "--results-path",
+                 str(tmp_path / "results"), "--tasks", "tflite-fp32", "tflite-int16x8-0.5"])
+    captured = capsys.readouterr()
+    assert code == 1
+    errors = [line for line in captured.err.splitlines() if line.startswith("petq: error:")]
+    assert len(errors) == 1, captured.err[-3000:]
+    assert "tflite-int16x8" in errors[0] and "LOG_SOFTMAX" in errors[0], errors
+    assert "Traceback" not in captured.err
+    assert "tflite-fp32" in captured.out
+    assert (tmp_path / "results" / "tflite-fp32-metrics.md").exists()
+    assert not list(cache.rglob(".tmp-*"))
