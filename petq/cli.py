@@ -43,7 +43,8 @@ class StageBars:
     pipe or a CI log, one plain line per stage instead of thousands of carriage returns."""
 
     LABELS = {"decode": "decoding images", "calibrate": "calibrating", "convert": "converting",
-              "evaluate": "evaluating", "latency": "timing latency"}
+              "evaluate": "evaluating", "latency": "timing latency",
+              "layers": "per-layer statistics"}
 
     def __init__(self, prefix: str = ""):
         self.prefix = prefix
@@ -116,6 +117,8 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     if not results:
         raise PetqError(f"no variant could be evaluated ({', '.join(failures)})")
     written = write_reports(ws, results, args.results_path)
+    if args.layers:
+        written += write_layer_reports(ws, results, Path(args.results_path), failures)
     config = {
         "model_path": str(ws.model_path), "dataset_root": str(ws.dataset.root),
         "results_path": str(args.results_path), "test_dataset_fraction":
@@ -129,6 +132,31 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def write_layer_reports(ws, results, results_path: Path, failures: list[str]) -> list[Path]:
+    """`<prefix>-layers.csv` for every quantized variant of the run."""
+    from petq.cache import write_bytes_atomic
+    from petq.report import layers_csv
+
+    written = []
+    for result in results:
+        spec = result.spec
+        if spec.is_native or not spec.recipe.quantized:
+            continue
+        bars = StageBars(f"{spec.name}: ")
+        try:
+            stats = ws.layer_stats(spec, progress=bars)
+        except PetqError as exc:
+            bars.close()
+            print(f"petq: error: {spec.name}: per-layer statistics: {exc}", file=sys.stderr)
+            failures.append(f"{spec.name} (layers)")
+            continue
+        bars.close()
+        path = results_path / f"{spec.name}-layers.csv"
+        write_bytes_atomic(path, layers_csv(stats).encode())
+        written.append(path)
+    return written
+
+
 def result_line(result) -> str:
     """One line of a result's headline metrics, formatted by the metrics registry."""
     from petq.results import METRICS
@@ -136,6 +164,17 @@ def result_line(result) -> str:
     shown = ("accuracy", "g_mean", "top5", "latency_p50_ms", "file_size_bytes")
     return "  ".join(f"{METRICS[k].label.lower()} {METRICS[k].format(result.value(k))}"
                      for k in shown)
+
+
+def calibration_seeds(args: argparse.Namespace) -> list[int]:
+    """--seeds S1 S2 ... or --seed-count N (the lab's seed, then 1, 2, ...), else --seed."""
+    if args.seeds:
+        return list(dict.fromkeys(args.seeds))
+    if args.seed_count:
+        if args.seed_count < 1:
+            raise PetqError(f"--seed-count must be at least 1, got {args.seed_count}")
+        return [args.seed, *range(1, args.seed_count)]
+    return [args.seed]
 
 
 def resolve_specs(ws, args: argparse.Namespace) -> list[VariantSpec]:
@@ -146,9 +185,9 @@ def resolve_specs(ws, args: argparse.Namespace) -> list[VariantSpec]:
         classes = tuple(ws.class_index(c) for c in args.calibration_classes)
         specs = [s.with_calibration(Calibration(classes=classes))
                  if s.calibration.kind == "classes" else s for s in specs]
-    if args.seed != DEFAULT_CALIBRATION_SEED:
-        specs = [s.with_calibration(Calibration(s.fraction, seed=args.seed))
-                 if s.uses_seed else s for s in specs]
+    seeds = calibration_seeds(args)
+    specs = [s.with_calibration(Calibration(s.fraction, seed=seed)) if s.uses_seed else s
+             for s in specs for seed in (seeds if s.uses_seed else [None])]
     specs = list(dict.fromkeys(specs))
     for spec in specs:
         ws.calibration_samples(spec)
@@ -281,6 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="breed names or indices calibrating tflite-imbint8 (default: index 5)")
     p.add_argument("--seed", type=int, default=DEFAULT_CALIBRATION_SEED,
                    help="seed of the stratified INT8 calibration pick")
+    p.add_argument("--layers", action="store_true",
+                   help="also write <prefix>-layers.csv (per-layer quantization error) for "
+                        "each quantized variant")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, nargs="+",
+                       help="run every fraction-calibrated task once per seed (the spread "
+                            "of calibration picks shows in summary.md and Compare)")
+    seeds.add_argument("--seed-count", type=int,
+                       help="like --seeds with N seeds: --seed, then 1, 2, ...")
     p.set_defaults(func=cmd_experiments)
 
     from petq import classify  # imports petq.cli inside its functions: registered here

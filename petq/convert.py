@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from petq.errors import ModelError, PetqError, SpecError
-from petq.runtime import default_threads, load_keras_model, quiet_native_stderr
+from petq.runtime import load_keras_model, quiet_native_stderr
 from petq.types import Backend, Mode, VariantSpec
 
 Progress = Callable[[int, int], None]
@@ -113,23 +113,10 @@ def aeq_recipe(spec: VariantSpec) -> list[dict]:
 
 def _aeq(spec: VariantSpec, float_tflite: bytes, samples: Iterator[np.ndarray] | None,
          keep_float_nodes: Sequence[str]) -> bytes:
-    from ai_edge_quantizer import quantizer
+    from petq.layers import aeq_quantize
 
-    def run() -> bytes:
-        qt = quantizer.Quantizer(bytearray(float_tflite), aeq_recipe(spec))
-        if keep_float_nodes:
-            from petq.layers import aeq_keep_float
-
-            aeq_keep_float(qt, keep_float_nodes)
-        calibration_result = None
-        if qt.need_calibration:
-            signature, input_name = aeq_signature(float_tflite)
-            data = {signature: [{input_name: x} for x in samples]}
-            calibration_result = qt.calibrate(data, num_threads=default_threads())
-        return bytes(qt.quantize(calibration_result, enable_progress_report=False)
-                     .quantized_model)
-
-    return _logged(spec, "the FP32 .tflite", run)
+    return _logged(spec, "the FP32 .tflite", lambda: aeq_quantize(
+        float_tflite, aeq_recipe(spec), samples, keep_float=keep_float_nodes))
 
 
 def aeq_signature(tflite: bytes) -> tuple[str, str]:
@@ -152,8 +139,10 @@ def _logged(spec: VariantSpec, source: object, run: Callable[[], bytes]) -> byte
     with captured_output() as log:
         try:
             return run()
-        except PetqError:
-            raise
+        except PetqError as exc:
+            if spec.name in str(exc):
+                raise
+            raise type(exc)(f"{spec.name}: {exc}") from None
         except Exception as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])
             detail = next((line for line in reversed(log.read().splitlines())

@@ -144,6 +144,28 @@ def comparisons_csv(rows: list[tuple[Result, Result, PairedComparison]]) -> str:
     return out.getvalue()
 
 
+LAYER_COLUMNS = ("index", "name", "op", "error", "rmse", "mean_abs_error", "max_abs_error",
+                 "scale", "zero_point", "range_used_min", "range_used_max",
+                 "range_observed_min", "range_observed_max")
+
+
+def layers_csv(stats) -> str:
+    """`<prefix>-layers.csv`: one row per layer in graph order (error in quantization steps:
+    RMSE / scale; ranges: what the quantized tensor can hold against what the float model
+    produced on the sample)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(LAYER_COLUMNS)
+    for s in stats:
+        used = s.range_used or ("", "")
+        seen = s.range_observed or ("", "")
+        writer.writerow([s.index, s.name, s.op, "" if s.error is None else f"{s.error:.6g}",
+                         f"{s.rmse:.6g}", f"{s.mean_abs_error:.6g}", f"{s.max_abs_error:.6g}",
+                         "" if s.scale is None else f"{s.scale:.6g}",
+                         "" if s.zero_point is None else s.zero_point, *used, *seen])
+    return out.getvalue()
+
+
 def _speed_sentence(workspace, fast: Result, slow: Result) -> str:
     """Speed of `fast` against `slow`, timed interleaved; a claim only where the interval
     of the median ratio says so."""
@@ -311,11 +333,11 @@ def _trend_sentence(int8: list[Result], details: dict[str, Details]) -> str:
         text += (f"From the smallest to the largest fraction (`{smallest.variant}` to "
                  f"`{largest.variant}`): {_ci_points(c.accuracy_difference)}, McNemar p = "
                  f"{c.mcnemar.p_value:.3g}. ")
-    if len(int8) >= 3:
+    if len({r.accuracy for r in int8}) == 1:
+        text += "Every run has the same accuracy: no trend."
+    elif len(int8) >= 3:
         rho, p = spearmanr([r.spec.fraction for r in int8], [r.accuracy for r in int8])
-        if np.isnan(rho):
-            text += "Every run has the same accuracy: no trend."
-        elif p < 0.05:
+        if p < 0.05:
             direction = "rises" if rho > 0 else "falls"
             text += (f"Accuracy {direction} with calibration size (Spearman rho {rho:.2f}, "
                      f"p = {p:.3g}, over {len(int8)} runs).")

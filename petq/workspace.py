@@ -267,6 +267,61 @@ class Workspace:
         base = VariantSpec(spec.recipe, spec.calibration)
         return tuple(worst_layers(self.layer_stats(base), spec.keep_float))
 
+    LAYER_SAMPLES = 32  # test images the per-layer statistics run on
+
+    def layer_stats(self, spec: VariantSpec, progress: Stage | None = None) -> list:
+        """Per-layer quantization error of a quantized variant (cached), in graph order.
+
+        Converter INT8 recipes: each layer's own error (the debugger runs every quantized
+        op beside a float copy on the same inputs), the measure that picks layers worth
+        keeping in float. Other recipes: each op's output against the FP32 model's
+        (error carried from earlier layers included). On a seeded sample of test images.
+        """
+        from petq.layers import LayerStat
+
+        if not spec.recipe.quantized or spec.is_native:
+            raise SpecError(f"{spec.name} is not quantized: it has no quantization error")
+        debug_samples = self._layer_samples()
+        per_layer = spec.recipe.backend is Backend.TFLITE and spec.recipe.activations == "i8" \
+            and spec.recipe.calibrates and not spec.keep_float
+        key = key_of({"v": 1, "variant": self.variant_key(spec), "per_layer": per_layer,
+                      "debug": [s.image_id for s in debug_samples]})
+
+        def build(tmp: Path) -> dict[str, Any]:
+            from petq.layers import converter_layer_stats, model_layer_stats
+
+            start = time.perf_counter()
+            store = self.store(progress)
+            pixels, _ = store.pixels_of(debug_samples)
+            debug = [preprocess(np.asarray(p), self.contract) for p in pixels]
+            if progress:
+                progress("layers", 0, 1)
+            if per_layer:
+                rows, _ = store.rows(self.calibration_samples(spec))
+                calibration = (preprocess(store.pixels[r], self.contract) for r in rows)
+                stats = converter_layer_stats(self.model_path, calibration, debug,
+                                              per_channel=spec.recipe.per_channel,
+                                              threads=self.threads)
+            else:
+                entry, _ = self.tflite(spec, progress)
+                stats = model_layer_stats(self.fp32_tflite(progress),
+                                          entry.file("model.tflite").read_bytes(), debug,
+                                          threads=self.threads)
+            if progress:
+                progress("layers", 1, 1)
+            return {"variant": spec.name, "reference": "layer" if per_layer else "model",
+                    "samples": len(debug), "seconds": time.perf_counter() - start,
+                    "layers": [s.to_dict() for s in stats]}
+
+        entry, _ = self.cache.get_or_build("layers", key, build)
+        return [LayerStat.from_dict(d) for d in entry.manifest["layers"]]
+
+    def _layer_samples(self) -> list[Sample]:
+        """A seeded, stratified sample of test images for the per-layer statistics."""
+        test = self.dataset.test
+        fraction = min(1.0, self.LAYER_SAMPLES / max(len(test), 1))
+        return self.dataset.test_samples(fraction)[: self.LAYER_SAMPLES]
+
     def keras_runner(self) -> KerasRunner:
         """The source model, loaded once per workspace (for its info and the native variant)."""
         if self._keras is None:

@@ -147,3 +147,32 @@ def test_a_recipe_the_model_cannot_take_fails_alone(pet_root, tmp_path, capsys):
     assert "tflite-fp32" in captured.out
     assert (tmp_path / "results" / "tflite-fp32-metrics.md").exists()
     assert not list(cache.rglob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_layers_and_seeds_from_the_command_line(cli_args, tmp_path, capsys):
+    import csv
+
+    code = main(["experiments", *cli_args, "--tasks", "tflite-int8-0.3", "tflite-int8-0.5",
+                 "--seeds", "1234", "7", "--layers"])
+    assert code == 0, capsys.readouterr().err
+    results = tmp_path / "results"
+    for name in ("tflite-int8-0.5", "tflite-int8-0.5-s7"):
+        with open(results / f"{name}-layers.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        assert rows and [int(r["index"]) for r in rows] == sorted(int(r["index"]) for r in rows)
+        assert any(r["error"] for r in rows)
+    summary = (results / "summary.md").read_text()
+    assert "0.3: " in summary and "0.5: " in summary and "mean over 2 seeds" in summary
+    from petq.workspace import Workspace
+
+    i = cli_args.index
+    ws = Workspace(cli_args[i("--model-path") + 1], cli_args[i("--dataset-root") + 1],
+                   cli_args[i("--cache-dir") + 1], threads=1)  # fmt: skip
+    runs = [r for r in ws.results() if r.spec.lab_int8 and r.spec.fraction in (0.3, 0.5)
+            and r.spec.seed in (1234, 7)]
+    assert len(runs) == 4
+    if len({r.accuracy for r in runs}) == 1:
+        assert "Every run has the same accuracy: no trend." in summary
+    else:  # 4 runs: the trend is tested, not eyeballed
+        assert "Spearman" in summary

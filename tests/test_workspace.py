@@ -191,3 +191,26 @@ def test_unreadable_image_is_skipped_with_a_counted_warning(tiny_model, tmp_path
         row, _ = ws.evaluate(VariantSpec.fp32())
     assert row.n_images == len(ws.dataset.test) - 1
     assert row.skipped_images == 1
+
+
+@pytest.mark.slow
+def test_layer_stats_and_keeping_the_worst_layers_in_float(workspace):
+    from petq.layers import quantized_ops
+
+    base = VariantSpec.int8(0.5)
+    stats = workspace.layer_stats(base)
+    quantized = [s for s in stats if s.error is not None]
+    assert quantized and all(np.isfinite(s.error) and s.error >= 0 for s in quantized)
+    assert [s.index for s in stats] == sorted(s.index for s in stats)
+    assert workspace.layer_stats(base) == stats  # cached
+    keep = VariantSpec.of("tflite-int8", 0.5, keep_float=1)
+    kept = workspace.kept_float_layers(keep)
+    assert kept == (max(quantized, key=lambda s: (s.error, -s.index)).name,)
+    base_ops = quantized_ops(workspace.tflite(base)[0].file("model.tflite").read_bytes())
+    keep_ops = quantized_ops(workspace.tflite(keep)[0].file("model.tflite").read_bytes())
+    assert len(keep_ops) == len(base_ops) - 1
+    assert kept[0] not in {name for _, name in keep_ops}
+    result, _ = workspace.evaluate(keep)
+    assert result.variant == "tflite-int8-0.5-keep1" and result.accuracy >= 0.75
+    aeq = workspace.layer_stats(VariantSpec.of("aeq-wi8-ai8", 0.5))
+    assert any(s.error is not None for s in aeq)
