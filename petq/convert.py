@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from petq.errors import ModelError, PetqError, SpecError
-from petq.runtime import load_keras_model, quiet_native_stderr
+from petq.runtime import import_tensorflow, load_keras_model
 from petq.types import Backend, Mode, VariantSpec
 
 Progress = Callable[[int, int], None]
@@ -55,8 +55,7 @@ def convert(
 
 def _tflite(model_path: Path | str, spec: VariantSpec, samples: Iterator[np.ndarray] | None,
             keep_float_nodes: Sequence[str]) -> bytes:
-    with quiet_native_stderr():
-        import tensorflow as tf
+    tf = import_tensorflow()
 
     recipe = spec.recipe
     model = load_keras_model(model_path)

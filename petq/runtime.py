@@ -40,10 +40,28 @@ def quiet_native_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+_TF_PROBED = threading.Event()
+
+
+def import_tensorflow():
+    """`tensorflow`, imported and its devices probed once with the start-up chatter (oneDNN
+    notice, CUDA probes, which print lazily on first use) kept off the terminal."""
+    if not _TF_PROBED.is_set():
+        with quiet_native_stderr():
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        _TF_PROBED.set()
+    import tensorflow as tf
+
+    return tf
+
+
 def import_keras():
-    """`keras`, imported with TensorFlow's start-up chatter kept quiet."""
-    with quiet_native_stderr():
-        import keras
+    """`keras`, with TensorFlow imported quietly first (see `import_tensorflow`)."""
+    import_tensorflow()
+    import keras
+
     return keras
 
 
@@ -136,7 +154,7 @@ def model_io(path: Path | str) -> dict[str, Any]:
     if path.suffix == ".tflite":
         runner = LiteRTRunner(path, 1)
         params = _constant_elements(runner.interpreter)
-        shape = list(runner.input_shape[1:])
+        shape = [int(d) for d in runner.input_shape[1:]]
         classes = runner.num_classes
     else:
         model = load_keras_model(path)

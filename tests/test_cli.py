@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,12 +110,21 @@ def test_missing_dataset_and_bad_fraction(tmp_path, tiny_model, capsys):
 
 
 def test_python_dash_m_as_a_new_user_would(cli_args):
+    """Piped, as in CI: plain progress lines, none of TensorFlow's or the converter's chatter."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     result = subprocess.run(
-        [sys.executable, "-m", "petq", "experiments", *cli_args, "--tasks", "tflite-fp32"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        [sys.executable, "-m", "petq", "experiments", *cli_args, "--tasks", "tflite-fp32",
+         "tflite-int8-0.6"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300, env=env,
     )
     assert result.returncode == 0, result.stderr
-    assert "tflite-fp32" in result.stdout
+    assert "tflite-fp32" in result.stdout and "tflite-int8-0.6" in result.stdout
+    assert "\r" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert "tflite-int8-0.6: calibrating (24 images)" in lines, lines
+    assert len(lines) < 20, result.stderr
+    for chatter in ("oneDNN", "cuda", "fully_quantize", "XNNPACK", "absl"):
+        assert chatter not in result.stderr, result.stderr
 
 
 def test_a_recipe_the_model_cannot_take_fails_alone(pet_root, tmp_path, capsys):

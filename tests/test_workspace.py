@@ -214,3 +214,25 @@ def test_layer_stats_and_keeping_the_worst_layers_in_float(workspace):
     assert result.variant == "tflite-int8-0.5-keep1" and result.accuracy >= 0.75
     aeq = workspace.layer_stats(VariantSpec.of("aeq-wi8-ai8", 0.5))
     assert any(s.error is not None for s in aeq)
+
+
+@pytest.mark.slow
+def test_a_float_tflite_source_model(workspace, pet_root, tmp_path):
+    """A float .tflite as the source: contract from the file, fp32 is the file itself, AI Edge
+    Quantizer recipes quantize it, native and converter recipes say why not."""
+    fp32 = workspace.tflite(VariantSpec.fp32())[0].file("model.tflite")
+    source = tmp_path / "bring-your-own.tflite"
+    source.write_bytes(fp32.read_bytes())  # no sidecar: size and classes from the model
+    ws = Workspace(source, pet_root, tmp_path / "cache", threads=1)
+    assert ws.contract.input_size == workspace.contract.input_size
+    assert ws.class_names == workspace.class_names
+    assert ws.model_info()["param_count"] > 0
+    result, _ = ws.evaluate(VariantSpec.fp32())
+    assert result.accuracy == workspace.evaluate(VariantSpec.fp32())[0].accuracy
+    assert ws.tflite(VariantSpec.fp32())[0].file("model.tflite").read_bytes() == fp32.read_bytes()
+    aeq, _ = ws.evaluate(VariantSpec.of("aeq-wi8-ai8", 0.5))
+    assert aeq.accuracy >= 0.75
+    with pytest.raises(SpecError, match="no native variant"):
+        ws.evaluate(VariantSpec.native())
+    with pytest.raises(ModelError, match="takes a Keras model"):
+        ws.tflite(VariantSpec.int8(0.5))
