@@ -1,29 +1,133 @@
-"""Comparing variants: tables with deltas, per-class views and Plotly figures.
+"""Comparing variants: tables with deltas and paired statistics, per-breed views, seed
+spread and Plotly figures.
 
-Pure functions over `Workspace.results()` and `Workspace.details()` records,
-so the dashboard pages only lay them out. No streamlit here.
+Pure functions over `Workspace.results()` (`Result`) and `Workspace.details()`
+(`Details`) records, so the dashboard pages only lay them out. Column labels and
+number formats come from `petq.results.METRICS` through `columns_for`. No streamlit here.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from petq.errors import PetqError
+from petq import stats
+from petq.errors import PetqError, SpecError
 from petq.evaluate import agreement
 from petq.results import METRICS, QUALITY, Details, Result
 from petq.runtime import Runner, softmax
-from petq.types import RECIPES, VariantSpec
+from petq.types import DEFAULT_CALIBRATION_SEED, RECIPES, Backend, Recipe, VariantSpec
+
+LEVEL = 0.95  # confidence level of every interval shown; McNemar's test at 1 - LEVEL
+RESAMPLES = 2000  # bootstrap resamples of the paired accuracy interval
+BACKEND_LABELS = {Backend.KERAS: "Keras", Backend.TFLITE: "TFLite converter",
+                  Backend.AEQ: "AI Edge Quantizer"}
+MAX_SEEDS = 20  # calibration seeds one request may ask for
+
+
+# ---------------------------------------------------------------- columns
+
+
+@dataclass(frozen=True)
+class Column:
+    """How a table column is shown: its label, a printf format for numbers (None: text)
+    and a tooltip. `petq.results.METRICS` is the source for every metric column."""
+
+    label: str
+    format: str | None = None
+    help: str = ""
+
+
+_SPEC = re.compile(r"^(?P<comma>,)?(?:\.(?P<digits>\d+))?(?P<kind>[dfe])$")
+
+
+def printf_format(fmt: str, signed: bool = False) -> str:
+    """A Python format spec from the registry (`.4f`, `,d`) as a printf format for
+    `st.column_config.NumberColumn` (`%.4f`, `%,d`); `signed` adds `+` for deltas."""
+    m = _SPEC.match(fmt)
+    if not m:
+        raise ValueError(f"no printf equivalent for the format {fmt!r}")
+    return ("%" + (m["comma"] or "") + ("+" if signed else "")
+            + (f".{m['digits']}" if m["digits"] else "") + m["kind"])
+
+
+COLUMNS: dict[str, Column] = {
+    "variant": Column("Variant"),
+    "scheme": Column("Scheme", help="What is quantized, AI Edge Quantizer style: wi8_ai8 = "
+                                     "int8 weights and int8 activations, wf16_afp32 = float16 "
+                                     "weights and float32 activations"),
+    "backend": Column("Backend", help="What made the variant"),
+    "recipe": Column("Recipe"),
+    "fraction": Column("Calibration fraction", "%.2f"),
+    "test_fraction": Column("Test fraction", "%.2f"),
+    "n_images": Column("Test images", "%,d"),
+    "calibration_count": Column("Calibration images", "%,d"),
+    "accuracy_ci": Column(f"Δ accuracy [{LEVEL:.0%} CI]",
+                          help="Accuracy minus the reference's, with a paired bootstrap "
+                               f"interval ({RESAMPLES} resamples of the test images)"),
+    "mcnemar_bc": Column("b / c", help="McNemar's counts: b = images the reference gets "
+                                      "right and the variant wrong, c = the reverse"),
+    "mcnemar_p": Column("McNemar p", "%.3f",
+                        help="Exact McNemar test on the images where exactly one is right"),
+    "significant": Column(f"Significant ({1 - LEVEL:.0%})",
+                          help=f"✱: McNemar p < {1 - LEVEL:g}: the accuracy difference from "
+                               "the reference is unlikely to be chance"),
+    "breed": Column("Breed"),
+    "n": Column("Test images", "%d"),
+    "reference_recall": Column("Reference sensitivity", "%.3f"),
+    "variant_recall": Column("Variant sensitivity", "%.3f"),
+    "difference": Column("Δ sensitivity", "%+.3f"),
+    "difference_ci": Column(f"Δ sensitivity [{LEVEL:.0%} CI]",
+                            help="Newcombe's paired interval on the breed's test images"),
+    "b": Column("b", "%d", help="images of the breed the reference gets right, the variant "
+                                "wrong"),
+    "c": Column("c", "%d", help="the reverse"),
+    "p_value": Column("McNemar p", "%.3f"),
+    "p_adjusted": Column("Holm-adjusted p", "%.3f",
+                         help="Adjusted over all breeds: answers 'is any breed hurt at all'"),
+    "seeds": Column("Seeds", "%d"),
+    "status": Column("Status", help="cached, running (in a job), to do, or skipped"),
+    "reason": Column("Why skipped"),
+}
+_SPREAD = {"mean": "mean", "std": "std over seeds", "low": f"{LEVEL:.0%} CI low",
+           "high": f"{LEVEL:.0%} CI high", "min": "min", "max": "max"}
+
+
+def column(key: str) -> Column:
+    """The label, format and help of one table column: a metric (`accuracy`), its delta
+    (`accuracy_delta`), a seed-spread statistic (`accuracy_mean`) or a descriptive one."""
+    if key in METRICS:
+        m = METRICS[key]
+        return Column(m.label, printf_format(m.fmt), m.help)
+    base, _, suffix = key.rpartition("_")
+    if base in METRICS:
+        m = METRICS[base]
+        if suffix == "delta":
+            return Column(f"Δ {m.label}", printf_format(m.fmt, signed=True),
+                          f"{m.label} minus the reference's")
+        if suffix in _SPREAD:
+            return Column(f"{m.label} {_SPREAD[suffix]}", printf_format(m.fmt), m.help)
+    return COLUMNS.get(key, Column(key))
+
+
+def columns_for(keys: Iterable[str]) -> dict[str, Column]:
+    """`column(key)` for each column of a table (for `st.column_config`)."""
+    return {key: column(key) for key in keys}
+
+
+# ---------------------------------------------------------------- results
 
 
 def label(metric: str) -> str:
-    return METRICS[metric].label if metric in METRICS else metric
+    return column(metric).label
 
 
 def latest_per_variant(results: Sequence[Result]) -> list[Result]:
@@ -43,8 +147,8 @@ def test_fractions(results: Sequence[Result]) -> list[float]:
 
 
 TABLE_METRICS = ("accuracy", "mean_precision", "mean_sensitivity", "g_mean", "top5",
-                 "latency_p50_ms", "latency_p95_ms", "file_size_bytes", "compression_ratio",
-                 "agreement")
+                 "latency_p50_ms", "latency_mean_ms", "latency_p95_ms", "file_size_bytes",
+                 "compression_ratio", "agreement")
 
 
 def comparison_table(
@@ -70,7 +174,8 @@ def comparison_table(
     records = []
     for result in results:
         record: dict[str, Any] = {
-            "variant": result.variant, "backend": result.spec.recipe.backend.value,
+            "variant": result.variant,
+            "backend": BACKEND_LABELS[result.spec.recipe.backend],
             "scheme": result.scheme, "description": result.description,
             "result_key": result.result_key, "n_images": result.n_images,
             "test_fraction": result.test_fraction, "calibration_count": result.calibration_count,
@@ -99,14 +204,268 @@ def comparison_table(
     return table
 
 
-def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The comparison table for people: metric then its delta, labels from the registry."""
-    out = pd.DataFrame({"Variant": table["variant"], "Scheme": table["scheme"]})
-    for metric in TABLE_METRICS:
-        out[label(metric)] = table[metric]
-        out[f"Δ {label(metric)}"] = table[f"{metric}_delta"]
-    out["Test images"] = table["n_images"]
-    return out.set_index("Variant")
+HOME_VIEW = ("variant", "scheme", "backend", "accuracy", "g_mean", "top5", "latency_p50_ms",
+             "file_size_bytes", "calibration_count")
+COMPARE_VIEW = ("variant", "scheme", "accuracy", "accuracy_ci", "significant", "mcnemar_bc",
+                "mcnemar_p", "g_mean", "g_mean_delta", "top5", "mean_precision",
+                "mean_sensitivity", "latency_p50_ms", "latency_p50_ms_delta", "latency_p95_ms",
+                "file_size_bytes", "compression_ratio", "agreement", "n_images")
+
+
+def view(table: pd.DataFrame, keys: Sequence[str] = HOME_VIEW,
+         paired: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The table's columns `keys` (paired statistics joined by variant), variant as index."""
+    out = table.set_index("variant")
+    if paired is not None:
+        out = out.join(paired, how="left")
+    return out.reindex(columns=[k for k in keys if k != "variant"])
+
+
+# ---------------------------------------------------------------- paired statistics
+
+
+def paired_comparison(details: Details, reference: Details, resamples: int = RESAMPLES,
+                      seed: int = 0) -> stats.PairedComparison:
+    """Variant against reference on the same test images: paired bootstrap intervals of
+    accuracy and G-Mean and the exact McNemar test (`petq.stats.compare_paired`)."""
+    _same_images(details, reference)
+    return stats.compare_paired(details.labels, details.top1, reference.top1,
+                                len(details.class_names), resamples=resamples, seed=seed,
+                                level=LEVEL)
+
+
+def _same_images(details: Details, reference: Details) -> None:
+    if not details.same_images(reference) or not np.array_equal(details.labels,
+                                                                reference.labels):
+        raise ValueError("the two results were evaluated on different test images")
+
+
+def interval_text(interval: stats.Interval, fmt: str) -> str:
+    """`-0.0135 [-0.0270, +0.0000]` in a registry format, signed."""
+    def signed(v: float) -> str:
+        return "n/a" if math.isnan(v) else format(v, "+" + fmt)
+
+    return f"{signed(interval.estimate)} [{signed(interval.low)}, {signed(interval.high)}]"
+
+
+def paired_table(comparisons: Mapping[str, stats.PairedComparison | None]) -> pd.DataFrame:
+    """One line per variant: Δ accuracy with its interval, McNemar's b/c, p and a mark (✱)
+    when significant. A variant mapped to None (the reference itself, or other test
+    images) gets empty cells."""
+    fmt = METRICS["accuracy"].fmt
+    records = []
+    for variant, pc in comparisons.items():
+        if pc is None:
+            records.append({"variant": variant, "accuracy_ci": "", "mcnemar_bc": "",
+                            "mcnemar_p": math.nan, "significant": ""})
+            continue
+        records.append({
+            "variant": variant,
+            "accuracy_ci": interval_text(pc.accuracy_difference, fmt),
+            "mcnemar_bc": f"{pc.mcnemar.b} / {pc.mcnemar.c}",
+            "mcnemar_p": pc.mcnemar.p_value,
+            "significant": "✱" if pc.significant else "",
+        })
+    columns = ["accuracy_ci", "mcnemar_bc", "mcnemar_p", "significant"]
+    if not records:
+        return pd.DataFrame(columns=columns, index=pd.Index([], name="variant"))
+    return pd.DataFrame.from_records(records).set_index("variant")[columns]
+
+
+def paired_verdict(variant: str, reference: str, pc: stats.PairedComparison) -> str:
+    """One sentence: the accuracy difference, its interval and whether it is real."""
+    d, m = pc.accuracy_difference, pc.mcnemar
+    text = (f"`{variant}` − `{reference}`: accuracy {interval_text(d, '.4f')} "
+            f"({LEVEL:.0%} CI); McNemar b = {m.b}, c = {m.c}, p = {m.p_value:.3g}")
+    if pc.significant:
+        return text + f": a real difference at {1 - LEVEL:.0%}."
+    return text + ": within chance."
+
+
+BREED_VIEW = ("reference_recall", "variant_recall", "difference_ci", "b", "c", "p_value",
+              "p_adjusted")
+
+
+def breed_changes(details: Details, reference: Details) -> pd.DataFrame:
+    """Per breed present in the test images: both sensitivities, the change (variant −
+    reference) with Newcombe's paired interval, McNemar's b/c/p, Holm-adjusted p, and
+    `hurt` / `helped` when the interval excludes zero (`petq.stats.per_class_changes`)."""
+    _same_images(details, reference)
+    names = details.class_names
+    changes = stats.per_class_changes(details.labels, details.top1, reference.top1,
+                                      len(names), level=LEVEL)
+    records = [{
+        "breed": names[ch.class_index] if ch.class_index < len(names) else str(ch.class_index),
+        "n": ch.n, "reference_recall": ch.reference_recall, "variant_recall": ch.variant_recall,
+        "difference": ch.difference, "low": ch.low, "high": ch.high,
+        "difference_ci": interval_text(stats.Interval(ch.difference, ch.low, ch.high, LEVEL),
+                                       ".3f"),
+        "b": ch.b, "c": ch.c, "p_value": ch.p_value, "p_adjusted": ch.p_adjusted,
+        "hurt": ch.hurt, "helped": ch.helped,
+    } for ch in changes]
+    columns = ["n", "reference_recall", "variant_recall", "difference", "low", "high",
+               "difference_ci", "b", "c", "p_value", "p_adjusted", "hurt", "helped"]
+    if not records:
+        return pd.DataFrame(columns=columns, index=pd.Index([], name="breed"))
+    return pd.DataFrame.from_records(records).set_index("breed")[columns]
+
+
+def hurt_breeds(changes: pd.DataFrame) -> pd.DataFrame:
+    """Breeds whose sensitivity interval lies entirely below zero, worst first."""
+    return changes[changes["hurt"].astype(bool)].sort_values("difference", kind="stable")
+
+
+def most_hurt(changes_by_variant: Mapping[str, pd.DataFrame]) -> str | None:
+    """The variant with the most hurt breeds (ties: the larger summed drop), if any."""
+    if not changes_by_variant:
+        return None
+
+    def badness(item: tuple[str, pd.DataFrame]) -> tuple[int, float]:
+        changes = item[1]
+        return (int(changes["hurt"].sum()) if len(changes) else 0,
+                -float(changes["difference"].clip(upper=0).sum()) if len(changes) else 0.0)
+
+    return max(changes_by_variant.items(), key=badness)[0]
+
+
+# ---------------------------------------------------------------- calibration seeds
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """Calibration seeds from `1234`, `1, 2, 3`, `1 2 3` or a range `1-5` (mixed too),
+    in order, without repeats. Raises SpecError on anything else."""
+    seeds: list[int] = []
+    for part in re.split(r"[,\s]+", text.strip()):
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise SpecError(f"seeds: {part!r} is not a seed (a whole number >= 0) or a range "
+                            "like 1-5")
+        first, last = int(m[1]), int(m[2] or m[1])
+        if last < first:
+            raise SpecError(f"seeds: the range {part!r} runs backwards")
+        if last - first + 1 > MAX_SEEDS:
+            raise SpecError(f"seeds: {part!r} asks for {last - first + 1} seeds; at most "
+                            f"{MAX_SEEDS} at once")
+        seeds.extend(range(first, last + 1))
+    seeds = list(dict.fromkeys(seeds))
+    if not seeds:
+        raise SpecError("seeds: give at least one seed, e.g. 1234 or 1-5")
+    if len(seeds) > MAX_SEEDS:
+        raise SpecError(f"seeds: {len(seeds)} seeds; at most {MAX_SEEDS} at once")
+    return tuple(seeds)
+
+
+def recipe_groups() -> dict[str, list[Recipe]]:
+    """The registry's recipes by backend label (Keras, TFLite converter, AI Edge
+    Quantizer), in registry order."""
+    groups: dict[str, list[Recipe]] = {label: [] for label in BACKEND_LABELS.values()}
+    for recipe in RECIPES.values():
+        groups[BACKEND_LABELS[recipe.backend]].append(recipe)
+    return {k: v for k, v in groups.items() if v}
+
+
+def requested_specs(recipe: str | Recipe, fraction: float | None = None,
+                    seeds: Sequence[int] = (), classes: Sequence[int] = ()) -> list[VariantSpec]:
+    """The specs one request asks for: one per seed for a fraction, one for breeds, one
+    for a recipe that does not calibrate."""
+    recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
+    if not recipe.calibrates:
+        return [VariantSpec.of(recipe.key)]
+    if classes:
+        return [VariantSpec.of(recipe.key, classes=tuple(classes))]
+    if fraction is None:
+        raise SpecError(f"{recipe.key} needs a calibration fraction or breeds")
+    return [VariantSpec.of(recipe.key, fraction, seed=s)
+            for s in (tuple(seeds) or (DEFAULT_CALIBRATION_SEED,))]
+
+
+PLAN_METRICS = ("accuracy", "g_mean", "latency_p50_ms", "file_size_bytes", "calibration_count")
+
+
+def plan_table(tasks: Sequence[Mapping[str, Any]], cached: Mapping[str, Result]
+               ) -> pd.DataFrame:
+    """`petq.jobs.plan` entries as a table: status, why skipped, and the figures of those
+    already cached (`cached`: variant name -> result)."""
+    records = []
+    for task in tasks:
+        result = cached.get(task["name"])
+        records.append({"variant": task["name"], "status": task["status"],
+                        "reason": task["reason"] or "",
+                        **{m: getattr(result, m) if result else math.nan for m in PLAN_METRICS}})
+    columns = ["status", "reason", *PLAN_METRICS]
+    if not records:
+        return pd.DataFrame(columns=columns, index=pd.Index([], name="variant"))
+    return pd.DataFrame.from_records(records).set_index("variant")[columns]
+
+
+def _seed_group(spec: VariantSpec) -> tuple[str, float, int] | None:
+    if spec.calibration.kind != "fraction":
+        return None
+    return (spec.recipe.key, float(spec.fraction), spec.keep_float)
+
+
+def seed_spread_table(results: Sequence[Result], metric: str = "accuracy",
+                      min_seeds: int = 2) -> pd.DataFrame:
+    """Per (recipe, calibration fraction) evaluated with at least `min_seeds` seeds: the
+    metric's mean, std, t-interval of the mean, min and max over seeds
+    (`petq.stats.seed_spread`). Columns `<metric>_mean` etc."""
+    groups: dict[tuple[str, float, int], list[Result]] = {}
+    for result in latest_per_variant(results):
+        key = _seed_group(result.spec)
+        if key is not None:
+            groups.setdefault(key, []).append(result)
+    records = []
+    for (recipe, fraction, keep), members in groups.items():
+        if len({r.spec.seed for r in members}) < min_seeds:
+            continue
+        spread = stats.seed_spread([r.value(metric) for r in members], level=LEVEL)
+        records.append({
+            "recipe": recipe + (f" keep{keep}" if keep else ""), "fraction": fraction,
+            "seeds": spread.n, f"{metric}_mean": spread.mean, f"{metric}_std": spread.std,
+            f"{metric}_low": spread.low, f"{metric}_high": spread.high,
+            f"{metric}_min": spread.min, f"{metric}_max": spread.max,
+            "values": tuple(float(r.value(metric)) for r in members),
+        })
+    columns = ["recipe", "fraction", "seeds"] + [f"{metric}_{s}" for s in _SPREAD] + ["values"]
+    table = pd.DataFrame.from_records(records, columns=columns)
+    return table.sort_values(["recipe", "fraction"], kind="stable").reset_index(drop=True)
+
+
+def seed_spread_figure(table: pd.DataFrame, metric: str = "accuracy") -> go.Figure:
+    """Mean over seeds per calibration fraction with its t-interval as error bars, one line
+    per recipe; each seed's own value as a small dot."""
+    name = label(metric)
+    fig = go.Figure()
+    for recipe, rows in table.groupby("recipe", sort=False):
+        mean, low, high = (rows[f"{metric}_{s}"] for s in ("mean", "low", "high"))
+        fig.add_scatter(
+            x=list(rows["fraction"]), y=list(mean), mode="lines+markers", name=str(recipe),
+            error_y=dict(type="data", symmetric=False, array=list(high - mean),
+                         arrayminus=list(mean - low)),
+            customdata=np.stack([rows["seeds"], rows[f"{metric}_std"], low, high], axis=1),
+            hovertemplate=(f"<b>{recipe}</b><br>fraction %{{x:g}}<br>{name} mean %{{y:.4f}}"
+                           "<br>std %{customdata[1]:.4f} over %{customdata[0]} seeds<br>"
+                           f"{LEVEL:.0%} CI [%{{customdata[2]:.4f}}, %{{customdata[3]:.4f}}]"
+                           "<extra></extra>"),
+        )
+        xs = [f for f, values in zip(rows["fraction"], rows["values"], strict=True)
+              for _ in values]
+        ys = [v for values in rows["values"] for v in values]
+        fig.add_scatter(x=xs, y=ys, mode="markers", name=f"{recipe}: each seed",
+                        marker=dict(size=6, color="rgba(80,80,80,0.45)"),
+                        hovertemplate="fraction %{x:g}<br>" + name + " %{y:.4f}<extra></extra>")
+    fractions = table["fraction"] if len(table) else pd.Series(dtype=float)
+    if len(fractions) and fractions.max() / max(fractions.min(), 1e-9) > 8:
+        fig.update_xaxes(type="log")
+    fig.update_xaxes(title="calibration fraction of trainval")
+    fig.update_yaxes(title=name)
+    return _layout(fig, f"{name} over calibration seeds: mean and {LEVEL:.0%} interval",
+                   height=420, legend="right")
+
+
+# ---------------------------------------------------------------- per class
 
 
 def per_class_sensitivity(results: Sequence[Result], details_by_key: Mapping[str, Details]
@@ -124,18 +483,10 @@ def per_class_sensitivity(results: Sequence[Result], details_by_key: Mapping[str
 
 
 def per_class_delta(sensitivity: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Each variant's per-class sensitivity minus the reference's (negative: hurt)."""
+    """Each variant's per-class sensitivity minus the reference's (negative: lower)."""
     if reference not in sensitivity.columns:
         return pd.DataFrame(index=sensitivity.index)
     return sensitivity.sub(sensitivity[reference], axis=0).drop(columns=[reference])
-
-
-def hurt_classes(delta: pd.DataFrame, variant: str, threshold: float = 0.0) -> pd.Series:
-    """Classes whose sensitivity the variant lowers by more than `threshold`, worst first."""
-    if variant not in delta.columns:
-        return pd.Series(dtype=float)
-    column = delta[variant].dropna()
-    return column[column < -threshold].sort_values()
 
 
 def confusion_difference(details: Details, reference: Details) -> np.ndarray:
@@ -168,7 +519,7 @@ def available_variants(ws: Any) -> list[tuple[VariantSpec, str]]:
     """native, plus every variant whose .tflite is cached for this workspace's model,
     with the key that identifies its artifact (the model hash for native).
     """
-    out = [(VariantSpec.native(), ws.model_sha)]
+    out = [] if ws.source_is_tflite else [(VariantSpec.native(), ws.model_sha)]
     for entry in ws.cache.entries("variants"):
         manifest = entry.manifest
         if manifest.get("model_sha") != ws.model_sha:
@@ -196,7 +547,7 @@ def classify(
         scores = runner.predict(x)
         latency_ms = (time.perf_counter() - start) * 1000.0
         probs = softmax(scores)
-        order = np.argsort(probs)[::-1][:k]
+        order = np.argsort(-probs, kind="stable")[:k]
         out.append({
             "variant": name,
             "top": [(class_names[i] if i < len(class_names) else str(i), float(probs[i]))
@@ -258,7 +609,7 @@ def metric_bars(table: pd.DataFrame, metrics: Sequence[str] = QUALITY,
             hovertemplate="%{x}<br>" + label(metric) + ": %{y:.4g}<extra></extra>",
         )
     fig.update_layout(barmode="group")
-    fig.update_xaxes(tickangle=-30)
+    fig.update_xaxes(tickangle=-30, automargin=True)
     if all(m in QUALITY for m in metrics):
         fig.update_yaxes(range=[0, 1.0])
     return _layout(fig, title)
@@ -277,15 +628,15 @@ def pareto_scatter(table: pd.DataFrame, x: str = "latency_p50_ms", y: str = "acc
     front_names = pareto_front(data, x, y)
     for _, row in data.iterrows():
         on_front = row["variant"] in front_names
+        size = float(row["file_size_bytes"]) if pd.notna(row["file_size_bytes"]) else 0.0
         fig.add_scatter(
             x=[row[x]], y=[row[y]], mode="markers", name=str(row["variant"]),
-            marker=dict(size=[float(row["file_size_bytes"] or 0)], sizemode="area",
-                        sizeref=scale, sizemin=7, opacity=0.8,
+            marker=dict(size=[size], sizemode="area", sizeref=scale, sizemin=7, opacity=0.8,
                         line=dict(width=2 if on_front else 1,
                                   color="#222" if on_front else "#888")),
-            hovertemplate=(f"<b>{row['variant']}</b><br>{label(x)}: %{{x:.3f}}<br>"
-                           f"{label(y)}: %{{y:.4f}}<br>size: "
-                           f"{human_size(row['file_size_bytes'])}"
+            hovertemplate=(f"<b>{row['variant']}</b> ({row['scheme']})<br>{label(x)}: "
+                           f"%{{x:.3f}}<br>{label(y)}: %{{y:.4f}}<br>size: "
+                           f"{human_size(size)}"
                            + ("<br>on the Pareto front" if on_front else "")
                            + "<extra></extra>"),
         )
@@ -307,9 +658,10 @@ def pareto_scatter(table: pd.DataFrame, x: str = "latency_p50_ms", y: str = "acc
 
 def _square_axes(fig: go.Figure, names: Sequence[str], y_labels: bool) -> None:
     font = dict(size=9 if len(names) > 12 else 11)
-    fig.update_xaxes(title="predicted breed", tickangle=-90, dtick=1, tickfont=font)
+    fig.update_xaxes(title="predicted breed", tickangle=-90, dtick=1, tickfont=font,
+                     automargin=True)
     fig.update_yaxes(title="true breed" if y_labels else None, autorange="reversed", dtick=1,
-                     tickfont=font, showticklabels=y_labels)
+                     tickfont=font, showticklabels=y_labels, automargin=True)
 
 
 def confusion_heatmap(details: Details, title: str, zmax: float | None = None,
@@ -343,25 +695,26 @@ def difference_heatmap(diff: np.ndarray, class_names: Sequence[str], title: str)
 
 def per_class_heatmap(sensitivity: pd.DataFrame, reference: str | None = None,
                       title: str = "Per-class sensitivity") -> go.Figure:
-    """Classes x variants. With a reference: the change from it (red: the variant hurts)."""
+    """Classes x variants. With a reference: the change from it (red: lower sensitivity)."""
     if reference is not None and reference in sensitivity.columns:
         values = per_class_delta(sensitivity, reference)
         limit = float(np.nanmax(np.abs(values.to_numpy(dtype=float)))) if values.size else 0.0
         limit = max(limit, 0.05) if np.isfinite(limit) else 0.05
         kwargs = dict(colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit)
-        label = "change from " + reference
+        what = "change from " + reference
         hover = "%{z:+.3f}"
     else:
         values = sensitivity
         kwargs = dict(colorscale="Viridis", zmin=0, zmax=1)
-        label = "sensitivity"
+        what = "sensitivity"
         hover = "%{z:.3f}"
     fig = go.Figure(go.Heatmap(
         z=values.to_numpy(dtype=float), x=list(values.columns), y=list(values.index),
-        hovertemplate="breed: %{y}<br>variant: %{x}<br>" + label + ": " + hover
+        hovertemplate="breed: %{y}<br>variant: %{x}<br>" + what + ": " + hover
         + "<extra></extra>", **kwargs,
     ))
-    fig.update_yaxes(autorange="reversed", dtick=1,
+    fig.update_xaxes(tickangle=-30, automargin=True)
+    fig.update_yaxes(autorange="reversed", dtick=1, automargin=True,
                      tickfont=dict(size=9 if len(values.index) > 12 else 11))
     return _layout(fig, title, height=max(360, 15 * len(values.index) + 160), legend="none")
 
@@ -380,18 +733,11 @@ def default_pair(table: pd.DataFrame, reference: str) -> str:
     return str(ranked["variant"].iloc[0])
 
 
-def most_hurt(delta: pd.DataFrame) -> str | None:
-    """The variant whose per-class sensitivity losses add up most."""
-    if delta.empty or not len(delta.columns):
-        return None
-    return str(delta.clip(upper=0).sum().idxmin())
-
-
 def calibration_histogram(histogram: Mapping[str, int], title: str) -> go.Figure:
     """Calibration images per class."""
     counts = list(histogram.values())
     fig = go.Figure(go.Bar(x=list(histogram), y=counts,
                            hovertemplate="%{x}: %{y} images<extra></extra>"))
-    fig.update_xaxes(tickangle=-60, dtick=1)
+    fig.update_xaxes(tickangle=-60, dtick=1, automargin=True)
     fig.update_yaxes(title="images", tick0=0, dtick=max(1, math.ceil(max(counts or [1]) / 5)))
     return _layout(fig, title, height=420, legend="none")

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import streamlit as st
 
-import pages as ui
+from app import common
 from petq import compare
-from petq.data import decode, open_image, preprocess
+from petq.data import UPLOAD_TYPES, decode, open_image, preprocess
 from petq.errors import ImageError, PetqError
 
 PER_ROW = 3  # variant cards per row next to a photo
 
-ws = ui.workspace_page("Classify")
+ws = common.workspace_page("Classify")
 
-variants = ui.available_variants(ws)
+variants = common.available_variants(ws)
 st.session_state["classify_variants"] = [
     n for n in st.session_state.get("classify_variants", list(variants)) if n in variants
 ]
 chosen = st.multiselect("Variants", list(variants), key="classify_variants",
                         help="native and every variant converted so far.")
-files = st.file_uploader("Pet photos (JPEG, PNG, WebP)", type=["jpg", "jpeg", "png", "webp"],
-                         accept_multiple_files=True, key="classify_upload")
+files = st.file_uploader("Pet photos", type=list(UPLOAD_TYPES), accept_multiple_files=True,
+                         key="classify_upload",
+                         help="Whatever petq's decoder reads: " + ", ".join(UPLOAD_TYPES)
+                         + ". EXIF rotation is applied, transparency goes on white.")
 shot = None
 if st.toggle("Use the camera", key="classify_use_camera"):
     shot = st.camera_input("Take a photo", key="classify_camera")
@@ -37,7 +39,7 @@ if not chosen:
 
 try:
     with st.spinner("Loading the variants (first time only)…"):
-        runners = {name: ui.runner(ws, *variants[name]) for name in chosen}
+        runners = {name: common.runner(ws, *variants[name]) for name in chosen}
 except PetqError as exc:
     st.error(f"Cannot load a variant: {exc}")
     st.stop()

@@ -1,0 +1,149 @@
+"""Compare: cached variants side by side, against a reference variant, with paired
+statistics (is a difference real?), per-breed changes and the spread over seeds."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import common
+from petq import compare
+from petq.results import LATENCY
+
+ws = common.workspace_page("Compare")
+
+_, rows = common.results_for_one_test_set(
+    ws, "compare_test_fraction", "No evaluated variants yet: run some on Home or Convert first.",
+    (common.CONVERT, "Convert a variant", ":material/tune:"),
+)
+names = [r.variant for r in rows]
+by_name = {r.variant: r for r in rows}
+
+st.session_state["compare_variants"] = [  # default: all; keep only variants still cached
+    n for n in st.session_state.get("compare_variants", names) if n in names
+]
+left, right = st.columns([3, 1])
+chosen = left.multiselect("Variants", names, key="compare_variants")
+
+
+def _new_reference() -> None:  # the confusion pair and the per-breed pick follow it
+    for key in ("compare_cm_left", "compare_cm_right", "compare_victim"):
+        st.session_state.pop(key, None)
+
+
+reference = right.selectbox(
+    "Reference", names, index=names.index("native") if "native" in names else 0,
+    key="compare_reference", on_change=_new_reference,
+)
+if not chosen:
+    st.info("Pick at least one variant to compare.")
+    st.stop()
+selected = [r for r in rows if r.variant in set(chosen) | {reference}]
+details = {r.result_key: common.details(ws, r.result_key) for r in selected}
+table = compare.comparison_table(selected, details, reference)
+shown = table[table["variant"].isin(chosen)]
+ref_key = by_name[reference].result_key
+paired = {
+    name: None if name == reference else common.paired(ws, by_name[name].result_key, ref_key)
+    for name in shown["variant"]
+}
+
+# ------------------------------------------------------------------ table and charts
+
+st.subheader("Metrics")
+st.caption(
+    f"Against the reference, `{reference}`, on the same {rows[0].n_images} test images: "
+    f"Δ accuracy with a paired bootstrap {compare.LEVEL:.0%} interval; ✱ when McNemar's exact "
+    f"test finds the difference significant at {1 - compare.LEVEL:.0%} (b: images only the "
+    "reference gets right, c: only the variant). Compression: FP32 file size over the "
+    "variant's. Agreement: share of images where the variant's top-1 breed equals the "
+    "reference's.")
+common.table(compare.view(shown, compare.COMPARE_VIEW, compare.paired_table(paired)),
+             width="stretch")
+
+quality, latency = st.columns(2)
+quality.plotly_chart(compare.metric_bars(shown), width="stretch", key="compare_bars")
+latency.plotly_chart(
+    compare.metric_bars(shown, LATENCY, "Latency per image (ms)"),
+    width="stretch", key="compare_latency",
+)
+st.plotly_chart(compare.pareto_scatter(shown), width="stretch", key="compare_pareto")
+
+spread = compare.seed_spread_table([by_name[n] for n in chosen])
+if len(spread):
+    st.subheader("Spread over calibration seeds")
+    st.caption("Variants that differ only by their calibration seed (same recipe and "
+               "fraction): how much the pick of calibration images alone moves accuracy.")
+    st.plotly_chart(compare.seed_spread_figure(spread), width="stretch", key="compare_seeds")
+    common.table(spread.drop(columns=["values"]), hide_index=True, width="stretch")
+
+# ------------------------------------------------------------------ confusions
+
+st.subheader("Confusion matrices")
+pair = compare.default_pair(table, reference)
+listed = [r.variant for r in selected]
+a, b = st.columns(2)
+left_name = a.selectbox("Left", listed, index=listed.index(reference), key="compare_cm_left")
+right_name = b.selectbox("Right", listed, index=listed.index(pair), key="compare_cm_right",
+                         help="Default: the variant that agrees least with the reference.")
+left_details = details[by_name[left_name].result_key]
+right_details = details[by_name[right_name].result_key]
+zmax = compare.max_count(left_details, right_details)
+a.plotly_chart(compare.confusion_heatmap(left_details, left_name, zmax, colorbar=False),
+               width="stretch", key="compare_cm_a")
+b.plotly_chart(compare.confusion_heatmap(right_details, right_name, zmax, y_labels=False),
+               width="stretch", key="compare_cm_b")
+if right_name == left_name:
+    st.caption("Pick two different variants to see their difference.")
+elif not right_details.same_images(left_details):
+    st.caption("These two were evaluated on different test images: no difference to show.")
+else:
+    diff = compare.confusion_difference(right_details, left_details)
+    if not diff.any():
+        st.success(f"`{right_name}` and `{left_name}` have identical confusion matrices.")
+    else:
+        st.plotly_chart(
+            compare.difference_heatmap(diff, right_details.class_names,
+                                       f"{right_name} minus {left_name} (red: more images)"),
+            width="stretch", key="compare_cm_diff",
+        )
+
+# ------------------------------------------------------------------ per breed
+
+st.subheader("Per breed")
+sensitivity = compare.per_class_sensitivity(
+    [by_name[n] for n in chosen] + [by_name[reference]], details)
+others = [n for n in chosen if n != reference]
+if not others:
+    st.plotly_chart(compare.per_class_heatmap(sensitivity), width="stretch",
+                    key="compare_per_class")
+else:
+    st.plotly_chart(
+        compare.per_class_heatmap(sensitivity, reference,
+                                  f"Change in per-breed sensitivity from {reference} "
+                                  "(red: lower)"),
+        width="stretch", key="compare_per_class",
+    )
+    changes = {n: c for n in others
+               if (c := common.breed_changes(ws, by_name[n].result_key, ref_key)) is not None}
+    if changes:
+        victims = list(changes)
+        victim = st.selectbox("Breeds a variant hurts", victims,
+                              index=victims.index(compare.most_hurt(changes)),
+                              key="compare_victim")
+        hurt = compare.hurt_breeds(changes[victim])
+        lower = int((changes[victim]["difference"] < 0).sum())
+        st.caption(
+            f"A breed is hurt when its sensitivity's paired {compare.LEVEL:.0%} interval "
+            f"(Newcombe) lies entirely below zero. `{victim}` lowers {lower} breed(s) against "
+            f"`{reference}`; {len(hurt)} of them beyond chance.")
+        if hurt.empty:
+            st.success(f"`{victim}` hurts no breed beyond chance against `{reference}`.")
+        else:
+            common.table(hurt.reindex(columns=compare.BREED_VIEW), width="stretch")
+        with st.expander(f"Every breed, {victim} against {reference}"):
+            common.table(changes[victim].reindex(columns=compare.BREED_VIEW), width="stretch")
+    else:
+        st.caption("The chosen variants were evaluated on other test images than the "
+                   "reference: no paired per-breed comparison.")
+with st.expander("Per-breed sensitivity, all variants"):
+    st.dataframe(sensitivity, width="stretch")

@@ -1,0 +1,89 @@
+"""Home: the workspace, the cached variants, and the lab's task set."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import common
+from petq import compare
+from petq.errors import PetqError
+from petq.jobs import plan, start_job
+from petq.types import lab_tasks
+
+ws = common.workspace_page("petq: post-training quantization lab")
+settings = common.settings()
+info = common.model_info(ws)
+
+st.caption("Convert a Keras image classifier to TFLite variants (converter and AI Edge "
+           "Quantizer recipes), evaluate every variant on the same test images, and compare "
+           "the trade-offs.")
+
+model_col, data_col = st.columns(2)
+with model_col:
+    st.subheader("Model")
+    a, b, c = st.columns(3)
+    count = info["param_count"]
+    a.metric("Parameters", f"{count / 1e6:.2f} M" if count >= 1e6 else f"{count:,}",
+             help=f"{count:,} parameters")
+    b.metric("Input", f"{ws.contract.input_size[0]}×{ws.contract.input_size[1]}")
+    size = info.get("file_size_bytes")
+    c.metric("Size on disk", compare.human_size(size) if size else "folder")
+    st.caption(f"`{ws.model_path}` · {len(ws.class_names)} classes · preprocessing "
+               f"`{ws.contract.preprocessing}`"
+               + (" · trained on synthetic data" if ws.contract.synthetic else ""))
+with data_col:
+    st.subheader("Dataset")
+    a, b, c = st.columns(3)
+    a.metric("Breeds", f"{ws.dataset.num_classes}")
+    b.metric("Trainval images", f"{len(ws.dataset.trainval):,}")
+    c.metric("Test images", f"{len(ws.dataset.test):,}")
+    kind = ("synthetic pets (generated, not photos)" if ws.dataset.synthetic
+            else "Oxford-IIIT Pet layout")
+    st.caption(f"{kind} · `{ws.dataset.root}`")
+
+# ------------------------------------------------------------------ cached variants
+
+st.subheader("Cached variants")
+every = common.results(ws)
+shown = compare.latest_per_variant(
+    [r for r in every if r.test_fraction == settings.test_fraction])
+if not shown:
+    st.info("Nothing evaluated on "
+            f"{compare.fraction_text(settings.test_fraction)} yet. Run the lab's task set "
+            "below, or convert a variant on the **Convert** page.")
+else:
+    table = compare.comparison_table(shown, {}, None)
+    common.table(compare.view(table, compare.HOME_VIEW), width="stretch")
+    others = len(compare.latest_per_variant(every)) - len(shown)
+    st.caption(f"Evaluated on {compare.fraction_text(settings.test_fraction)}"
+               + (f"; {others} more on other test fractions (see **Compare**)." if others > 0
+                  else "."))
+    st.plotly_chart(compare.pareto_scatter(table), width="stretch", key="home_bubbles")
+
+# ------------------------------------------------------------------ the lab's task set
+
+st.subheader("The lab's task set")
+st.caption("native, tflite-fp32, tflite-int8 at 0.01 / 0.08 / 0.3 / 0.8 of trainval, and "
+           "tflite-imbint8 (calibrated on one class), evaluated on "
+           f"{compare.fraction_text(settings.test_fraction)}.")
+tasks = plan(ws, lab_tasks(), settings.test_fraction)
+st.dataframe(
+    [{"Variant": t["name"], "Status": t["status"], "Why": t["reason"] or ""} for t in tasks],
+    hide_index=True, width="stretch",
+)
+to_run = [t["spec"] for t in tasks if t["status"] == "to do"]
+if to_run:
+    action = f"Run the lab's task set ({len(to_run)} to do)"
+elif any(t["status"] == "running" for t in tasks):
+    action = "The lab's task set is running…"
+else:
+    action = "The lab's task set is done"
+if st.button(action, type="primary", disabled=not to_run, key="home_run_lab"):
+    try:
+        common.remember_job(start_job(ws.model_path, ws.dataset.root, ws.cache.root,
+                                      ws.threads, to_run, settings.test_fraction, workspace=ws))
+    except PetqError as exc:
+        st.error(str(exc))
+    else:
+        st.rerun()
+common.job_panel(ws, "home")
