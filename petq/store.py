@@ -1,18 +1,23 @@
 """Decoded-image store: every dataset image decoded once per input size, memory-mapped.
 
 Calibration, evaluation and training read uint8 pixels from here instead of
-decoding JPEGs again for every variant.
+decoding JPEGs again for every variant. A large store is decoded by a few
+threads at once: Pillow releases the GIL while it decodes and resizes, so the
+threads run in parallel, and the bytes are the same as one thread's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from petq.cache import Cache, key_of
 from petq.data import PetDataset, Sample, decode, open_image
@@ -20,6 +25,9 @@ from petq.errors import ImageError
 
 STORE_VERSION = 1
 Progress = Callable[[int, int], None]
+DECODE_CHUNK = 32  # images per task: the unit of work and of progress calls
+PARALLEL_MIN_IMAGES = 64  # fewer images are decoded in the calling thread (see decode_into)
+MAX_DECODE_WORKERS = 8
 
 
 @dataclass
@@ -52,11 +60,12 @@ def load_store(
     size: tuple[int, int],
     cache: Cache,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> DecodedStore:
     """Open the store for (dataset, size), decoding every image first if needed.
 
     Images that cannot be decoded are skipped with one counted warning; their
-    ids and reasons are kept in `bad`.
+    ids and reasons are kept in `bad`. `workers`: decoding threads (see `decode_into`).
     """
 
     def build(tmp: Path) -> dict:
@@ -65,14 +74,9 @@ def load_store(
         pixels = np.lib.format.open_memmap(
             tmp / "pixels.npy", mode="w+", dtype=np.uint8, shape=(len(samples), height, width, 3)
         )
-        bad: dict[str, str] = {}
-        for i, sample in enumerate(samples):
-            try:
-                pixels[i] = decode(open_image(dataset.image_path(sample.image_id)), size)
-            except ImageError as exc:
-                bad[sample.image_id] = str(exc)
-            if progress:
-                progress(i + 1, len(samples))
+        failed = decode_into(pixels, [dataset.image_path(s.image_id) for s in samples], size,
+                             progress, workers)
+        bad = {samples[row].image_id: reason for row, reason in failed.items()}
         pixels.flush()
         del pixels
         index = {s.image_id: i for i, s in enumerate(samples)}
@@ -91,3 +95,68 @@ def load_store(
         )
     pixels = np.load(entry.file("pixels.npy"), mmap_mode="r")
     return DecodedStore(pixels=pixels, index=meta["index"], bad=meta["bad"])
+
+
+def decode_workers() -> int:
+    """Threads that decode a large store: one per core, at most MAX_DECODE_WORKERS."""
+    return max(1, min(os.cpu_count() or 1, MAX_DECODE_WORKERS))
+
+
+def decode_into(
+    pixels: np.ndarray,
+    paths: Sequence[Path | str],
+    size: tuple[int, int],
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> dict[int, str]:
+    """Decode `paths[i]` into `pixels[i]` (uint8, resized to `size`); return {row: reason}
+    for the images that cannot be decoded (their rows are left as they were).
+
+    With `workers` > 1 (default: `decode_workers()`) and at least PARALLEL_MIN_IMAGES
+    images, chunks of DECODE_CHUNK images are decoded by that many threads; each
+    thread writes its own rows, so the result is the same as decoding in order.
+    `progress(done, total)` is called in the calling thread after each chunk.
+    """
+    total = len(paths)
+    workers = decode_workers() if workers is None else max(1, workers)
+    starts = range(0, total, DECODE_CHUNK)
+
+    def chunk(start: int) -> tuple[int, dict[int, str]]:
+        rows = range(start, min(start + DECODE_CHUNK, total))
+        return len(rows), _decode_rows(pixels, paths, rows, size)
+
+    failed: dict[int, str] = {}
+    done = 0
+    pool = None
+    with warnings.catch_warnings():
+        # open_image turns Pillow's decompression-bomb warning into an error inside its own
+        # catch_warnings, which is not thread-safe: with the filter set here for the whole
+        # run, every state its threads save and restore holds it, so no image escapes it.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        if workers > 1 and total >= PARALLEL_MIN_IMAGES:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="petq-decode")
+            futures = [pool.submit(chunk, start) for start in starts]
+            results = (future.result() for future in as_completed(futures))
+        else:
+            results = map(chunk, starts)
+        try:
+            for count, bad in results:
+                failed.update(bad)
+                done += count
+                if progress:
+                    progress(done, total)
+        finally:  # after an error or an interrupt, the chunks not started are dropped
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+    return dict(sorted(failed.items()))
+
+
+def _decode_rows(pixels: np.ndarray, paths: Sequence[Path | str], rows: range,
+                 size: tuple[int, int]) -> dict[int, str]:  # fmt: skip
+    failed = {}
+    for row in rows:
+        try:
+            pixels[row] = decode(open_image(paths[row]), size)
+        except ImageError as exc:
+            failed[row] = str(exc)
+    return failed

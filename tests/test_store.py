@@ -1,0 +1,169 @@
+"""The decoded-image store: threads decode exactly what one thread decodes."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import petq.store as store
+from petq.cache import Cache
+from petq.data import PetDataset, decode, open_image
+from petq.store import decode_into, load_store
+
+SIZE = (24, 20)
+
+
+@pytest.fixture()
+def many_chunks(monkeypatch):
+    """Small chunks and no minimum, so the 60-image fixture tree spreads over the threads."""
+    monkeypatch.setattr(store, "DECODE_CHUNK", 3)
+    monkeypatch.setattr(store, "PARALLEL_MIN_IMAGES", 1)
+
+
+@pytest.fixture()
+def decoding_threads(monkeypatch) -> set[str]:
+    """Names of the threads that ran `decode` (the real one, called through)."""
+    names: set[str] = set()
+
+    def recorded(image, size):
+        names.add(threading.current_thread().name)
+        return decode(image, size)
+
+    monkeypatch.setattr(store, "decode", recorded)
+    return names
+
+
+@pytest.fixture()
+def broken_tree(pet_root, tmp_path) -> Path:
+    """The fixture tree with a truncated JPEG, a text file and a missing image."""
+    root = tmp_path / "pets"
+    shutil.copytree(pet_root, root)
+    images = root / "images"
+    data = (images / "Bengal_1.jpg").read_bytes()
+    (images / "Bengal_1.jpg").write_bytes(data[: len(data) // 3])
+    (images / "beagle_12.jpg").write_text("not an image")
+    (images / "Abyssinian_7.jpg").unlink()
+    return root
+
+
+def all_paths(dataset: PetDataset) -> list[Path]:
+    return [dataset.image_path(s.image_id) for s in dict.fromkeys(dataset.trainval
+                                                                  + dataset.test)]
+
+
+def test_threads_decode_the_same_bytes_as_one_thread(pet_root, many_chunks, decoding_threads):
+    paths = all_paths(PetDataset.load(pet_root))
+    serial = np.zeros((len(paths), *SIZE, 3), np.uint8)
+    assert decode_into(serial, paths, SIZE, workers=1) == {}
+    serial_threads = set(decoding_threads)
+    decoding_threads.clear()
+    parallel = np.zeros_like(serial)
+    assert decode_into(parallel, paths, SIZE, workers=3) == {}
+    assert serial_threads == {threading.current_thread().name}
+    assert len(decoding_threads) >= 2 and all(n.startswith("petq-decode")
+                                              for n in decoding_threads)
+    assert parallel.tobytes() == serial.tobytes()
+    for row in (0, 17, len(paths) - 1):  # and each row is what one decode gives
+        np.testing.assert_array_equal(serial[row], decode(open_image(paths[row]), SIZE))
+
+
+def test_bad_images_are_skipped_alike_in_threads_and_in_order(broken_tree, many_chunks):
+    paths = all_paths(PetDataset.load(broken_tree))
+    results = []
+    for workers in (1, 4):
+        pixels = np.zeros((len(paths), *SIZE, 3), np.uint8)
+        results.append((decode_into(pixels, paths, SIZE, workers=workers), pixels))
+    (serial_bad, serial), (parallel_bad, parallel) = results
+    assert parallel_bad == serial_bad
+    assert list(parallel_bad) == sorted(parallel_bad)
+    named = {paths[row].stem: reason for row, reason in serial_bad.items()}
+    assert set(named) == {"Bengal_1", "beagle_12", "Abyssinian_7"}
+    assert "file not found" in named["Abyssinian_7"]
+    assert "not an image" in named["beagle_12"]
+    assert "Bengal_1.jpg" in named["Bengal_1"]
+    assert parallel.tobytes() == serial.tobytes()
+    for row in serial_bad:
+        assert not parallel[row].any()  # a skipped image's row stays as it was
+
+
+def test_store_files_are_identical_whatever_the_thread_count(broken_tree, tmp_path,
+                                                             many_chunks):  # fmt: skip
+    dataset = PetDataset.load(broken_tree)
+    built = []
+    for workers in (1, 3):
+        cache = Cache(tmp_path / f"cache-{workers}")
+        with pytest.warns(UserWarning, match="3 image\\(s\\) .* could not be decoded"):
+            decoded = load_store(dataset, SIZE, cache, workers=workers)
+        entry = cache.get("decoded", store.store_key(dataset, SIZE))
+        built.append((decoded, entry.file("pixels.npy").read_bytes(),
+                      entry.file("index.json").read_bytes()))
+    (one, one_pixels, one_index), (many, many_pixels, many_index) = built
+    assert many_pixels == one_pixels
+    assert many_index == one_index
+    assert many.bad == one.bad and len(many.bad) == 3
+    rows, kept = many.rows(dataset.test)
+    assert len(kept) == len(dataset.test) - 1  # beagle_12 is a test image
+    assert np.array_equal(many.pixels[rows], one.pixels[rows])
+
+
+def test_progress_counts_every_image_once_in_the_calling_thread(pet_root, many_chunks):
+    paths = all_paths(PetDataset.load(pet_root))
+    calls = []
+    pixels = np.zeros((len(paths), *SIZE, 3), np.uint8)
+    decode_into(pixels, paths, SIZE,
+                lambda done, total: calls.append((done, total, threading.current_thread())),
+                workers=2)
+    assert [c[0] for c in calls] == sorted({c[0] for c in calls})  # increasing, no repeats
+    assert calls[-1][:2] == (len(paths), len(paths))
+    assert {c[2] for c in calls} == {threading.current_thread()}
+
+
+class Stop(Exception):
+    pass
+
+
+def test_an_error_stops_the_threads_and_reaches_the_caller(pet_root, many_chunks):
+    paths = all_paths(PetDataset.load(pet_root))
+    calls = 0
+
+    def stop(done, total):
+        nonlocal calls
+        calls += 1
+        raise Stop
+
+    pixels = np.zeros((len(paths), *SIZE, 3), np.uint8)
+    with pytest.raises(Stop):
+        decode_into(pixels, paths, SIZE, stop, workers=2)
+    assert calls == 1
+    decoded_rows = int(pixels.reshape(len(paths), -1).any(axis=1).sum())
+    assert 0 < decoded_rows < len(paths)  # the queued chunks were dropped
+
+
+def test_few_images_are_decoded_in_the_calling_thread(pet_root, decoding_threads):
+    paths = all_paths(PetDataset.load(pet_root))[: store.PARALLEL_MIN_IMAGES - 1]
+    pixels = np.zeros((len(paths), *SIZE, 3), np.uint8)
+    decode_into(pixels, paths, SIZE, workers=4)
+    assert decoding_threads == {threading.current_thread().name}
+
+
+def test_decompression_bombs_stay_refused_in_threads(tmp_path, many_chunks, monkeypatch):
+    """open_image's warning filter is process-wide state; threads must not lose it."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 40)  # 41x41 warns, 57x57+ errors
+    paths = []
+    for i in range(24):
+        side = 48 if i % 3 == 0 else 30  # every third image is over the limit (a warning)
+        path = tmp_path / f"img_{i}.png"
+        Image.new("RGB", (side, side), (i * 10, 0, 0)).save(path)
+        paths.append(path)
+    pixels = np.zeros((len(paths), *SIZE, 3), np.uint8)
+    before = list(warnings.filters)
+    bad = decode_into(pixels, paths, SIZE, workers=4)
+    assert sorted(bad) == list(range(0, 24, 3))
+    assert all("image too large" in reason for reason in bad.values())
+    assert warnings.filters == before  # nothing leaks out of the run
