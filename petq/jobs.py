@@ -121,8 +121,10 @@ def start_job(
     *,
     workspace: Any = None,
     restart_of: str | None = None,
+    layers: bool = False,
 ) -> str:
-    """Start converting + evaluating `specs`; return the job id at once.
+    """Start converting + evaluating `specs` (with `layers`, their per-layer quantization
+    error too); return the job id at once.
 
     The job stays "queued" while another job's worker holds the cache. Raises PetqError
     when the workspace or a spec is invalid (nothing started). Pass `workspace` to reuse
@@ -138,9 +140,10 @@ def start_job(
     for spec in specs:
         ws.calibration_samples(spec)  # raises SpecError for a class out of range
         cached = ws.cached_result(spec, test_fraction)
+        done = cached is not None and (not layers or ws.cached_layer_stats(spec) is not None)
         variants.append({
             "name": spec.name, "spec": spec.to_dict(),
-            "status": "done" if cached is not None else "queued", "cached": cached is not None,
+            "status": "done" if done else "queued", "cached": done,
             "result_key": _result_key(cached), "error": None,
         })
     prune_jobs(cache_root)
@@ -151,6 +154,7 @@ def start_job(
         "updated": now, "model_path": str(Path(model_path).resolve()),
         "dataset_root": str(Path(dataset_root).resolve()),
         "cache_root": str(Path(cache_root).resolve()), "threads": ws.threads,
+        "preprocessing": ws.contract.preprocessing, "layers": layers,
         "test_fraction": test_fraction, "variants": variants,
         "total": len(variants), "done": sum(v["status"] == "done" for v in variants),
         "current": None, "stage": None, "stage_done": 0, "stage_total": 0,
@@ -515,7 +519,7 @@ def _work(reporter: _Reporter) -> int:
 
     try:
         ws = Workspace(record["model_path"], record["dataset_root"], record["cache_root"],
-                       record["threads"])
+                       record["threads"], preprocessing=record.get("preprocessing"))
     except PetqError as exc:
         for variant in record["variants"]:
             if variant["status"] != "done":
@@ -535,6 +539,8 @@ def _work(reporter: _Reporter) -> int:
             key = _result_key(result)
             reporter.progress("figures", 0, 1)
             cached_confusion_png(ws, key, spec.name)  # the report's, drawn now
+            if record.get("layers") and spec.recipe.quantized and not spec.is_native:
+                ws.layer_stats(spec, progress=reporter.progress)
             variant.update(status="done", result_key=key)
         except PetqError as exc:
             variant.update(status="failed", error=str(exc))

@@ -279,13 +279,7 @@ class Workspace:
         """
         from petq.layers import LayerStat
 
-        if not spec.recipe.quantized or spec.is_native:
-            raise SpecError(f"{spec.name} is not quantized: it has no quantization error")
-        debug_samples = self._layer_samples()
-        per_layer = spec.recipe.backend is Backend.TFLITE and spec.recipe.activations == "i8" \
-            and spec.recipe.calibrates and not spec.keep_float
-        key = key_of({"v": 1, "variant": self.variant_key(spec), "per_layer": per_layer,
-                      "debug": [s.image_id for s in debug_samples]})
+        key, per_layer, debug_samples = self._layer_key(spec)
 
         def build(tmp: Path) -> dict[str, Any]:
             from petq.layers import converter_layer_stats, model_layer_stats
@@ -315,6 +309,25 @@ class Workspace:
 
         entry, _ = self.cache.get_or_build("layers", key, build)
         return [LayerStat.from_dict(d) for d in entry.manifest["layers"]]
+
+    def cached_layer_stats(self, spec: VariantSpec) -> list | None:
+        """The per-layer statistics if they are cached (never computes)."""
+        from petq.layers import LayerStat
+
+        if spec.is_native or not spec.recipe.quantized:
+            return None
+        entry = self.cache.get("layers", self._layer_key(spec)[0], verify=False)
+        return [LayerStat.from_dict(d) for d in entry.manifest["layers"]] if entry else None
+
+    def _layer_key(self, spec: VariantSpec) -> tuple[str, bool, list[Sample]]:
+        if not spec.recipe.quantized or spec.is_native:
+            raise SpecError(f"{spec.name} is not quantized: it has no quantization error")
+        debug_samples = self._layer_samples()
+        per_layer = (spec.recipe.backend is Backend.TFLITE and spec.recipe.activations == "i8"
+                     and spec.recipe.calibrates and not spec.keep_float)
+        key = key_of({"v": 1, "variant": self.variant_key(spec), "per_layer": per_layer,
+                      "debug": [s.image_id for s in debug_samples]})
+        return key, per_layer, debug_samples
 
     def _layer_samples(self) -> list[Sample]:
         """A seeded, stratified sample of test images for the per-layer statistics."""
