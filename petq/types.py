@@ -91,13 +91,17 @@ class Recipe:
         return self.mode is not Mode.FLOAT
 
     def to_dict(self) -> dict[str, Any]:
+        """What makes the artifact (cache keys use it); the summary is prose, left out."""
         data = asdict(self)
         data.update(backend=self.backend.value, mode=self.mode.value)
+        del data["summary"]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        recipe = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        known = RECIPES.get(recipe.key)
+        return known if known is not None and known.to_dict() == recipe.to_dict() else recipe
 
 
 def _recipes(*recipes: Recipe) -> dict[str, Recipe]:

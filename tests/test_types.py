@@ -103,3 +103,10 @@ def test_contract_sidecar_round_trip_and_defaults(tmp_path):
     (tmp_path / "m.json").write_text("{not json")
     with pytest.raises(ModelError, match="m.json: malformed"):
         load_contract(model)
+
+
+def test_recipe_prose_is_not_part_of_the_cache_key():
+    recipe = RECIPES["tflite-int8"]
+    assert "summary" not in recipe.to_dict()
+    spec = VariantSpec.int8(0.08)
+    assert VariantSpec.from_dict(spec.to_dict()).recipe.summary == recipe.summary
