@@ -429,10 +429,12 @@ def column_config(keys) -> dict[str, Any]:
 
 
 def table(frame: pd.DataFrame, **kwargs: Any) -> None:
-    """A dataframe with registry labels and formats for its columns and its named index."""
+    """A dataframe with registry labels and formats for its columns and its named index,
+    as tall as its rows (no inner scrolling)."""
     config = column_config(frame.columns)
     if frame.index.name:
         config["_index"] = column_config([frame.index.name])[frame.index.name]
+    kwargs.setdefault("height", "content")
     st.dataframe(frame, column_config=config, **kwargs)
 
 

@@ -70,8 +70,10 @@ except PetqError as exc:
     st.stop()
 
 first = specs[0]
-st.markdown(f"**{first.name}**" + (f" and {len(specs) - 1} more seeds" if len(specs) > 1
-                                    else "") + f": {first.describe(ws.class_names)}")
+calibration = first.describe(ws.class_names).removeprefix(recipe.summary).strip()
+if calibration:  # the summary is shown above: say only what calibrates it
+    st.markdown(f"**{first.name}**" + (f" and {len(specs) - 1} more seeds" if len(specs) > 1
+                                        else "") + f": {calibration}")
 
 try:
     samples = ws.calibration_samples(first)

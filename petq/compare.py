@@ -459,6 +459,14 @@ def seed_spread_figure(table: pd.DataFrame, metric: str = "accuracy") -> go.Figu
     fractions = table["fraction"] if len(table) else pd.Series(dtype=float)
     if len(fractions) and fractions.max() / max(fractions.min(), 1e-9) > 8:
         fig.update_xaxes(type="log")
+    else:  # fractions live in (0, 1]
+        fig.update_xaxes(range=[0, 1.05])
+    if len(table):
+        values = [v for vs in table["values"] for v in vs]
+        low = min(values + list(table[f"{metric}_low"].dropna()))
+        high = max(values + list(table[f"{metric}_high"].dropna()))
+        pad = max(0.25 * (high - low), 0.005)
+        fig.update_yaxes(range=[low - pad, high + pad])
     fig.update_xaxes(title="calibration fraction of trainval")
     fig.update_yaxes(title=name)
     return _layout(fig, f"{name} over calibration seeds: mean and {LEVEL:.0%} interval",

@@ -1,9 +1,11 @@
 """End to end: `streamlit run dashboard.py` on a free loopback port, driven by headless Chromium.
 
 Chromium is driven through the DevTools protocol over a websocket (`websockets`,
-which streamlit already depends on). Every page is opened; any Streamlit
-exception or error element fails the test. Screenshots go to
-PETQ_SCREENSHOTS (default: tests/artifacts/screenshots, git-ignored).
+which streamlit already depends on). Every page is reached through the sidebar's
+st.navigation links and opened by its URL; any Streamlit exception or error element
+fails the test. Each page's load time (navigation until Streamlit's script stops
+running) is written to tests/artifacts/page_times.json, measured not asserted;
+screenshots go to PETQ_SCREENSHOTS (default: tests/artifacts, git-ignored).
 """
 
 from __future__ import annotations
@@ -28,14 +30,41 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from petq.cache import Cache
 from petq.jobs import list_jobs
+from petq.types import VariantSpec
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-PAGES = [("home", ""), ("convert", "Convert"), ("compare", "Compare"),
-         ("classify", "Classify"), ("report", "Report")]
+# (sidebar label, url path), in the sidebar's order
+PAGES = [("Home", ""), ("Convert", "convert"), ("Classify", "classify"),
+         ("Compare", "compare"), ("Report", "report")]
+STATE_JS = ("(() => { const a = document.querySelector('[data-testid=\"stApp\"]');"
+            " return a ? a.dataset.testScriptState + '/' + a.dataset.testConnectionState"
+            " : 'none'; })()")
+# Clicks a sidebar navigation link and resolves with the milliseconds until the script run
+# it starts has stopped (a MutationObserver sees every state change, however short).
+CLICK_AND_TIME_JS = """(label) => new Promise((resolve) => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  const link = Array.from(document.querySelectorAll('[data-testid="stSidebarNav"] a'))
+    .find(a => a.innerText.trim().split('\\n').pop().trim() === label);
+  if (!app || !link) { resolve({error: 'no link ' + label}); return; }
+  let ran = false;
+  const t0 = performance.now();
+  const done = (result) => { observer.disconnect(); clearTimeout(timer); resolve(result); };
+  const check = () => {
+    const state = app.dataset.testScriptState;
+    if (state === 'running') ran = true;
+    else if (ran && state === 'notRunning') done({ms: performance.now() - t0});
+  };
+  const observer = new MutationObserver(check);
+  observer.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+  const timer = setTimeout(() => done({error: 'timeout', state: app.dataset.testScriptState}),
+                           120000);
+  link.click();
+})"""
 ERRORS_JS = """JSON.stringify(Array.from(document.querySelectorAll(
   '[data-testid="stException"], [data-testid="stAlertContentError"]'
 )).map(e => e.innerText.slice(0, 500)))"""
@@ -113,13 +142,10 @@ class Chromium:
 
     def wait_idle(self, timeout: float = 120, settle: float = 1.5) -> None:
         """Until the app is connected and its script has stopped running, twice in a row."""
-        state_js = ("(() => { const a = document.querySelector('[data-testid=\"stApp\"]');"
-                    " return a ? a.dataset.testScriptState + '/' + a.dataset.testConnectionState"
-                    " : 'none'; })()")
         deadline = time.monotonic() + timeout
         calm_since = None
         while time.monotonic() < deadline:
-            state = self.js(state_js) or "none"
+            state = self.js(STATE_JS) or "none"
             if state.startswith("notRunning/") and "CONNECTED" in state.upper():
                 calm_since = calm_since or time.monotonic()
                 if time.monotonic() - calm_since >= settle:
@@ -128,6 +154,28 @@ class Chromium:
                 calm_since = None
             time.sleep(0.25)
         raise AssertionError(f"the app did not settle within {timeout} s (state {state})")
+
+    def click_nav(self, label: str) -> float:
+        """Follow the sidebar's navigation link `label`; milliseconds until the page's
+        script run has stopped."""
+        timing = self.js(f"({CLICK_AND_TIME_JS})({json.dumps(label)})") or {}
+        assert "ms" in timing, f"navigating to {label}: {timing}"
+        return float(timing["ms"])
+
+    def open_timed(self, url: str, timeout: float = 120) -> float:
+        """Load `url` afresh; milliseconds until the app is connected, its page title is
+        drawn and its script has stopped running (polled every 20 ms)."""
+        ready_js = ("(() => { const a = document.querySelector('[data-testid=\"stApp\"]');"
+                    " return !!a && a.dataset.testScriptState === 'notRunning'"
+                    " && a.dataset.testConnectionState === 'CONNECTED'"
+                    " && !!document.querySelector('[data-testid=\"stMain\"] h1'); })()")
+        start = time.perf_counter()
+        self.call("Page.navigate", url=url)
+        deadline = time.monotonic() + timeout
+        while not self.js(ready_js):
+            assert time.monotonic() < deadline, f"{url} did not load within {timeout} s"
+            time.sleep(0.02)
+        return (time.perf_counter() - start) * 1000.0
 
     def errors(self) -> list[str]:
         return json.loads(self.js(ERRORS_JS) or "[]")
@@ -175,24 +223,43 @@ class Chromium:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
+
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+# Cached before the server starts (the lab's task set, run from Home's button, adds more):
+# three calibration seeds of one fraction, a class-calibrated INT8, an AI Edge Quantizer one.
+PREFILLED = [VariantSpec.int8(0.5), VariantSpec.int8(0.5, seed=7),
+             VariantSpec.int8(0.5, seed=8), VariantSpec.imbint8((1,)),
+             VariantSpec.of("aeq-wi8-afp32")]
+
+
 @pytest.fixture()
 def screenshots() -> Path:
-    folder = Path(os.environ.get("PETQ_SCREENSHOTS", ROOT / "tests" / "artifacts" / "screenshots"))
+    folder = Path(os.environ.get("PETQ_SCREENSHOTS", ARTIFACTS))
     folder.mkdir(parents=True, exist_ok=True)
-    ignore = folder.parent / ".gitignore"
-    if folder.parent.name == "artifacts" and not ignore.exists():
-        ignore.write_text("*\n")  # generated output: the folder ignores itself
     print(f"screenshots in {folder}")
     return folder
 
 
 @pytest.fixture()
-def server(tiny_model, pet_root, tmp_path):
-    """`streamlit run dashboard.py` on the tiny fixtures, a fresh cache, a free loopback port."""
+def cache(tiny_model, pet_root, tmp_path) -> Path:
+    from petq.workspace import Workspace
+
+    folder = tmp_path / "cache"
+    ws = Workspace(tiny_model, pet_root, folder, threads=1)
+    for spec in PREFILLED:
+        ws.evaluate(spec, latency_runs=5)
+    return folder
+
+
+@pytest.fixture()
+def server(tiny_model, pet_root, cache, tmp_path):
+    """`streamlit run dashboard.py` on the tiny fixtures, a prefilled cache, a free port."""
     port = free_port()
-    cache = tmp_path / "cache"
     env = dict(os.environ, PETQ_MODEL=str(tiny_model), PETQ_DATASET_ROOT=str(pet_root),
                PETQ_CACHE=str(cache), PETQ_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("PETQ_PREPROCESSING", None)
+    env.pop("PETQ_TEST_FRACTION", None)
     log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port),
@@ -223,17 +290,21 @@ def browser(tmp_path):
 
 
 def photos(folder: Path) -> tuple[list[Path], Path]:
-    """A good JPEG, an EXIF-rotated one, a grayscale PNG and an RGBA WebP; and a bad file."""
+    """A good JPEG, an EXIF-rotated one, a grayscale PNG, an RGBA WebP, a GIF, a BMP and a
+    TIFF; and a bad file."""
     rng = np.random.default_rng(3)
     pixels = np.clip(np.array([200, 60, 40]) + rng.normal(0, 25, (60, 90, 3)), 0, 255)
     image = Image.fromarray(pixels.astype(np.uint8))
-    good = [folder / "cat.jpg", folder / "rotated.jpg", folder / "gray.png", folder / "rgba.webp"]
+    good = [folder / name for name in ("cat.jpg", "rotated.jpg", "gray.png", "rgba.webp",
+                                       "anim.gif", "plain.bmp", "scan.tiff")]
     image.save(good[0], quality=90)
     exif = Image.Exif()
     exif[0x0112] = 6
     image.save(good[1], exif=exif)
     image.convert("L").save(good[2])
     image.convert("RGBA").save(good[3], lossless=True)
+    for path in good[4:]:
+        image.save(path)
     bad = folder / "truncated.jpg"
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG")
@@ -248,7 +319,11 @@ def test_every_page_renders_in_chromium(server, browser, screenshots, tmp_path):
     browser.open(url + "/")
     browser.wait_idle()
     assert "petq" in browser.text()
-    browser.screenshot(screenshots / "0-home-empty.png")
+    links = json.loads(browser.js(
+        "JSON.stringify(Array.from(document.querySelectorAll("
+        "'[data-testid=\"stSidebarNav\"] a')).map(a => a.innerText.trim().split('\\n').pop().trim()))") or "[]")
+    assert links == [label for label, _ in PAGES]  # st.navigation's sidebar, in order
+    browser.screenshot(screenshots / "0-home-before-the-lab-tasks.png")
     browser.click_button("Run the lab's task set")
     deadline = time.monotonic() + 60
     while "variants done" not in browser.text() and time.monotonic() < deadline:
@@ -263,20 +338,43 @@ def test_every_page_renders_in_chromium(server, browser, screenshots, tmp_path):
         time.sleep(1)
     assert jobs and all(j["state"] == "done" for j in jobs), jobs
     time.sleep(2.5)  # the job panel notices the end and reruns the page
+    browser.wait_idle()
 
+    # Every page through the sidebar's links (st.navigation), timed: three rounds, the first
+    # one screenshotted; then each page opened afresh by its URL, timed.
+    times: dict[str, dict[str, list[float]]] = {label: {"navigate_ms": [], "open_ms": []}
+                                                for label, _ in PAGES}
     failures = {}
-    for name, path in PAGES:
-        browser.open(f"{url}/{path}")
-        browser.wait_idle()
-        failures[name] = browser.errors()
-        browser.screenshot(screenshots / f"{PAGES.index((name, path)) + 1}-{name}.png")
+    for round_ in range(3):
+        for index, (label, path) in enumerate([*PAGES[1:], PAGES[0]]):
+            times[label]["navigate_ms"].append(round(browser.click_nav(label), 1))
+            expected = f"{url}/{path}"
+            assert browser.js("window.location.href").rstrip("/") == expected.rstrip("/")
+            if round_ == 0:
+                browser.wait_idle(settle=1.0)
+                failures[label] = browser.errors()
+                browser.screenshot(screenshots / f"{index + 1}-{label.lower()}.png")
     assert not any(failures.values()), failures
+    for label, path in PAGES:
+        times[label]["open_ms"].append(round(browser.open_timed(f"{url}/{path}"), 1))
+        assert browser.errors() == [], label
+    cached = len(list(Cache(server["cache"]).entries("results")))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "page_times.json").write_text(json.dumps({
+        "what": "ms from clicking a sidebar link (navigate_ms, 3 rounds) or from loading the "
+                "page's URL (open_ms) until Streamlit's script run stopped; tiny fixtures, "
+                "headless Chromium, 1 inference thread",
+        "results_in_the_cache": cached,
+        "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+        "pages": times,
+    }, indent=2) + "\n")
+    print(json.dumps(times))
 
     # Report: the zip is made when the button is clicked, and holds markdown and PNGs.
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     browser.call("Page.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
-    browser.open(f"{url}/Report")
+    browser.open(f"{url}/report")
     browser.wait_idle()
     browser.click_button("Download the report (zip)")
     archive = downloads / "petq-report.zip"
@@ -287,10 +385,11 @@ def test_every_page_renders_in_chromium(server, browser, screenshots, tmp_path):
         names = zipped.namelist()
     assert "petq-report/summary.md" in names
     assert "petq-report/tflite-fp32-confusion-matrix.png" in names
+    assert "petq-report/aeq-wi8-afp32-confusion-matrix.png" in names
 
     # Classify: good photos of every kind, then one bad file next to a good one.
     good, bad = photos(tmp_path)
-    browser.open(f"{url}/Classify")
+    browser.open(f"{url}/classify")
     browser.wait_idle()
     browser.upload(good)
     browser.wait_idle(settle=2.5)
