@@ -24,9 +24,10 @@ PAGES = {
         st.Page(common.CLASSIFY, title="Classify", icon=":material/pets:",
                 url_path="classify"),
     ],
-    "Analysis": [  # the Layers page (per-layer quantization error) joins here
+    "Analysis": [
         st.Page(common.COMPARE, title="Compare", icon=":material/compare_arrows:",
                 url_path="compare"),
+        st.Page("app/layers.py", title="Layers", icon=":material/layers:", url_path="layers"),
         st.Page(common.REPORT, title="Report", icon=":material/description:",
                 url_path="report"),
     ],

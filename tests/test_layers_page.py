@@ -1,0 +1,96 @@
+"""The Layers page (per-layer error, selective quantization) and its figures, on the tiny
+fixtures through Streamlit's AppTest: real conversions, a real background job."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from petq import layerviews
+from petq.jobs import list_jobs
+from petq.types import VariantSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def layered(tiny_model, pet_root, tmp_path_factory):
+    """FP32, INT8 with per-layer statistics, and one keep-1 variant of it; a second INT8
+    variant evaluated without statistics."""
+    from petq.workspace import Workspace
+
+    cache = tmp_path_factory.mktemp("layers-cache")
+    ws = Workspace(tiny_model, pet_root, cache, threads=1)
+    for spec in (VariantSpec.fp32(), VariantSpec.int8(0.5), VariantSpec.imbint8((1,)),
+                 VariantSpec.of("tflite-int8", 0.5, keep_float=1)):
+        ws.evaluate(spec, latency_runs=5)
+    ws.layer_stats(VariantSpec.int8(0.5))
+    return ws
+
+
+def point_at(monkeypatch, ws) -> None:
+    monkeypatch.setenv("PETQ_MODEL", str(ws.model_path))
+    monkeypatch.setenv("PETQ_DATASET_ROOT", str(ws.dataset.root))
+    monkeypatch.setenv("PETQ_CACHE", str(ws.cache.root))
+    monkeypatch.setenv("PETQ_THREADS", "1")
+    monkeypatch.delenv("PETQ_TEST_FRACTION", raising=False)
+    monkeypatch.delenv("PETQ_PREPROCESSING", raising=False)
+
+
+def layers_page():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
+    return at.switch_page("app/layers.py").run()
+
+
+def test_views_mark_the_worst_layers_and_draw_each_variant(layered):
+    stats = layered.cached_layer_stats(VariantSpec.int8(0.5))
+    table = layerviews.layer_table(stats, worst=2)
+    quantized = table.dropna(subset=["error"])
+    assert int(table["worst"].sum()) == min(2, len(quantized))
+    assert quantized.loc[quantized["worst"], "error"].min() >= \
+        quantized.loc[~quantized["worst"], "error"].max()
+    figure = layerviews.error_figure([("a", stats), ("b", stats)], worst=2)
+    assert [trace.name for trace in figure.data] == ["a", "b"]
+    assert len(figure.data[0].y) == len(quantized)
+
+
+@pytest.mark.slow
+def test_layers_page_shows_statistics_and_what_keeping_layers_recovers(monkeypatch, layered):
+    point_at(monkeypatch, layered)
+    at = layers_page()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    at.selectbox(key="layers_a").set_value("tflite-int8-0.5").run()
+    assert at.selectbox(key="layers_b").value is None
+    charts = [c for c in at.get("plotly_chart")]
+    assert charts, "the per-layer error chart is missing"
+    frames = [f.value for f in at.dataframe]
+    layer_frame = next(f for f in frames if "error" in f.columns)
+    assert len(layer_frame) == len(layered.cached_layer_stats(VariantSpec.int8(0.5)))
+    recovery = next(f for f in frames if "keep_float" in f.columns)
+    assert list(recovery["keep_float"]) == [0, 0, 1]  # FP32, the base, keep 1
+    assert "tflite-int8-0.5-keep1" in recovery.index
+
+
+@pytest.mark.slow
+def test_missing_statistics_start_one_background_job(monkeypatch, layered):
+    point_at(monkeypatch, layered)
+    at = layers_page()
+    at.selectbox(key="layers_a").set_value("tflite-imbint8-c1").run()
+    assert any("not yet" in i.value for i in at.info)
+    before = {j["id"] for j in list_jobs(layered.cache.root)}
+    at.button(key="layers_compute").click().run()
+    jobs = [j for j in list_jobs(layered.cache.root) if j["id"] not in before]
+    assert len(jobs) == 1 and jobs[0]["layers"] is True
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = next(j for j in list_jobs(layered.cache.root) if j["id"] == jobs[0]["id"])
+        if job["state"] not in ("queued", "running"):
+            break
+        time.sleep(0.5)
+    assert job["state"] == "done", job
+    assert layered.cached_layer_stats(VariantSpec.imbint8((1,))) is not None
