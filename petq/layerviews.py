@@ -50,9 +50,9 @@ def layer_table(stats: Sequence[LayerStat], worst: int = 5) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def short_name(name: str, limit: int = 38) -> str:
-    """A layer's tensor name, shortened from the left for an axis label."""
-    return name if len(name) <= limit else "…" + name[-(limit - 1):]
+def axis_label(index: int, op: str) -> str:
+    """`12 CONV_2D`: graph position and op (the full tensor name is in the hover)."""
+    return f"{index} {op}"
 
 
 def error_figure(series: Sequence[tuple[str, Sequence[LayerStat]]], worst: int = 5,
@@ -64,8 +64,8 @@ def error_figure(series: Sequence[tuple[str, Sequence[LayerStat]]], worst: int =
         table = layer_table(stats, worst)
         quantized = table.dropna(subset=["error"])
         fig.add_bar(
-            name=name, x=[f"{i}: {short_name(n)}" for i, n in zip(quantized["index"],
-                                                                  quantized["layer"], strict=True)],
+            name=name, x=[axis_label(i, op) for i, op in zip(quantized["index"], quantized["op"],
+                                                             strict=True)],
             y=quantized["error"], marker_color=colour,
             marker_line=dict(color=["#d62728" if w else colour for w in quantized["worst"]],
                              width=[3 if w else 0 for w in quantized["worst"]]),
@@ -86,8 +86,7 @@ def range_figure(stats: Sequence[LayerStat], name: str) -> go.Figure:
     """Per layer: the float range the quantized tensor can hold (bar) against the range the
     float model produced on the sample (line): clipping shows where the line leaves the bar."""
     table = layer_table(stats).dropna(subset=["used_min", "seen_min"])
-    labels = [f"{i}: {short_name(n)}" for i, n in zip(table["index"], table["layer"],
-                                                      strict=True)]
+    labels = [axis_label(i, op) for i, op in zip(table["index"], table["op"], strict=True)]
     fig = go.Figure()
     fig.add_bar(x=labels, y=table["used_max"] - table["used_min"], base=table["used_min"],
                 name="range used (quantized)", marker_color="#c7d7ea",
