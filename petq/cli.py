@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from petq.errors import PetqError
+from petq.errors import ModelError, PetqError
 from petq.types import (
     DEFAULT_CALIBRATION_SEED,
     PREPROCESSING,
@@ -83,12 +83,20 @@ def _workspace(args: argparse.Namespace):
         _download_dataset(args.dataset_root)
     bars = StageBars()
     try:
-        return default_workspace(
+        ws = default_workspace(
             args.model_path, args.dataset_root, args.cache_dir, args.threads,
             progress=lambda done, total: bars("generating synthetic pets", done, total),
             preprocessing=args.preprocessing)
+    except ModelError as exc:
+        if args.model_path and not args.dataset_root:
+            raise ModelError(f"{exc} (the synthetic demo dataset was used: --dataset-root was "
+                             "not given)") from None
+        raise
     finally:
         bars.close()
+    if ws.contract_source == "model":
+        print(f"petq: {ws.contract_note()}", file=sys.stderr)
+    return ws
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
@@ -124,6 +132,8 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         "results_path": str(args.results_path), "test_dataset_fraction":
         args.test_dataset_fraction, "tasks": [s.name for s in specs], "threads": ws.threads,
         "cache_dir": str(ws.cache.root), "synthetic": ws.dataset.synthetic,
+        "contract": ws.contract.to_dict() | {"info": None},
+        "contract_source": ws.contract_source, "seeds": calibration_seeds(args),
     }
     (Path(args.results_path) / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     print(f"wrote {len(written)} report files and config.json to {args.results_path}")
@@ -287,8 +297,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="cache folder (default: ./cache)")
     parser.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
     parser.add_argument("--preprocessing", choices=list(PREPROCESSING),
-                        help="input scaling, for a model without a sidecar JSON (default: "
-                             "the sidecar's, else torch: /255 then ImageNet mean/std). "
+                        help="input scaling; overrides the sidecar JSON's (default: the "
+                             "sidecar's, else torch: /255 then ImageNet mean/std). "
                              + "; ".join(f"{k}: {v}" for k, v in PREPROCESSING.items()))
 
 

