@@ -88,9 +88,14 @@ right_name = b.selectbox("Right", listed, index=listed.index(pair), key="compare
 left_details = details[by_name[left_name].result_key]
 right_details = details[by_name[right_name].result_key]
 zmax = compare.max_count(left_details, right_details)
-a.plotly_chart(compare.confusion_heatmap(left_details, left_name, zmax, colorbar=False),
+side_by_side = len(left_details.class_names) <= compare.SIDE_BY_SIDE_CLASSES
+if not side_by_side:  # too many breeds for half a page: one above the other, full width
+    a, b = st.container(), st.container()
+a.plotly_chart(compare.confusion_heatmap(left_details, left_name, zmax,
+                                         colorbar=not side_by_side),
                width="stretch", key="compare_cm_a")
-b.plotly_chart(compare.confusion_heatmap(right_details, right_name, zmax, y_labels=False),
+b.plotly_chart(compare.confusion_heatmap(right_details, right_name, zmax,
+                                         y_labels=not side_by_side),
                width="stretch", key="compare_cm_b")
 if right_name == left_name:
     st.caption("Pick two different variants to see their difference.")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
 from petq import stats
 from petq.errors import PetqError, SpecError
@@ -31,6 +32,7 @@ RESAMPLES = 2000  # bootstrap resamples of the paired accuracy interval
 BACKEND_LABELS = {Backend.KERAS: "Keras", Backend.TFLITE: "TFLite converter",
                   Backend.AEQ: "AI Edge Quantizer"}
 MAX_SEEDS = 20  # calibration seeds one request may ask for
+SIDE_BY_SIDE_CLASSES = 16  # confusion matrices with more classes need a page's full width
 
 
 # ---------------------------------------------------------------- columns
@@ -395,6 +397,8 @@ def plan_table(tasks: Sequence[Mapping[str, Any]], cached: Mapping[str, Result]
                         "reason": task["reason"] or "",
                         **{m: getattr(result, m) if result else math.nan for m in PLAN_METRICS}})
     columns = ["status", "reason", *PLAN_METRICS]
+    if not any(r["reason"] for r in records):  # nothing skipped: no empty column
+        columns.remove("reason")
     if not records:
         return pd.DataFrame(columns=columns, index=pd.Index([], name="variant"))
     return pd.DataFrame.from_records(records).set_index("variant")[columns]
@@ -631,6 +635,8 @@ def pareto_scatter(table: pd.DataFrame, x: str = "latency_p50_ms", y: str = "acc
     """
     fig = go.Figure()
     data = table.dropna(subset=[x, y])
+    if len(data) > 10:  # Plotly's default palette repeats after ten colours
+        fig.update_layout(colorway=qualitative.Dark24)
     sizes = data["file_size_bytes"].fillna(0).astype(float)
     scale = 2.0 * float(sizes.max()) / (45.0 ** 2) if len(sizes) and sizes.max() > 0 else 1.0
     front_names = pareto_front(data, x, y)
@@ -654,7 +660,11 @@ def pareto_scatter(table: pd.DataFrame, x: str = "latency_p50_ms", y: str = "acc
                         line=dict(dash="dash", color="#555"), hoverinfo="skip")
     positive = data[x][data[x] > 0]
     if len(positive) > 1 and positive.max() / positive.min() > 20:
-        fig.update_xaxes(type="log", dtick="D2")
+        low, high = float(positive.min()) / 1.5, float(positive.max()) * 1.5
+        ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(low)),
+                                              math.ceil(math.log10(high)) + 1)
+                 for m in (1, 2, 5) if low <= m * 10.0 ** e <= high]
+        fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
     if len(data):
         low, high = float(data[y].min()), float(data[y].max())
         pad = max(0.3 * (high - low), 0.01)

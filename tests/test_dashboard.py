@@ -237,6 +237,7 @@ def test_plan_table_shows_status_and_cached_figures():
     assert table.loc["native", "accuracy"] == 1.0
     assert math.isnan(table.loc["tflite-imbint8", "accuracy"])
     assert table.loc["tflite-imbint8", "reason"] == "class 5 out of range"
+    assert "reason" not in compare.plan_table(tasks[:1], {}).columns  # nothing skipped
     assert compare.column("status").label == "Status"
 
 
@@ -306,7 +307,7 @@ def test_classify_gives_top_k_probabilities_and_disagreement():
                            k=2)
     assert [p["top1"] for p in out] == ["b", "a"]
     assert [b for b, _ in out[0]["top"]] == ["b", "c"]
-    assert sum(p for _, p in out[0]["top"]) < 1.0 and out[0]["latency_ms"] >= 0
+    assert sum(p for _, p in out[0]["top"]) < 1.0 and 0 <= out[0]["latency_ms"] < 1000
     assert compare.disagreement(out)
     assert not compare.disagreement(out[:1])
 
@@ -390,11 +391,14 @@ def test_navigation_registers_every_page(empty):
     at = app()
     pages = {info["script_path"]: (info["page_name"], info["url_pathname"])
              for info in at._registered_pages.values()}
-    assert pages == {str(ROOT / "app/home.py"): ("Home", ""),
-                     str(ROOT / "app/convert.py"): ("Convert", "convert"),
-                     str(ROOT / "app/compare.py"): ("Compare", "compare"),
-                     str(ROOT / "app/classify.py"): ("Classify", "classify"),
-                     str(ROOT / "app/report.py"): ("Report", "report")}
+    mine = {str(ROOT / "app/home.py"): ("Home", ""),
+            str(ROOT / "app/convert.py"): ("Convert", "convert"),
+            str(ROOT / "app/compare.py"): ("Compare", "compare"),
+            str(ROOT / "app/classify.py"): ("Classify", "classify"),
+            str(ROOT / "app/report.py"): ("Report", "report")}
+    assert {k: v for k, v in pages.items() if k in mine} == mine
+    for script in pages:  # other pages (Layers) are files in app/ too
+        assert Path(script).parent == ROOT / "app", script
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -682,36 +686,6 @@ def test_compare_shows_the_spread_over_seeds(filled):
     assert list(at.dataframe[0].value.index) == ["native", "tflite-int8-0.5"]
     at.multiselect(key="compare_variants").set_value([]).run()
     assert any("at least one variant" in i.value for i in at.info)
-
-
-def test_compare_marks_a_significant_difference_on_real_results(monkeypatch, pet_root,
-                                                                tmp_path):
-    """An untrained model: its INT8 variant calibrated on one breed disagrees with it on
-    many images; the page must mark that, with the b/c counts."""
-    from petq.types import ModelContract, save_contract
-    from petq.workspace import Workspace
-
-    model = small_model(tmp_path / "untrained.keras", width=8)
-    save_contract(model, ModelContract(input_size=(32, 32),
-                                       class_names=("Abyssinian", "american_bulldog", "Bengal",
-                                                    "beagle")))
-    cache = tmp_path / "cache"
-    ws = Workspace(model, pet_root, cache, threads=1)
-    native, _ = ws.evaluate(VariantSpec.native(), latency_runs=3)
-    int8, _ = ws.evaluate(VariantSpec.imbint8((0,)), latency_runs=3)
-    top_n, top_q = ws.details(native.result_key).top1, ws.details(int8.result_key).top1
-    labels = ws.details(native.result_key).labels
-    expected = compare.paired_comparison(ws.details(int8.result_key),
-                                         ws.details(native.result_key))
-    point_at(monkeypatch, model, pet_root, cache)
-    at = app("app/compare.py")
-    assert_clean(at)
-    row = at.dataframe[0].value.loc[int8.variant]
-    b = int(((top_n == labels) & (top_q != labels)).sum())
-    c = int(((top_q == labels) & (top_n != labels)).sum())
-    assert row["mcnemar_bc"] == f"{b} / {c}"
-    assert row["significant"] == ("✱" if expected.significant else "")
-    assert row["mcnemar_p"] == pytest.approx(expected.mcnemar.p_value)
 
 
 def jpeg(image: Image.Image, **kwargs) -> bytes:
