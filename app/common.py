@@ -293,11 +293,7 @@ def _stamp(ws, kind: str) -> int:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _results(key: WorkspaceKey, stamp: int) -> list[Result]:
-    ws = _workspace(*key)
-    # Workspace.results() matches model, dataset and threads only; a result whose key is
-    # not the one this workspace would give it (another preprocessing, test images or
-    # library versions) belongs to another workspace.
-    return [r for r in ws.results() if ws.result_key(r.spec, r.test_fraction) == r.result_key]
+    return _workspace(*key).results()  # this workspace's only (its preprocessing too)
 
 
 def results(ws) -> list[Result]:

@@ -495,7 +495,10 @@ def test_settings_preprocessing_defaults_to_the_sidecar_and_can_be_changed(fille
     assert "preprocessing `unit`" in "\n".join(c.value for c in at.sidebar.caption)
     # another contract: the cached results of the sidecar's preprocessing are not this one's
     plan = at.dataframe[-1].value
-    assert dict(zip(plan["Variant"], plan["Status"], strict=True))["tflite-fp32"] == "to do"
+    status = dict(zip(plan["Variant"], plan["Status"], strict=True))
+    assert status["tflite-fp32"] == "to do" and status["native"] == "to do"
+    assert len(at.dataframe) == 1  # no cached-variants table
+    assert any("Nothing evaluated" in i.value for i in at.info)
 
 
 def small_model(path: Path, width: int) -> Path:
