@@ -414,7 +414,7 @@ def test_every_page_renders_in_chromium(server, browser, screenshots, tmp_path):
     browser.wait_idle(settle=2.5)
     assert browser.errors() == []
     assert browser.text().count("tflite-fp32") >= len(good)
-    browser.screenshot(screenshots / "6-classify-uploads.png")
+    browser.screenshot(screenshots / "classify-uploads.png")
     browser.upload([bad, good[0]])
     browser.wait_idle(settle=2.5)
     errors = browser.errors()
@@ -422,6 +422,6 @@ def test_every_page_renders_in_chromium(server, browser, screenshots, tmp_path):
     assert json.loads(browser.js(
         "JSON.stringify(document.querySelectorAll('[data-testid=\"stException\"]').length)"
     )) == 0
-    browser.screenshot(screenshots / "7-classify-bad-file.png")
+    browser.screenshot(screenshots / "classify-bad-file.png")
     log = server["log"].read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
