@@ -195,9 +195,10 @@ def resolve_specs(ws, args: argparse.Namespace) -> list[VariantSpec]:
         classes = tuple(ws.class_index(c) for c in args.calibration_classes)
         specs = [s.with_calibration(Calibration(classes=classes))
                  if s.calibration.kind == "classes" else s for s in specs]
-    seeds = calibration_seeds(args)
-    specs = [s.with_calibration(Calibration(s.fraction, seed=seed)) if s.uses_seed else s
-             for s in specs for seed in (seeds if s.uses_seed else [None])]
+    if args.seeds or args.seed_count or args.seed != DEFAULT_CALIBRATION_SEED:
+        seeds = calibration_seeds(args)  # given seeds replace a task name's own
+        specs = [s.with_calibration(Calibration(s.fraction, seed=seed)) if s.uses_seed else s
+                 for s in specs for seed in (seeds if s.uses_seed else [None])]
     specs = list(dict.fromkeys(specs))
     for spec in specs:
         ws.calibration_samples(spec)

@@ -80,7 +80,7 @@ class PetDataset:
     class_names: tuple[str, ...]
     trainval: tuple[Sample, ...]
     test: tuple[Sample, ...]
-    fingerprint: str  # hash of the list files: identifies the split contents
+    fingerprint: str  # list files, synthetic marker, each image's size and mtime
     synthetic: bool
 
     @classmethod
@@ -111,6 +111,14 @@ class PetDataset:
         marker = root / "SYNTHETIC"  # generator version and parameters of a synthetic set
         if marker.exists():
             digest.update(marker.read_bytes())
+        # The images themselves, cheaply: size and modification time of every listed file
+        # (one stat each), so a copy with the same lists but other pixels is another dataset.
+        for sample in (*splits["trainval"], *splits["test"]):
+            try:
+                info = (root / "images" / f"{sample.image_id}.jpg").stat()
+                digest.update(f"{sample.image_id} {info.st_size} {info.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{sample.image_id} missing\n".encode())
         count = max(names) + 1
         return cls(
             root=root,

@@ -390,3 +390,19 @@ def test_partial_dataset_still_rejects_a_class_id_with_two_names(pet_root, tmp_p
     test.write_text(test.read_text() + "beagle_99 3 2 2\n")
     with pytest.raises(DatasetError, match="class id 3 is both 'Bengal' and 'beagle'"):
         PetDataset.load(root)
+
+
+def test_fingerprint_follows_the_images_not_only_the_lists(tmp_path):
+    import os
+
+    from conftest import write_pet_tree
+    from petq.data import PetDataset
+
+    root = write_pet_tree(tmp_path / "pets")
+    before = PetDataset.load(root).fingerprint
+    assert PetDataset.load(root).fingerprint == before
+    image = root / "images" / "beagle_3.jpg"
+    data = image.read_bytes()
+    image.write_bytes(data + b"\0")  # other pixels, same lists
+    os.utime(image, ns=(1, 1))
+    assert PetDataset.load(root).fingerprint != before
