@@ -52,11 +52,14 @@ import json, sys, time
 t0 = time.perf_counter()
 events = []
 import petq.cli as cli
-original = cli.StageBars.__call__
-def timed(self, stage, done, total):
-    events.append((time.perf_counter() - t0, self.prefix.rstrip(": "), stage, done, total))
-    return original(self, stage, done, total)
-cli.StageBars.__call__ = timed
+bars = getattr(cli, "StageBars", None)  # without it: the total time, no stages
+if bars is not None:
+    original = bars.__call__
+    def timed(self, stage, done, total):
+        prefix = getattr(self, "prefix", "").rstrip(": ")
+        events.append((time.perf_counter() - t0, prefix, stage, done, total))
+        return original(self, stage, done, total)
+    bars.__call__ = timed
 try:
     code = cli.main(sys.argv[2:])
 finally:
@@ -207,7 +210,7 @@ def bench_decode(dataset: Path, counts: list[int], repeats: int) -> None:
     import numpy as np
 
     from petq.data import PetDataset
-    from petq.store import DECODE_CHUNK, decode_into, decode_workers
+    from petq.store import DECODE_CHUNK, PARALLEL_MIN_IMAGES, decode_into, decode_workers
 
     pets = PetDataset.load(dataset)
     paths = [str(pets.image_path(s.image_id)) for s in pets.trainval + pets.test]
@@ -240,9 +243,10 @@ def bench_decode(dataset: Path, counts: list[int], repeats: int) -> None:
                                   [size] * len(chunks)))
                 times["processes"].append(time.perf_counter() - start)
             best = {k: min(v) for k, v in times.items()}
+            note = "  (threads: one, under PARALLEL_MIN_IMAGES)" if n < PARALLEL_MIN_IMAGES else ""
             print(f"{n:7d} {best['serial']:10.2f}s {best['threads']:8.2f}s "
                   f"{best['processes']:9.2f}s {best['serial'] / best['threads']:9.2f}x "
-                  f"{best['serial'] / best['processes']:11.2f}x", flush=True)
+                  f"{best['serial'] / best['processes']:11.2f}x{note}", flush=True)
             del pixels
 
 

@@ -11,11 +11,17 @@ the per-image reference:
 - `batch-N`: batches of N images, the last one padded with repeats of earlier
   images (a repeat cannot move a min or a max);
 - `extremes-k`: only the images that hold one of the k smallest or k largest
-  values of some float tensor, found by the FP32 .tflite on XNNPACK with every
-  tensor kept (`experimental_preserve_all_tensors`); the time includes that pass.
+  values of some float tensor, found by the FP32 .tflite (XNNPACK, one image or
+  a batch per invoke, or the builtin kernels) with every tensor kept
+  (`experimental_preserve_all_tensors`); the time includes that pass.
 Also the calibrator's CPU time against its wall time (is it single-threaded?).
+`--lab-set` instead runs the lab's five INT8 variants both ways: per-image, and
+extremes-k picked from one pass over all of trainval.
 
-Usage: python benchmarks/probe_calibration.py [--dataset-root DIR] [--fraction 0.3]
+Usage:
+  python benchmarks/probe_calibration.py [--dataset-root DIR] [--fraction 0.3]
+  python benchmarks/probe_calibration.py --lab-set --extremes 3 --find-batch 1
+The decoded store is kept in benchmarks/out/probe-cache/.
 """
 
 from __future__ import annotations
@@ -91,8 +97,13 @@ def difference(a: bytes, b: bytes) -> str:
     return f"{shapes} tensor shape(s) and {quant} quantization parameter set(s) differ"
 
 
-def extreme_rows(fp32: bytes, x: np.ndarray, k: int, reference_kernels: bool) -> list[int]:
-    """Rows of `x` holding one of the k lowest or k highest values of some float tensor."""
+def tensor_extremes(fp32: bytes, x: np.ndarray, reference_kernels: bool = False,
+                    batch: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the lowest and highest value of every float tensor: two (N, T) arrays.
+
+    Runs the FP32 .tflite with every tensor kept (XNNPACK, or the builtin kernels),
+    `batch` images per invoke.
+    """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if reference_kernels
@@ -100,22 +111,72 @@ def extreme_rows(fp32: bytes, x: np.ndarray, k: int, reference_kernels: bool) ->
     interpreter = Interpreter(model_content=fp32, experimental_preserve_all_tensors=True,
                               experimental_op_resolver_type=resolver,
                               num_threads=os.cpu_count())
-    interpreter.allocate_tensors()
     index = interpreter.get_input_details()[0]["index"]
+    if batch > 1:
+        interpreter.resize_tensor_input(index, [batch, *x.shape[1:]])
+    interpreter.allocate_tensors()
     tensors = [t["index"] for t in interpreter.get_tensor_details()
-               if t["dtype"] == np.float32 and len(t["shape"]) > 0]
+               if t["dtype"] == np.float32 and len(t["shape"]) > 0 and t["shape"][0] == batch]
     lows = np.empty((len(x), len(tensors)), np.float32)
     highs = np.empty_like(lows)
-    for i in range(len(x)):
-        interpreter.set_tensor(index, x[i:i + 1])
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        count = len(chunk)
+        if count < batch:  # pad with repeats; their rows are dropped below
+            chunk = np.concatenate([chunk, x[:batch - count]])
+        interpreter.set_tensor(index, chunk)
         interpreter.invoke()
         for j, t in enumerate(tensors):
-            values = interpreter.get_tensor(t)
-            lows[i, j], highs[i, j] = values.min(), values.max()
-    k = min(k, len(x))
-    picked = set(np.argsort(lows, axis=0, kind="stable")[:k].ravel())
-    picked |= set(np.argsort(-highs, axis=0, kind="stable")[:k].ravel())
-    return sorted(int(r) for r in picked)
+            values = interpreter.get_tensor(t).reshape(batch, -1)[:count]
+            lows[start:start + count, j] = values.min(axis=1)
+            highs[start:start + count, j] = values.max(axis=1)
+    return lows, highs
+
+
+def extreme_rows(lows: np.ndarray, highs: np.ndarray, rows: np.ndarray, k: int) -> list[int]:
+    """Of `rows`, those holding one of the k lowest or k highest values of some tensor.
+
+    Tensors whose extreme is the same for every row (weights, a ReLU's 0) need no pick:
+    any one row holds it.
+    """
+    k = min(k, len(rows))
+    low, high = lows[rows], highs[rows]
+    picked = {int(rows[0])}
+    for values, sign in ((low, 1), (high, -1)):
+        varying = values.min(axis=0) != values.max(axis=0)
+        order = np.argsort(sign * values[:, varying], axis=0, kind="stable")[:k]
+        picked |= {int(r) for r in rows[order].ravel()}
+    return sorted(picked)
+
+
+def lab_set(model_path: Path, dataset: PetDataset, contract, store, k: int, batch: int) -> None:
+    """The lab's five INT8 variants: per-image calibration against extremes-k from one pass."""
+    ids = {s.image_id: i for i, s in enumerate(dataset.trainval)}
+    pixels, kept = store.pixels_of(dataset.trainval)
+    x = preprocess(np.asarray(pixels), contract)
+    fp32, _, _ = convert(model_path, None)
+    start = time.perf_counter()
+    lows, highs = tensor_extremes(fp32, x, batch=batch)
+    find = time.perf_counter() - start
+    print(f"per-image tensor extremes of all {len(x)} trainval images ({lows.shape[1]} float "
+          f"tensors, batch {batch}): {find:.1f} s")
+    sets = {f"tflite-int8-{f:g}": dataset.calibration_samples(f, 1234) for f in (0.01, 0.08,
+                                                                               0.3, 0.8)}
+    sets["tflite-imbint8"] = dataset.class_samples((5,))
+    totals = {"per-image": 0.0, "extremes": find}
+    for name, samples in sets.items():
+        rows = np.array([ids[s.image_id] for s in samples])
+        reference, ref_seconds, _ = convert(model_path, [x[r:r + 1] for r in rows])
+        picked = extreme_rows(lows, highs, rows, k)
+        in_order = [r for r in rows if r in set(picked)]  # calibration order kept
+        data, seconds, _ = convert(model_path, [x[r:r + 1] for r in in_order])
+        totals["per-image"] += ref_seconds
+        totals["extremes"] += seconds
+        same = "identical" if data == reference else "DIFFERENT: " + difference(reference, data)
+        print(f"{name:18s} {len(rows):5d} images {ref_seconds:6.1f} s | extremes-{k}: "
+              f"{len(picked):3d} images {seconds:5.1f} s  bytes {same}", flush=True)
+    print(f"{'total':18s} per-image {totals['per-image']:.1f} s, extremes-{k} "
+          f"{totals['extremes']:.1f} s (including the pass over trainval)")
 
 
 def main() -> int:
@@ -129,11 +190,18 @@ def main() -> int:
     parser.add_argument("--extremes", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--skip-orders", action="store_true",
                         help="skip the reversed / repeated / batched trials")
+    parser.add_argument("--lab-set", action="store_true",
+                        help="the lab's five INT8 variants, per-image against extremes-k")
+    parser.add_argument("--find-batch", type=int, default=32,
+                        help="images per invoke when finding tensor extremes")
     args = parser.parse_args()
     dataset = PetDataset.load(args.dataset_root)
     contract = load_contract(args.model_path)
     cache = Cache(ROOT / "benchmarks" / "out" / "probe-cache")
     store = load_store(dataset, contract.input_size, cache)
+    if args.lab_set:
+        lab_set(args.model_path, dataset, contract, store, max(args.extremes), args.find_batch)
+        return 0
     pixels, kept = store.pixels_of(dataset.calibration_samples(args.fraction, args.seed))
     x = preprocess(np.asarray(pixels), contract)
     print(f"{len(kept)} calibration images ({args.fraction:g} of {len(dataset.trainval)} "
@@ -156,13 +224,16 @@ def main() -> int:
         print(f"{name:34s} {seconds:6.1f} s   CPU {cpu:6.1f} s   bytes "
               f"{'identical' if data == reference else 'DIFFERENT'}"
               f"{'' if data == reference else ': ' + difference(reference, data)}", flush=True)
-    for k in args.extremes:
-        for reference_kernels in (False, True):
-            start = time.perf_counter()
-            rows = extreme_rows(fp32, x, k, reference_kernels)
-            find = time.perf_counter() - start
+    every = np.arange(len(x))
+    for reference_kernels, batch in ((False, 1), (False, args.find_batch), (True, 1)):
+        start = time.perf_counter()
+        lows, highs = tensor_extremes(fp32, x, reference_kernels, batch)
+        find = time.perf_counter() - start
+        for k in args.extremes:
+            rows = extreme_rows(lows, highs, every, k)
             data, seconds, _ = convert(args.model_path, [x[r:r + 1] for r in rows])
-            label = f"extremes-{k}{'-builtin' if reference_kernels else ''} ({len(rows)} images)"
+            how = "builtin" if reference_kernels else f"xnnpack, batch {batch}"
+            label = f"extremes-{k} {how} ({len(rows)} images)"
             print(f"{label:34s} {find + seconds:6.1f} s (find {find:.1f} s)   bytes "
                   f"{'identical' if data == reference else 'DIFFERENT'}"
                   f"{'' if data == reference else ': ' + difference(reference, data)}",

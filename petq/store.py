@@ -26,7 +26,7 @@ from petq.errors import ImageError
 STORE_VERSION = 1
 Progress = Callable[[int, int], None]
 DECODE_CHUNK = 32  # images per task: the unit of work and of progress calls
-PARALLEL_MIN_IMAGES = 64  # fewer images are decoded in the calling thread (see decode_into)
+PARALLEL_MIN_IMAGES = 2 * DECODE_CHUNK  # fewer: decoded in the calling thread (one chunk)
 MAX_DECODE_WORKERS = 8
 
 
