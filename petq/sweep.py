@@ -1,0 +1,758 @@
+"""Sweeps: a grid of recipes x calibration fractions x seeds, one task per variant.
+
+`expand_grid` turns the grid into validated, deduplicated variant specs (a recipe that
+does not calibrate gives one cell). `run_sweep` runs each spec (convert, then evaluate)
+as one task: in this process (`serial`), on a local process pool sized to the cores
+(`local`, spawned workers), or as Ray tasks on a cluster (`ray`). Every task opens its
+own Workspace and writes into the one content-addressed cache, which may sit on shared
+storage; a cell already cached is not sent. A Ray worker killed mid-task is retried by
+Ray (`max_retries`), and the cache holds only complete entries. Everything that can be
+checked (grid, paths, cache writable, Ray address and nodes) is checked before any work.
+
+`write_csv` writes one row per cell. `petq sweep` is the command line (`add_parser`,
+`run`); the Convert page calls `expand_grid` and `run_sweep` with a `progress` callback,
+or reads the `SweepStatus` it is given. No streamlit here, and ray only when asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from petq.errors import PetqError, SpecError
+from petq.results import Result
+from petq.types import DEFAULT_CALIBRATION_SEED, RECIPES, VariantSpec
+
+BACKENDS = ("serial", "local", "ray")
+DEFAULT_MAX_RETRIES = 3  # Ray retries of a task whose worker died; local pool restarts
+RAY_CONNECT_TIMEOUT = 5.0  # seconds for the TCP check of a Ray address
+RAY_PROBE_TIMEOUT = 120.0  # seconds for every Ray node to answer the pre-flight probe
+MAX_SEED = 2**32 - 1  # scikit-learn's random_state range
+CSV_COLUMNS = (
+    "recipe", "fraction", "seed", "classes", "variant", "status", "accuracy", "g_mean",
+    "file_size_bytes", "latency_p50_ms", "latency_context", "threads", "task_seconds",
+    "worker", "result_key", "error",
+)
+CACHED = "cached (measured earlier)"  # latency_context of a result this sweep did not compute
+
+
+class SweepError(PetqError):
+    """A sweep cannot start: its grid, its paths, its cache or its Ray cluster."""
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def expand_grid(
+    recipes: Sequence[str],
+    fractions: Sequence[float] = (),
+    seeds: Sequence[int] = (DEFAULT_CALIBRATION_SEED,),
+    classes: Sequence[Sequence[int]] | None = None,
+) -> list[VariantSpec]:
+    """Every cell of recipes x fractions x seeds, plus one cell per class set for each
+    calibrating recipe, in grid order and without duplicates.
+
+    A recipe that does not calibrate gives one cell whatever the fractions and seeds;
+    a calibrating recipe with neither fractions nor class sets, an unknown recipe, a
+    fraction outside (0, 1], a seed outside 0..2**32-1 or an empty grid is a SpecError.
+    """
+    recipes = list(dict.fromkeys(str(r).strip() for r in recipes))
+    if not recipes:
+        raise SpecError("the sweep grid is empty: name at least one recipe (`petq recipes`)")
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        raise SpecError(f"unknown recipe(s) {', '.join(map(repr, unknown))}: expected some of "
+                        f"{', '.join(RECIPES)}")
+    checked_fractions = []
+    for value in fractions:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise SpecError(f"calibration fraction must be a number, got {value!r}") from None
+        if math.isnan(number) or not 0.0 < number <= 1.0:
+            raise SpecError(f"calibration fraction must be in (0, 1], got {value!r}")
+        checked_fractions.append(number)
+    fractions = list(dict.fromkeys(checked_fractions))
+    seeds = list(dict.fromkeys(seeds))
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise SpecError(f"calibration seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+    class_sets = [tuple(sorted({int(c) for c in group})) for group in (classes or ())]
+    if any(not group for group in class_sets):
+        raise SpecError("a calibration class set is empty")
+    calibrating = [r for r in recipes if RECIPES[r].calibrates]
+    if calibrating and not fractions and not class_sets:
+        raise SpecError(f"{', '.join(calibrating)} calibrate(s): give calibration fractions "
+                        "(e.g. 0.01 0.08) or calibration classes")
+    if calibrating and fractions and not seeds:
+        raise SpecError("give at least one calibration seed")
+    specs: list[VariantSpec] = []
+    for key in recipes:
+        if not RECIPES[key].calibrates:
+            specs.append(VariantSpec.of(key))
+            continue
+        specs.extend(VariantSpec.of(key, f, seed=s) for f in fractions for s in seeds)
+        specs.extend(VariantSpec.of(key, classes=group) for group in class_sets)
+    return list(dict.fromkeys(specs))
+
+
+# ---------------------------------------------------------------- cells and status
+
+
+@dataclass
+class Cell:
+    """One grid cell: its spec and, once run, its result or its error."""
+
+    spec: VariantSpec
+    result: Result | None = None
+    error: str | None = None
+    state: str = "pending"  # pending | queued | done | cached | failed
+    seconds: float = 0.0  # the task's wall time in its worker (0 when not run)
+    worker: str = ""  # host:pid that ran the task
+    latency_context: str = ""  # how the latency was measured: serial, parallel, cached
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "cached", "failed")
+
+    def row(self) -> dict[str, Any]:
+        """The cell as a flat row of sweep.csv."""
+        spec, result = self.spec, self.result
+        return {
+            "recipe": spec.recipe.key,
+            "fraction": "" if spec.fraction is None else f"{spec.fraction:g}",
+            "seed": spec.seed if spec.uses_seed else "",
+            "classes": "+".join(str(c) for c in spec.classes),
+            "variant": spec.name,
+            "status": self.state,
+            "accuracy": result.accuracy if result else "",
+            "g_mean": result.g_mean if result else "",
+            "file_size_bytes": result.file_size_bytes if result else "",
+            "latency_p50_ms": result.latency_p50_ms if result else "",
+            "latency_context": self.latency_context if result else "",
+            "threads": result.threads if result else "",
+            "task_seconds": round(self.seconds, 3) if self.seconds else "",
+            "worker": self.worker,
+            "result_key": result.result_key if result else "",
+            "error": self.error or "",
+        }
+
+
+@dataclass
+class SweepStatus:
+    """Where a sweep stands; `run_sweep` updates it in place, so a page may poll it."""
+
+    cells: list[Cell]
+    backend: str
+    workers: int = 1
+    threads: int = 1
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def count(self, *states: str) -> int:
+        return sum(cell.state in states for cell in self.cells)
+
+    @property
+    def total(self) -> int:
+        return len(self.cells)
+
+    @property
+    def fraction_done(self) -> float:
+        return self.count("done", "cached", "failed") / self.total if self.cells else 1.0
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.time()) - self.started
+
+    def summary(self) -> str:
+        return (f"{self.count('done')} done, {self.count('failed')} failed, "
+                f"{self.count('cached')} cached of {self.total} cell(s) in {self.elapsed:.1f} s")
+
+
+Progress = Callable[[SweepStatus, "Cell | None"], None]  # cell None: the sweep starts or ends
+
+
+# ---------------------------------------------------------------- one task
+
+
+@dataclass(frozen=True)
+class SweepTask:
+    """What a worker needs for one cell: paths and a spec dict, all picklable."""
+
+    model_path: str
+    dataset_root: str
+    cache_root: str
+    spec: dict[str, Any]
+    test_fraction: float = 1.0
+    threads: int = 1
+    preprocessing: str | None = None
+
+
+def run_task(task: SweepTask) -> dict[str, Any]:
+    """Convert and evaluate one cell in this process; return the result or the error.
+
+    Errors come back as text so one recipe the model cannot take fails alone. A worker
+    that dies (killed, out of memory) returns nothing: Ray or the pool retries it.
+    """
+    start = time.perf_counter()
+    out: dict[str, Any] = {"result": None, "error": None, "computed": False,
+                           "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    try:
+        from petq.workspace import Workspace
+
+        ws = Workspace(task.model_path, task.dataset_root, task.cache_root, task.threads,
+                       task.preprocessing)
+        result, computed = ws.evaluate(VariantSpec.from_dict(task.spec), task.test_fraction)
+        out.update(result=result.to_dict(), computed=computed)
+    except PetqError as exc:
+        out["error"] = str(exc)
+    except Exception as exc:  # a bug or a library failure: reported on the cell, not raised
+        last = traceback.extract_tb(exc.__traceback__)[-1:]
+        where = f" (at {Path(last[0].filename).name}:{last[0].lineno})" if last else ""
+        out["error"] = f"{type(exc).__name__}: {exc}{where}"
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def worker_environment(threads: int) -> dict[str, str]:
+    """Environment that keeps one task's TensorFlow and OpenMP to `threads` threads."""
+    n = str(max(1, threads))
+    return {"TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": n, "OMP_NUM_THREADS": n,
+            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+
+
+def _init_pool_worker(threads: int, log_dir: str | None) -> None:
+    """A spawned pool worker: thread limits before TensorFlow loads; its output to a log.
+
+    numpy is already loaded here (the spawn re-imports the caller's modules) and read
+    OMP_NUM_THREADS too early, so its OpenBLAS pool is limited through threadpoolctl."""
+    os.environ.update(worker_environment(threads))
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(max(1, threads))
+    if log_dir:
+        log = os.open(Path(log_dir) / f"worker-{os.getpid()}.log",
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+
+
+def probe_paths(model_path: str, dataset_root: str, cache_root: str) -> dict[str, Any]:
+    """Can this process read the model and dataset and write the cache? Runs in the
+    driver and, on Ray, once on every node, before any work."""
+    from petq.workspace import library_versions
+
+    problems = []
+    if not Path(model_path).exists():
+        problems.append(f"model {model_path} not found")
+    if not (Path(dataset_root) / "annotations").is_dir():
+        problems.append(f"dataset {dataset_root} not found (no annotations/ folder)")
+    try:
+        check_writable(cache_root)
+    except SweepError as exc:
+        problems.append(str(exc))
+    return {"host": socket.gethostname(), "pid": os.getpid(), "problems": problems,
+            "versions": library_versions(), "cpus": os.cpu_count() or 1}
+
+
+def check_writable(cache_root: Path | str) -> None:
+    """Create the cache folder and a file in it, then remove the file: SweepError if not."""
+    root = Path(cache_root)
+    probe = root / f".write-probe-{socket.gethostname()}-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"petq")
+        probe.unlink()
+    except OSError as exc:
+        raise SweepError(f"cache folder {root} is not writable here "
+                         f"({socket.gethostname()}): {exc.strerror or exc}") from None
+
+
+# ---------------------------------------------------------------- running a sweep
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+def task_threads(backend: str, workers: int | None = None, threads: int | None = None) -> int:
+    """Interpreter threads per task: given, else all cores serially, cores / workers on the
+    local pool and 1 on Ray (a Ray task asks for as many CPUs as it has threads)."""
+    if threads is not None:
+        if threads < 1:
+            raise SweepError(f"threads per task must be at least 1, got {threads}")
+        return threads
+    cores = os.cpu_count() or 1
+    if backend == "serial":
+        return cores
+    if backend == "local":
+        return max(1, cores // (workers or default_workers()))
+    return 1
+
+
+def run_sweep(
+    model_path: Path | str,
+    dataset_root: Path | str,
+    cache_root: Path | str,
+    specs: Sequence[VariantSpec],
+    test_fraction: float = 1.0,
+    backend: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    *,
+    threads: int | None = None,
+    preprocessing: str | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    log_dir: Path | str | None = None,
+    status: SweepStatus | None = None,
+) -> list[Cell]:
+    """Run every spec (convert, evaluate) as one task; return one Cell per spec, in order.
+
+    backend: `serial` (this process), `local` (a spawned process pool of `workers`,
+    default one per core) or `ray` (`address`: None starts or reuses a local Ray, `auto`
+    or `host:port` joins a cluster; `workers` caps the tasks in flight). `threads`:
+    interpreter threads per task (see `task_threads`); it is part of a result's cache key.
+    Cells already in the cache are not sent. `progress(status, cell)` is called when a
+    cell changes state (cell None when the sweep starts and ends); `status`, if given,
+    is filled in place. Bad input raises a SweepError/SpecError before any work.
+
+    From a Streamlit page, call this from a worker process (as petq.jobs does), not from
+    the script thread: spawned pool workers re-import the caller's main script.
+    """
+    specs = list(dict.fromkeys(specs))
+    threads = _check_options(backend, specs, test_fraction, workers, threads, max_retries)
+    paths = [str(Path(p).resolve()) for p in (model_path, dataset_root, cache_root)]
+    local = probe_paths(*paths)
+    if local["problems"]:
+        raise SweepError("; ".join(local["problems"]))
+    ray_address = resolve_ray_address(address) if backend == "ray" else None
+
+    from petq.workspace import Workspace
+
+    ws = Workspace(paths[0], paths[1], paths[2], threads, preprocessing)
+    for spec in specs:  # classes out of range, native of a .tflite source: before any work
+        if spec.is_native and ws.source_is_tflite:
+            raise SpecError(f"{ws.model_path}: a .tflite source model has no native variant")
+        ws.calibration_samples(spec)
+
+    session = _RaySession(ray_address, workers, threads, max_retries) if backend == "ray" \
+        else None
+    try:
+        if session is not None:
+            session.check_nodes(paths, local["versions"])
+        ws.store()  # decoded once here, so the tasks only read it
+        cells = [Cell(spec) for spec in specs]
+        for cell in cells:
+            cached = ws.cached_result(cell.spec, test_fraction)
+            if cached is not None:
+                cell.result, cell.state, cell.latency_context = cached, "cached", CACHED
+        todo = [i for i, cell in enumerate(cells) if cell.state == "pending"]
+        parallel = min(len(todo), workers or default_workers()) if backend == "local" else 1
+        if status is None:
+            status = SweepStatus(cells, backend)
+        status.cells, status.backend, status.threads = cells, backend, threads
+        status.workers = session.slots if session else parallel
+        status.started, status.finished = time.time(), None
+        context = (session.context if session else
+                   "serial" if parallel <= 1 else f"parallel: {parallel} tasks per machine")
+
+        def notify(cell: Cell | None) -> None:
+            if progress is not None:
+                progress(status, cell)
+
+        def apply(index: int, out: dict[str, Any]) -> None:
+            cell = cells[index]
+            cell.seconds, cell.worker = out.get("seconds", 0.0), out.get("worker", "")
+            if out.get("result"):
+                cell.result = Result.from_dict(out["result"])
+                cell.state = "done" if out.get("computed") else "cached"
+                cell.latency_context = context if out.get("computed") else CACHED
+            else:
+                cell.state, cell.error = "failed", out.get("error") or "unknown error"
+            notify(cell)
+
+        def fail(index: int, message: str) -> None:
+            cells[index].state, cells[index].error = "failed", message
+            notify(cells[index])
+
+        tasks = {i: SweepTask(*paths, cells[i].spec.to_dict(), test_fraction, threads,
+                              preprocessing) for i in todo}
+        for i in todo:
+            cells[i].state = "queued"
+        notify(None)
+        if backend == "serial":
+            for i, task in tasks.items():
+                apply(i, run_task(task))
+        elif backend == "local":
+            _run_pool(tasks, parallel, threads, max_retries, log_dir, apply, fail)
+        else:
+            session.run(tasks, apply, fail)
+    finally:
+        if session is not None:
+            session.close()
+    ws.cache.clear_stale_temp(max_age=0)  # temp folders of killed workers (never a live one)
+    status.finished = time.time()
+    notify(None)
+    return cells
+
+
+def _check_options(backend: str, specs: Sequence[VariantSpec], test_fraction: float,
+                   workers: int | None, threads: int | None, max_retries: int) -> int:
+    """Options that need no file or cluster; returns the threads per task."""
+    if backend not in BACKENDS:
+        raise SweepError(f"unknown sweep backend {backend!r}: expected one of "
+                         f"{', '.join(BACKENDS)}")
+    if not specs:
+        raise SpecError("the sweep grid is empty: no variant to run")
+    if not 0.0 < test_fraction <= 1.0:
+        raise SpecError(f"test dataset fraction must be in (0, 1], got {test_fraction}")
+    if workers is not None and workers < 1:
+        raise SweepError(f"workers must be at least 1, got {workers}")
+    if max_retries < 0:
+        raise SweepError(f"max_retries must be >= 0, got {max_retries}")
+    return task_threads(backend, workers, threads)
+
+
+def _run_pool(tasks: dict[int, SweepTask], workers: int, threads: int, max_retries: int,
+              log_dir: Path | str | None, apply: Callable[[int, dict], None],
+              fail: Callable[[int, str], None]) -> None:
+    """The tasks on a spawned process pool; a dead worker breaks the pool, so what did
+    not finish is sent again on a new pool, up to max_retries times."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    if log_dir is not None:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+    pending = dict(tasks)
+    restarts = 0
+    context = multiprocessing.get_context("spawn")  # TensorFlow and fork do not mix
+    while pending:
+        pool = ProcessPoolExecutor(
+            max(1, min(workers, len(pending))), mp_context=context,
+            initializer=_init_pool_worker,
+            initargs=(threads, str(log_dir) if log_dir is not None else None))
+        broken = None
+        try:
+            futures = {pool.submit(run_task, task): i for i, task in pending.items()}
+            for future in as_completed(futures):
+                i = futures[future]
+                try:
+                    out = future.result()
+                except BrokenProcessPool as exc:
+                    broken = exc
+                    continue
+                del pending[i]
+                apply(i, out)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        if broken is not None:
+            restarts += 1
+            if restarts > max_retries:
+                for i in list(pending):
+                    fail(i, f"a pool worker died {restarts} times ({broken})")
+                pending.clear()
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def resolve_ray_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT
+                        ) -> str | None:
+    """None/`local` (start or reuse a local Ray), or a cluster address that answers on its
+    port within `timeout` seconds: `auto` resolves as Ray does (RAY_ADDRESS, then the
+    cluster `ray start` left on this machine). SweepError otherwise, at once."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise SweepError("the ray backend needs Ray: pip install 'petq[ray]'") from None
+    if address in (None, "", "local"):
+        return None
+    resolved = address
+    if address == "auto":
+        try:
+            from ray._private.services import get_ray_address_from_environment
+
+            resolved = get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            raise SweepError("--ray auto: no Ray cluster found (RAY_ADDRESS is unset and no "
+                             "`ray start --head` ran on this machine)") from None
+        except (ImportError, AttributeError):  # Ray moved its helper: let ray.init resolve it
+            return address
+    host, port = _split_address(resolved)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise SweepError(f"no Ray cluster answers at {resolved} within {timeout:g} s "
+                         f"({exc.strerror or exc}); start one with `ray start --head` or "
+                         "check the address") from None
+    return resolved
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    text = address.strip()
+    client = text.startswith("ray://")
+    text = text.removeprefix("ray://")
+    host, _, port = text.rpartition(":")
+    if not host:
+        host, port = text, ("10001" if client else "6379")
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        raise SweepError(f"bad Ray address {address!r}: expected host:port, ray://host:port, "
+                         "auto or local") from None
+
+
+class _RaySession:
+    """A connection to Ray for one sweep: joins (or starts) it, probes every node, runs
+    the tasks with retries, and leaves only what it started."""
+
+    def __init__(self, address: str | None, workers: int | None, threads: int,
+                 max_retries: int):
+        import logging
+
+        import ray
+
+        self.ray = ray
+        self.threads, self.workers, self.max_retries = threads, workers, max_retries
+        self.started = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+            if address is None:
+                kwargs.update(include_dashboard=False,
+                              num_cpus=(workers * threads) if workers else None)
+            try:
+                ray.init(address=address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise SweepError(
+                    f"cannot join the Ray cluster at {address}: {exc} (a cluster with token "
+                    "authentication, Ray's default, needs RAY_AUTH_MODE=token here and its "
+                    "token in ~/.ray/auth_token)") from None
+            self.started = True
+        self.env = {"env_vars": worker_environment(threads)}
+        self.slots = 0
+        self.context = ""
+
+    def check_nodes(self, paths: list[str], versions: dict[str, str]) -> None:
+        """One probe per alive node: paths readable, cache writable, same library versions
+        as this driver (they are part of every cache key). SweepError naming the node."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ray = self.ray
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        usable = [n for n in nodes if n.get("Resources", {}).get("CPU", 0) >= self.threads]
+        if not usable:
+            raise SweepError(f"no Ray node has {self.threads} CPU(s) for a task "
+                             f"({len(nodes)} node(s) alive)")
+        probe = ray.remote(probe_paths)
+        refs = [probe.options(num_cpus=0, runtime_env=self.env, max_retries=1,
+                              scheduling_strategy=NodeAffinitySchedulingStrategy(
+                                  n["NodeID"], soft=False)).remote(*paths) for n in usable]
+        try:
+            answers = ray.get(refs, timeout=RAY_PROBE_TIMEOUT)
+        except ray.exceptions.GetTimeoutError:
+            raise SweepError(f"a Ray node did not answer the pre-flight check within "
+                             f"{RAY_PROBE_TIMEOUT:g} s") from None
+        except ray.exceptions.RayError as exc:
+            raise SweepError(f"the pre-flight check failed on a Ray node: {exc}") from None
+        problems = []
+        for answer in answers:
+            problems += [f"{answer['host']}: {p}" for p in answer["problems"]]
+            differ = {k: v for k, v in answer["versions"].items() if versions.get(k) != v}
+            if differ:
+                problems.append(f"{answer['host']}: library versions differ from this "
+                                f"machine's ({differ} against {versions}); cache keys would "
+                                "not match")
+        if problems:
+            raise SweepError("Ray workers cannot run this sweep: " + "; ".join(problems))
+        per_node = [int(n["Resources"]["CPU"] // self.threads) for n in usable]
+        self.slots = sum(per_node)
+        if self.workers:
+            self.slots = min(self.slots, self.workers)
+        most = max(per_node)
+        self.context = ("serial" if most <= 1 else
+                        f"parallel: up to {most} tasks per machine ({len(usable)} Ray node(s))")
+
+    def run(self, tasks: dict[int, SweepTask], apply: Callable[[int, dict], None],
+            fail: Callable[[int, str], None]) -> None:
+        ray = self.ray
+        remote = ray.remote(run_task).options(num_cpus=self.threads,
+                                              max_retries=self.max_retries,
+                                              retry_exceptions=False, runtime_env=self.env)
+        waiting = list(tasks.items())
+        flying: dict[Any, int] = {}
+        limit = self.workers or len(waiting)
+        try:
+            while waiting or flying:
+                while waiting and len(flying) < limit:
+                    i, task = waiting.pop(0)
+                    flying[remote.remote(task)] = i
+                ready, _ = ray.wait(list(flying), num_returns=1)
+                for ref in ready:
+                    i = flying.pop(ref)
+                    try:
+                        out = ray.get(ref)
+                    except ray.exceptions.RayError as exc:
+                        fail(i, f"Ray gave up after {self.max_retries} retries: "
+                                f"{str(exc).splitlines()[0]}")
+                        continue
+                    apply(i, out)
+        except BaseException:
+            for ref in flying:
+                ray.cancel(ref, force=True)
+            raise
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+# ---------------------------------------------------------------- sweep.csv
+
+
+def write_csv(cells: Iterable[Cell], path: Path | str) -> Path:
+    """One row per cell (CSV_COLUMNS), written atomically."""
+    from petq.cache import write_bytes_atomic
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for cell in cells:
+        writer.writerow(cell.row())
+    path = Path(path)
+    write_bytes_atomic(path, buffer.getvalue().encode())
+    return path
+
+
+# ---------------------------------------------------------------- command line
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `petq sweep` on the CLI's subparsers."""
+    from petq.cli import _common  # here, not at the top: petq.cli imports this module
+
+    p = subparsers.add_parser(
+        "sweep", help="a grid of recipes x calibration fractions x seeds, one task per "
+                      "variant, on a local process pool or a Ray cluster")
+    p.add_argument("--recipes", nargs="+", required=True,
+                   help="recipe keys from `petq recipes` (tflite-int8, aeq-wi8-ai8, ...)")
+    p.add_argument("--fractions", nargs="+", type=float, default=[],
+                   help="calibration fractions of trainval, each in (0, 1] (calibrating "
+                        "recipes only)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[DEFAULT_CALIBRATION_SEED],
+                   help="calibration seeds (default: %(default)s)")
+    p.add_argument("--calibration-classes", nargs="+", action="append", metavar="CLASS",
+                   help="also calibrate on these breeds (names or indices); repeat the flag "
+                        "for several class sets")
+    p.add_argument("--results-path", type=Path, default=Path("results"),
+                   help="where sweep.csv and sweep-config.json go")
+    p.add_argument("--test-dataset-fraction", type=float, default=1.0,
+                   help="stratified fraction of the test split to evaluate on (0, 1]")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run the tasks on Ray: `local` (start one here), `auto` (the cluster "
+                        "`ray start` made, or RAY_ADDRESS) or host:port")
+    p.add_argument("--serial", action="store_true",
+                   help="run the tasks one by one in this process (no pool)")
+    p.add_argument("--workers", type=int,
+                   help="pool processes (default: one per core); with --ray, tasks in flight")
+    p.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES,
+                   help="retries of a task whose worker died (default: %(default)s)")
+    _common(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """`petq sweep`: exit status 1 when a cell failed."""
+    from petq.cli import _workspace, result_line
+    from petq.demo import cache_dir
+
+    if args.ray and args.serial:
+        raise SweepError("--serial and --ray exclude each other")
+    backend = "ray" if args.ray else "serial" if args.serial else "local"
+    threads = task_threads(backend, args.workers, args.threads)
+    check_writable(args.cache_dir or cache_dir())
+    if backend == "ray":
+        resolve_ray_address(args.ray)  # an address that does not answer fails here, at once
+    groups = args.calibration_classes or []
+    # the grid's own errors first, before the dataset is opened (breed names need it)
+    specs = expand_grid(args.recipes, args.fractions, args.seeds, [(0,)] * len(groups))
+    args.threads = threads
+    ws = _workspace(args)
+    class_sets = [tuple(ws.class_index(c) for c in group) for group in groups]
+    if class_sets:
+        specs = expand_grid(args.recipes, args.fractions, args.seeds, class_sets)
+    out = sys.stdout
+
+    def line(cell: Cell, finished: int, total: int) -> None:
+        text = f"[{finished}/{total}] {cell.spec.name:28s} "
+        if not cell.ok:
+            text += f"failed: {cell.error}"
+        elif cell.seconds:
+            text += f"{result_line(cell.result)}  ({cell.state} in {cell.seconds:.1f} s)"
+        else:
+            text += f"{result_line(cell.result)}  (cached)"
+        print(text, file=out, flush=True)
+
+    def progress(status: SweepStatus, cell: Cell | None) -> None:
+        if cell is not None:
+            line(cell, status.count("done", "cached", "failed"), status.total)
+            return
+        if status.finished is not None:
+            return
+        queued, cached = status.count("queued"), status.count("cached")
+        where = (f"Ray ({status.workers} task slot(s))" if backend == "ray" else
+                 f"a local pool of {status.workers} process(es)" if backend == "local"
+                 else "this process")
+        plan = f"{queued} to run on {where}, {status.threads} thread(s) per task" if queued \
+            else "nothing to run"
+        print(f"sweep: {status.total} cell(s), {cached} cached, {plan}", file=sys.stderr,
+              flush=True)
+        shown = [c for c in status.cells if c.state == "cached"]
+        for n, c in enumerate(shown, 1):
+            line(c, n, status.total)
+
+    results_path = Path(args.results_path)
+    cells = run_sweep(
+        ws.model_path, ws.dataset.root, ws.cache.root, specs, args.test_dataset_fraction,
+        backend=backend, address=None if args.ray in (None, "local") else args.ray,
+        workers=args.workers, progress=progress, threads=threads,
+        preprocessing=args.preprocessing, max_retries=args.max_retries,
+        log_dir=results_path / "logs" if backend == "local" else None)
+    csv_path = write_csv(cells, results_path / "sweep.csv")
+    config = {
+        "model_path": str(ws.model_path), "dataset_root": str(ws.dataset.root),
+        "cache_dir": str(ws.cache.root), "recipes": args.recipes, "fractions": args.fractions,
+        "seeds": args.seeds, "calibration_classes": [list(g) for g in class_sets],
+        "test_dataset_fraction": args.test_dataset_fraction, "backend": backend,
+        "ray": args.ray, "workers": args.workers, "threads": threads,
+        "cells": [c.spec.name for c in cells],
+    }
+    from petq.cache import write_json_atomic
+
+    write_json_atomic(results_path / "sweep-config.json", config)
+    failed = sum(not c.ok for c in cells)
+    total = sum(c.seconds for c in cells)
+    print(f"sweep: {len(cells) - failed} of {len(cells)} cell(s) have results "
+          f"({total:.1f} task-seconds); wrote {csv_path}", file=sys.stderr)
+    return 1 if failed else 0
