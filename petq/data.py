@@ -80,7 +80,8 @@ class PetDataset:
     class_names: tuple[str, ...]
     trainval: tuple[Sample, ...]
     test: tuple[Sample, ...]
-    fingerprint: str  # list files, synthetic marker, each image's size and mtime
+    fingerprint: str  # list files and synthetic marker: the split's definition, portable
+    images_stamp: str  # each listed image's size and mtime: these files, on this disk
     synthetic: bool
 
     @classmethod
@@ -113,12 +114,13 @@ class PetDataset:
             digest.update(marker.read_bytes())
         # The images themselves, cheaply: size and modification time of every listed file
         # (one stat each), so a copy with the same lists but other pixels is another dataset.
+        stamp = hashlib.sha256()
         for sample in (*splits["trainval"], *splits["test"]):
             try:
                 info = (root / "images" / f"{sample.image_id}.jpg").stat()
-                digest.update(f"{sample.image_id} {info.st_size} {info.st_mtime_ns}\n".encode())
+                stamp.update(f"{sample.image_id} {info.st_size} {info.st_mtime_ns}\n".encode())
             except OSError:
-                digest.update(f"{sample.image_id} missing\n".encode())
+                stamp.update(f"{sample.image_id} missing\n".encode())
         count = max(names) + 1
         return cls(
             root=root,
@@ -126,6 +128,7 @@ class PetDataset:
             trainval=splits["trainval"],
             test=splits["test"],
             fingerprint=digest.hexdigest()[:16],
+            images_stamp=stamp.hexdigest()[:16],
             synthetic=(root / "SYNTHETIC").exists(),
         )
 

@@ -51,7 +51,7 @@ class DecodedStore:
 def store_key(dataset: PetDataset, size: tuple[int, int]) -> str:
     return key_of(
         {"v": STORE_VERSION, "root": str(dataset.root.resolve()), "lists": dataset.fingerprint,
-         "size": list(size)}
+         "images": dataset.images_stamp, "size": list(size)}
     )
 
 

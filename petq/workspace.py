@@ -211,6 +211,7 @@ class Workspace:
         ids = [s.image_id for s in self.calibration_samples(spec)]
         return key_of({
             "model": self.model_sha, "spec": spec.to_dict(), "calibration": ids,
+            "images": self.dataset.images_stamp if ids else None,  # calibration pixels
             "contract": self.contract.to_dict() | {"info": None},
             "versions": library_versions(),
         })
@@ -371,6 +372,7 @@ class Workspace:
         return key_of({"v": RESULT_VERSION, "variant": self.artifact_key(spec),
                        "spec": spec.to_dict(),
                        "contract": self.contract.to_dict() | {"info": None},
+                       "images": self.dataset.images_stamp,
                        "test": hashlib.sha256("\n".join(test).encode()).hexdigest(),
                        "threads": self.threads, "versions": library_versions()})
 

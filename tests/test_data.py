@@ -399,10 +399,12 @@ def test_fingerprint_follows_the_images_not_only_the_lists(tmp_path):
     from petq.data import PetDataset
 
     root = write_pet_tree(tmp_path / "pets")
-    before = PetDataset.load(root).fingerprint
-    assert PetDataset.load(root).fingerprint == before
+    before = PetDataset.load(root).images_stamp
+    assert PetDataset.load(root).images_stamp == before
+    lists = PetDataset.load(root).fingerprint
     image = root / "images" / "beagle_3.jpg"
     data = image.read_bytes()
     image.write_bytes(data + b"\0")  # other pixels, same lists
     os.utime(image, ns=(1, 1))
-    assert PetDataset.load(root).fingerprint != before
+    assert PetDataset.load(root).images_stamp != before
+    assert PetDataset.load(root).fingerprint == lists  # the split's definition is unchanged

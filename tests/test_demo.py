@@ -31,6 +31,17 @@ def test_demo_model_reproduces_its_recorded_accuracy(tmp_path, monkeypatch):
     assert ws.dataset.synthetic
     recorded = load_contract(demo.DEMO_MODEL).info
     assert ws.dataset.fingerprint == recorded["dataset_fingerprint"]
-    row, _ = ws.evaluate(VariantSpec.fp32(), latency_runs=5)
-    assert row["accuracy"] == pytest.approx(recorded["test_accuracy"], abs=0.01)
-    assert json.loads(json.dumps(row))["synthetic"] is True
+    result, _ = ws.evaluate(VariantSpec.fp32(), latency_runs=5)
+    assert result.accuracy == pytest.approx(recorded["test_accuracy"], abs=0.01)
+    assert json.loads(json.dumps(result.to_dict()))["synthetic"] is True
+
+
+def test_the_mobilenetv2_demo_model_is_shipped_and_documented():
+    """The lab's architecture beside the demo: within 15 MB, recorded accuracy and command."""
+    path = demo.DEMO_MODEL.parent / "petq-mobilenetv2.keras"
+    assert path.stat().st_size <= 15 * 1024 * 1024
+    contract = load_contract(path)
+    assert contract.synthetic and len(contract.class_names) == 37
+    assert contract.info["backbone"] == "mobilenetv2"
+    assert contract.info["test_accuracy"] >= 0.7
+    assert "--backbone mobilenetv2" in contract.info["command"]
