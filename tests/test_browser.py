@@ -308,21 +308,23 @@ def browser(tmp_path):
 
 
 def photos(folder: Path) -> tuple[list[Path], Path]:
-    """A good JPEG, an EXIF-rotated one, a grayscale PNG, an RGBA WebP, a GIF, a BMP and a
-    TIFF; and a bad file."""
+    """A good JPEG, an EXIF-rotated one, a grayscale PNG, an RGBA WebP, a GIF, a BMP, a
+    TIFF and a 16-bit grayscale PNG; and a bad file."""
     rng = np.random.default_rng(3)
     pixels = np.clip(np.array([200, 60, 40]) + rng.normal(0, 25, (60, 90, 3)), 0, 255)
     image = Image.fromarray(pixels.astype(np.uint8))
     good = [folder / name for name in ("cat.jpg", "rotated.jpg", "gray.png", "rgba.webp",
-                                       "anim.gif", "plain.bmp", "scan.tiff")]
+                                       "anim.gif", "plain.bmp", "scan.tiff", "depth16.png")]
     image.save(good[0], quality=90)
     exif = Image.Exif()
     exif[0x0112] = 6
     image.save(good[1], exif=exif)
     image.convert("L").save(good[2])
     image.convert("RGBA").save(good[3], lossless=True)
-    for path in good[4:]:
+    for path in good[4:7]:
         image.save(path)
+    gray16 = (np.asarray(image.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(gray16).save(good[7])  # I;16: all white before 16-bit scaling
     bad = folder / "truncated.jpg"
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG")
