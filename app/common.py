@@ -23,7 +23,7 @@ import streamlit as st
 
 from petq import compare, demo
 from petq.errors import ModelError, PetqError
-from petq.jobs import ACTIVE, cancel_job, job_status, list_jobs
+from petq.jobs import ACTIVE, cancel_job, job_status, list_jobs, restart_job
 from petq.results import Details, Result
 from petq.types import PREPROCESSING, VariantSpec, load_contract
 
@@ -477,6 +477,8 @@ def _job_box(job: Mapping[str, Any], key_prefix: str) -> None:
                     text=f"{job['done']}/{job['total']} variants done · {job['state']}")
         if job["state"] == "running":
             st.progress(float(job.get("stage_fraction", 0.0)), text=_stage_text(job))
+        elif job["state"] == "queued" and job.get("stage"):
+            st.caption(_stage_text(job))  # "waiting for job X": one worker per cache
         marks = {"done": ":material/check_circle:", "failed": ":material/error:",
                  "running": ":material/hourglass_top:", "queued": ":material/schedule:",
                  "cancelled": ":material/cancel:"}
@@ -486,6 +488,15 @@ def _job_box(job: Mapping[str, Any], key_prefix: str) -> None:
         ))
         if job["state"] == "failed":
             st.error(job.get("error") or "the job failed")
+        if job["state"] in ("failed", "cancelled") and any(
+            v["status"] != "done" for v in job["variants"]
+        ) and st.button("Restart", key=f"{key_prefix}_restart_{job['id']}"):
+            try:
+                remember_job(restart_job(job["cache_root"], job["id"]))
+            except PetqError as exc:
+                st.error(str(exc))
+            else:
+                st.rerun(scope="app")
         if job["state"] in ACTIVE and st.button(
             "Cancel", key=f"{key_prefix}_cancel_{job['id']}"
         ):

@@ -122,6 +122,7 @@ def start_job(
     workspace: Any = None,
     restart_of: str | None = None,
     layers: bool = False,
+    preprocessing: str | None = None,
 ) -> str:
     """Start converting + evaluating `specs` (with `layers`, their per-layer quantization
     error too); return the job id at once.
@@ -132,7 +133,8 @@ def start_job(
     """
     from petq.workspace import Workspace
 
-    ws = workspace or Workspace(model_path, dataset_root, cache_root, threads)
+    ws = workspace or Workspace(model_path, dataset_root, cache_root, threads,
+                                preprocessing=preprocessing)
     specs = list(dict.fromkeys(specs))
     if not specs:
         raise ValueError("a job needs at least one variant")
@@ -207,7 +209,8 @@ def restart_job(cache_root: Path | str, job_id: str, *, workspace: Any = None) -
     specs = [VariantSpec.from_dict(v["spec"]) for v in todo]
     return start_job(record["model_path"], record["dataset_root"], cache_root,
                      record.get("threads"), specs, record.get("test_fraction", 1.0),
-                     workspace=workspace, restart_of=job_id)
+                     workspace=workspace, restart_of=job_id, layers=bool(record.get("layers")),
+                     preprocessing=record.get("preprocessing"))
 
 
 def _read(path: Path) -> dict[str, Any] | None:

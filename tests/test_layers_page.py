@@ -94,3 +94,42 @@ def test_missing_statistics_start_one_background_job(monkeypatch, layered):
         time.sleep(0.5)
     assert job["state"] == "done", job
     assert layered.cached_layer_stats(VariantSpec.imbint8((1,))) is not None
+
+
+@pytest.mark.slow
+def test_a_killed_worker_shows_failed_and_restarts_from_the_page(monkeypatch, layered):
+    """SIGKILL the worker of a real job: the panel says failed within seconds, and its
+    Restart button starts a new job for what was left (same preprocessing, same flags)."""
+    import os
+    import signal
+
+    from petq.jobs import job_status, start_job
+
+    point_at(monkeypatch, layered)
+    spec = VariantSpec.of("tflite-dynamic")
+    job_id = start_job(layered.model_path, layered.dataset.root, layered.cache.root, 1, [spec],
+                       workspace=layered)
+    deadline = time.monotonic() + 60
+    while not (job_status(layered.cache.root, job_id) or {}).get("create_time"):
+        assert time.monotonic() < deadline, "the worker never reported"
+        time.sleep(0.1)
+    os.kill(job_status(layered.cache.root, job_id)["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while job_status(layered.cache.root, job_id)["state"] != "failed":
+        assert time.monotonic() < deadline, "a killed worker still shows as alive"
+        time.sleep(0.1)
+    at = layers_page()
+    from app.common import JOBS_KEY
+
+    at.session_state[JOBS_KEY] = [job_id]
+    at.run()
+    at.button(key=f"layers_restart_{job_id}").click().run()
+    restarted = [j for j in list_jobs(layered.cache.root) if j.get("restart_of") == job_id]
+    assert len(restarted) == 1
+    assert restarted[0]["preprocessing"] == layered.contract.preprocessing
+    assert [v["name"] for v in restarted[0]["variants"]] == [spec.name]
+    deadline = time.monotonic() + 120
+    while job_status(layered.cache.root, restarted[0]["id"])["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert job_status(layered.cache.root, restarted[0]["id"])["state"] == "done"
