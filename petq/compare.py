@@ -82,6 +82,8 @@ COLUMNS: dict[str, Column] = {
     "significant": Column(f"Significant ({1 - LEVEL:.0%})",
                           help=f"✱: McNemar p < {1 - LEVEL:g}: the accuracy difference from "
                                "the reference is unlikely to be chance"),
+    "keep_float": Column("Kept in float", "%d", help="Layers with the largest quantization "
+                                                    "error kept in float (selective)"),
     "breed": Column("Breed"),
     "n": Column("Test images", "%d"),
     "reference_recall": Column("Reference sensitivity", "%.3f"),
