@@ -7,6 +7,8 @@ import streamlit as st
 
 from app import common
 from petq import compare
+from petq.errors import PetqError
+from petq.report import speed_sentence
 from petq.results import LATENCY
 
 ws = common.workspace_page("Compare")
@@ -67,6 +69,20 @@ latency.plotly_chart(
     width="stretch", key="compare_latency",
 )
 st.plotly_chart(compare.pareto_scatter(shown), width="stretch", key="compare_pareto")
+with st.expander("Speed against the reference, timed interleaved"):
+    st.caption("Latencies above come from separate runs: on a busy machine they drift. This "
+               "times a variant and the reference in one measurement (A, B, B, A...), with an "
+               "interval on the ratio of medians and the machine's load.")
+    others = [n for n in chosen if n != reference]
+    timed = st.selectbox("Variant", others, key="compare_timed") if others else None
+    if timed and st.button(f"Time {timed} against {reference}", key="compare_time"):
+        with st.spinner("Timing…"):
+            try:
+                timing = ws.latency_comparison(by_name[timed].spec, by_name[reference].spec)
+            except PetqError as exc:
+                st.error(str(exc))
+            else:
+                (st.warning if timing.busy else st.info)(speed_sentence(timing, timed))
 
 spread = compare.seed_spread_table([by_name[n] for n in chosen])
 if len(spread):

@@ -16,7 +16,13 @@ from scipy.stats import spearmanr
 
 from petq.evaluate import agreement
 from petq.results import METRICS, Details, Result
-from petq.stats import PairedComparison, compare_paired, per_class_changes, seed_spread
+from petq.stats import (
+    LatencyComparison,
+    PairedComparison,
+    compare_paired,
+    per_class_changes,
+    seed_spread,
+)
 from petq.types import VariantSpec
 
 FIGURE_VERSION = 1  # bump when confusion_png draws differently
@@ -167,17 +173,22 @@ def layers_csv(stats) -> str:
 
 
 def _speed_sentence(workspace, fast: Result, slow: Result) -> str:
-    """Speed of `fast` against `slow`, timed interleaved; a claim only where the interval
-    of the median ratio says so."""
-    timing = workspace.latency_comparison(fast.spec, slow.spec)
+    """Speed of `fast` against `slow`, timed interleaved (cached)."""
+    return speed_sentence(workspace.latency_comparison(fast.spec, slow.spec), fast.variant)
+
+
+def speed_sentence(timing: LatencyComparison, variant: str) -> str:
+    """One sentence on an interleaved timing of `variant` (A) against another (B): a claim
+    only where the interval of the median ratio says so, and a warning when the machine was
+    busy."""
     ratio = timing.ratio_b_over_a
     text = (f"Timed interleaved ({timing.rounds} rounds each), median {timing.median_a_ms:.2f} "
             f"ms against {timing.median_b_ms:.2f} ms: ")
     if timing.faster == "a faster":
-        text += (f"`{fast.variant}` is {ratio.estimate:.2f}x faster ({ratio.level:.0%} CI "
+        text += (f"`{variant}` is {ratio.estimate:.2f}x faster ({ratio.level:.0%} CI "
                  f"{ratio.low:.2f}x to {ratio.high:.2f}x).")
     elif timing.faster == "b faster":
-        text += (f"`{fast.variant}` is {1 / ratio.estimate:.2f}x slower ({ratio.level:.0%} CI "
+        text += (f"`{variant}` is {1 / ratio.estimate:.2f}x slower ({ratio.level:.0%} CI "
                  f"of the ratio {ratio.low:.2f} to {ratio.high:.2f}).")
     else:
         text += (f"no clear difference in speed (ratio {ratio.estimate:.2f}, {ratio.level:.0%} "

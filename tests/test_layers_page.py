@@ -133,3 +133,20 @@ def test_a_killed_worker_shows_failed_and_restarts_from_the_page(monkeypatch, la
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert job_status(layered.cache.root, restarted[0]["id"])["state"] == "done"
+
+
+@pytest.mark.slow
+def test_compare_times_a_variant_against_the_reference_interleaved(monkeypatch, layered):
+    from streamlit.testing.v1 import AppTest
+
+    point_at(monkeypatch, layered)
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
+    at.switch_page("app/compare.py").run()
+    at.selectbox(key="compare_reference").set_value("tflite-fp32").run()
+    at.selectbox(key="compare_timed").set_value("tflite-int8-0.5").run()
+    at.button(key="compare_time").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    said = [m.value for m in [*at.info, *at.warning] if "Timed interleaved" in m.value]
+    assert len(said) == 1
+    timing = layered.latency_comparison(VariantSpec.int8(0.5), VariantSpec.fp32())  # cached
+    assert f"median {timing.median_a_ms:.2f} ms against {timing.median_b_ms:.2f} ms" in said[0]
