@@ -3,93 +3,132 @@ evaluate every requested variant in one background job."""
 
 from __future__ import annotations
 
+import re
+
 import streamlit as st
 
 from app import common
 from petq import compare
 from petq.errors import PetqError
 from petq.jobs import plan, start_job
-from petq.types import DEFAULT_CALIBRATION_SEED, LAB_IMBALANCED_CLASSES
+from petq.sweep import expand_grid
+from petq.types import DEFAULT_CALIBRATION_SEED, LAB_IMBALANCED_CLASSES, RECIPES
 
 ws = common.workspace_page("Convert")
 test_fraction = common.settings().test_fraction
 names = list(ws.class_names)
 groups = compare.recipe_groups()
 
-# ------------------------------------------------------------------ recipe
-
-left, right = st.columns([1, 2])
-backend = left.radio("Made by", list(groups), index=min(1, len(groups) - 1),
-                     key="convert_backend")
-recipes = {r.key: r for r in groups[backend]}
-default = "tflite-int8" if "tflite-int8" in recipes else next(iter(recipes))
-key = right.selectbox(
-    "Recipe", list(recipes), index=list(recipes).index(default),
-    format_func=lambda k: f"{k} · {recipes[k].scheme}", key=f"convert_recipe_{backend}",
-    help="Scheme: what is quantized (wi8_ai8 = int8 weights and activations).",
-)
-recipe = recipes[key]
-right.caption(recipe.summary)
-
-# ------------------------------------------------------------------ calibration
-
-
 def _one_class() -> None:
     if st.session_state.get("convert_one_class"):
         st.session_state["convert_classes"] = [st.session_state["convert_one_class"]]
 
 
-try:
-    if not recipe.calibrates:
-        specs = compare.requested_specs(recipe)
-    elif st.radio("Calibrate on", ["a fraction of trainval", "chosen breeds only"],
-                  horizontal=True, key="convert_calibration") == "a fraction of trainval":
-        left, right = st.columns([3, 1])
-        fraction = left.slider("Calibration fraction of trainval", min_value=0.01,
-                               max_value=1.0, value=0.08, step=0.01, key="convert_fraction")
-        seeds = right.text_input(
-            "Seeds", value=str(DEFAULT_CALIBRATION_SEED), key="convert_seeds",
-            help="One variant per seed: `1234`, `1, 2, 3` or a range `1-5` "
-                 f"(at most {compare.MAX_SEEDS}). Several seeds show how much the pick of "
-                 "calibration images moves the results.")
-        specs = compare.requested_specs(recipe, round(fraction, 4), compare.parse_seeds(seeds))
-    else:
-        default_breeds = [names[c] for c in LAB_IMBALANCED_CLASSES if c < len(names)] or names[:1]
-        st.session_state["convert_classes"] = [
-            n for n in st.session_state.get("convert_classes", default_breeds) if n in names]
-        left, right = st.columns([3, 1])
-        chosen = left.multiselect("Calibration breeds", names, key="convert_classes")
-        right.selectbox("One-breed shortcut", names, index=None, placeholder="Just this breed…",
-                        key="convert_one_class", on_change=_one_class)
-        if not chosen:
-            st.warning("Pick at least one breed to calibrate on.")
-            st.stop()
-        specs = compare.requested_specs(recipe, classes=[ws.class_index(n) for n in chosen])
-except PetqError as exc:
-    st.error(str(exc))
-    st.stop()
+def _one_recipe() -> list:
+    """One recipe and its calibration (a fraction with seeds, or chosen breeds)."""
+    # ------------------------------------------------------------------ recipe
 
-first = specs[0]
-calibration = first.describe(ws.class_names).removeprefix(recipe.summary).strip()
-if calibration:  # the summary is shown above: say only what calibrates it
-    st.markdown(f"**{first.name}**" + (f" and {len(specs) - 1} more seeds" if len(specs) > 1
-                                        else "") + f": {calibration}")
-
-try:
-    samples = ws.calibration_samples(first)
-except PetqError as exc:
-    st.error(str(exc))
-    st.stop()
-if samples:
-    st.caption(f"Calibration set: **{len(samples):,}** of {len(ws.dataset.trainval):,} "
-               "trainval images (never test images)"
-               + (f"; shown for seed {first.seed}, the other seeds pick other images in the "
-                  "same proportions." if len(specs) > 1 else "."))
-    st.plotly_chart(
-        compare.calibration_histogram(ws.calibration_histogram(first),
-                                      "Calibration images per breed"),
-        width="stretch", key="convert_histogram",
+    left, right = st.columns([1, 2])
+    backend = left.radio("Made by", list(groups), index=min(1, len(groups) - 1),
+                         key="convert_backend")
+    recipes = {r.key: r for r in groups[backend]}
+    default = "tflite-int8" if "tflite-int8" in recipes else next(iter(recipes))
+    key = right.selectbox(
+        "Recipe", list(recipes), index=list(recipes).index(default),
+        format_func=lambda k: f"{k} · {recipes[k].scheme}", key=f"convert_recipe_{backend}",
+        help="Scheme: what is quantized (wi8_ai8 = int8 weights and activations).",
     )
+    recipe = recipes[key]
+    right.caption(recipe.summary)
+
+    # ------------------------------------------------------------------ calibration
+
+    try:
+        if not recipe.calibrates:
+            specs = compare.requested_specs(recipe)
+        elif st.radio("Calibrate on", ["a fraction of trainval", "chosen breeds only"],
+                      horizontal=True, key="convert_calibration") == "a fraction of trainval":
+            left, right = st.columns([3, 1])
+            fraction = left.slider("Calibration fraction of trainval", min_value=0.01,
+                                   max_value=1.0, value=0.08, step=0.01, key="convert_fraction")
+            seeds = right.text_input(
+                "Seeds", value=str(DEFAULT_CALIBRATION_SEED), key="convert_seeds",
+                help="One variant per seed: `1234`, `1, 2, 3` or a range `1-5` "
+                     f"(at most {compare.MAX_SEEDS}). Several seeds show how much the pick of "
+                     "calibration images moves the results.")
+            specs = compare.requested_specs(recipe, round(fraction, 4),
+                                            compare.parse_seeds(seeds))
+        else:
+            default_breeds = ([names[c] for c in LAB_IMBALANCED_CLASSES if c < len(names)]
+                              or names[:1])
+            st.session_state["convert_classes"] = [
+                n for n in st.session_state.get("convert_classes", default_breeds) if n in names]
+            left, right = st.columns([3, 1])
+            chosen = left.multiselect("Calibration breeds", names, key="convert_classes")
+            right.selectbox("One-breed shortcut", names, index=None, placeholder="Just this breed…",
+                            key="convert_one_class", on_change=_one_class)
+            if not chosen:
+                st.warning("Pick at least one breed to calibrate on.")
+                st.stop()
+            specs = compare.requested_specs(recipe, classes=[ws.class_index(n) for n in chosen])
+    except PetqError as exc:
+        st.error(str(exc))
+        st.stop()
+
+    first = specs[0]
+    calibration = first.describe(ws.class_names).removeprefix(recipe.summary).strip()
+    if calibration:  # the summary is shown above: say only what calibrates it
+        st.markdown(f"**{first.name}**" + (f" and {len(specs) - 1} more seeds" if len(specs) > 1
+                                            else "") + f": {calibration}")
+
+    try:
+        samples = ws.calibration_samples(first)
+    except PetqError as exc:
+        st.error(str(exc))
+        st.stop()
+    if samples:
+        st.caption(f"Calibration set: **{len(samples):,}** of {len(ws.dataset.trainval):,} "
+                   "trainval images (never test images)"
+                   + (f"; shown for seed {first.seed}, the other seeds pick other images in the "
+                      "same proportions." if len(specs) > 1 else "."))
+        st.plotly_chart(
+            compare.calibration_histogram(ws.calibration_histogram(first),
+                                          "Calibration images per breed"),
+            width="stretch", key="convert_histogram",
+        )
+    return specs
+
+
+def _grid() -> list:
+    """A sweep grid: recipes x fractions x seeds, as one background job."""
+    st.caption("Every cell is one variant; recipes that do not calibrate give one cell. The "
+               "job converts and evaluates them one after the other (for a cluster, "
+               "`petq sweep --ray`).")
+    left, middle, right = st.columns([3, 2, 1])
+    chosen = left.multiselect("Recipes", list(RECIPES), default=["tflite-int8"],
+                              key="convert_grid_recipes")
+    fractions = middle.text_input("Calibration fractions", value="0.01, 0.08",
+                                  key="convert_grid_fractions",
+                                  help="Fractions of trainval, each in (0, 1]")
+    seeds = right.text_input("Seeds", value=str(DEFAULT_CALIBRATION_SEED),
+                             key="convert_grid_seeds", help="`1234`, `1, 2, 3` or `1-5`")
+    try:
+        values = [float(v) for v in re.split(r"[,\s]+", fractions.strip()) if v]
+    except ValueError:
+        st.error(f"Calibration fractions must be numbers, got {fractions!r}.")
+        st.stop()
+    try:
+        specs = expand_grid(chosen, values, compare.parse_seeds(seeds))
+    except PetqError as exc:
+        st.error(str(exc))
+        st.stop()
+    st.markdown(f"**{len(specs)} variants** in the grid.")
+    return specs
+
+
+specs = _grid() if st.toggle("Sweep a grid (recipes x fractions x seeds)",
+                             key="convert_grid") else _one_recipe()
+first = specs[0]
 
 # ------------------------------------------------------------------ what is cached
 

@@ -150,3 +150,30 @@ def test_compare_times_a_variant_against_the_reference_interleaved(monkeypatch, 
     assert len(said) == 1
     timing = layered.latency_comparison(VariantSpec.int8(0.5), VariantSpec.fp32())  # cached
     assert f"median {timing.median_a_ms:.2f} ms against {timing.median_b_ms:.2f} ms" in said[0]
+
+
+@pytest.mark.slow
+def test_convert_takes_a_sweep_grid_as_one_job(monkeypatch, layered):
+    from streamlit.testing.v1 import AppTest
+
+    from petq.jobs import cancel_job
+
+    point_at(monkeypatch, layered)
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
+    at.switch_page("app/convert.py").run()
+    at.toggle(key="convert_grid").set_value(True).run()
+    at.multiselect(key="convert_grid_recipes").set_value(["tflite-int8", "aeq-wi8-afp32"]).run()
+    at.text_input(key="convert_grid_fractions").set_value("0.3, 0.5").run()
+    at.text_input(key="convert_grid_seeds").set_value("1, 2").run()
+    assert not at.error, [e.value for e in at.error]
+    assert any("**5 variants**" in m.value for m in at.markdown)
+    before = {j["id"] for j in list_jobs(layered.cache.root)}
+    at.button(key="convert_start").click().run()
+    jobs = [j for j in list_jobs(layered.cache.root) if j["id"] not in before]
+    assert len(jobs) == 1
+    assert sorted(v["name"] for v in jobs[0]["variants"]) == sorted([
+        "tflite-int8-0.3-s1", "tflite-int8-0.3-s2", "tflite-int8-0.5-s1", "tflite-int8-0.5-s2",
+        "aeq-wi8-afp32"])
+    cancel_job(layered.cache.root, jobs[0]["id"])
+    at.text_input(key="convert_grid_fractions").set_value("0.3, 2").run()
+    assert any("(0, 1]" in e.value for e in at.error)
