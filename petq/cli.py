@@ -217,13 +217,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    """Every recipe: its name pattern, backend, scheme and what it is for."""
+    """Every recipe: its key (`petq sweep --recipes`), its variant names (`--tasks`), backend,
+    scheme and what it is for."""
     from petq.types import RECIPES
 
+    rows = [("recipe", "variant names (--tasks)", "backend", "scheme")]
     for recipe in RECIPES.values():
-        pattern = recipe.stem + ("-<fraction>|-c<i>+<j>" if recipe.calibrates else "")
-        pattern += f"-{recipe.tag}" if recipe.tag else ""
-        print(f"{pattern:36s} {recipe.backend.value:7s} {recipe.scheme:12s} {recipe.summary}")
+        pattern = recipe.stem + ("-<cal>" if recipe.calibrates else "")
+        rows.append((recipe.key, pattern + (f"-{recipe.tag}" if recipe.tag else ""),
+                     recipe.backend.value, recipe.scheme))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    summaries = ["what it is", *(r.summary for r in RECIPES.values())]
+    for row, summary in zip(rows, summaries, strict=True):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              + "  " + summary)
+    print("\n<cal>: a calibration fraction of trainval (0.08), or breeds (c5, c3+5; for "
+          "tflite-int8 the lab's spelling, tflite-imbint8[-c3+5]); add -s<seed> for another "
+          "seeded pick, -keep<N> to keep the N worst layers in float.")
     return 0
 
 

@@ -202,3 +202,15 @@ def test_a_seed_in_a_task_name_is_kept(tiny_model, pet_root, shared_cache):
     args.seeds = [7, 8]
     assert [s.name for s in resolve_specs(ws, args)] == [
         "tflite-int8-0.5-s7", "tflite-int8-0.5-s8", "tflite-int8-0.3-s7", "tflite-int8-0.3-s8"]
+
+
+def test_recipes_lists_every_recipe_with_names_that_parse(capsys):
+    from petq.types import RECIPES, VariantSpec
+
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = {line.split()[0]: line.split()[1] for line in lines[1:] if line and line[0] != "<"}
+    assert set(listed) == set(RECIPES)
+    for key, pattern in listed.items():  # every listed pattern is a name petq takes
+        name = pattern.replace("<cal>", "0.08")
+        assert VariantSpec.from_name(name).recipe.key == key
