@@ -458,13 +458,16 @@ STAGES = {
     "start": "starting the worker (loading TensorFlow)", "decode": "decoding the dataset (once)",
     "calibrate": "calibrating", "convert": "converting", "evaluate": "evaluating",
     "latency": "measuring latency", "figures": "drawing the confusion matrix",
+    "timing": "timing against the reference (interleaved)",
+    "layers": "per-layer statistics",
 }
 
 
 def _stage_text(job: Mapping[str, Any]) -> str:
     stage = job.get("stage") or "start"
+    steps = ("convert", "latency", "timing", "figures", "layers")  # one step: no count
     count = (f" {job['stage_done']}/{job['stage_total']}"
-             if job.get("stage_total") and stage not in ("convert", "latency", "figures") else "")
+             if job.get("stage_total") and stage not in steps else "")
     what = STAGES.get(stage, stage) + count
     return f"{job['current']}: {what}" if job.get("current") else what
 

@@ -542,6 +542,8 @@ def _work(reporter: _Reporter) -> int:
             key = _result_key(result)
             reporter.progress("figures", 0, 1)
             cached_confusion_png(ws, key, spec.name)  # the report's, drawn now
+            reporter.progress("timing", 0, 1)
+            ws.time_against_reference(spec)  # the report's speed sentence, timed now
             if record.get("layers") and spec.recipe.quantized and not spec.is_native:
                 ws.layer_stats(spec, progress=reporter.progress)
             variant.update(status="done", result_key=key)

@@ -479,6 +479,19 @@ class Workspace:
             data[name] = tuple(data[name])
         return LatencyComparison(**data)
 
+    def time_against_reference(self, spec: VariantSpec) -> LatencyComparison | None:
+        """The interleaved timing the report's speed sentences use, measured now when the
+        reference is at hand (FP32 for a TFLite variant, native for FP32; never converts
+        the reference just for this), so the Report page reads it from the cache."""
+        fp32 = VariantSpec.fp32()
+        if spec == fp32:
+            reference = None if self.source_is_tflite else VariantSpec.native()
+        elif spec.is_native or self.cached_tflite(fp32) is None:
+            reference = None
+        else:
+            reference = fp32
+        return self.latency_comparison(spec, reference) if reference else None
+
     def results(self, test_fraction: float | None = None) -> list[Result]:
         """Every cached result for this model and dataset: the dashboard's main query."""
         results = []

@@ -236,3 +236,15 @@ def test_a_float_tflite_source_model(workspace, pet_root, tmp_path):
         ws.evaluate(VariantSpec.native())
     with pytest.raises(ModelError, match="takes a Keras model"):
         ws.tflite(VariantSpec.int8(0.5))
+
+
+def test_time_against_reference_never_converts_the_reference(tiny_model, pet_root, tmp_path):
+    ws = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)
+    ws.evaluate(VariantSpec.int8(0.5), latency_runs=5)
+    assert ws.time_against_reference(VariantSpec.int8(0.5)) is None  # no FP32 yet
+    assert ws.cached_tflite(VariantSpec.fp32()) is None
+    ws.evaluate(VariantSpec.fp32(), latency_runs=5)
+    timing = ws.time_against_reference(VariantSpec.int8(0.5))
+    assert timing is not None and timing.rounds == 100
+    assert ws.latency_comparison(VariantSpec.int8(0.5), VariantSpec.fp32()) == timing  # cached
+    assert ws.time_against_reference(VariantSpec.fp32()).rounds == 30  # against native
