@@ -21,10 +21,11 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from petq import stats
+from petq.classify import top_k
 from petq.errors import PetqError, SpecError
 from petq.evaluate import agreement
 from petq.results import METRICS, QUALITY, Details, Result
-from petq.runtime import Runner, softmax
+from petq.runtime import Runner
 from petq.types import DEFAULT_CALIBRATION_SEED, RECIPES, Backend, Recipe, VariantSpec
 
 LEVEL = 0.95  # confidence level of every interval shown; McNemar's test at 1 - LEVEL
@@ -230,18 +231,10 @@ def view(table: pd.DataFrame, keys: Sequence[str] = HOME_VIEW,
 
 def paired_comparison(details: Details, reference: Details, resamples: int = RESAMPLES,
                       seed: int = 0) -> stats.PairedComparison:
-    """Variant against reference on the same test images: paired bootstrap intervals of
-    accuracy and G-Mean and the exact McNemar test (`petq.stats.compare_paired`)."""
-    _same_images(details, reference)
-    return stats.compare_paired(details.labels, details.top1, reference.top1,
-                                len(details.class_names), resamples=resamples, seed=seed,
-                                level=LEVEL)
-
-
-def _same_images(details: Details, reference: Details) -> None:
-    if not details.same_images(reference) or not np.array_equal(details.labels,
-                                                                reference.labels):
-        raise ValueError("the two results were evaluated on different test images")
+    """Variant against reference on the same test images, at the page's level
+    (`petq.stats.compare_details`)."""
+    return stats.compare_details(details, reference, resamples=resamples, seed=seed,
+                                 level=LEVEL)
 
 
 def interval_text(interval: stats.Interval, fmt: str) -> str:
@@ -294,10 +287,8 @@ def breed_changes(details: Details, reference: Details) -> pd.DataFrame:
     """Per breed present in the test images: both sensitivities, the change (variant −
     reference) with Newcombe's paired interval, McNemar's b/c/p, Holm-adjusted p, and
     `hurt` / `helped` when the interval excludes zero (`petq.stats.per_class_changes`)."""
-    _same_images(details, reference)
     names = details.class_names
-    changes = stats.per_class_changes(details.labels, details.top1, reference.top1,
-                                      len(names), level=LEVEL)
+    changes = stats.class_changes_of(details, reference, level=LEVEL)
     records = [{
         "breed": names[ch.class_index] if ch.class_index < len(names) else str(ch.class_index),
         "n": ch.n, "reference_recall": ch.reference_recall, "variant_recall": ch.variant_recall,
@@ -560,15 +551,9 @@ def classify(
         start = time.perf_counter()
         scores = runner.predict(x)
         latency_ms = (time.perf_counter() - start) * 1000.0
-        probs = softmax(scores)
-        order = np.argsort(-probs, kind="stable")[:k]
-        out.append({
-            "variant": name,
-            "top": [(class_names[i] if i < len(class_names) else str(i), float(probs[i]))
-                    for i in order],
-            "top1": class_names[order[0]] if order[0] < len(class_names) else str(order[0]),
-            "latency_ms": latency_ms,
-        })
+        top = top_k(scores, class_names, k)  # ranked as `petq classify` ranks them
+        out.append({"variant": name, "top": list(top), "top1": top[0][0],
+                    "latency_ms": latency_ms})
     return out
 
 

@@ -146,16 +146,7 @@ class PetDataset:
 
     def class_index(self, name_or_index: str | int) -> int:
         """Resolve a breed name (case-insensitive) or index; unknown names raise SpecError."""
-        if isinstance(name_or_index, int) or str(name_or_index).isdigit():
-            index = int(name_or_index)
-            if not 0 <= index < self.num_classes:
-                raise SpecError(f"class index {index} out of range 0..{self.num_classes - 1}")
-            return index
-        lowered = {n.lower(): i for i, n in enumerate(self.class_names)}
-        key = str(name_or_index).strip().lower()
-        if key not in lowered:
-            raise SpecError(f"unknown class name {name_or_index!r}")
-        return lowered[key]
+        return class_index(self.class_names, name_or_index)
 
     def calibration_samples(self, fraction: float, seed: int) -> list[Sample]:
         """A stratified, seeded fraction of trainval (the lab's calibration set)."""
@@ -173,6 +164,20 @@ class PetDataset:
                 raise SpecError(f"test dataset fraction must be in (0, 1], got {fraction}")
             return list(self.test)
         return stratified_fraction(self.test, fraction, seed)
+
+
+def class_index(class_names: Sequence[str], name_or_index: str | int) -> int:
+    """A breed name (case-insensitive) or index into `class_names`; SpecError otherwise."""
+    if isinstance(name_or_index, int) or str(name_or_index).strip().isdigit():
+        index = int(str(name_or_index).strip())
+        if not 0 <= index < len(class_names):
+            raise SpecError(f"class index {index} out of range 0..{len(class_names) - 1}")
+        return index
+    lowered = {n.lower(): i for i, n in enumerate(class_names)}
+    key = str(name_or_index).strip().lower()
+    if key not in lowered:
+        raise SpecError(f"unknown class name {name_or_index!r}")
+    return lowered[key]
 
 
 def stratified_fraction(samples: Sequence[Sample], fraction: float, seed: int) -> list[Sample]:

@@ -19,8 +19,8 @@ from petq.results import METRICS, Details, Result
 from petq.stats import (
     LatencyComparison,
     PairedComparison,
-    compare_paired,
-    per_class_changes,
+    class_changes_of,
+    compare_details,
     seed_spread,
 )
 from petq.types import VariantSpec
@@ -82,7 +82,7 @@ def paired(workspace, result: Result, reference: Result,
     ref = details.get(reference.result_key) or workspace.details(reference.result_key)
     if not mine.same_images(ref):
         return None
-    return compare_paired(mine.labels, mine.top1, ref.top1, len(mine.class_names))
+    return compare_details(mine, ref)
 
 
 def _verdict(comparison: PairedComparison, what: str = "accuracy") -> str:
@@ -343,7 +343,7 @@ def _trend_sentence(int8: list[Result], details: dict[str, Details]) -> str:
     largest = max(int8, key=lambda r: (r.spec.fraction, -r.spec.seed))
     a, b = details[largest.result_key], details[smallest.result_key]
     if a.same_images(b):
-        c = compare_paired(a.labels, a.top1, b.top1, len(a.class_names))
+        c = compare_details(a, b)
         text += (f"From the smallest to the largest fraction (`{smallest.variant}` to "
                  f"`{largest.variant}`): {_ci_points(c.accuracy_difference)}, McNemar p = "
                  f"{c.mcnemar.p_value:.3g}. ")
@@ -374,14 +374,14 @@ def _imbalanced_sentence(workspace, row: Result, int8: list[Result],
     names = workspace.class_names
     chosen = ", ".join(names[c] for c in row.spec.classes if c < len(names))
     mine, ref = details[row.result_key], details[best.result_key]
-    c = compare_paired(mine.labels, mine.top1, ref.top1, len(names))
+    c = compare_details(mine, ref)
     text = (
         f"`{row.variant}` (calibrated on {row.calibration_count} images of {chosen}) reaches "
         f"{_pct(row.accuracy)} accuracy, {_ci_points(c.accuracy_difference)} against the best "
         f"fraction-calibrated variant, `{best.variant}`; G-Mean "
         f"{_ci_points(c.g_mean_difference)}. {_verdict(c)}"
     )
-    changes = per_class_changes(mine.labels, mine.top1, ref.top1, len(names))
+    changes = class_changes_of(mine, ref)
     hurt = sorted((k for k in changes if k.hurt), key=lambda k: k.difference)
     if hurt:
         text += (" Breeds it hurts (their sensitivity interval excludes zero): " + ", ".join(

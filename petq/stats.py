@@ -273,6 +273,29 @@ def compare_paired(
     )
 
 
+def compare_details(variant, reference, resamples: int = 2000, seed: int = 0,
+                    level: float = 0.95) -> PairedComparison:
+    """`compare_paired` on two results' per-image predictions (`petq.results.Details`:
+    `image_ids`, `labels`, `top1`, `class_names`), which must cover the same images."""
+    _check_same_images(variant, reference)
+    return compare_paired(variant.labels, variant.top1, reference.top1,
+                          len(variant.class_names), resamples=resamples, seed=seed, level=level)
+
+
+def class_changes_of(variant, reference, level: float = 0.95) -> list[ClassChange]:
+    """`per_class_changes` on two results' per-image predictions (as `compare_details`)."""
+    _check_same_images(variant, reference)
+    return per_class_changes(variant.labels, variant.top1, reference.top1,
+                             len(variant.class_names), level=level)
+
+
+def _check_same_images(variant, reference) -> None:
+    if (tuple(variant.image_ids) != tuple(reference.image_ids)
+            or not np.array_equal(variant.labels, reference.labels)):
+        raise StatsError("the two results were evaluated on different test images: a paired "
+                         "comparison needs the same ones")
+
+
 def paired_difference_interval(
     both_right: int, only_first: int, only_second: int, both_wrong: int, level: float = 0.95
 ) -> tuple[float, float]:

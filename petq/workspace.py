@@ -22,7 +22,7 @@ import numpy as np
 
 from petq import __version__ as petq_version
 from petq.cache import Cache, Entry, key_of, sha256_file, write_bytes_atomic
-from petq.data import PetDataset, Sample, preprocess
+from petq.data import PetDataset, Sample, class_index, preprocess
 from petq.errors import ModelError, PetqError, SpecError
 from petq.evaluate import compute_metrics, measure_latency, predict_all
 from petq.results import Details, Result, top_k
@@ -128,16 +128,7 @@ class Workspace:
 
     def class_index(self, name_or_index: str | int) -> int:
         """A breed name (case-insensitive) or index in the model's class space."""
-        text = str(name_or_index).strip()
-        if text.isdigit():
-            index = int(text)
-            if not 0 <= index < len(self.class_names):
-                raise SpecError(f"class index {index} out of range 0..{len(self.class_names) - 1}")
-            return index
-        lowered = {n.lower(): i for i, n in enumerate(self.class_names)}
-        if text.lower() not in lowered:
-            raise SpecError(f"unknown class name {name_or_index!r}")
-        return lowered[text.lower()]
+        return class_index(self.class_names, name_or_index)
 
     def label(self, sample: Sample) -> int:
         """A sample's class index in the model's class space."""
