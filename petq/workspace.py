@@ -7,6 +7,7 @@ per (variant, test set), and `results()` lists what is cached, cheaply.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -29,22 +30,34 @@ from petq.results import Details, Result, top_k
 from petq.runtime import KerasRunner, LiteRTRunner, Runner, default_threads, model_io
 from petq.stats import Interval, LatencyComparison, interleaved_latency
 from petq.store import DecodedStore, load_store
-from petq.types import RECIPES, Backend, ModelContract, VariantSpec, load_contract, sidecar_path
+from petq.types import (
+    RECIPES,
+    Backend,
+    Calibration,
+    ModelContract,
+    VariantSpec,
+    load_contract,
+    sidecar_path,
+)
 
 RESULT_VERSION = 2  # 2: Result records, per-image top-5 kept
 Stage = Callable[[str, int, int], None]  # progress(stage, done, total)
 
 
-def library_versions() -> dict[str, str]:
-    """Versions that change a converted artifact or its numbers (no heavy imports)."""
-    versions = {}
+@functools.cache
+def _library_versions() -> tuple[tuple[str, str], ...]:
+    versions = []
     for package in ("tensorflow", "keras", "ai-edge-litert", "ai-edge-quantizer"):
         try:
-            versions[package] = metadata.version(package)
+            versions.append((package, metadata.version(package)))
         except metadata.PackageNotFoundError:
-            versions[package] = "none"
-    versions["petq"] = petq_version  # installed or run from a checkout alike
-    return versions
+            versions.append((package, "none"))
+    return (*versions, ("petq", petq_version))  # installed or run from a checkout alike
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that change a converted artifact or its numbers (read once per process)."""
+    return dict(_library_versions())
 
 
 def _stage(progress: Stage | None, stage: str) -> Callable[[int, int], None] | None:
@@ -70,6 +83,8 @@ class Workspace:
         self.threads = threads or default_threads()
         self._store: DecodedStore | None = None
         self._keras: KerasRunner | None = None
+        self._calibrations: dict[Calibration, list[Sample]] = {}
+        self._test_digests: dict[float, str] = {}
         self.contract = self._resolve_contract(preprocessing)
         self.label_map = self._label_map()
 
@@ -179,7 +194,13 @@ class Workspace:
         return self._store
 
     def calibration_samples(self, spec: VariantSpec) -> list[Sample]:
-        """The trainval images that calibrate an INT8 variant (never test images)."""
+        """The trainval images that calibrate a static variant (never test images); picked
+        once per calibration source (cache keys ask for them often)."""
+        if spec.calibration not in self._calibrations:
+            self._calibrations[spec.calibration] = self._pick_calibration(spec)
+        return self._calibrations[spec.calibration]
+
+    def _pick_calibration(self, spec: VariantSpec) -> list[Sample]:
         if spec.calibration.kind == "fraction":
             return self.dataset.calibration_samples(spec.fraction, spec.seed)
         if spec.calibration.kind == "classes":
@@ -359,12 +380,16 @@ class Workspace:
     def result_key(self, spec: VariantSpec, test_fraction: float) -> str:
         """The variant's artifact, the contract (preprocessing, class names: they change a
         native result too), the exact test images with their labels, threads, versions."""
-        test = [f"{s.image_id} {self.label(s)}" for s in self.dataset.test_samples(test_fraction)]
+        if test_fraction not in self._test_digests:
+            test = [f"{s.image_id} {self.label(s)}"
+                    for s in self.dataset.test_samples(test_fraction)]
+            self._test_digests[test_fraction] = hashlib.sha256("\n".join(test).encode()
+                                                               ).hexdigest()
         return key_of({"v": RESULT_VERSION, "variant": self.artifact_key(spec),
                        "spec": spec.to_dict(),
                        "contract": self.contract.to_dict() | {"info": None},
                        "images": self.dataset.images_stamp,
-                       "test": hashlib.sha256("\n".join(test).encode()).hexdigest(),
+                       "test": self._test_digests[test_fraction],
                        "threads": self.threads, "versions": library_versions()})
 
     def cached_result(self, spec: VariantSpec, test_fraction: float = 1.0) -> Result | None:
