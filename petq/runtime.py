@@ -122,8 +122,15 @@ class KerasRunner(Runner):
         return np.asarray(y, dtype=np.float32)[0]
 
     def predict_batch(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Scores for a batch: the accuracy pass for the native model."""
-        return np.asarray(self.model.predict(x, batch_size=batch_size, verbose=0), np.float32)
+        """Scores for a batch: the accuracy pass for the native model.
+
+        The same numbers as `model.predict(x, batch_size=32)` (a test checks this), in
+        about half the time: `predict` builds a dataset and an iterator on every call,
+        `predict_on_batch` reuses one traced function."""
+        return np.concatenate([
+            np.asarray(self.model.predict_on_batch(x[i:i + batch_size]), np.float32)
+            for i in range(0, len(x), batch_size)
+        ])
 
     @property
     def num_classes(self) -> int:

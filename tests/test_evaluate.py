@@ -96,3 +96,27 @@ def test_accuracy_pass_equals_one_predict_per_image(workspace):
         np.testing.assert_array_equal(scores, one_by_one)
         assert seen == [LITERT_CHUNK, 2 * LITERT_CHUNK, 2 * LITERT_CHUNK + 3]
         assert predict_all(runner, pixels[:0], workspace.contract).shape == (0, 4)
+
+
+def test_native_accuracy_pass_equals_keras_predict(workspace):
+    """predict_on_batch in slices of 32 gives exactly `model.predict(x, batch_size=32)`."""
+    from petq.data import preprocess
+
+    runner = workspace.keras_runner()
+    pixels = np.random.default_rng(3).integers(0, 256, (70, 32, 32, 3), dtype=np.uint8)
+    x = preprocess(pixels, workspace.contract)
+    expected = runner.model.predict(x, batch_size=32, verbose=0)
+    np.testing.assert_array_equal(runner.predict_batch(x), expected)
+
+
+def test_latency_stops_at_its_budget_but_not_before_the_floor(workspace):
+    from petq.data import preprocess
+    from petq.evaluate import MIN_LATENCY_RUNS, measure_latency
+
+    runner = workspace.keras_runner()
+    x = preprocess(np.zeros((1, 32, 32, 3), np.uint8), workspace.contract)
+    assert measure_latency(runner, x, runs=100, warmup=1, budget_s=0.0)["latency_runs"] == \
+        MIN_LATENCY_RUNS
+    assert measure_latency(runner, x, runs=5, warmup=1, budget_s=0.0)["latency_runs"] == 5
+    timed = measure_latency(runner, x, runs=30, warmup=1, budget_s=60.0)
+    assert timed["latency_runs"] == 30 and timed["latency_p50_ms"] > 0
