@@ -105,6 +105,18 @@ class Cache:
         locks.mkdir(parents=True, exist_ok=True)
         return FileLock(str(locks / f"{kind}-{key}.lock"), timeout=self.lock_timeout)
 
+    def held(self, kind: str, key: str) -> bool:
+        """Is the entry's lock held by another process now (being built there)?"""
+        lock = FileLock(str(self.root / "locks" / f"{kind}-{key}.lock"), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return True
+        except OSError:  # no locks folder yet: nothing is being built
+            return False
+        lock.release()
+        return False
+
     def get(self, kind: str, key: str, verify: bool = True) -> Entry | None:
         """The entry if it is complete and intact, else None."""
         path = self.entry_path(kind, key)

@@ -100,7 +100,10 @@ def _workspace(args: argparse.Namespace):
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    from petq.report import write_reports
+    from concurrent.futures import ThreadPoolExecutor
+
+    from petq.ahead import ConvertAhead
+    from petq.report import cached_confusion_png, write_reports
 
     ws = _workspace(args)
     specs = resolve_specs(ws, args)
@@ -108,20 +111,24 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     print(f"model {ws.model_path}, dataset {ws.dataset.root}{data_note}, "
           f"{len(specs)} task(s), {ws.threads} thread(s)", file=sys.stderr)
     results, failures = [], []
-    for spec in specs:
-        start = time.perf_counter()
-        bars = StageBars(f"{spec.name}: ")
-        try:
-            result, computed = ws.evaluate(spec, args.test_dataset_fraction, progress=bars)
-        except PetqError as exc:  # one recipe the model cannot take: the others still run
+    # conversions in a second process; each result's figure drawn in a thread meanwhile
+    with ConvertAhead(ws, specs), ThreadPoolExecutor(1) as figures:
+        for spec in specs:
+            start = time.perf_counter()
+            bars = StageBars(f"{spec.name}: ")
+            try:
+                result, computed = ws.evaluate(spec, args.test_dataset_fraction, progress=bars)
+            except PetqError as exc:  # one recipe the model cannot take: the others still run
+                bars.close()
+                print(f"petq: error: {exc}", file=sys.stderr)
+                failures.append(spec.name)
+                continue
             bars.close()
-            print(f"petq: error: {exc}", file=sys.stderr)
-            failures.append(spec.name)
-            continue
-        bars.close()
-        how = f"computed in {time.perf_counter() - start:.1f} s" if computed else "cached"
-        print(f"{spec.name:28s} {result_line(result)}  ({how})")
-        results.append(result)
+            how = f"computed in {time.perf_counter() - start:.1f} s" if computed else "cached"
+            print(f"{spec.name:28s} {result_line(result)}  ({how})")
+            results.append(result)
+            # a failure here is drawn and raised again by write_reports
+            figures.submit(cached_confusion_png, ws, result.result_key, result.variant)
     if not results:
         raise PetqError(f"no variant could be evaluated ({', '.join(failures)})")
     written = write_reports(ws, results, args.results_path)

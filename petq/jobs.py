@@ -517,7 +517,7 @@ def run_job(path: Path | str) -> int:
 def _work(reporter: _Reporter) -> int:
     record = reporter.record
     reporter.write(state="running", started=time.time(), stage="start")
-    from petq.report import cached_confusion_png  # after the first write: imports take seconds
+    from petq.ahead import ConvertAhead  # after the first write: imports take seconds
     from petq.workspace import Workspace
 
     try:
@@ -531,33 +531,45 @@ def _work(reporter: _Reporter) -> int:
                        finished=time.time())
         return 1
     errors = []
-    for variant in record["variants"]:
-        if variant["status"] == "done":
-            continue
-        variant["status"] = "running"
-        reporter.write(current=variant["name"], stage="start", stage_done=0, stage_total=0)
-        try:
-            spec = VariantSpec.from_dict(variant["spec"])
-            result, _ = ws.evaluate(spec, record["test_fraction"], progress=reporter.progress)
-            key = _result_key(result)
-            reporter.progress("figures", 0, 1)
-            cached_confusion_png(ws, key, spec.name)  # the report's, drawn now
-            reporter.progress("timing", 0, 1)
-            ws.time_against_reference(spec)  # the report's speed sentence, timed now
-            if record.get("layers") and spec.recipe.quantized and not spec.is_native:
-                ws.layer_stats(spec, progress=reporter.progress)
-            variant.update(status="done", result_key=key)
-        except PetqError as exc:
-            variant.update(status="failed", error=str(exc))
-            errors.append(f"{variant['name']}: {exc}")
-        except Exception as exc:  # a bug: keep the traceback in the log, report the gist
-            traceback.print_exc()
-            variant.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-            errors.append(f"{variant['name']}: {type(exc).__name__}: {exc}")
-        reporter.write()
+    todo = [v for v in record["variants"] if v["status"] != "done"]
+    try:
+        specs = [VariantSpec.from_dict(v["spec"]) for v in todo]
+    except PetqError:  # reported per variant below
+        specs = []
+    with ConvertAhead(ws, specs):  # conversions in a second process, meanwhile
+        for variant in todo:
+            _work_on(ws, reporter, variant, errors)
     reporter.write(state="failed" if errors else "done", error="; ".join(errors) or None,
                    current=None, stage=None, finished=time.time())
     return 1 if errors else 0
+
+
+def _work_on(ws, reporter: _Reporter, variant: dict[str, Any], errors: list[str]) -> None:
+    """Evaluate one variant of the job, and draw, time and analyse what its reports need."""
+    from petq.report import cached_confusion_png  # after the first write: imports take seconds
+
+    record = reporter.record
+    variant["status"] = "running"
+    reporter.write(current=variant["name"], stage="start", stage_done=0, stage_total=0)
+    try:
+        spec = VariantSpec.from_dict(variant["spec"])
+        result, _ = ws.evaluate(spec, record["test_fraction"], progress=reporter.progress)
+        key = _result_key(result)
+        reporter.progress("figures", 0, 1)
+        cached_confusion_png(ws, key, spec.name)  # the report's, drawn now
+        reporter.progress("timing", 0, 1)
+        ws.time_against_reference(spec)  # the report's speed sentence, timed now
+        if record.get("layers") and spec.recipe.quantized and not spec.is_native:
+            ws.layer_stats(spec, progress=reporter.progress)
+        variant.update(status="done", result_key=key)
+    except PetqError as exc:
+        variant.update(status="failed", error=str(exc))
+        errors.append(f"{variant['name']}: {exc}")
+    except Exception as exc:  # a bug: keep the traceback in the log, report the gist
+        traceback.print_exc()
+        variant.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        errors.append(f"{variant['name']}: {type(exc).__name__}: {exc}")
+    reporter.write()
 
 
 if __name__ == "__main__":

@@ -279,7 +279,11 @@ class Workspace:
                 "versions": library_versions(),
             }
 
-        return self.cache.get_or_build("variants", self.variant_key(spec), build)
+        key = self.variant_key(spec)
+        if (progress and self.cache.get("variants", key, verify=False) is None
+                and self.cache.held("variants", key)):
+            progress("convert", 0, 1)  # another process converts it (petq.ahead): wait
+        return self.cache.get_or_build("variants", key, build)
 
     def fp32_tflite(self, progress: Stage | None = None) -> bytes:
         """The FP32 .tflite that AI Edge Quantizer recipes start from (converted once)."""

@@ -1,0 +1,111 @@
+"""Conversions ahead of evaluation: one spawned process converts, this one evaluates.
+
+The converter runs its calibration on one core, and a run of several variants
+spends about a third of its time there; the other core would idle. So a run that
+must convert two or more variants hands them to one spawned process, the largest
+calibrations first, while this process decodes and evaluates in the run's order.
+Both go through the content-addressed cache and its per-entry locks: a variant
+the converter process is building is waited for; one it has not reached yet is
+converted here, and the converter process skips it when it gets there. Nothing
+the converter process says is trusted: this process always asks the cache, so a
+conversion that failed there is tried again here, where its error is reported
+as without this module.
+
+Measured in benchmarks/README.md (section 5).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from petq.errors import PetqError
+from petq.types import VariantSpec
+
+
+@dataclass(frozen=True)
+class ConvertTask:
+    """What the converter process needs for one variant: paths and a spec dict."""
+
+    model_path: str
+    dataset_root: str
+    cache_root: str
+    spec: dict
+    preprocessing: str | None = None
+
+
+def convert_task(task: ConvertTask) -> str | None:
+    """Convert one variant into the cache in this process, unless another process is
+    converting it now; None, or the error's text."""
+    from petq.workspace import Workspace
+
+    try:
+        ws = Workspace(task.model_path, task.dataset_root, task.cache_root, 1,
+                       task.preprocessing)
+        spec = VariantSpec.from_dict(task.spec)
+        if not ws.cache.held("variants", ws.variant_key(spec)):
+            ws.tflite(spec)
+    except PetqError as exc:
+        return str(exc)
+    return None
+
+
+def _spawn_can_start() -> bool:
+    """A spawned process re-runs the caller's main script by its path: one read from
+    standard input or a string (`python -`, `python -c`) has none, and would fail."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return getattr(main, "__spec__", None) is not None or path is None or Path(path).is_file()
+
+
+class ConvertAhead:
+    """Converts `specs` in a spawned process while the caller evaluates them.
+
+    Does nothing (no process) on one core, or when fewer than two of the specs still
+    need converting. Use as a context manager: leaving it drops the conversions not
+    started and stops the process.
+    """
+
+    MIN_CONVERSIONS = 2  # one conversion alone has nothing to overlap with
+
+    def __init__(self, ws, specs: Iterable[VariantSpec]):
+        self._pool = None
+        if (os.cpu_count() or 1) < 2 or not _spawn_can_start():
+            return
+        todo = [s for s in dict.fromkeys(specs) if not s.is_native and not s.keep_float
+                and ws.cached_tflite(s) is None]
+        if len(todo) < self.MIN_CONVERSIONS:
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from petq.sweep import _init_pool_worker
+
+        # uncalibrated ones first (the run soon needs them: AEQ recipes start from FP32),
+        # then the largest calibration sets, which this process would wait longest for
+        todo.sort(key=lambda s: (s.recipe.calibrates, -len(ws.calibration_samples(s))))
+        self._pool = ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn"),  # TensorFlow and fork do not mix
+            initializer=_init_pool_worker, initargs=(1, None))
+        for spec in todo:
+            self._pool.submit(convert_task, ConvertTask(
+                str(ws.model_path), str(ws.dataset.root), str(ws.cache.root), spec.to_dict(),
+                ws.contract.preprocessing))
+
+    @property
+    def active(self) -> bool:
+        return self._pool is not None
+
+    def close(self, wait: bool = True) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> ConvertAhead:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        self.close(wait=kind is None)  # after an error or Ctrl-C: do not wait for it

@@ -1,0 +1,71 @@
+"""Conversions ahead of evaluation (petq.ahead): a spawned converter process and this one
+share the cache; each variant is converted once, whichever process gets to it."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from filelock import FileLock
+
+from petq import ahead
+from petq.ahead import ConvertAhead, ConvertTask, convert_task
+from petq.types import VariantSpec
+from petq.workspace import Workspace
+
+
+@pytest.mark.slow
+def test_a_run_with_the_converter_process_gives_the_same_files(tiny_model, pet_root,
+                                                               shared_cache, tmp_path):
+    specs = [VariantSpec.native(), VariantSpec.fp32(), VariantSpec.int8(0.5, seed=3),
+             VariantSpec.int8(0.25, seed=3)]
+    ws = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)
+    seen = []
+    with ConvertAhead(ws, specs) as converter:
+        assert converter.active
+        for spec in specs:
+            ws.evaluate(spec, progress=lambda stage, *_: seen.append(stage), latency_runs=3)
+    assert not converter.active
+    alone = Workspace(tiny_model, pet_root, shared_cache, threads=1)  # converted in-process
+    for spec in specs[1:]:
+        ours, theirs = ws.cached_tflite(spec), alone.tflite(spec)[0]
+        assert ours is not None
+        assert ours.file("model.tflite").read_bytes() == theirs.file("model.tflite").read_bytes()
+    assert "evaluate" in seen
+
+
+def test_nothing_to_convert_starts_no_process(workspace):
+    workspace.tflite(VariantSpec.fp32())
+    with ConvertAhead(workspace, [VariantSpec.native(), VariantSpec.fp32()]) as converter:
+        assert not converter.active
+
+
+def test_the_converter_skips_a_variant_another_process_is_converting(tiny_model, pet_root,
+                                                                     tmp_path):
+    ws = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)
+    spec = VariantSpec.int8(0.5, seed=11)
+    key = ws.variant_key(spec)
+    task = ConvertTask(str(tiny_model), str(pet_root), str(ws.cache.root), spec.to_dict())
+    (ws.cache.root / "locks").mkdir(parents=True, exist_ok=True)
+    with FileLock(str(ws.cache.root / "locks" / f"variants-{key}.lock")):
+        assert ws.cache.held("variants", key)
+        assert convert_task(task) is None
+        assert ws.cached_tflite(spec) is None  # left to the holder
+    assert not ws.cache.held("variants", key)
+    assert convert_task(task) is None and ws.cached_tflite(spec) is not None
+
+
+def test_a_bad_recipe_comes_back_as_text(tiny_model, pet_root, tmp_path):
+    task = ConvertTask(str(tiny_model), str(pet_root), str(tmp_path / "cache"),
+                       VariantSpec.imbint8((99,)).to_dict())
+    assert "out of range" in convert_task(task)
+
+
+def test_no_process_when_the_main_script_cannot_be_spawned(workspace, monkeypatch):
+    main = sys.modules["__main__"]
+    monkeypatch.setattr(main, "__spec__", None, raising=False)
+    monkeypatch.setattr(main, "__file__", "<stdin>", raising=False)
+    assert not ahead._spawn_can_start()
+    specs = [VariantSpec.int8(0.5, seed=21), VariantSpec.int8(0.25, seed=21)]
+    with ConvertAhead(workspace, specs) as converter:
+        assert not converter.active
