@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 from scipy import stats as sps
-from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
@@ -165,10 +164,16 @@ def _paired_arrays(
 
 
 def _mcnemar_counts(b: int, c: int, n: int) -> McNemar:
-    if b + c == 0:  # the variants agree on every image: nothing speaks for a difference
-        return McNemar(b=0, c=0, p_value=1.0, n=n)
-    p_value = float(sm_mcnemar(np.array([[0, b], [c, 0]]), exact=True).pvalue)
-    return McNemar(b=b, c=c, p_value=p_value, n=n)
+    return McNemar(b=b, c=c, p_value=float(mcnemar_p_values(np.array([b]), np.array([c]))[0]),
+                   n=n)
+
+
+def mcnemar_p_values(b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Exact McNemar p for arrays of discordant counts: statsmodels' `mcnemar(exact=True)`
+    (two-sided binomial at 1/2 on min(b, c) of b + c, capped at 1), for all at once.
+    b = c = 0 gives p = 1: nothing speaks for a difference."""
+    b, c = np.asarray(b, dtype=np.int64), np.asarray(c, dtype=np.int64)
+    return np.minimum(1.0, 2.0 * sps.binom.cdf(np.minimum(b, c), b + c, 0.5))
 
 
 def mcnemar(labels: np.ndarray, pred_variant: np.ndarray, pred_reference: np.ndarray
@@ -306,25 +311,37 @@ def paired_difference_interval(
     recommend it for paired binomial proportions; neither scipy nor statsmodels has
     one. Checked against their R package contingencytables (Cavo et al. 2012 table).
     """
-    _check_level(level)
-    n = both_right + only_first + only_second + both_wrong
-    if n == 0:
+    if both_right + only_first + only_second + both_wrong == 0:
         raise StatsError("paired_difference_interval needs at least one pair")
+    low, high = paired_difference_intervals(
+        *(np.array([v]) for v in (both_right, only_first, only_second, both_wrong)), level)
+    return float(low[0]), float(high[0])
+
+
+def paired_difference_intervals(
+    both_right: np.ndarray, only_first: np.ndarray, only_second: np.ndarray,
+    both_wrong: np.ndarray, level: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`paired_difference_interval` for arrays of 2x2 tables at once (each n > 0)."""
+    _check_level(level)
+    both_right, only_first, only_second, both_wrong = (
+        np.asarray(v, dtype=np.float64) for v in (both_right, only_first, only_second,
+                                                  both_wrong))
+    n = both_right + only_first + only_second + both_wrong
     first_right, second_right = both_right + only_first, both_right + only_second
     p1, p2 = first_right / n, second_right / n
-    (l1, l2), (u1, u2) = proportion_confint(
-        np.array([first_right, second_right]), n, alpha=1 - level, method="wilson")
-    margins = [first_right, n - first_right, second_right, n - second_right]
-    psi = 0.0
-    if min(margins) > 0:
-        a = both_right * both_wrong - only_first * only_second
-        a = a - n / 2 if a > n / 2 else min(a, 0)  # continuity-corrected, as Newcombe's
-        psi = a / math.sqrt(math.prod(margins))
+    l1, u1 = proportion_confint(first_right, n, alpha=1 - level, method="wilson")
+    l2, u2 = proportion_confint(second_right, n, alpha=1 - level, method="wilson")
+    margins = np.stack([first_right, n - first_right, second_right, n - second_right])
+    a = both_right * both_wrong - only_first * only_second
+    a = np.where(a > n / 2, a - n / 2, np.minimum(a, 0))  # continuity-corrected, as Newcombe's
+    product = margins.prod(axis=0)
+    psi = np.divide(a, np.sqrt(product), out=np.zeros_like(a), where=margins.min(axis=0) > 0)
     d1, d2 = p1 - l1, u2 - p2
-    low = p1 - p2 - math.sqrt(d1**2 + d2**2 - 2 * psi * d1 * d2)
+    low = p1 - p2 - np.sqrt(d1**2 + d2**2 - 2 * psi * d1 * d2)
     d1, d2 = u1 - p1, p2 - l2
-    high = p1 - p2 + math.sqrt(d1**2 + d2**2 - 2 * psi * d1 * d2)
-    return float(low), float(high)
+    high = p1 - p2 + np.sqrt(d1**2 + d2**2 - 2 * psi * d1 * d2)
+    return low, high
 
 
 def per_class_changes(
@@ -359,22 +376,20 @@ def per_class_changes(
     both, only_v = per_class(right_v & right_r), per_class(right_v & ~right_r)
     only_r, neither = per_class(right_r & ~right_v), per_class(~right_v & ~right_r)
     present = np.flatnonzero(n_class)
-    tests = [_mcnemar_counts(int(only_r[k]), int(only_v[k]), int(n_class[k])) for k in present]
-    adjusted = multipletests([t.p_value for t in tests], method="holm")[1]
-    changes = []
-    for k, test, p_adj in zip(present, tests, adjusted, strict=True):
-        n = test.n
-        low, high = paired_difference_interval(
-            int(both[k]), test.c, test.b, int(neither[k]), level)
-        changes.append(ClassChange(
-            class_index=int(k), n=n,
-            reference_recall=float((both[k] + only_r[k]) / n),
-            variant_recall=float((both[k] + only_v[k]) / n),
-            difference=(test.c - test.b) / n, low=low, high=high,
-            b=test.b, c=test.c, p_value=test.p_value, p_adjusted=float(p_adj),
-            hurt=high < 0, helped=low > 0,
-        ))
-    return changes
+    if not len(present):
+        return []
+    b, c, n = only_r[present], only_v[present], n_class[present]
+    p_values = mcnemar_p_values(b, c)
+    adjusted = multipletests(p_values, method="holm")[1]
+    lows, highs = paired_difference_intervals(both[present], c, b, neither[present], level)
+    return [ClassChange(
+        class_index=int(k), n=int(n[i]),
+        reference_recall=float((both[k] + only_r[k]) / n[i]),
+        variant_recall=float((both[k] + only_v[k]) / n[i]),
+        difference=float((c[i] - b[i]) / n[i]), low=float(lows[i]), high=float(highs[i]),
+        b=int(b[i]), c=int(c[i]), p_value=float(p_values[i]), p_adjusted=float(adjusted[i]),
+        hurt=bool(highs[i] < 0), helped=bool(lows[i] > 0),
+    ) for i, k in enumerate(present)]
 
 
 def seed_spread(values: Sequence[float], level: float = 0.95) -> Spread:

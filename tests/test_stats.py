@@ -259,3 +259,28 @@ def test_interleaved_latency_alternates_the_order_every_round():
     stats.interleaved_latency(lambda: calls.append("a"), lambda: calls.append("b"),
                               rounds=6, warmup=1)
     assert "".join(calls) == "ab" + "ab" "ba" "ab" "ba" "ab" "ba"
+
+
+def test_vectorised_mcnemar_and_newcombe_over_many_tables():
+    """The per-breed table computes all classes at once: McNemar equal to statsmodels'
+    exact test table by table; Newcombe's interval holds the published value for the
+    Cavo et al. table wherever it sits, and brackets every estimate inside [-1, 1]."""
+    from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+
+    rng = np.random.default_rng(5)
+    tables = rng.integers(0, 30, (300, 4))
+    tables[:5, 1:3] = 0  # b = c = 0
+    tables[5:10, [0, 3]] = 0  # no concordant pairs: psi's margins may be zero
+    tables[150] = (59, 6, 16, 80)
+    tables = tables[tables.sum(axis=1) > 0]
+    both, only_first, only_second, neither = tables.T
+    p_values = stats.mcnemar_p_values(only_second, only_first)
+    for i, (_, b, c, _) in enumerate(tables):
+        expected = 1.0 if b + c == 0 else sm_mcnemar([[0, c], [b, 0]], exact=True).pvalue
+        assert p_values[i] == pytest.approx(expected, rel=1e-12, abs=1e-300)
+    low, high = stats.paired_difference_intervals(both, only_first, only_second, neither)
+    estimate = (only_first - only_second) / tables.sum(axis=1)
+    assert ((low <= estimate + 1e-12) & (estimate <= high + 1e-12)).all()
+    assert ((low >= -1 - 1e-12) & (high <= 1 + 1e-12)).all()
+    cavo = int(np.flatnonzero((tables == (59, 6, 16, 80)).all(axis=1))[0])
+    assert (round(low[cavo], 4), round(high[cavo], 4)) == (-0.1186, -0.0046)
