@@ -293,7 +293,8 @@ def _stamp(ws, kind: str) -> int:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _results(key: WorkspaceKey, stamp: int) -> list[Result]:
-    return _workspace(*key).results()  # this workspace's only (its preprocessing too)
+    # this workspace's only (its preprocessing too), with any thread count (a sweep's)
+    return _workspace(*key).results(any_threads=True)
 
 
 def results(ws) -> list[Result]:
@@ -320,7 +321,16 @@ def results_for_one_test_set(ws, key: str, empty: str, link: tuple[str, str, str
             format_func=lambda f: f"{f:g} of the test split", key=key,
             help="Variants compare only on the same test images.",
         )
-    return fraction, compare.latest_per_variant([r for r in every if r.test_fraction == fraction])
+    rows = compare.latest_per_variant([r for r in every if r.test_fraction == fraction],
+                                      ws.threads)
+    others = sorted({r.threads for r in rows} - {ws.threads})
+    if others:
+        st.caption(
+            f"{sum(r.threads != ws.threads for r in rows)} of these variants were evaluated "
+            f"with {' or '.join(map(str, others))} inference thread(s), not this session's "
+            f"{ws.threads} (a sweep's tasks run with their own): the same images and "
+            "predictions, but their latencies compare only with each other.")
+    return fraction, rows
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -400,7 +410,8 @@ def _report_summary(key: WorkspaceKey, result_keys: tuple[str, ...]) -> str:
 
     ws = _workspace(*key)
     wanted = set(result_keys)
-    return report.summary_markdown(ws, [r for r in ws.results() if r.result_key in wanted])
+    return report.summary_markdown(ws, [r for r in ws.results(any_threads=True)
+                                        if r.result_key in wanted])
 
 
 def report_summary(ws, rows: list[Result]) -> str:

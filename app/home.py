@@ -46,7 +46,7 @@ with data_col:
 st.subheader("Cached variants")
 every = common.results(ws)
 shown = compare.latest_per_variant(
-    [r for r in every if r.test_fraction == settings.test_fraction])
+    [r for r in every if r.test_fraction == settings.test_fraction], ws.threads)
 if not shown:
     st.info("Nothing evaluated on "
             f"{compare.fraction_text(settings.test_fraction)} yet. Run the lab's task set "

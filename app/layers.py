@@ -6,14 +6,15 @@ from __future__ import annotations
 import streamlit as st
 
 from app import common
-from petq import layerviews
+from petq import compare, layerviews
 from petq.errors import PetqError
 from petq.jobs import start_job
 from petq.types import VariantSpec
 
 ws = common.workspace_page("Layers")
 test_fraction = common.settings().test_fraction
-every = [r for r in common.results(ws) if r.test_fraction == test_fraction]
+every = compare.latest_per_variant(
+    [r for r in common.results(ws) if r.test_fraction == test_fraction], ws.threads)
 quantized = {r.variant: r for r in every
              if r.spec.recipe.quantized and not r.spec.is_native and not r.spec.keep_float}
 if not quantized:

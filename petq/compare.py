@@ -135,12 +135,16 @@ def label(metric: str) -> str:
     return column(metric).label
 
 
-def latest_per_variant(results: Sequence[Result]) -> list[Result]:
-    """One result per variant name (the most recent), in the input order."""
+def latest_per_variant(results: Sequence[Result], threads: int | None = None) -> list[Result]:
+    """One result per variant name, in the input order: the most recent one, and with
+    `threads`, the most recent one timed with that many threads when there is one."""
+    def rank(result: Result) -> tuple[bool, float]:
+        return (threads is None or result.threads == threads, result.created)
+
     best: dict[str, Result] = {}
     for result in results:
         kept = best.get(result.variant)
-        if kept is None or result.created >= kept.created:
+        if kept is None or rank(result) >= rank(kept):
             best[result.variant] = result
     order = list(dict.fromkeys(r.variant for r in results))
     return [best[name] for name in order]

@@ -381,9 +381,11 @@ class Workspace:
 
     # ------------------------------------------------------------ evaluation
 
-    def result_key(self, spec: VariantSpec, test_fraction: float) -> str:
+    def result_key(self, spec: VariantSpec, test_fraction: float, threads: int | None = None
+                   ) -> str:  # fmt: skip
         """The variant's artifact, the contract (preprocessing, class names: they change a
-        native result too), the exact test images with their labels, threads, versions."""
+        native result too), the exact test images with their labels, threads (this
+        workspace's unless given), versions."""
         if test_fraction not in self._test_digests:
             test = [f"{s.image_id} {self.label(s)}"
                     for s in self.dataset.test_samples(test_fraction)]
@@ -394,7 +396,7 @@ class Workspace:
                        "contract": self.contract.to_dict() | {"info": None},
                        "images": self.dataset.images_stamp,
                        "test": self._test_digests[test_fraction],
-                       "threads": self.threads, "versions": library_versions()})
+                       "threads": threads or self.threads, "versions": library_versions()})
 
     def cached_result(self, spec: VariantSpec, test_fraction: float = 1.0) -> Result | None:
         entry = self.cache.get("results", self.result_key(spec, test_fraction), verify=False)
@@ -512,21 +514,25 @@ class Workspace:
             reference = fp32
         return self.latency_comparison(spec, reference) if reference else None
 
-    def results(self, test_fraction: float | None = None) -> list[Result]:
-        """Every cached result for this model and dataset: the dashboard's main query."""
+    def results(self, test_fraction: float | None = None, any_threads: bool = False
+                ) -> list[Result]:  # fmt: skip
+        """Every cached result for this model and dataset: the dashboard's main query.
+        With `any_threads`, also those evaluated with other interpreter thread counts (a
+        sweep's tasks run with their own): the same predictions, other latencies."""
         results = []
         for entry in self.cache.entries("results"):
             data = entry.manifest.get("result")
             if (not data or data.get("model_sha") != self.model_sha
                     or data.get("dataset_fingerprint") != self.dataset.fingerprint
-                    or data.get("threads") != self.threads):
+                    or (data.get("threads") != self.threads and not any_threads)):
                 continue
             if test_fraction is not None and data.get("test_fraction") != test_fraction:
                 continue
             try:
                 result = _read_result(entry)
                 # another preprocessing, other labels or library versions: not this workspace's
-                if self.result_key(result.spec, result.test_fraction) != result.result_key:
+                if self.result_key(result.spec, result.test_fraction,
+                                   result.threads) != result.result_key:
                     continue
             except (KeyError, TypeError, ValueError, PetqError):  # another petq version
                 continue

@@ -123,6 +123,27 @@ def test_results_listing_is_filtered_to_model_and_dataset(workspace):
     assert order == sorted(order)
 
 
+def test_results_of_other_thread_counts_are_listed_on_request(tiny_model, pet_root,
+                                                               shared_cache):
+    """A sweep's tasks run with their own thread count: the dashboard lists them too, and
+    prefers this workspace's own result of a variant when it has one."""
+    from petq.compare import latest_per_variant
+
+    one = Workspace(tiny_model, pet_root, shared_cache, threads=1)
+    three = Workspace(tiny_model, pet_root, shared_cache, threads=3)
+    single, _ = one.evaluate(VariantSpec.fp32(), latency_runs=5)
+    assert single.threads == 1
+    assert single.result_key not in {r.result_key for r in three.results()}
+    listed = three.results(any_threads=True)
+    assert single.result_key in {r.result_key for r in listed}
+    own, _ = three.evaluate(VariantSpec.fp32(), latency_runs=5)
+    both = [r for r in three.results(any_threads=True) if r.variant == "tflite-fp32"]
+    assert {r.threads for r in both} >= {1, 3}
+    assert [r.result_key for r in latest_per_variant(both, threads=3)] == [own.result_key]
+    assert [r.result_key for r in latest_per_variant(both, threads=1)] == [single.result_key]
+    assert own.accuracy == single.accuracy
+
+
 def test_test_fraction_evaluates_a_stratified_subset(workspace):
     row, _ = workspace.evaluate(VariantSpec.fp32(), test_fraction=0.4)
     assert row.n_images == int(np.ceil(0.4 * len(workspace.dataset.test)))
