@@ -246,7 +246,7 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 # three calibration seeds of one fraction, a class-calibrated INT8, an AI Edge Quantizer one.
 PREFILLED = [VariantSpec.int8(0.5), VariantSpec.int8(0.5, seed=7),
              VariantSpec.int8(0.5, seed=8), VariantSpec.imbint8((1,)),
-             VariantSpec.of("aeq-wi8-afp32")]
+             VariantSpec.of("aeq-wi8-afp32"), VariantSpec.of("tflite-dynamic")]
 
 
 @pytest.fixture()

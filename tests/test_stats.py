@@ -284,3 +284,15 @@ def test_vectorised_mcnemar_and_newcombe_over_many_tables():
     assert ((low >= -1 - 1e-12) & (high <= 1 + 1e-12)).all()
     cavo = int(np.flatnonzero((tables == (59, 6, 16, 80)).all(axis=1))[0])
     assert (round(low[cavo], 4), round(high[cavo], 4)) == (-0.1186, -0.0046)
+
+
+def test_holm_equals_statsmodels_multipletests():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(9)
+    for size in (1, 2, 5, 37, 200):
+        p = rng.uniform(0, 1, size) ** 3
+        p[: size // 3] = p[0]  # ties
+        np.testing.assert_allclose(stats.holm(p), multipletests(p, method="holm")[1],
+                                   rtol=1e-15, atol=0)
+    assert stats.holm(np.array([])).shape == (0,)
