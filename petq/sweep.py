@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from petq.cache import Cache
 from petq.errors import PetqError, SpecError
 from petq.results import Result
 from petq.types import DEFAULT_CALIBRATION_SEED, RECIPES, VariantSpec
@@ -40,7 +41,7 @@ RAY_CONNECT_TIMEOUT = 5.0  # seconds for the TCP check of a Ray address
 RAY_PROBE_TIMEOUT = 120.0  # seconds for every Ray node to answer the pre-flight probe
 MAX_SEED = 2**32 - 1  # scikit-learn's random_state range
 CSV_COLUMNS = (
-    "recipe", "fraction", "seed", "classes", "variant", "status", "accuracy", "g_mean",
+    "model", "recipe", "fraction", "seed", "classes", "variant", "status", "accuracy", "g_mean",
     "file_size_bytes", "latency_p50_ms", "latency_context", "threads", "task_seconds",
     "worker", "result_key", "error",
 )
@@ -115,6 +116,7 @@ class Cell:
     """One grid cell: its spec and, once run, its result or its error."""
 
     spec: VariantSpec
+    model: str = ""  # the source model's path (a sweep may run several)
     result: Result | None = None
     error: str | None = None
     state: str = "pending"  # pending | queued | done | cached | failed
@@ -134,6 +136,7 @@ class Cell:
         """The cell as a flat row of sweep.csv."""
         spec, result = self.spec, self.result
         return {
+            "model": Path(self.model).name,
             "recipe": spec.recipe.key,
             "fraction": "" if spec.fraction is None else f"{spec.fraction:g}",
             "seed": spec.seed if spec.uses_seed else "",
@@ -307,7 +310,7 @@ def task_threads(backend: str, workers: int | None = None, threads: int | None =
 
 
 def run_sweep(
-    model_path: Path | str,
+    model_path: Path | str | Sequence[Path | str],
     dataset_root: Path | str,
     cache_root: Path | str,
     specs: Sequence[VariantSpec],
@@ -323,7 +326,9 @@ def run_sweep(
     log_dir: Path | str | None = None,
     status: SweepStatus | None = None,
 ) -> list[Cell]:
-    """Run every spec (convert, evaluate) as one task; return one Cell per spec, in order.
+    """Run every spec (convert, evaluate) of every model as one task; return one Cell per
+    (model, spec), model by model, specs in order. `model_path`: one model or several (the
+    grid's model axis).
 
     backend: `serial` (this process), `local` (a spawned process pool of `workers`,
     default one per core) or `ray` (`address`: None starts or reuses a local Ray, `auto`
@@ -338,29 +343,40 @@ def run_sweep(
     """
     specs = list(dict.fromkeys(specs))
     threads = _check_options(backend, specs, test_fraction, workers, threads, max_retries)
-    paths = [str(Path(p).resolve()) for p in (model_path, dataset_root, cache_root)]
-    local = probe_paths(*paths)
-    if local["problems"]:
-        raise SweepError("; ".join(local["problems"]))
+    given = [model_path] if isinstance(model_path, str | Path) else list(model_path)
+    if not given:
+        raise SweepError("no model to sweep")
+    models = list(dict.fromkeys(str(Path(m).resolve()) for m in given))
+    dataset, cache = (str(Path(p).resolve()) for p in (dataset_root, cache_root))
+    problems: list[str] = []
+    for model in models:
+        local = probe_paths(model, dataset, cache)
+        problems += [p for p in local["problems"] if p not in problems]
+    if problems:
+        raise SweepError("; ".join(problems))
     ray_address = resolve_ray_address(address) if backend == "ray" else None
 
     from petq.workspace import Workspace
 
-    ws = Workspace(paths[0], paths[1], paths[2], threads, preprocessing)
-    for spec in specs:  # classes out of range, native of a .tflite source: before any work
-        if spec.is_native and ws.source_is_tflite:
-            raise SpecError(f"{ws.model_path}: a .tflite source model has no native variant")
-        ws.calibration_samples(spec)
+    spaces = {m: Workspace(m, dataset, cache, threads, preprocessing) for m in models}
+    for ws in spaces.values():
+        for spec in specs:  # classes out of range, native of a .tflite source: before work
+            if spec.is_native and ws.source_is_tflite:
+                raise SpecError(f"{ws.model_path}: a .tflite source model has no native "
+                                "variant")
+            ws.calibration_samples(spec)
 
     session = _RaySession(ray_address, workers, threads, max_retries) if backend == "ray" \
         else None
     try:
         if session is not None:
-            session.check_nodes(paths, local["versions"])
-        ws.store()  # decoded once here, so the tasks only read it
-        cells = [Cell(spec) for spec in specs]
+            for model in models:
+                session.check_nodes([model, dataset, cache], local["versions"])
+        for ws in spaces.values():
+            ws.store()  # decoded once here (once per input size), so the tasks only read it
+        cells = [Cell(spec, model) for model in models for spec in specs]
         for cell in cells:
-            cached = ws.cached_result(cell.spec, test_fraction)
+            cached = spaces[cell.model].cached_result(cell.spec, test_fraction)
             if cached is not None:
                 cell.result, cell.state, cell.latency_context = cached, "cached", CACHED
         todo = [i for i, cell in enumerate(cells) if cell.state == "pending"]
@@ -392,8 +408,8 @@ def run_sweep(
             cells[index].state, cells[index].error = "failed", message
             notify(cells[index])
 
-        tasks = {i: SweepTask(*paths, cells[i].spec.to_dict(), test_fraction, threads,
-                              preprocessing) for i in todo}
+        tasks = {i: SweepTask(cells[i].model, dataset, cache, cells[i].spec.to_dict(),
+                              test_fraction, threads, preprocessing) for i in todo}
         for i in todo:
             cells[i].state = "queued"
         notify(None)
@@ -407,7 +423,7 @@ def run_sweep(
     finally:
         if session is not None:
             session.close()
-    ws.cache.clear_stale_temp(max_age=0)  # temp folders of killed workers (never a live one)
+    Cache(cache).clear_stale_temp(max_age=0)  # temp folders of killed workers, never live
     status.finished = time.time()
     notify(None)
     return cells
@@ -652,8 +668,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     from petq.cli import _common  # here, not at the top: petq.cli imports this module
 
     p = subparsers.add_parser(
-        "sweep", help="a grid of recipes x calibration fractions x seeds, one task per "
-                      "variant, on a local process pool or a Ray cluster")
+        "sweep", help="a grid of recipes x calibration fractions x seeds (x models), one "
+                      "task per variant, on a local process pool or a Ray cluster")
     p.add_argument("--recipes", nargs="+", required=True,
                    help="recipe keys from `petq recipes` (tflite-int8, aeq-wi8-ai8, ...)")
     p.add_argument("--fractions", nargs="+", type=float, default=[],
@@ -664,6 +680,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--calibration-classes", nargs="+", action="append", metavar="CLASS",
                    help="also calibrate on these breeds (names or indices); repeat the flag "
                         "for several class sets")
+    p.add_argument("--models", nargs="+", type=Path, metavar="MODEL",
+                   help="the grid's model axis: every cell for each of these models "
+                        "(default: --model-path, or the demo model)")
     p.add_argument("--results-path", type=Path, default=Path("results"),
                    help="where sweep.csv and sweep-config.json go")
     p.add_argument("--test-dataset-fraction", type=float, default=1.0,
@@ -689,6 +708,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.ray and args.serial:
         raise SweepError("--serial and --ray exclude each other")
+    if args.models and args.model_path:
+        raise SweepError("--models and --model-path exclude each other: list every model "
+                         "after --models")
     backend = "ray" if args.ray else "serial" if args.serial else "local"
     threads = task_threads(backend, args.workers, args.threads)
     check_writable(args.cache_dir or cache_dir())
@@ -698,14 +720,19 @@ def run(args: argparse.Namespace) -> int:
     # the grid's own errors first, before the dataset is opened (breed names need it)
     specs = expand_grid(args.recipes, args.fractions, args.seeds, [(0,)] * len(groups))
     args.threads = threads
+    if args.models:
+        args.model_path = args.models[0]
     ws = _workspace(args)
+    models = args.models or [ws.model_path]
+    several = len(set(models)) > 1
     class_sets = [tuple(ws.class_index(c) for c in group) for group in groups]
     if class_sets:
         specs = expand_grid(args.recipes, args.fractions, args.seeds, class_sets)
     out = sys.stdout
 
     def line(cell: Cell, finished: int, total: int) -> None:
-        text = f"[{finished}/{total}] {cell.spec.name:28s} "
+        model = f"{Path(cell.model).name}: " if several else ""
+        text = f"[{finished}/{total}] {model}{cell.spec.name:28s} "
         if not cell.ok:
             text += f"failed: {cell.error}"
         elif cell.seconds:
@@ -734,19 +761,19 @@ def run(args: argparse.Namespace) -> int:
 
     results_path = Path(args.results_path)
     cells = run_sweep(
-        ws.model_path, ws.dataset.root, ws.cache.root, specs, args.test_dataset_fraction,
+        models, ws.dataset.root, ws.cache.root, specs, args.test_dataset_fraction,
         backend=backend, address=None if args.ray in (None, "local") else args.ray,
         workers=args.workers, progress=progress, threads=threads,
         preprocessing=args.preprocessing, max_retries=args.max_retries,
         log_dir=results_path / "logs" if backend == "local" else None)
     csv_path = write_csv(cells, results_path / "sweep.csv")
     config = {
-        "model_path": str(ws.model_path), "dataset_root": str(ws.dataset.root),
+        "models": [str(m) for m in models], "dataset_root": str(ws.dataset.root),
         "cache_dir": str(ws.cache.root), "recipes": args.recipes, "fractions": args.fractions,
         "seeds": args.seeds, "calibration_classes": [list(g) for g in class_sets],
         "test_dataset_fraction": args.test_dataset_fraction, "backend": backend,
         "ray": args.ray, "workers": args.workers, "threads": threads,
-        "cells": [c.spec.name for c in cells],
+        "cells": [c.spec.name for c in cells],  # model by model, as in sweep.csv
     }
     from petq.cache import write_json_atomic
 

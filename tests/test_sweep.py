@@ -20,6 +20,7 @@ from petq.cache import Cache
 from petq.errors import PetqError, SpecError
 from petq.sweep import Cell, SweepError, expand_grid, run_sweep, write_csv
 from petq.types import VariantSpec
+from petq.workspace import Workspace
 
 GRID = {"recipes": ["tflite-fp32", "tflite-int8"], "fractions": [0.5], "seeds": [1234, 7]}
 GRID_NAMES = ["tflite-fp32", "tflite-int8-0.5", "tflite-int8-0.5-s7"]
@@ -329,3 +330,35 @@ def test_cli_sweep_reads_the_cache_and_writes_csv(serial_cells, tiny_model, pet_
     assert all(r["latency_context"] == sweep.CACHED for r in rows)
     config = json.loads((results / "sweep-config.json").read_text())
     assert config["cells"] == GRID_NAMES and config["threads"] == 1
+
+
+@pytest.mark.slow
+def test_a_grid_over_two_models(tiny_model, pet_root, tmp_path, capsys):
+    """The grid's model axis: every cell for each model, in sweep.csv model by model."""
+    cache = tmp_path / "cache"
+    fp32 = Workspace(tiny_model, pet_root, cache, threads=1).tflite(VariantSpec.fp32())[0]
+    second = tmp_path / "second.tflite"  # a float .tflite source: fp32 and AEQ recipes
+    second.write_bytes(fp32.file("model.tflite").read_bytes())
+    results = tmp_path / "results"
+    args = _cli(["--recipes", "tflite-fp32", "aeq-wi8-afp32", "--serial", "--threads", "1",
+                 "--models", str(tiny_model), str(second), "--dataset-root", str(pet_root),
+                 "--cache-dir", str(cache), "--results-path", str(results)])
+    assert args.func(args) == 0
+    out, _ = capsys.readouterr()
+    assert "second.tflite: aeq-wi8-afp32" in out
+    rows = list(csv.DictReader((results / "sweep.csv").open()))
+    assert [(r["model"], r["variant"]) for r in rows] == [
+        (tiny_model.name, "tflite-fp32"), (tiny_model.name, "aeq-wi8-afp32"),
+        ("second.tflite", "tflite-fp32"), ("second.tflite", "aeq-wi8-afp32")]
+    assert all(r["status"] in ("done", "cached") for r in rows)
+    assert len({r["result_key"] for r in rows}) == 4
+    # the .tflite source is the Keras model's own FP32 file: the same predictions
+    assert rows[0]["accuracy"] == rows[2]["accuracy"]
+    config = json.loads((results / "sweep-config.json").read_text())
+    assert config["models"] == [str(tiny_model), str(second)]
+    with pytest.raises(SweepError, match="exclude each other"):
+        both = _cli(["--recipes", "tflite-fp32", "--models", str(second), "--model-path",
+                     str(tiny_model), "--dataset-root", str(pet_root),
+                     "--cache-dir", str(tmp_path / "other")])
+        both.func(both)
+    assert not (tmp_path / "other").exists()
