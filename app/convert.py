@@ -99,11 +99,12 @@ def _one_recipe() -> list:
     return specs
 
 
-def _grid() -> list:
-    """A sweep grid: recipes x fractions x seeds, as one background job."""
-    st.caption("Every cell is one variant; recipes that do not calibrate give one cell. The "
-               "job converts and evaluates them one after the other (for a cluster, "
-               "`petq sweep --ray`).")
+def _grid() -> tuple[list, str | None]:
+    """A sweep grid: recipes x fractions x seeds, as one background job; and the Ray
+    address to run it on (None: this machine)."""
+    st.caption("Every cell is one variant; recipes that do not calibrate give one cell. On "
+               "this machine the job converts and evaluates them one after the other; on Ray, "
+               "each is one task (as `petq sweep --ray`).")
     left, middle, right = st.columns([3, 2, 1])
     chosen = left.multiselect("Recipes", list(RECIPES), default=["tflite-int8"],
                               key="convert_grid_recipes")
@@ -123,11 +124,23 @@ def _grid() -> list:
         st.error(str(exc))
         st.stop()
     st.markdown(f"**{len(specs)} variants** in the grid.")
-    return specs
+    where, address = st.columns([2, 3])
+    on_ray = where.radio("Run on", ["this machine", "Ray"], horizontal=True,
+                         key="convert_grid_where") == "Ray"
+    if not on_ray:
+        return specs, None
+    ray = address.text_input(
+        "Ray address", value="local", key="convert_grid_ray",
+        help="`local`: a Ray started for this job; `auto`: the cluster `ray start` made (or "
+             "RAY_ADDRESS); `host:port`: a cluster by address. Every node must see the "
+             "model, the dataset and the cache at the same paths.")
+    return specs, ray.strip() or "local"
 
 
-specs = _grid() if st.toggle("Sweep a grid (recipes x fractions x seeds)",
-                             key="convert_grid") else _one_recipe()
+if st.toggle("Sweep a grid (recipes x fractions x seeds)", key="convert_grid"):
+    specs, ray = _grid()
+else:
+    specs, ray = _one_recipe(), None
 first = specs[0]
 
 # ------------------------------------------------------------------ what is cached
@@ -145,7 +158,7 @@ if to_do:
     if st.button(action, type="primary", key="convert_start"):
         try:
             job_id = start_job(ws.model_path, ws.dataset.root, ws.cache.root, ws.threads,
-                               to_do, test_fraction, workspace=ws)
+                               to_do, test_fraction, workspace=ws, ray=ray)
         except PetqError as exc:
             st.error(str(exc))
         else:

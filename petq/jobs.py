@@ -123,9 +123,11 @@ def start_job(
     restart_of: str | None = None,
     layers: bool = False,
     preprocessing: str | None = None,
+    ray: str | None = None,
 ) -> str:
     """Start converting + evaluating `specs` (with `layers`, their per-layer quantization
-    error too); return the job id at once.
+    error too); return the job id at once. With `ray` (`local`, `auto` or host:port) the
+    job sends them to Ray as a sweep (one task per variant, `petq.sweep.run_sweep`).
 
     The job stays "queued" while another job's worker holds the cache. Raises PetqError
     when the workspace or a spec is invalid (nothing started). Pass `workspace` to reuse
@@ -138,6 +140,13 @@ def start_job(
     specs = list(dict.fromkeys(specs))
     if not specs:
         raise ValueError("a job needs at least one variant")
+    if ray:
+        if layers:
+            raise JobError("per-layer statistics run on this machine, not on Ray")
+        from petq.sweep import resolve_ray_address
+
+        if ray != "local":
+            resolve_ray_address(ray)  # an address that does not answer fails here, at once
     variants = []
     for spec in specs:
         ws.calibration_samples(spec)  # raises SpecError for a class out of range
@@ -161,6 +170,7 @@ def start_job(
         "total": len(variants), "done": sum(v["status"] == "done" for v in variants),
         "current": None, "stage": None, "stage_done": 0, "stage_total": 0,
         "error": None, "pid": None, "create_time": None, "restart_of": restart_of,
+        "ray": ray,
     }
     path = job_path(cache_root, job_id)
     if record["done"] == record["total"]:
@@ -210,7 +220,7 @@ def restart_job(cache_root: Path | str, job_id: str, *, workspace: Any = None) -
     return start_job(record["model_path"], record["dataset_root"], cache_root,
                      record.get("threads"), specs, record.get("test_fraction", 1.0),
                      workspace=workspace, restart_of=job_id, layers=bool(record.get("layers")),
-                     preprocessing=record.get("preprocessing"))
+                     preprocessing=record.get("preprocessing"), ray=record.get("ray"))
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -536,9 +546,12 @@ def _work(reporter: _Reporter) -> int:
         specs = [VariantSpec.from_dict(v["spec"]) for v in todo]
     except PetqError:  # reported per variant below
         specs = []
-    with ConvertAhead(ws, specs):  # conversions in a second process, meanwhile
-        for variant in todo:
-            _work_on(ws, reporter, variant, errors)
+    if record.get("ray"):
+        _work_on_ray(ws, reporter, todo, errors)
+    else:
+        with ConvertAhead(ws, specs):  # conversions in a second process, meanwhile
+            for variant in todo:
+                _work_on(ws, reporter, variant, errors)
     reporter.write(state="failed" if errors else "done", error="; ".join(errors) or None,
                    current=None, stage=None, finished=time.time())
     return 1 if errors else 0
@@ -570,6 +583,43 @@ def _work_on(ws, reporter: _Reporter, variant: dict[str, Any], errors: list[str]
         variant.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         errors.append(f"{variant['name']}: {type(exc).__name__}: {exc}")
     reporter.write()
+
+
+def _work_on_ray(ws, reporter: _Reporter, todo: list[dict[str, Any]], errors: list[str]
+                 ) -> None:  # fmt: skip
+    """The job's variants as a sweep on Ray; each variant's record follows its cell."""
+    from petq.report import cached_confusion_png
+    from petq.sweep import run_sweep
+
+    record = reporter.record
+    by_name = {v["name"]: v for v in todo}
+
+    def progress(status, cell) -> None:
+        if cell is None:
+            queued = status.count("queued")
+            reporter.write(stage=f"on Ray: {queued} task(s), {status.workers} slot(s)")
+            return
+        variant = by_name[cell.spec.name]
+        if cell.ok:
+            variant.update(status="done", result_key=cell.result.result_key)
+            cached_confusion_png(ws, cell.result.result_key, cell.spec.name)
+        else:
+            variant.update(status="failed", error=cell.error)
+            errors.append(f"{cell.spec.name}: {cell.error}")
+        reporter.write(current=cell.spec.name)
+
+    address = None if record["ray"] == "local" else record["ray"]
+    try:
+        run_sweep(ws.model_path, ws.dataset.root, ws.cache.root,
+                  [VariantSpec.from_dict(v["spec"]) for v in todo], record["test_fraction"],
+                  backend="ray", address=address, progress=progress,
+                  threads=record["threads"],  # the session's: its results, its latencies
+                  preprocessing=record.get("preprocessing"))
+    except PetqError as exc:
+        for variant in todo:
+            if variant["status"] != "done":
+                variant.update(status="failed", error=str(exc))
+        errors.append(str(exc))
 
 
 if __name__ == "__main__":

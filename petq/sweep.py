@@ -1,4 +1,4 @@
-"""Sweeps: a grid of recipes x calibration fractions x seeds, one task per variant.
+"""Sweeps: a grid of recipes x calibration fractions x seeds (x models), one task per variant.
 
 `expand_grid` turns the grid into validated, deduplicated variant specs (a recipe that
 does not calibrate gives one cell). `run_sweep` runs each spec (convert, then evaluate)
@@ -10,8 +10,9 @@ Ray (`max_retries`), and the cache holds only complete entries. Everything that 
 checked (grid, paths, cache writable, Ray address and nodes) is checked before any work.
 
 `write_csv` writes one row per cell. `petq sweep` is the command line (`add_parser`,
-`run`); the Convert page calls `expand_grid` and `run_sweep` with a `progress` callback,
-or reads the `SweepStatus` it is given. No streamlit here, and ray only when asked for.
+`run`); the Convert page calls `expand_grid` and starts a job (petq.jobs), which runs
+the grid on this machine, or on Ray through `run_sweep` with a `progress` callback. No
+streamlit here, and ray only when asked for.
 """
 
 from __future__ import annotations

@@ -174,6 +174,13 @@ def test_convert_takes_a_sweep_grid_as_one_job(monkeypatch, layered):
     assert sorted(v["name"] for v in jobs[0]["variants"]) == sorted([
         "tflite-int8-0.3-s1", "tflite-int8-0.3-s2", "tflite-int8-0.5-s1", "tflite-int8-0.5-s2",
         "aeq-wi8-afp32"])
+    assert jobs[0]["ray"] is None  # this machine, unless Ray is chosen
     cancel_job(layered.cache.root, jobs[0]["id"])
+    at.radio(key="convert_grid_where").set_value("Ray").run()
+    at.text_input(key="convert_grid_ray").set_value("127.0.0.1:1").run()
+    at.button(key="convert_start").click().run()
+    assert any("no Ray cluster answers" in e.value for e in at.error), \
+        [e.value for e in at.error]
+    assert len(list_jobs(layered.cache.root)) == len(before) + 1  # nothing started
     at.text_input(key="convert_grid_fractions").set_value("0.3, 2").run()
     assert any("(0, 1]" in e.value for e in at.error)
