@@ -66,12 +66,13 @@ def _ci_points(interval) -> str:
 
 
 def reference_of(result: Result, results: list[Result]) -> Result | None:
-    """What a variant is compared against: TFLite FP32, or native for FP32 itself."""
-    fp32 = next((r for r in results if r.spec == VariantSpec.fp32()), None)
-    native = next((r for r in results if r.spec.is_native), None)
-    if result.spec == VariantSpec.fp32() or fp32 is None:
-        return native if result is not native else None
-    return fp32
+    """The result a variant is compared against (`VariantSpec.reference`); native when
+    the FP32 .tflite was not evaluated."""
+    wanted = result.spec.reference
+    found = next((r for r in results if r.spec == wanted), None)
+    if found is None and not result.spec.is_native and wanted == VariantSpec.fp32():
+        found = next((r for r in results if r.spec.is_native), None)
+    return found
 
 
 def paired(workspace, result: Result, reference: Result,

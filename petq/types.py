@@ -273,6 +273,12 @@ class VariantSpec:
         return self.recipe.backend is Backend.KERAS
 
     @property
+    def reference(self) -> VariantSpec:
+        """What this variant is compared against (reports, speed sentences): the FP32
+        .tflite; for FP32 itself, the native model."""
+        return VariantSpec.native() if self == VariantSpec.fp32() else VariantSpec.fp32()
+
+    @property
     def lab_int8(self) -> bool:
         """The lab's INT8 recipe (`tflite-int8-<fraction>` or `tflite-imbint8`)."""
         return self.recipe.key == "tflite-int8"

@@ -505,14 +505,11 @@ class Workspace:
         """The interleaved timing the report's speed sentences use, measured now when the
         reference is at hand (FP32 for a TFLite variant, native for FP32; never converts
         the reference just for this), so the Report page reads it from the cache."""
-        fp32 = VariantSpec.fp32()
-        if spec == fp32:
-            reference = None if self.source_is_tflite else VariantSpec.native()
-        elif spec.is_native or self.cached_tflite(fp32) is None:
-            reference = None
-        else:
-            reference = fp32
-        return self.latency_comparison(spec, reference) if reference else None
+        reference = spec.reference
+        if spec.is_native or (reference.is_native and self.source_is_tflite) or (
+                not reference.is_native and self.cached_tflite(reference) is None):
+            return None  # native: FP32 is timed against it already
+        return self.latency_comparison(spec, reference)
 
     def results(self, test_fraction: float | None = None, any_threads: bool = False
                 ) -> list[Result]:  # fmt: skip
