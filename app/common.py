@@ -345,28 +345,21 @@ def details(ws, result_key: str) -> Details:
 @st.cache_data(show_spinner="Comparing with the reference (paired bootstrap)…",
                max_entries=512)
 def _paired(key: WorkspaceKey, result_key: str, reference_key: str):
-    return compare.paired_comparison(_details(key, result_key), _details(key, reference_key))
+    return _workspace(*key).paired(result_key, reference_key)  # on disk after the first time
 
 
 def paired(ws, result_key: str, reference_key: str):
-    """`compare.paired_comparison` of two cached results, kept per pair of result keys;
-    None when they were evaluated on different images."""
-    a, b = details(ws, result_key), details(ws, reference_key)
-    if not a.same_images(b):
-        return None
-    return _paired(ws_key(ws), result_key, reference_key)
-
-
-@st.cache_data(show_spinner=False, max_entries=512)
-def _breed_changes(key: WorkspaceKey, result_key: str, reference_key: str) -> pd.DataFrame:
-    return compare.breed_changes(_details(key, result_key), _details(key, reference_key))
+    """The paired statistics of two cached results (`Workspace.paired`); None when they
+    were evaluated on different images."""
+    found = _paired(ws_key(ws), result_key, reference_key)
+    return found[0] if found else None
 
 
 def breed_changes(ws, result_key: str, reference_key: str) -> pd.DataFrame | None:
-    """`compare.breed_changes` of two cached results, kept per pair of result keys."""
-    if not details(ws, result_key).same_images(details(ws, reference_key)):
-        return None
-    return _breed_changes(ws_key(ws), result_key, reference_key)
+    """The per-breed changes of two cached results as a table (`compare.breed_table`)."""
+    found = _paired(ws_key(ws), result_key, reference_key)
+    return compare.breed_table(found[1], details(ws, result_key).class_names) if found \
+        else None
 
 
 @st.cache_data(show_spinner="Reading the model (first time only)…", max_entries=8)

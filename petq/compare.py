@@ -288,11 +288,15 @@ BREED_VIEW = ("reference_recall", "variant_recall", "difference_ci", "b", "c", "
 
 
 def breed_changes(details: Details, reference: Details) -> pd.DataFrame:
+    """`breed_table` of two results' per-breed changes (`petq.stats.class_changes_of`)."""
+    return breed_table(stats.class_changes_of(details, reference, level=LEVEL),
+                       details.class_names)
+
+
+def breed_table(changes: Sequence[stats.ClassChange], names: Sequence[str]) -> pd.DataFrame:
     """Per breed present in the test images: both sensitivities, the change (variant −
     reference) with Newcombe's paired interval, McNemar's b/c/p, Holm-adjusted p, and
     `hurt` / `helped` when the interval excludes zero (`petq.stats.per_class_changes`)."""
-    names = details.class_names
-    changes = stats.class_changes_of(details, reference, level=LEVEL)
     records = [{
         "breed": names[ch.class_index] if ch.class_index < len(names) else str(ch.class_index),
         "n": ch.n, "reference_recall": ch.reference_recall, "variant_recall": ch.variant_recall,

@@ -572,6 +572,12 @@ def _work_on(ws, reporter: _Reporter, variant: dict[str, Any], errors: list[str]
         cached_confusion_png(ws, key, spec.name)  # the report's, drawn now
         reporter.progress("timing", 0, 1)
         ws.time_against_reference(spec)  # the report's speed sentence, timed now
+        reporter.progress("statistics", 0, 1)
+        for reference in dict.fromkeys((spec.reference, VariantSpec.native())):
+            found = None if reference == spec else ws.cached_result(reference,
+                                                                    record["test_fraction"])
+            if found is not None:  # the report's and Compare's (by default against native)
+                ws.paired(key, found.result_key)
         if record.get("layers") and spec.recipe.quantized and not spec.is_native:
             ws.layer_stats(spec, progress=reporter.progress)
         variant.update(status="done", result_key=key)

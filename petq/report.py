@@ -75,15 +75,11 @@ def reference_of(result: Result, results: list[Result]) -> Result | None:
     return found
 
 
-def paired(workspace, result: Result, reference: Result,
-           details: dict[str, Details] | None = None) -> PairedComparison | None:
-    """Paired statistics of a result against a reference on the same test images."""
-    details = details or {}
-    mine = details.get(result.result_key) or workspace.details(result.result_key)
-    ref = details.get(reference.result_key) or workspace.details(reference.result_key)
-    if not mine.same_images(ref):
-        return None
-    return compare_details(mine, ref)
+def paired(workspace, result: Result, reference: Result) -> PairedComparison | None:
+    """Paired statistics of a result against a reference on the same test images
+    (`Workspace.paired`: computed once, then read from the cache)."""
+    found = workspace.paired(result.result_key, reference.result_key)
+    return found[0] if found else None
 
 
 def _verdict(comparison: PairedComparison, what: str = "accuracy") -> str:
@@ -216,7 +212,7 @@ def summary_markdown(workspace, rows: list[Result]) -> str:
     for r in rows:
         ref = reference_of(r, rows)
         if ref is not None:
-            comparison = paired(workspace, r, ref, details)
+            comparison = paired(workspace, r, ref)
             if comparison is not None:
                 pairs[r.variant] = (ref, comparison)
     first = rows[0]

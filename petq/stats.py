@@ -76,6 +76,12 @@ class PairedComparison:
     seed: int
     method: str = "percentile"
 
+    @classmethod
+    def from_dict(cls, data: dict) -> PairedComparison:
+        """The inverse of `dataclasses.asdict` (comparisons are cached as JSON)."""
+        return cls(**{k: Interval(**v) if isinstance(v, dict) and "estimate" in v
+                      else McNemar(**v) if k == "mcnemar" else v for k, v in data.items()})
+
 
 @dataclass(frozen=True)
 class ClassChange:

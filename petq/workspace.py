@@ -28,7 +28,15 @@ from petq.errors import ModelError, PetqError, SpecError
 from petq.evaluate import compute_metrics, measure_latency, predict_all
 from petq.results import Details, Result, top_k
 from petq.runtime import KerasRunner, LiteRTRunner, Runner, default_threads, model_io
-from petq.stats import Interval, LatencyComparison, interleaved_latency
+from petq.stats import (
+    ClassChange,
+    Interval,
+    LatencyComparison,
+    PairedComparison,
+    class_changes_of,
+    compare_details,
+    interleaved_latency,
+)
 from petq.store import DecodedStore, load_store
 from petq.types import (
     RECIPES,
@@ -536,6 +544,29 @@ class Workspace:
             results.append(result)
         results.sort(key=variant_order)
         return results
+
+    def paired(self, result_key: str, reference_key: str
+               ) -> tuple[PairedComparison, list[ClassChange]] | None:  # fmt: skip
+        """A result against a reference on the same test images: the paired statistics
+        (`compare_details`, 2,000 resamples, 95%) and each breed's change
+        (`class_changes_of`), computed once and cached (kind "paired"): jobs compute
+        them as they evaluate, so Compare and the report read them. None when the two were
+        evaluated on different images."""
+        key = key_of({"v": 1, "result": result_key, "reference": reference_key,
+                      "versions": library_versions()})
+        entry = self.cache.get("paired", key, verify=False)
+        if entry is None:
+            mine, reference = self.details(result_key), self.details(reference_key)
+            if not mine.same_images(reference):
+                return None
+
+            def build(tmp: Path) -> dict[str, Any]:
+                return {"paired": asdict(compare_details(mine, reference)),
+                        "classes": [asdict(c) for c in class_changes_of(mine, reference)]}
+
+            entry, _ = self.cache.get_or_build("paired", key, build)
+        return (PairedComparison.from_dict(entry.manifest["paired"]),
+                [ClassChange(**c) for c in entry.manifest["classes"]])
 
     def details(self, result_key: str) -> Details:
         """Confusion matrix, per-class metrics and per-image top-5 of one cached result."""

@@ -269,3 +269,21 @@ def test_time_against_reference_never_converts_the_reference(tiny_model, pet_roo
     assert timing is not None and timing.rounds == 100
     assert ws.latency_comparison(VariantSpec.int8(0.5), VariantSpec.fp32()) == timing  # cached
     assert ws.time_against_reference(VariantSpec.fp32()).rounds == 30  # against native
+
+
+def test_paired_statistics_are_cached_on_disk(workspace):
+    from petq.stats import class_changes_of, compare_details
+
+    variant, _ = workspace.evaluate(VariantSpec.int8(0.5))
+    reference, _ = workspace.evaluate(VariantSpec.fp32())
+    comparison, changes = workspace.paired(variant.result_key, reference.result_key)
+    mine, ref = workspace.details(variant.result_key), workspace.details(reference.result_key)
+    assert comparison == compare_details(mine, ref)
+    assert changes == class_changes_of(mine, ref)
+    entries = list(workspace.cache.entries("paired"))
+    assert entries
+    again = workspace.paired(variant.result_key, reference.result_key)
+    assert again == (comparison, changes)
+    assert len(list(workspace.cache.entries("paired"))) == len(entries)  # read, not redone
+    subset, _ = workspace.evaluate(VariantSpec.fp32(), test_fraction=0.4)
+    assert workspace.paired(variant.result_key, subset.result_key) is None  # other images
