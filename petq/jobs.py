@@ -601,18 +601,17 @@ def _work_on_ray(ws, reporter: _Reporter, todo: list[dict[str, Any]], errors: li
     by_name = {v["name"]: v for v in todo}
 
     def progress(status, cell) -> None:
-        if cell is None:
-            queued = status.count("queued")
-            reporter.write(stage=f"on Ray: {queued} task(s), {status.workers} slot(s)")
-            return
-        variant = by_name[cell.spec.name]
-        if cell.ok:
-            variant.update(status="done", result_key=cell.result.result_key)
-            cached_confusion_png(ws, cell.result.result_key, cell.spec.name)
-        else:
-            variant.update(status="failed", error=cell.error)
-            errors.append(f"{cell.spec.name}: {cell.error}")
-        reporter.write(current=cell.spec.name)
+        if cell is not None:
+            variant = by_name[cell.spec.name]
+            if cell.ok:
+                variant.update(status="done", result_key=cell.result.result_key)
+                cached_confusion_png(ws, cell.result.result_key, cell.spec.name)
+            else:
+                variant.update(status="failed", error=cell.error)
+                errors.append(f"{cell.spec.name}: {cell.error}")
+        finished = status.count("done", "cached", "failed")
+        reporter.write(current=None, stage=f"on Ray: {finished} of {status.total} task(s) "
+                                           f"finished, {status.workers} slot(s)")
 
     address = None if record["ray"] == "local" else record["ray"]
     try:
