@@ -143,7 +143,7 @@ def start_job(
     if ray:
         if layers:
             raise JobError("per-layer statistics run on this machine, not on Ray")
-        from petq.sweep import resolve_ray_address
+        from petq.raysweep import resolve_ray_address
 
         if ray != "local":
             resolve_ray_address(ray)  # an address that does not answer fails here, at once

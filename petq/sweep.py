@@ -3,9 +3,9 @@
 `expand_grid` turns the grid into validated, deduplicated variant specs (a recipe that
 does not calibrate gives one cell). `run_sweep` runs each spec (convert, then evaluate)
 as one task: in this process (`serial`), on a local process pool sized to the cores
-(`local`, spawned workers), or as Ray tasks on a cluster (`ray`). Every task opens its
-own Workspace and writes into the one content-addressed cache, which may sit on shared
-storage; a cell already cached is not sent. A Ray worker killed mid-task is retried by
+(`local`, spawned workers), or as Ray tasks on a cluster (`ray`, petq.raysweep). Every
+task opens its own Workspace and writes into the one content-addressed cache, which may
+sit on shared storage; a cell already cached is not sent. A Ray worker killed mid-task is retried by
 Ray (`max_retries`), and the cache holds only complete entries. Everything that can be
 checked (grid, paths, cache writable, Ray address and nodes) is checked before any work.
 
@@ -38,8 +38,6 @@ from petq.types import DEFAULT_CALIBRATION_SEED, RECIPES, VariantSpec
 
 BACKENDS = ("serial", "local", "ray")
 DEFAULT_MAX_RETRIES = 3  # Ray retries of a task whose worker died; local pool restarts
-RAY_CONNECT_TIMEOUT = 5.0  # seconds for the TCP check of a Ray address
-RAY_PROBE_TIMEOUT = 120.0  # seconds for every Ray node to answer the pre-flight probe
 MAX_SEED = 2**32 - 1  # scikit-learn's random_state range
 CSV_COLUMNS = (
     "model", "recipe", "fraction", "seed", "classes", "variant", "status", "accuracy", "g_mean",
@@ -355,6 +353,8 @@ def run_sweep(
         problems += [p for p in local["problems"] if p not in problems]
     if problems:
         raise SweepError("; ".join(problems))
+    if backend == "ray":
+        from petq.raysweep import RaySession, resolve_ray_address
     ray_address = resolve_ray_address(address) if backend == "ray" else None
 
     from petq.workspace import Workspace
@@ -367,7 +367,7 @@ def run_sweep(
                                 "variant")
             ws.calibration_samples(spec)
 
-    session = _RaySession(ray_address, workers, threads, max_retries) if backend == "ray" \
+    session = RaySession(ray_address, workers, threads, max_retries) if backend == "ray" \
         else None
     try:
         if session is not None:
@@ -490,160 +490,6 @@ def _run_pool(tasks: dict[int, SweepTask], workers: int, threads: int, max_retri
                 pending.clear()
 
 
-# ---------------------------------------------------------------- Ray
-
-
-def resolve_ray_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT
-                        ) -> str | None:
-    """None/`local` (start or reuse a local Ray), or a cluster address that answers on its
-    port within `timeout` seconds: `auto` resolves as Ray does (RAY_ADDRESS, then the
-    cluster `ray start` left on this machine). SweepError otherwise, at once."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise SweepError("the ray backend needs Ray: pip install 'petq[ray]'") from None
-    if address in (None, "", "local"):
-        return None
-    resolved = address
-    if address == "auto":
-        try:
-            from ray._private.services import get_ray_address_from_environment
-
-            resolved = get_ray_address_from_environment("auto", None)
-        except ConnectionError:
-            raise SweepError("--ray auto: no Ray cluster found (RAY_ADDRESS is unset and no "
-                             "`ray start --head` ran on this machine)") from None
-        except (ImportError, AttributeError):  # Ray moved its helper: let ray.init resolve it
-            return address
-    host, port = _split_address(resolved)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise SweepError(f"no Ray cluster answers at {resolved} within {timeout:g} s "
-                         f"({exc.strerror or exc}); start one with `ray start --head` or "
-                         "check the address") from None
-    return resolved
-
-
-def _split_address(address: str) -> tuple[str, int]:
-    text = address.strip()
-    client = text.startswith("ray://")
-    text = text.removeprefix("ray://")
-    host, _, port = text.rpartition(":")
-    if not host:
-        host, port = text, ("10001" if client else "6379")
-    try:
-        return host.strip("[]"), int(port)
-    except ValueError:
-        raise SweepError(f"bad Ray address {address!r}: expected host:port, ray://host:port, "
-                         "auto or local") from None
-
-
-class _RaySession:
-    """A connection to Ray for one sweep: joins (or starts) it, probes every node, runs
-    the tasks with retries, and leaves only what it started."""
-
-    def __init__(self, address: str | None, workers: int | None, threads: int,
-                 max_retries: int):
-        import logging
-
-        import ray
-
-        self.ray = ray
-        self.threads, self.workers, self.max_retries = threads, workers, max_retries
-        self.started = False
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-            if address is None:
-                kwargs.update(include_dashboard=False,
-                              num_cpus=(workers * threads) if workers else None)
-            try:
-                ray.init(address=address, **kwargs)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise SweepError(
-                    f"cannot join the Ray cluster at {address}: {exc} (a cluster with token "
-                    "authentication, Ray's default, needs RAY_AUTH_MODE=token here and its "
-                    "token in ~/.ray/auth_token)") from None
-            self.started = True
-        self.env = {"env_vars": worker_environment(threads)}
-        self.slots = 0
-        self.context = ""
-
-    def check_nodes(self, paths: list[str], versions: dict[str, str]) -> None:
-        """One probe per alive node: paths readable, cache writable, same library versions
-        as this driver (they are part of every cache key). SweepError naming the node."""
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        ray = self.ray
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        usable = [n for n in nodes if n.get("Resources", {}).get("CPU", 0) >= self.threads]
-        if not usable:
-            raise SweepError(f"no Ray node has {self.threads} CPU(s) for a task "
-                             f"({len(nodes)} node(s) alive)")
-        probe = ray.remote(probe_paths)
-        refs = [probe.options(num_cpus=0, runtime_env=self.env, max_retries=1,
-                              scheduling_strategy=NodeAffinitySchedulingStrategy(
-                                  n["NodeID"], soft=False)).remote(*paths) for n in usable]
-        try:
-            answers = ray.get(refs, timeout=RAY_PROBE_TIMEOUT)
-        except ray.exceptions.GetTimeoutError:
-            raise SweepError(f"a Ray node did not answer the pre-flight check within "
-                             f"{RAY_PROBE_TIMEOUT:g} s") from None
-        except ray.exceptions.RayError as exc:
-            raise SweepError(f"the pre-flight check failed on a Ray node: {exc}") from None
-        problems = []
-        for answer in answers:
-            problems += [f"{answer['host']}: {p}" for p in answer["problems"]]
-            differ = {k: v for k, v in answer["versions"].items() if versions.get(k) != v}
-            if differ:
-                problems.append(f"{answer['host']}: library versions differ from this "
-                                f"machine's ({differ} against {versions}); cache keys would "
-                                "not match")
-        if problems:
-            raise SweepError("Ray workers cannot run this sweep: " + "; ".join(problems))
-        per_node = [int(n["Resources"]["CPU"] // self.threads) for n in usable]
-        self.slots = sum(per_node)
-        if self.workers:
-            self.slots = min(self.slots, self.workers)
-        most = max(per_node)
-        self.context = ("serial" if most <= 1 else
-                        f"parallel: up to {most} tasks per machine ({len(usable)} Ray node(s))")
-
-    def run(self, tasks: dict[int, SweepTask], apply: Callable[[int, dict], None],
-            fail: Callable[[int, str], None]) -> None:
-        ray = self.ray
-        remote = ray.remote(run_task).options(num_cpus=self.threads,
-                                              max_retries=self.max_retries,
-                                              retry_exceptions=False, runtime_env=self.env)
-        waiting = list(tasks.items())
-        flying: dict[Any, int] = {}
-        limit = self.workers or len(waiting)
-        try:
-            while waiting or flying:
-                while waiting and len(flying) < limit:
-                    i, task = waiting.pop(0)
-                    flying[remote.remote(task)] = i
-                ready, _ = ray.wait(list(flying), num_returns=1)
-                for ref in ready:
-                    i = flying.pop(ref)
-                    try:
-                        out = ray.get(ref)
-                    except ray.exceptions.RayError as exc:
-                        fail(i, f"Ray gave up after {self.max_retries} retries: "
-                                f"{str(exc).splitlines()[0]}")
-                        continue
-                    apply(i, out)
-        except BaseException:
-            for ref in flying:
-                ray.cancel(ref, force=True)
-            raise
-
-    def close(self) -> None:
-        if self.started:
-            self.ray.shutdown()
-
-
 # ---------------------------------------------------------------- sweep.csv
 
 
@@ -716,6 +562,8 @@ def run(args: argparse.Namespace) -> int:
     threads = task_threads(backend, args.workers, args.threads)
     check_writable(args.cache_dir or cache_dir())
     if backend == "ray":
+        from petq.raysweep import resolve_ray_address
+
         resolve_ray_address(args.ray)  # an address that does not answer fails here, at once
     groups = args.calibration_classes or []
     # the grid's own errors first, before the dataset is opened (breed names need it)

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from petq import sweep
+from petq import raysweep, sweep
 from petq.cache import Cache
 from petq.errors import PetqError, SpecError
 from petq.sweep import Cell, SweepError, expand_grid, run_sweep, write_csv
@@ -104,14 +104,14 @@ def test_ray_auto_with_a_dead_address_fails_fast(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     start = time.monotonic()
     with pytest.raises(SweepError, match="no Ray cluster answers"):
-        sweep.resolve_ray_address("auto")
+        raysweep.resolve_ray_address("auto")
     assert time.monotonic() - start < 5.0
 
 
 @pytest.mark.parametrize("address", ["host:port", "ray://h:x"])
 def test_malformed_ray_address(address):
     with pytest.raises(SweepError, match="bad Ray address"):
-        sweep.resolve_ray_address(address)
+        raysweep.resolve_ray_address(address)
 
 
 def test_unwritable_cache_is_one_clear_error(fake_model, pet_root, tmp_path):
@@ -308,7 +308,7 @@ def test_killed_ray_worker_is_retried_and_the_cache_stays_whole(
     _assert_cache_clean(tmp_path / "cache")
     assert local_ray.is_initialized()  # a Ray the caller started is left running
     address = local_ray.get_runtime_context().gcs_address  # a live cluster passes the check
-    assert sweep.resolve_ray_address(address) == address
+    assert raysweep.resolve_ray_address(address) == address
 
 
 @pytest.mark.slow
