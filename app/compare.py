@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import common
-from petq import compare
+from petq import compare, figures
 from petq.errors import PetqError
 from petq.report import speed_sentence
 from petq.results import LATENCY
@@ -63,12 +63,12 @@ common.table(compare.view(shown, compare.COMPARE_VIEW, compare.paired_table(pair
              width="stretch")
 
 quality, latency = st.columns(2)
-quality.plotly_chart(compare.metric_bars(shown), width="stretch", key="compare_bars")
+quality.plotly_chart(figures.metric_bars(shown), width="stretch", key="compare_bars")
 latency.plotly_chart(
-    compare.metric_bars(shown, LATENCY, "Latency per image (ms)"),
+    figures.metric_bars(shown, LATENCY, "Latency per image (ms)"),
     width="stretch", key="compare_latency",
 )
-st.plotly_chart(compare.pareto_scatter(shown), width="stretch", key="compare_pareto")
+st.plotly_chart(figures.pareto_scatter(shown), width="stretch", key="compare_pareto")
 with st.expander("Speed against the reference, timed interleaved"):
     st.caption("Latencies above come from separate runs: on a busy machine they drift. This "
                "times a variant and the reference in one measurement (A, B, B, A...), with an "
@@ -89,7 +89,7 @@ if len(spread):
     st.subheader("Spread over calibration seeds")
     st.caption("Variants that differ only by their calibration seed (same recipe and "
                "fraction): how much the pick of calibration images alone moves accuracy.")
-    st.plotly_chart(compare.seed_spread_figure(spread), width="stretch", key="compare_seeds")
+    st.plotly_chart(figures.seed_spread_figure(spread), width="stretch", key="compare_seeds")
     common.table(spread.drop(columns=["values"]), hide_index=True, width="stretch")
 
 # ------------------------------------------------------------------ confusions
@@ -107,10 +107,10 @@ zmax = compare.max_count(left_details, right_details)
 side_by_side = len(left_details.class_names) <= compare.SIDE_BY_SIDE_CLASSES
 if not side_by_side:  # too many breeds for half a page: one above the other, full width
     a, b = st.container(), st.container()
-a.plotly_chart(compare.confusion_heatmap(left_details, left_name, zmax,
+a.plotly_chart(figures.confusion_heatmap(left_details, left_name, zmax,
                                          colorbar=not side_by_side),
                width="stretch", key="compare_cm_a")
-b.plotly_chart(compare.confusion_heatmap(right_details, right_name, zmax,
+b.plotly_chart(figures.confusion_heatmap(right_details, right_name, zmax,
                                          y_labels=not side_by_side),
                width="stretch", key="compare_cm_b")
 if right_name == left_name:
@@ -123,7 +123,7 @@ else:
         st.success(f"`{right_name}` and `{left_name}` have identical confusion matrices.")
     else:
         st.plotly_chart(
-            compare.difference_heatmap(diff, right_details.class_names,
+            figures.difference_heatmap(diff, right_details.class_names,
                                        f"{right_name} minus {left_name} (red: more images)"),
             width="stretch", key="compare_cm_diff",
         )
@@ -135,11 +135,11 @@ sensitivity = compare.per_class_sensitivity(
     [by_name[n] for n in chosen] + [by_name[reference]], details)
 others = [n for n in chosen if n != reference]
 if not others:
-    st.plotly_chart(compare.per_class_heatmap(sensitivity), width="stretch",
+    st.plotly_chart(figures.per_class_heatmap(sensitivity), width="stretch",
                     key="compare_per_class")
 else:
     st.plotly_chart(
-        compare.per_class_heatmap(sensitivity, reference,
+        figures.per_class_heatmap(sensitivity, reference,
                                   f"Change in per-breed sensitivity from {reference} "
                                   "(red: lower)"),
         width="stretch", key="compare_per_class",

@@ -8,7 +8,7 @@ import re
 import streamlit as st
 
 from app import common
-from petq import compare
+from petq import compare, figures
 from petq.errors import PetqError
 from petq.jobs import plan, start_job
 from petq.sweep import expand_grid
@@ -92,7 +92,7 @@ def _one_recipe() -> list:
                    + (f"; shown for seed {first.seed}, the other seeds pick other images in the "
                       "same proportions." if len(specs) > 1 else "."))
         st.plotly_chart(
-            compare.calibration_histogram(ws.calibration_histogram(first),
+            figures.calibration_histogram(ws.calibration_histogram(first),
                                           "Calibration images per breed"),
             width="stretch", key="convert_histogram",
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import common
-from petq import compare
+from petq import compare, figures
 from petq.errors import PetqError
 from petq.jobs import plan, start_job
 from petq.types import lab_tasks
@@ -58,7 +58,7 @@ else:
     st.caption(f"Evaluated on {compare.fraction_text(settings.test_fraction)}"
                + (f"; {others} more on other test fractions (see **Compare**)." if others > 0
                   else "."))
-    st.plotly_chart(compare.pareto_scatter(table), width="stretch", key="home_bubbles")
+    st.plotly_chart(figures.pareto_scatter(table), width="stretch", key="home_bubbles")
 
 # ------------------------------------------------------------------ the lab's task set
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from petq import compare
+from petq import compare, figures
 from petq.cache import write_json_atomic
 from petq.errors import SpecError
 from petq.jobs import job_path, list_jobs
@@ -223,7 +223,7 @@ def test_seed_spread_per_fraction():
     assert row["accuracy_mean"] == pytest.approx(0.82)
     assert row["accuracy_std"] == pytest.approx(0.02)
     assert row["accuracy_low"] < 0.82 < row["accuracy_high"]
-    fig = compare.seed_spread_figure(table)
+    fig = figures.seed_spread_figure(table)
     bars = fig.data[0].error_y
     assert bars.array[0] == pytest.approx(row["accuracy_high"] - 0.82)
     assert sorted(fig.data[1].y) == pytest.approx([0.80, 0.82, 0.84])  # each seed's dot
@@ -244,7 +244,7 @@ def test_plan_table_shows_status_and_cached_figures():
 def test_pareto_front_keeps_only_undominated_variants():
     table = compare.comparison_table(ROWS, DETAILS, "native")
     assert set(compare.pareto_front(table)) == {"tflite-int8-0.5", "tflite-fp32"}
-    fig = compare.pareto_scatter(table)
+    fig = figures.pareto_scatter(table)
     assert any(trace.name == "Pareto front" for trace in fig.data)
     assert {t.name for t in fig.data} >= {r.variant for r in ROWS}
     bubble = next(t for t in fig.data if t.name == "native")
@@ -257,17 +257,17 @@ def test_per_class_views():
     delta = compare.per_class_delta(sensitivity, "native")
     assert "native" not in delta.columns
     assert delta.loc["Abyssinian", "tflite-int8-0.5"] == pytest.approx(-0.5)
-    fig = compare.per_class_heatmap(sensitivity, "native")
+    fig = figures.per_class_heatmap(sensitivity, "native")
     assert "change from native" in fig.data[0].hovertemplate
 
 
 def test_confusion_heatmaps_and_difference():
-    fig = compare.confusion_heatmap(DETAILS["ki"], "tflite-int8-0.5")
+    fig = figures.confusion_heatmap(DETAILS["ki"], "tflite-int8-0.5")
     hover = fig.data[0].hovertemplate
     assert "true: %{y}" in hover and "predicted: %{x}" in hover and "count: %{z}" in hover
     diff = compare.confusion_difference(DETAILS["ki"], DETAILS["kn"])
     assert diff.tolist() == [[-1, 1], [0, 0]]
-    assert compare.difference_heatmap(diff, ["a", "b"], "d").data[0].zmid == 0
+    assert figures.difference_heatmap(diff, ["a", "b"], "d").data[0].zmid == 0
     with pytest.raises(ValueError, match="different test images"):
         compare.confusion_difference(DETAILS["kb"], DETAILS["kn"])
     assert compare.max_count(DETAILS["kn"], DETAILS["ki"]) == 2
@@ -277,12 +277,12 @@ def test_confusion_heatmaps_and_difference():
 
 def test_bars_histogram_and_sizes():
     table = compare.comparison_table(ROWS, DETAILS, "native")
-    fig = compare.metric_bars(table)
+    fig = figures.metric_bars(table)
     assert [t.name for t in fig.data] == [METRICS[m].label for m in
                                           ("accuracy", "mean_precision", "mean_sensitivity",
                                            "g_mean", "top5")]
     assert list(fig.data[0].x) == [r.variant for r in ROWS]
-    assert compare.calibration_histogram({"a": 3, "b": 0}, "t").data[0].y == (3, 0)
+    assert figures.calibration_histogram({"a": 3, "b": 0}, "t").data[0].y == (3, 0)
     assert compare.human_size(8_748) == "8.75 kB"
     assert compare.human_size(14_000_000) == "14.0 MB"
     assert compare.human_size(512) == "512 B"
