@@ -328,12 +328,6 @@ def aeq_quantize(
                              f"{_log_error(log)}") from None
 
 
-def aeq_selective(fp32_tflite: bytes, recipe: Recipe | str, calibration: Iterable[np.ndarray],
-                  keep_float: Sequence[str]) -> bytes:
-    """An AEQ-quantized model with the named layers left in float."""
-    return aeq_quantize(fp32_tflite, recipe, calibration, keep_float=keep_float)
-
-
 def aeq_layer_stats(
     fp32_tflite: bytes,
     recipe: Recipe | str,

@@ -333,18 +333,18 @@ def test_aeq_layer_stats_match_its_validator(fp32, samples):
 
 @pytest.mark.slow
 def test_aeq_selective_keeps_the_worst_layers_in_float(fp32, samples):
-    from petq.layers import aeq_layer_stats, aeq_quantize, aeq_selective
+    from petq.layers import aeq_layer_stats, aeq_quantize
 
     calibration, debug = samples
     names = worst_layers(aeq_layer_stats(fp32, "static_wi8_ai8", calibration, debug), 2)
-    model = aeq_selective(fp32, "static_wi8_ai8", calibration, names)
+    model = aeq_quantize(fp32, "static_wi8_ai8", calibration, keep_float=names)
     left = integer_ops(model)
     assert len(left) == len(integer_ops(aeq_quantize(fp32, "static_wi8_ai8", calibration))) - 2
     assert not {name for _, name in left} & set(names)
     _, scores = run_model(model, debug)
     assert np.isfinite(scores).all()
     with pytest.raises(SpecError, match="no layer named"):
-        aeq_selective(fp32, "static_wi8_ai8", calibration, ["nope"])
+        aeq_quantize(fp32, "static_wi8_ai8", calibration, keep_float=["nope"])
     with pytest.raises(SpecError, match="no recipe named"):
         aeq_quantize(fp32, "static_wi9_ai9", calibration)
 
