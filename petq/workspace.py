@@ -93,6 +93,8 @@ class Workspace:
         self._keras: KerasRunner | None = None
         self._calibrations: dict[Calibration, list[Sample]] = {}
         self._test_digests: dict[float, str] = {}
+        self._preprocessing_given = bool(preprocessing)
+        self.contract_source = "sidecar" if sidecar_path(self.model_path).exists() else "model"
         self.contract = self._resolve_contract(preprocessing)
         self.label_map = self._label_map()
 
@@ -100,7 +102,6 @@ class Workspace:
         """The sidecar's contract; without one, input size and class count from the model
         itself (class names from the dataset) and the preprocessing the user chose."""
         contract = load_contract(self.model_path)
-        self.contract_source = "sidecar" if sidecar_path(self.model_path).exists() else "model"
         if self.contract_source == "model":
             info = self.model_info(check_classes=False)
             height, width = (int(d) for d in info["input_shape"][:2])
@@ -115,7 +116,6 @@ class Workspace:
             contract = replace(contract, input_size=(height, width), class_names=names)
         elif not contract.class_names:
             contract = replace(contract, class_names=self.dataset.class_names)
-        self._preprocessing_given = bool(preprocessing)
         if preprocessing:
             contract = replace(contract, preprocessing=preprocessing)
         return contract
