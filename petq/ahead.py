@@ -16,6 +16,7 @@ Measured in benchmarks/README.md (section 5).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Iterable
@@ -37,14 +38,20 @@ class ConvertTask:
     preprocessing: str | None = None
 
 
+@functools.lru_cache(maxsize=4)
+def _workspace(model_path: str, dataset_root: str, cache_root: str, preprocessing: str | None):
+    """One Workspace per run in the converter process (its lists and picks read once)."""
+    from petq.workspace import Workspace
+
+    return Workspace(model_path, dataset_root, cache_root, 1, preprocessing)
+
+
 def convert_task(task: ConvertTask) -> str | None:
     """Convert one variant into the cache in this process, unless another process is
     converting it now; None, or the error's text."""
-    from petq.workspace import Workspace
-
     try:
-        ws = Workspace(task.model_path, task.dataset_root, task.cache_root, 1,
-                       task.preprocessing)
+        ws = _workspace(task.model_path, task.dataset_root, task.cache_root,
+                        task.preprocessing)
         spec = VariantSpec.from_dict(task.spec)
         if not ws.cache.held("variants", ws.variant_key(spec)):
             ws.tflite(spec)
