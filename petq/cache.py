@@ -107,12 +107,12 @@ class Cache:
 
     def held(self, kind: str, key: str) -> bool:
         """Is the entry's lock held by another process now (being built there)?"""
-        lock = FileLock(str(self.root / "locks" / f"{kind}-{key}.lock"), timeout=0)
         try:
-            lock.acquire()
+            lock = self.lock(kind, key)
+            lock.acquire(timeout=0)
         except Timeout:
             return True
-        except OSError:  # no locks folder yet: nothing is being built
+        except OSError:  # no lock can be taken here: nothing of ours is building it
             return False
         lock.release()
         return False

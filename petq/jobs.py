@@ -547,7 +547,7 @@ def _work(reporter: _Reporter) -> int:
     except PetqError:  # reported per variant below
         specs = []
     if record.get("ray"):
-        _work_on_ray(ws, reporter, todo, errors)
+        _work_on_ray(ws, reporter, todo, specs, errors)
     else:
         with ConvertAhead(ws, specs):  # conversions in a second process, meanwhile
             for variant in todo:
@@ -591,8 +591,8 @@ def _work_on(ws, reporter: _Reporter, variant: dict[str, Any], errors: list[str]
     reporter.write()
 
 
-def _work_on_ray(ws, reporter: _Reporter, todo: list[dict[str, Any]], errors: list[str]
-                 ) -> None:  # fmt: skip
+def _work_on_ray(ws, reporter: _Reporter, todo: list[dict[str, Any]],
+                 specs: list[VariantSpec], errors: list[str]) -> None:
     """The job's variants as a sweep on Ray; each variant's record follows its cell."""
     from petq.report import cached_confusion_png
     from petq.sweep import run_sweep
@@ -615,8 +615,7 @@ def _work_on_ray(ws, reporter: _Reporter, todo: list[dict[str, Any]], errors: li
 
     address = None if record["ray"] == "local" else record["ray"]
     try:
-        run_sweep(ws.model_path, ws.dataset.root, ws.cache.root,
-                  [VariantSpec.from_dict(v["spec"]) for v in todo], record["test_fraction"],
+        run_sweep(ws.model_path, ws.dataset.root, ws.cache.root, specs, record["test_fraction"],
                   backend="ray", address=address, progress=progress,
                   threads=record["threads"],  # the session's: its results, its latencies
                   preprocessing=record.get("preprocessing"))
