@@ -36,6 +36,7 @@ class ConvertTask:
     cache_root: str
     spec: dict
     preprocessing: str | None = None
+    run: tuple[dict, ...] = ()  # the run's specs: static ones share calibration (petq.calibration)
 
 
 @functools.lru_cache(maxsize=4)
@@ -53,11 +54,24 @@ def convert_task(task: ConvertTask) -> str | None:
         ws = _workspace(task.model_path, task.dataset_root, task.cache_root,
                         task.preprocessing)
         spec = VariantSpec.from_dict(task.spec)
+        ws.share_calibration(VariantSpec.from_dict(d) for d in task.run)  # once: same run
         if not ws.cache.held("variants", ws.variant_key(spec)):
             ws.tflite(spec)
     except PetqError as exc:
         return str(exc)
     return None
+
+
+def _order(ws, spec: VariantSpec, position: int) -> tuple:
+    """The converter process's order: uncalibrated variants first (the run soon needs
+    them: AEQ recipes start from FP32); then those sharing calibration in the run's order
+    (each image is calibrated once whatever the order, so the first needed come first);
+    then the largest calibration sets, which this process would wait longest for."""
+    if not spec.recipe.calibrates:
+        return (0, 0)
+    if ws.shares_calibration(spec):
+        return (1, position)
+    return (2, -len(ws.calibration_samples(spec)))
 
 
 def _spawn_can_start() -> bool:
@@ -80,9 +94,11 @@ class ConvertAhead:
 
     def __init__(self, ws, specs: Iterable[VariantSpec]):
         self._pool = None
+        specs = list(dict.fromkeys(specs))
+        ws.share_calibration(specs)  # here and in the converter process
         if (os.cpu_count() or 1) < 2 or not _spawn_can_start():
             return
-        todo = [s for s in dict.fromkeys(specs) if not s.is_native and not s.keep_float
+        todo = [s for s in specs if not s.is_native and not s.keep_float
                 and ws.cached_tflite(s) is None]
         if len(todo) < self.MIN_CONVERSIONS:
             return
@@ -91,16 +107,16 @@ class ConvertAhead:
 
         from petq.sweep import _init_pool_worker
 
-        # uncalibrated ones first (the run soon needs them: AEQ recipes start from FP32),
-        # then the largest calibration sets, which this process would wait longest for
-        todo.sort(key=lambda s: (s.recipe.calibrates, -len(ws.calibration_samples(s))))
+        position = {s: i for i, s in enumerate(todo)}  # the run's order
+        todo.sort(key=lambda s: _order(ws, s, position[s]))
+        run = tuple(s.to_dict() for s in specs)
         self._pool = ProcessPoolExecutor(
             1, mp_context=multiprocessing.get_context("spawn"),  # TensorFlow and fork do not mix
             initializer=_init_pool_worker, initargs=(1, None))
         for spec in todo:
             self._pool.submit(convert_task, ConvertTask(
                 str(ws.model_path), str(ws.dataset.root), str(ws.cache.root), spec.to_dict(),
-                ws.contract.preprocessing))
+                ws.contract.preprocessing, run))
 
     @property
     def active(self) -> bool:

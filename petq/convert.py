@@ -55,11 +55,24 @@ def convert(
 
 def _tflite(model_path: Path | str, spec: VariantSpec, samples: Iterator[np.ndarray] | None,
             keep_float_nodes: Sequence[str]) -> bytes:
+    rows = list(samples) if keep_float_nodes and samples is not None else samples
+    converter = configured_converter(model_path, spec, _representative(rows)
+                                     if spec.recipe.mode is Mode.STATIC else None)
+    if keep_float_nodes and spec.recipe.mode is Mode.STATIC:
+        from petq.layers import selective_int8
+
+        return _logged(spec, model_path, lambda: selective_int8(converter, rows, keep_float_nodes))
+    return _logged(spec, model_path, converter.convert)
+
+
+def configured_converter(model_path: Path | str, spec: VariantSpec,
+                         representative: Callable[[], Iterator[list[np.ndarray]]] | None = None):
+    """The TFLite converter set up for the spec's recipe; `representative` is its
+    representative dataset (static recipes)."""
     tf = import_tensorflow()
 
     recipe = spec.recipe
-    model = load_keras_model(model_path)
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(load_keras_model(model_path))
     io_types = {"float": tf.float32, "int8": tf.int8, "int16": tf.int16}
     if recipe.mode is Mode.FLOAT16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -68,8 +81,7 @@ def _tflite(model_path: Path | str, spec: VariantSpec, samples: Iterator[np.ndar
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif recipe.mode is Mode.STATIC:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        rows = list(samples) if keep_float_nodes else samples
-        converter.representative_dataset = _representative(rows)
+        converter.representative_dataset = representative
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
             if recipe.activations == "i16" else tf.lite.OpsSet.TFLITE_BUILTINS_INT8
@@ -78,14 +90,9 @@ def _tflite(model_path: Path | str, spec: VariantSpec, samples: Iterator[np.ndar
             converter._experimental_disable_per_channel = True
         converter.inference_input_type = io_types[recipe.io]
         converter.inference_output_type = io_types[recipe.io]
-        if keep_float_nodes:
-            from petq.layers import selective_int8
-
-            return _logged(spec, model_path, lambda: selective_int8(
-                converter, rows, keep_float_nodes))
     elif recipe.mode is not Mode.FLOAT:
         raise SpecError(f"{recipe.key}: the TFLite converter has no {recipe.mode.value} mode")
-    return _logged(spec, model_path, converter.convert)
+    return converter
 
 
 AEQ_RECIPES = {  # (mode, weights, activations) -> ai_edge_quantizer.recipe function

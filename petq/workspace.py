@@ -11,8 +11,9 @@ import functools
 import hashlib
 import json
 import time
+import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
 from functools import cached_property
 from importlib import metadata
@@ -23,6 +24,7 @@ import numpy as np
 
 from petq import __version__ as petq_version
 from petq.cache import Cache, Entry, key_of, sha256_file, write_bytes_atomic
+from petq.calibration import SharedStatic, SharedUnavailable, shares
 from petq.data import PetDataset, Sample, class_index, preprocess
 from petq.errors import ModelError, PetqError, SpecError
 from petq.evaluate import compute_metrics, measure_latency, predict_all
@@ -92,6 +94,8 @@ class Workspace:
         self._store: DecodedStore | None = None
         self._keras: KerasRunner | None = None
         self._calibrations: dict[Calibration, list[Sample]] = {}
+        self._sharing: dict[str, tuple[VariantSpec, ...]] = {}  # recipe key -> specs
+        self._shared: dict[str, SharedStatic] = {}  # built from _sharing on first use
         self._test_digests: dict[float, str] = {}
         self._preprocessing_given = bool(preprocessing)
         self.contract_source = "sidecar" if sidecar_path(self.model_path).exists() else "model"
@@ -265,9 +269,12 @@ class Workspace:
                 float_tflite = self.fp32_tflite(progress)
             if progress:
                 progress("convert", 0, 1)
+            data = None
             if self.source_is_tflite and spec == VariantSpec.fp32():
                 data = self.model_path.read_bytes()
-            else:
+            elif kept and (shared := self._shared_static(spec)) is not None:
+                data = self._convert_shared(shared, spec, _stage(progress, "calibrate"))
+            if data is None:
                 from petq.convert import convert
 
                 data = convert(self.model_path, spec, calibration, len(kept),
@@ -292,6 +299,51 @@ class Workspace:
                 and self.cache.held("variants", key)):
             progress("convert", 0, 1)  # another process converts it (petq.ahead): wait
         return self.cache.get_or_build("variants", key, build)
+
+    def share_calibration(self, specs: Iterable[VariantSpec]) -> None:
+        """Let the run's static 8-bit variants of one recipe convert from one export and
+        calibrate each image once (petq.calibration): same bytes, less work. Replaces
+        the groups of an earlier run."""
+        groups: dict[str, list[VariantSpec]] = {}
+        if not self.source_is_tflite:
+            for spec in dict.fromkeys(specs):
+                if shares(spec):
+                    groups.setdefault(spec.recipe.key, []).append(spec)
+        sharing = {key: tuple(group) for key, group in groups.items() if len(group) > 1}
+        if sharing != self._sharing:
+            self._sharing, self._shared = sharing, {}
+
+    def shares_calibration(self, spec: VariantSpec) -> bool:
+        return spec in self._sharing.get(spec.recipe.key, ())
+
+    def _shared_static(self, spec: VariantSpec) -> SharedStatic | None:
+        key = spec.recipe.key
+        if not self.shares_calibration(spec):
+            return None
+        if key not in self._shared:
+            store = self.store()
+            sets = {}
+            for member in self._sharing[key]:
+                kept = store.rows(self.calibration_samples(member))[1]
+                if kept:
+                    sets[member] = [s.image_id for s in kept]
+            self._shared[key] = SharedStatic(
+                self.model_path, sets,
+                lambda ids: (preprocess(store.pixels[store.index[i]], self.contract) for i in ids))
+        return self._shared[key]
+
+    def _convert_shared(self, shared: SharedStatic, spec: VariantSpec,
+                        progress: Callable[[int, int], None] | None) -> bytes | None:
+        """The spec's bytes from its shared group; None when the converter did not behave
+        as petq.calibration expects (then the group is dropped and conversions are plain)."""
+        try:
+            return shared.convert(spec, progress)
+        except SharedUnavailable as exc:
+            warnings.warn(f"{spec.name}: shared calibration unavailable ({exc}); converting "
+                          "each variant on its own", stacklevel=2)
+            self._sharing.pop(spec.recipe.key, None)
+            self._shared.pop(spec.recipe.key, None)
+            return None
 
     def fp32_tflite(self, progress: Stage | None = None) -> bytes:
         """The FP32 .tflite that AI Edge Quantizer recipes start from (converted once)."""
