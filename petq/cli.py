@@ -103,7 +103,6 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from petq.ahead import ConvertAhead
-    from petq.report import cached_confusion_png, write_reports
 
     ws = _workspace(args)
     specs = resolve_specs(ws, args)
@@ -128,9 +127,11 @@ def cmd_experiments(args: argparse.Namespace) -> int:
             print(f"{spec.name:28s} {result_line(result)}  ({how})")
             results.append(result)
             # a failure here is drawn and raised again by write_reports
-            figures.submit(cached_confusion_png, ws, result.result_key, result.variant)
+            figures.submit(_draw_confusion, ws, result)
     if not results:
         raise PetqError(f"no variant could be evaluated ({', '.join(failures)})")
+    from petq.report import write_reports
+
     written = write_reports(ws, results, args.results_path)
     if args.layers:
         written += write_layer_reports(ws, results, Path(args.results_path), failures)
@@ -147,6 +148,14 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     if failures:
         print(f"petq: {len(failures)} task(s) failed: {', '.join(failures)}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _draw_confusion(ws, result) -> None:
+    """A result's confusion-matrix PNG into the cache; matplotlib is imported here, in the
+    figures thread, while the main thread evaluates the next variant."""
+    from petq.report import cached_confusion_png
+
+    cached_confusion_png(ws, result.result_key, result.variant)
 
 
 def write_layer_reports(ws, results, results_path: Path, failures: list[str]) -> list[Path]:

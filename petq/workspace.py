@@ -205,6 +205,32 @@ class Workspace:
             )
         return self._store
 
+    def _model_info_and_store(self, spec: VariantSpec, progress: Stage | None
+                              ) -> tuple[dict[str, Any], DecodedStore]:
+        """The model's facts and the decoded store. When the store is still to come (a
+        cold run), the model is read in a thread (TensorFlow's import alone takes seconds),
+        and for the native variant its runner made, while this thread decodes."""
+        if self._store is not None:
+            return self.model_info(), self._store
+        from concurrent.futures import ThreadPoolExecutor
+
+        def read() -> dict[str, Any]:
+            info = self.model_info()
+            if spec.is_native:
+                self.keras_runner()
+            return info
+
+        def decoding(stage: str, done: int, total: int) -> None:
+            if info.done() and info.exception() is not None:
+                raise info.exception()  # a bad model file: say so now, not after decoding
+            if progress:
+                progress(stage, done, total)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="petq-model") as pool:
+            info = pool.submit(read)
+            store = self.store(decoding)
+            return info.result(), store
+
     def calibration_samples(self, spec: VariantSpec) -> list[Sample]:
         """The trainval images that calibrate a static variant (never test images); picked
         once per calibration source (cache keys ask for them often)."""
@@ -476,8 +502,7 @@ class Workspace:
             raise SpecError(f"{self.model_path}: a .tflite source model has no native variant")
 
         def build(tmp: Path) -> dict[str, Any]:
-            info = self.model_info()
-            store = self.store(progress)
+            info, store = self._model_info_and_store(spec, progress)
             pixels, kept = store.pixels_of(self.dataset.test_samples(test_fraction))
             if not kept:
                 raise SpecError("the test set is empty")

@@ -167,3 +167,18 @@ def test_decompression_bombs_stay_refused_in_threads(tmp_path, many_chunks, monk
     assert sorted(bad) == list(range(0, 24, 3))
     assert all("image too large" in reason for reason in bad.values())
     assert warnings.filters == before  # nothing leaks out of the run
+
+
+def test_consecutive_samples_are_a_view_of_the_store_and_others_a_copy(pet_root, tmp_path):
+    dataset = PetDataset.load(pet_root)
+    decoded = load_store(dataset, (32, 32), Cache(tmp_path / "cache"))
+    test = dataset.test_samples()
+    pixels, kept = decoded.pixels_of(test)  # the test split sits after trainval, in order
+    assert np.shares_memory(pixels, decoded.pixels)
+    rows, _ = decoded.rows(test)
+    np.testing.assert_array_equal(pixels, decoded.pixels[rows])
+    shuffled = test[::-1]
+    copy, kept_shuffled = decoded.pixels_of(shuffled)
+    assert not np.shares_memory(copy, decoded.pixels)
+    assert kept_shuffled == list(shuffled)
+    np.testing.assert_array_equal(copy, decoded.pixels[rows[::-1]])

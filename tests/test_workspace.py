@@ -160,6 +160,17 @@ def test_not_a_keras_model(pet_root, tmp_path):
         Workspace(tmp_path / "missing.keras", pet_root, tmp_path / "cache")
 
 
+def test_a_bad_model_with_a_sidecar_is_reported_when_evaluated(pet_root, tiny_model, tmp_path):
+    bogus = tmp_path / "bogus.keras"
+    bogus.write_bytes(b"definitely not a model")
+    sidecar = tiny_model.with_suffix(".json")
+    bogus.with_suffix(".json").write_text(sidecar.read_text())  # the model is read later
+    ws = Workspace(bogus, pet_root, tmp_path / "cache", threads=1)
+    with pytest.raises(ModelError, match="bogus.keras: not a loadable Keras model"):
+        ws.evaluate(VariantSpec.native(), latency_runs=3)
+    assert ws.cache.get("results", ws.result_key(VariantSpec.native(), 1.0)) is None
+
+
 def test_truncated_tflite_gives_clear_error(tmp_path, workspace):
     entry, _ = workspace.tflite(VariantSpec.fp32())
     data = entry.file("model.tflite").read_bytes()
