@@ -20,6 +20,7 @@ import functools
 import os
 import sys
 from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,7 @@ class ConvertAhead:
 
     def __init__(self, ws, specs: Iterable[VariantSpec]):
         self._pool = None
+        self._futures: list[Future] = []
         specs = list(dict.fromkeys(specs))
         ws.share_calibration(specs)  # here and in the converter process
         if (os.cpu_count() or 1) < 2 or not _spawn_can_start():
@@ -114,17 +116,21 @@ class ConvertAhead:
             1, mp_context=multiprocessing.get_context("spawn"),  # TensorFlow and fork do not mix
             initializer=_init_pool_worker, initargs=(1, None))
         for spec in todo:
-            self._pool.submit(convert_task, ConvertTask(
+            self._futures.append(self._pool.submit(convert_task, ConvertTask(
                 str(ws.model_path), str(ws.dataset.root), str(ws.cache.root), spec.to_dict(),
-                ws.contract.preprocessing, run))
+                ws.contract.preprocessing, run)))
 
     @property
     def active(self) -> bool:
         return self._pool is not None
 
     def close(self, wait: bool = True) -> None:
+        """Drop the conversions not started; with `wait`, wait for one in progress. An idle
+        process is not waited for: it exits (a second or two of TensorFlow's teardown)
+        while the caller goes on."""
         if self._pool is not None:
-            self._pool.shutdown(wait=wait, cancel_futures=True)
+            busy = any(not future.done() for future in self._futures)
+            self._pool.shutdown(wait=wait and busy, cancel_futures=True)
             self._pool = None
 
     def __enter__(self) -> ConvertAhead:
