@@ -111,8 +111,13 @@ def cmd_experiments(args: argparse.Namespace) -> int:
           f"{len(specs)} task(s), {ws.threads} thread(s)", file=sys.stderr)
     results, failures = [], []
     # conversions in a second process; each result's figure drawn in a thread meanwhile
-    with ConvertAhead(ws, specs), ThreadPoolExecutor(1) as figures:
-        for spec in specs:
+    with ConvertAhead(ws, specs) as converter, ThreadPoolExecutor(1) as figures:
+        bars = StageBars("dataset: ")
+        try:
+            ws.prepare(specs, bars)
+        finally:
+            bars.close()
+        for spec in converter.evaluation_order(specs):
             start = time.perf_counter()
             bars = StageBars(f"{spec.name}: ")
             try:
@@ -132,6 +137,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         raise PetqError(f"no variant could be evaluated ({', '.join(failures)})")
     from petq.report import write_reports
 
+    results.sort(key=lambda r: specs.index(r.spec))  # reports list the run's order
     written = write_reports(ws, results, args.results_path)
     if args.layers:
         written += write_layer_reports(ws, results, Path(args.results_path), failures)

@@ -549,8 +549,10 @@ def _work(reporter: _Reporter) -> int:
     if record.get("ray"):
         _work_on_ray(ws, reporter, todo, specs, errors)
     else:
-        with ConvertAhead(ws, specs):  # conversions in a second process, meanwhile
-            for variant in todo:
+        by_spec = dict(zip(specs, todo, strict=True)) if len(set(specs)) == len(todo) else {}
+        with ConvertAhead(ws, specs) as converter:  # conversions in a second process
+            order = (by_spec[s] for s in converter.evaluation_order(specs)) if by_spec else todo
+            for variant in order:
                 _work_on(ws, reporter, variant, errors)
     reporter.write(state="failed" if errors else "done", error="; ".join(errors) or None,
                    current=None, stage=None, finished=time.time())
