@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from petq.errors import ModelError, PetqError
+from petq.runtime import keep_freed_memory
 from petq.types import (
     DEFAULT_CALIBRATION_SEED,
     PREPROCESSING,
@@ -426,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out
+    keep_freed_memory()
     args = build_parser().parse_args(argv)
     if getattr(args, "command", None) == "synth" and args.output is None:
         from petq.demo import demo_dataset_root

@@ -33,6 +33,7 @@ from filelock import FileLock, Timeout
 
 from petq.cache import write_json_atomic
 from petq.errors import PetqError
+from petq.runtime import keep_freed_memory
 from petq.types import VariantSpec
 
 ACTIVE = ("queued", "running")
@@ -506,6 +507,7 @@ def run_job(path: Path | str) -> int:
 
     It waits for the cache's worker lock first, so jobs on one cache run one at a time.
     """
+    keep_freed_memory()
     path = Path(path)
     record = _read(path)
     if record is None:
