@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +94,6 @@ class ConvertAhead:
     MIN_CONVERSIONS = 2  # one conversion alone has nothing to overlap with
 
     def __init__(self, ws, specs: Iterable[VariantSpec]):
-        self._ws = ws
         self._pool = None
         self._futures: list[Future] = []
         specs = list(dict.fromkeys(specs))
@@ -124,30 +123,6 @@ class ConvertAhead:
     @property
     def active(self) -> bool:
         return self._pool is not None
-
-    def evaluation_order(self, specs: Iterable[VariantSpec]) -> Iterator[VariantSpec]:
-        """The run's specs in the order to evaluate them. While the converter process
-        works: a variant already converted first; when none is, the native model (it
-        needs no conversion, and it keeps both cores busy once the converter is done);
-        else the next in the run's order (this process converts it, or waits for it).
-        Without a converter process: the run's order."""
-        pending = list(dict.fromkeys(specs))
-        while pending:
-            pick = pending[0]
-            if self.active and not self._converted(pick):
-                pick = next((s for s in pending if self._converted(s)),
-                            next((s for s in pending if s.is_native), pick))
-            pending.remove(pick)
-            yield pick
-
-    def _converted(self, spec: VariantSpec) -> bool:
-        if spec.is_native:
-            return False
-        try:
-            key = self._ws.variant_key(spec)
-        except PetqError:  # its evaluation reports it
-            return False
-        return self._ws.cache.get("variants", key, verify=False) is not None
 
     def close(self, wait: bool = True) -> None:
         """Drop the conversions not started; with `wait`, wait for one in progress. An idle

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from petq.errors import ModelError, PetqError
-from petq.runtime import keep_freed_memory
 from petq.types import (
     DEFAULT_CALIBRATION_SEED,
     PREPROCESSING,
@@ -112,13 +111,8 @@ def cmd_experiments(args: argparse.Namespace) -> int:
           f"{len(specs)} task(s), {ws.threads} thread(s)", file=sys.stderr)
     results, failures = [], []
     # conversions in a second process; each result's figure drawn in a thread meanwhile
-    with ConvertAhead(ws, specs) as converter, ThreadPoolExecutor(1) as figures:
-        bars = StageBars("dataset: ")
-        try:
-            ws.prepare(specs, bars)
-        finally:
-            bars.close()
-        for spec in converter.evaluation_order(specs):
+    with ConvertAhead(ws, specs), ThreadPoolExecutor(1) as figures:
+        for spec in specs:
             start = time.perf_counter()
             bars = StageBars(f"{spec.name}: ")
             try:
@@ -138,7 +132,6 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         raise PetqError(f"no variant could be evaluated ({', '.join(failures)})")
     from petq.report import write_reports
 
-    results.sort(key=lambda r: specs.index(r.spec))  # reports list the run's order
     written = write_reports(ws, results, args.results_path)
     if args.layers:
         written += write_layer_reports(ws, results, Path(args.results_path), failures)
@@ -427,7 +420,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out
-    keep_freed_memory()
     args = build_parser().parse_args(argv)
     if getattr(args, "command", None) == "synth" and args.output is None:
         from petq.demo import demo_dataset_root

@@ -33,7 +33,6 @@ from filelock import FileLock, Timeout
 
 from petq.cache import write_json_atomic
 from petq.errors import PetqError
-from petq.runtime import keep_freed_memory
 from petq.types import VariantSpec
 
 ACTIVE = ("queued", "running")
@@ -507,7 +506,6 @@ def run_job(path: Path | str) -> int:
 
     It waits for the cache's worker lock first, so jobs on one cache run one at a time.
     """
-    keep_freed_memory()
     path = Path(path)
     record = _read(path)
     if record is None:
@@ -551,10 +549,8 @@ def _work(reporter: _Reporter) -> int:
     if record.get("ray"):
         _work_on_ray(ws, reporter, todo, specs, errors)
     else:
-        by_spec = dict(zip(specs, todo, strict=True)) if len(set(specs)) == len(todo) else {}
-        with ConvertAhead(ws, specs) as converter:  # conversions in a second process
-            order = (by_spec[s] for s in converter.evaluation_order(specs)) if by_spec else todo
-            for variant in order:
+        with ConvertAhead(ws, specs):  # conversions in a second process, meanwhile
+            for variant in todo:
                 _work_on(ws, reporter, variant, errors)
     reporter.write(state="failed" if errors else "done", error="; ".join(errors) or None,
                    current=None, stage=None, finished=time.time())

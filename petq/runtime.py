@@ -24,33 +24,6 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
-# glibc's mallopt parameters, and the values petq sets
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-HEAP_MMAP_THRESHOLD = 32 << 20  # blocks under 32 MiB come from the heap
-HEAP_TRIM_THRESHOLD = 256 << 20  # and up to 256 MiB of freed heap is kept for reuse
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc reuse freed blocks instead of mapping fresh pages for each one.
-
-    By default glibc maps every allocation of 128 KiB and more anew and unmaps it on
-    free. Decoding an image allocates and frees several such buffers, and a per-image
-    model input is 600 KB, so each image costs a few hundred page faults: decoding 3,000
-    images took 2.6 s of system time and 383k page faults, against 1.0 s and 2.6k with
-    this (benchmarks/README.md, section 5). A process keeps up to HEAP_TRIM_THRESHOLD
-    of freed memory. True when set; False where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)
-                    and libc.mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
-    except (OSError, AttributeError):  # musl and others: no libc.so.6 or no mallopt
-        return False
-
-
 @contextlib.contextmanager
 def quiet_native_stderr() -> Iterator[None]:
     """Keep native libraries' start-up lines (TensorFlow's oneDNN and CUDA probes, LiteRT's

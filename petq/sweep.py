@@ -34,7 +34,6 @@ from typing import Any
 from petq.cache import Cache
 from petq.errors import PetqError, SpecError
 from petq.results import Result
-from petq.runtime import keep_freed_memory
 from petq.types import DEFAULT_CALIBRATION_SEED, RECIPES, VariantSpec
 
 BACKENDS = ("serial", "local", "ray")
@@ -245,7 +244,6 @@ def _init_pool_worker(threads: int, log_dir: str | None) -> None:
     numpy is already loaded here (the spawn re-imports the caller's modules) and read
     OMP_NUM_THREADS too early, so its OpenBLAS pool is limited through threadpoolctl."""
     os.environ.update(worker_environment(threads))
-    keep_freed_memory()
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(max(1, threads))

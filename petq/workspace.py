@@ -39,7 +39,7 @@ from petq.stats import (
     compare_details,
     interleaved_latency,
 )
-from petq.store import DecodedStore, load_store, store_key
+from petq.store import DecodedStore, load_store
 from petq.types import (
     RECIPES,
     Backend,
@@ -205,33 +205,31 @@ class Workspace:
             )
         return self._store
 
-    def prepare(self, specs: Iterable[VariantSpec], progress: Stage | None = None) -> None:
-        """Decode the dataset once (if not done yet) while the source model is read in a
-        thread (TensorFlow's import alone takes seconds), with its runner made when the
-        run has the native variant. A run calls this before its first evaluation, so that
-        the order of evaluation (petq.ahead) can use the conversions made meanwhile."""
-        if self._store is not None or self.cache.get(
-                "decoded", store_key(self.dataset, self.contract.input_size), verify=False):
-            return  # decoded before: nothing to read the model beside (a warm run reads none)
+    def _model_info_and_store(self, spec: VariantSpec, progress: Stage | None
+                              ) -> tuple[dict[str, Any], DecodedStore]:
+        """The model's facts and the decoded store. When the store is still to come (a
+        cold run), the model is read in a thread (TensorFlow's import alone takes seconds),
+        and for the native variant its runner made, while this thread decodes."""
+        if self._store is not None:
+            return self.model_info(), self._store
         from concurrent.futures import ThreadPoolExecutor
 
-        native = any(spec.is_native for spec in specs)
-
-        def read() -> None:
-            self.model_info()
-            if native:
+        def read() -> dict[str, Any]:
+            info = self.model_info()
+            if spec.is_native:
                 self.keras_runner()
+            return info
 
         def decoding(stage: str, done: int, total: int) -> None:
-            if reading.done() and reading.exception() is not None:
-                raise reading.exception()  # a bad model file: say so now, not after decoding
+            if info.done() and info.exception() is not None:
+                raise info.exception()  # a bad model file: say so now, not after decoding
             if progress:
                 progress(stage, done, total)
 
         with ThreadPoolExecutor(1, thread_name_prefix="petq-model") as pool:
-            reading = pool.submit(read)
-            self.store(decoding)
-            reading.result()
+            info = pool.submit(read)
+            store = self.store(decoding)
+            return info.result(), store
 
     def calibration_samples(self, spec: VariantSpec) -> list[Sample]:
         """The trainval images that calibrate a static variant (never test images); picked
@@ -504,8 +502,7 @@ class Workspace:
             raise SpecError(f"{self.model_path}: a .tflite source model has no native variant")
 
         def build(tmp: Path) -> dict[str, Any]:
-            info = self.model_info()
-            store = self.store(progress)
+            info, store = self._model_info_and_store(spec, progress)
             pixels, kept = store.pixels_of(self.dataset.test_samples(test_fraction))
             if not kept:
                 raise SpecError("the test set is empty")

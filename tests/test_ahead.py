@@ -69,18 +69,3 @@ def test_no_process_when_the_main_script_cannot_be_spawned(workspace, monkeypatc
     specs = [VariantSpec.int8(0.5, seed=21), VariantSpec.int8(0.25, seed=21)]
     with ConvertAhead(workspace, specs) as converter:
         assert not converter.active
-
-
-@pytest.mark.slow
-def test_evaluation_takes_converted_variants_first_then_the_native_model(tiny_model, pet_root,
-                                                                        tmp_path):
-    ws = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)
-    ws.tflite(VariantSpec.fp32())  # converted before the run
-    specs = [VariantSpec.native(), VariantSpec.int8(0.5, seed=31), VariantSpec.int8(0.25, seed=31),
-             VariantSpec.fp32()]
-    with ConvertAhead(ws, specs) as converter:
-        assert converter.active
-        order = converter.evaluation_order(specs)
-        # the converter process is still starting (TensorFlow's import takes seconds)
-        assert [next(order), next(order)] == [VariantSpec.fp32(), VariantSpec.native()]
-    assert list(ConvertAhead(ws, []).evaluation_order(specs)) == specs  # no process: run order

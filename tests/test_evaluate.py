@@ -120,16 +120,3 @@ def test_latency_stops_at_its_budget_but_not_before_the_floor(workspace):
     assert measure_latency(runner, x, runs=5, warmup=1, budget_s=0.0)["latency_runs"] == 5
     timed = measure_latency(runner, x, runs=30, warmup=1, budget_s=60.0)
     assert timed["latency_runs"] == 30 and timed["latency_p50_ms"] > 0
-
-
-def test_freed_memory_is_kept_for_reuse_on_linux():
-    import resource
-
-    from petq.runtime import keep_freed_memory
-
-    if not keep_freed_memory():
-        pytest.skip("not glibc")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(200):  # 1 MB blocks, allocated and freed: reused, not mapped anew
-        np.ones(1 << 20, np.uint8)
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 200 * 256 // 4

@@ -167,8 +167,6 @@ def test_a_bad_model_with_a_sidecar_is_reported_when_evaluated(pet_root, tiny_mo
     bogus.with_suffix(".json").write_text(sidecar.read_text())  # the model is read later
     ws = Workspace(bogus, pet_root, tmp_path / "cache", threads=1)
     with pytest.raises(ModelError, match="bogus.keras: not a loadable Keras model"):
-        ws.prepare([VariantSpec.native()])  # read beside the decoding
-    with pytest.raises(ModelError, match="bogus.keras: not a loadable Keras model"):
         ws.evaluate(VariantSpec.native(), latency_runs=3)
     assert ws.cache.get("results", ws.result_key(VariantSpec.native(), 1.0)) is None
 
