@@ -1,7 +1,7 @@
 """Background jobs: convert and evaluate variants in a detached worker process.
 
-The dashboard starts a job and returns at once; the worker (`python -m petq.jobs
-<job.json>`) calls `Workspace.evaluate` for each variant and writes its progress
+The dashboard starts a job and returns at once; the worker (petq.worker, `python -m
+petq.worker <job.json>`) calls `Workspace.evaluate` for each variant and writes its progress
 atomically to `<cache>/jobs/<job_id>.json`, so any page, session or process can
 follow it. A job outlives the page that started it; specs already cached are
 reported done without starting a process. No streamlit here.
@@ -23,13 +23,12 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from petq.cache import write_json_atomic
 from petq.errors import PetqError
@@ -37,10 +36,8 @@ from petq.types import VariantSpec
 
 ACTIVE = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled")
-WRITE_INTERVAL = 0.25  # seconds between progress writes within one stage
 START_GRACE = 120.0  # a queued job whose worker never reported is failed after this
 CREATE_TIME_TOLERANCE = 1.5  # s; psutil's create time is epoch-based: the boot time may shift
-LOCK_POLL = 1.0  # seconds between checks of who holds the worker lock, while waiting
 WORKER_LOCK = ".worker.lock"
 PRUNE_AGE = 7 * 24 * 3600.0  # finished jobs older than this (seconds) are pruned
 KEEP_FINISHED = 50  # at most this many finished jobs are kept, newest first
@@ -185,7 +182,7 @@ def start_job(
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with open(path.with_suffix(".log"), "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "petq.jobs", str(path)],
+            [sys.executable, "-m", "petq.worker", str(path)],
             cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -223,7 +220,7 @@ def restart_job(cache_root: Path | str, job_id: str, *, workspace: Any = None) -
                      preprocessing=record.get("preprocessing"), ray=record.get("ray"))
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def read_job(path: Path) -> dict[str, Any] | None:
     for _ in range(3):
         try:
             return json.loads(path.read_text())
@@ -284,7 +281,7 @@ def pid_alive(pid: int) -> bool:
     return process_alive(pid)
 
 
-def _worker_alive(record: dict[str, Any]) -> bool:
+def worker_alive(record: dict[str, Any]) -> bool:
     pid = record.get("pid")
     if pid:
         return process_alive(pid, record.get("create_time"))
@@ -293,7 +290,7 @@ def _worker_alive(record: dict[str, Any]) -> bool:
 
 def _mark_dead(path: Path) -> dict[str, Any] | None:
     """Record that the job's worker died: the job and its unfinished variants failed."""
-    record = _read(path)  # it may have finished just now
+    record = read_job(path)  # it may have finished just now
     if record is None or record["state"] not in ACTIVE:
         return record
     error = "the worker process ended unexpectedly; see " + str(path.with_suffix(".log"))
@@ -313,11 +310,11 @@ def _mark_dead(path: Path) -> dict[str, Any] | None:
 def job_status(cache_root: Path | str, job_id: str) -> dict[str, Any] | None:
     """The job's record, or None. An active job whose worker died is marked failed."""
     path = job_path(cache_root, job_id)
-    record = _read(path)
+    record = read_job(path)
     if record is None:
         return None
     record["pid"], record["create_time"] = _worker_of(path, record)
-    if record["state"] in ACTIVE and not _worker_alive(record):
+    if record["state"] in ACTIVE and not worker_alive(record):
         dead = _mark_dead(path)
         if dead is not None:
             dead["pid"], dead["create_time"] = record["pid"], record["create_time"]
@@ -426,7 +423,7 @@ def cancel_job(cache_root: Path | str, job_id: str, wait: float = 5.0) -> dict[s
                 time.sleep(0.05)
             if not process_alive(pid, create_time):
                 break
-    record = _read(path) or record
+    record = read_job(path) or record
     if record["state"] in ACTIVE:
         for variant in record["variants"]:
             if variant["status"] in ACTIVE:
@@ -449,187 +446,3 @@ def stage_fraction(record: dict[str, Any]) -> float:
     """Progress of the current stage (decode, calibrate, evaluate...) in [0, 1]."""
     total = record.get("stage_total") or 0
     return min(1.0, (record.get("stage_done") or 0) / total) if total else 0.0
-
-
-# ---------------------------------------------------------------- the worker
-
-
-class _Reporter:
-    """Writes the job record: at once on a stage change, else at most every WRITE_INTERVAL."""
-
-    def __init__(self, path: Path, record: dict[str, Any]):
-        self.path, self.record = path, record
-        self.last = 0.0
-
-    def write(self, **changes: Any) -> None:
-        now = time.time()
-        self.record.update(changes, updated=now)
-        self.record["done"] = sum(v["status"] == "done" for v in self.record["variants"])
-        write_json_atomic(self.path, self.record)
-        self.last = now
-
-    def progress(self, stage: str, done: int, total: int) -> None:
-        changed = stage != self.record.get("stage")
-        self.record.update(stage=stage, stage_done=done, stage_total=total)
-        if changed or done >= total or time.time() - self.last >= WRITE_INTERVAL:
-            self.write()
-
-
-def _running_job(folder: Path, own_id: str) -> str | None:
-    """The id of another job of this cache whose worker is running, if any."""
-    for path in folder.glob("*.json"):
-        if path.stem == own_id or path.name.startswith("."):
-            continue
-        record = _read(path)
-        if record and record.get("state") == "running" and _worker_alive(record):
-            return path.stem
-    return None
-
-
-def _wait_for_turn(lock: FileLock, reporter: _Reporter) -> None:
-    """Take the cache's worker lock; until then the job stays queued, its stage says why."""
-    timeout = 0.0
-    while True:
-        try:
-            lock.acquire(timeout=timeout)
-            return
-        except Timeout:
-            timeout = LOCK_POLL
-            holder = _running_job(reporter.path.parent, reporter.record["id"])
-            stage = f"waiting for job {holder}" if holder else "waiting for another job"
-            if stage != reporter.record.get("stage"):
-                reporter.write(stage=stage)
-
-
-def run_job(path: Path | str) -> int:
-    """The worker: evaluate every queued variant of the job at `path`; 0 when all are done.
-
-    It waits for the cache's worker lock first, so jobs on one cache run one at a time.
-    """
-    path = Path(path)
-    record = _read(path)
-    if record is None:
-        print(f"{path}: no such job", file=sys.stderr)
-        return 2
-    if record.get("state") != "queued":  # cancelled (or failed) before the worker began
-        print(f"{path}: job is {record.get('state')}, not queued", file=sys.stderr)
-        return 2
-    reporter = _Reporter(path, record)
-    reporter.write(pid=os.getpid(), create_time=process_create_time())
-    lock = FileLock(str(path.parent / WORKER_LOCK))
-    _wait_for_turn(lock, reporter)
-    try:
-        return _work(reporter)
-    finally:
-        lock.release()
-
-
-def _work(reporter: _Reporter) -> int:
-    record = reporter.record
-    reporter.write(state="running", started=time.time(), stage="start")
-    from petq.ahead import ConvertAhead  # after the first write: imports take seconds
-    from petq.workspace import Workspace
-
-    try:
-        ws = Workspace(record["model_path"], record["dataset_root"], record["cache_root"],
-                       record["threads"], preprocessing=record.get("preprocessing"))
-    except PetqError as exc:
-        for variant in record["variants"]:
-            if variant["status"] != "done":
-                variant.update(status="failed", error=str(exc))
-        reporter.write(state="failed", error=str(exc), current=None, stage=None,
-                       finished=time.time())
-        return 1
-    errors = []
-    todo = [v for v in record["variants"] if v["status"] != "done"]
-    try:
-        specs = [VariantSpec.from_dict(v["spec"]) for v in todo]
-    except PetqError:  # reported per variant below
-        specs = []
-    if record.get("ray"):
-        _work_on_ray(ws, reporter, todo, specs, errors)
-    else:
-        with ConvertAhead(ws, specs):  # conversions in a second process, meanwhile
-            for variant in todo:
-                _work_on(ws, reporter, variant, errors)
-    reporter.write(state="failed" if errors else "done", error="; ".join(errors) or None,
-                   current=None, stage=None, finished=time.time())
-    return 1 if errors else 0
-
-
-def _work_on(ws, reporter: _Reporter, variant: dict[str, Any], errors: list[str]) -> None:
-    """Evaluate one variant of the job, and draw, time and analyse what its reports need."""
-    from petq.report import cached_confusion_png  # after the first write: imports take seconds
-
-    record = reporter.record
-    variant["status"] = "running"
-    reporter.write(current=variant["name"], stage="start", stage_done=0, stage_total=0)
-    try:
-        spec = VariantSpec.from_dict(variant["spec"])
-        result, _ = ws.evaluate(spec, record["test_fraction"], progress=reporter.progress)
-        key = _result_key(result)
-        reporter.progress("figures", 0, 1)
-        cached_confusion_png(ws, key, spec.name)  # the report's, drawn now
-        reporter.progress("timing", 0, 1)
-        ws.time_against_reference(spec)  # the report's speed sentence, timed now
-        reporter.progress("statistics", 0, 1)
-        for reference in dict.fromkeys((spec.reference, VariantSpec.native())):
-            found = None if reference == spec else ws.cached_result(reference,
-                                                                    record["test_fraction"])
-            if found is not None:  # the report's and Compare's (by default against native)
-                ws.paired(key, found.result_key)
-        if record.get("layers") and spec.recipe.quantized and not spec.is_native:
-            ws.layer_stats(spec, progress=reporter.progress)
-        variant.update(status="done", result_key=key)
-    except PetqError as exc:
-        variant.update(status="failed", error=str(exc))
-        errors.append(f"{variant['name']}: {exc}")
-    except Exception as exc:  # a bug: keep the traceback in the log, report the gist
-        traceback.print_exc()
-        variant.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        errors.append(f"{variant['name']}: {type(exc).__name__}: {exc}")
-    reporter.write()
-
-
-def _work_on_ray(ws, reporter: _Reporter, todo: list[dict[str, Any]],
-                 specs: list[VariantSpec], errors: list[str]) -> None:
-    """The job's variants as a sweep on Ray; each variant's record follows its cell."""
-    from petq.report import cached_confusion_png
-    from petq.sweep import run_sweep
-
-    record = reporter.record
-    by_name = {v["name"]: v for v in todo}
-
-    def progress(status, cell) -> None:
-        if cell is not None:
-            variant = by_name[cell.spec.name]
-            if cell.ok:
-                variant.update(status="done", result_key=cell.result.result_key)
-                cached_confusion_png(ws, cell.result.result_key, cell.spec.name)
-            else:
-                variant.update(status="failed", error=cell.error)
-                errors.append(f"{cell.spec.name}: {cell.error}")
-        finished = status.count("done", "cached", "failed")
-        reporter.write(current=None, stage=f"on Ray: {finished} of {status.total} task(s) "
-                                           f"finished, {status.workers} slot(s)")
-
-    address = None if record["ray"] == "local" else record["ray"]
-    try:
-        run_sweep(ws.model_path, ws.dataset.root, ws.cache.root, specs, record["test_fraction"],
-                  backend="ray", address=address, progress=progress,
-                  threads=record["threads"],  # the session's: its results, its latencies
-                  preprocessing=record.get("preprocessing"))
-    except PetqError as exc:
-        for variant in todo:
-            if variant["status"] != "done":
-                variant.update(status="failed", error=str(exc))
-        errors.append(str(exc))
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print("usage: python -m petq.jobs <job.json>", file=sys.stderr)
-        sys.exit(2)
-    # On cancel, unwind normally so a half-built cache entry is removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    sys.exit(run_job(sys.argv[1]))

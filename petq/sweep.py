@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import math
 import os
+import secrets
 import socket
 import sys
 import time
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from petq.cache import Cache
+from petq.calibration import shares
 from petq.errors import PetqError, SpecError
 from petq.results import Result
 from petq.types import DEFAULT_CALIBRATION_SEED, RECIPES, VariantSpec
@@ -203,6 +206,18 @@ class SweepTask:
     test_fraction: float = 1.0
     threads: int = 1
     preprocessing: str | None = None
+    sweep: str = ""  # the sweep's id: a worker keeps one workspace for the sweep's tasks
+    shared: tuple[dict[str, Any], ...] = ()  # the sweep's specs that share calibration
+
+
+@functools.lru_cache(maxsize=4)
+def _sweep_workspace(model_path: str, dataset_root: str, cache_root: str, threads: int,
+                     preprocessing: str | None, sweep: str):
+    """One workspace per worker process and sweep: a worker's conversions of one recipe
+    then share one export and their calibration (petq.calibration)."""
+    from petq.workspace import Workspace
+
+    return Workspace(model_path, dataset_root, cache_root, threads, preprocessing)
 
 
 def run_task(task: SweepTask) -> dict[str, Any]:
@@ -215,10 +230,9 @@ def run_task(task: SweepTask) -> dict[str, Any]:
     out: dict[str, Any] = {"result": None, "error": None, "computed": False,
                            "worker": f"{socket.gethostname()}:{os.getpid()}"}
     try:
-        from petq.workspace import Workspace
-
-        ws = Workspace(task.model_path, task.dataset_root, task.cache_root, task.threads,
-                       task.preprocessing)
+        ws = _sweep_workspace(task.model_path, task.dataset_root, task.cache_root,
+                              task.threads, task.preprocessing, task.sweep)
+        ws.share_calibration(VariantSpec.from_dict(spec) for spec in task.shared)
         result, computed = ws.evaluate(VariantSpec.from_dict(task.spec), task.test_fraction)
         out.update(result=result.to_dict(), computed=computed)
     except PetqError as exc:
@@ -337,7 +351,7 @@ def run_sweep(
     cell changes state (cell None when the sweep starts and ends); `status`, if given,
     is filled in place. Bad input raises a SweepError/SpecError before any work.
 
-    From a Streamlit page, call this from a worker process (as petq.jobs does), not from
+    From a Streamlit page, call this from a worker process (as petq.worker does), not from
     the script thread: spawned pool workers re-import the caller's main script.
     """
     specs = list(dict.fromkeys(specs))
@@ -409,8 +423,11 @@ def run_sweep(
             cells[index].state, cells[index].error = "failed", message
             notify(cells[index])
 
+        sweep = secrets.token_hex(8)
+        shared = tuple(spec.to_dict() for spec in specs if shares(spec))
         tasks = {i: SweepTask(cells[i].model, dataset, cache, cells[i].spec.to_dict(),
-                              test_fraction, threads, preprocessing) for i in todo}
+                              test_fraction, threads, preprocessing, sweep, shared)
+                 for i in todo}
         for i in todo:
             cells[i].state = "queued"
         notify(None)

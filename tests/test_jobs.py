@@ -29,12 +29,12 @@ from petq.jobs import (
     progress_fraction,
     prune_jobs,
     restart_job,
-    run_job,
     stage_fraction,
     start_job,
     worker_lock,
 )
 from petq.types import VariantSpec
+from petq.worker import run_job
 from petq.workspace import Workspace
 
 

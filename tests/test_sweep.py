@@ -226,9 +226,14 @@ def _kill_once_while_building(cache_root: Path, find: callable) -> dict:
 
 
 @pytest.mark.slow
-def test_serial_sweep_and_its_csv(serial_cells, tmp_path):
+def test_serial_sweep_and_its_csv(serial_cells, tmp_path, tiny_model, pet_root, shared_cache):
     cache, cells = serial_cells
     _same_results(cells, cells)
+    swept, plain = (Workspace(tiny_model, pet_root, root, threads=1) for root in (cache,
+                                                                                  shared_cache))
+    for cell in cells[1:]:  # INT8 cells of one recipe share calibration: the same files
+        assert (swept.cached_tflite(cell.spec).file("model.tflite").read_bytes()
+                == plain.tflite(cell.spec)[0].file("model.tflite").read_bytes())
     assert {c.state for c in cells} == {"done"}
     assert {c.latency_context for c in cells} == {"serial"}
     rows = list(csv.DictReader(write_csv(cells, tmp_path / "sweep.csv").open()))
