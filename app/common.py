@@ -428,6 +428,9 @@ def column_config(keys) -> dict[str, Any]:
     return config
 
 
+MISSING = "—"  # a table cell with no value (e.g. the reference's own McNemar p)
+
+
 def table(frame: pd.DataFrame, **kwargs: Any) -> None:
     """A dataframe with registry labels and formats for its columns and its named index,
     as tall as its rows (no inner scrolling)."""
@@ -435,6 +438,7 @@ def table(frame: pd.DataFrame, **kwargs: Any) -> None:
     if frame.index.name:
         config["_index"] = column_config([frame.index.name])[frame.index.name]
     kwargs.setdefault("height", "content")
+    kwargs.setdefault("placeholder", MISSING)
     st.dataframe(frame, column_config=config, **kwargs)
 
 

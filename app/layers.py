@@ -71,7 +71,7 @@ layer_columns = {
 for tab, layer_stats in zip(tabs, stats.values(), strict=False):
     table = layerviews.layer_table(layer_stats, worst)
     tab.dataframe(table.sort_values("rank", na_position="last"), hide_index=True,
-                  width="stretch", column_config=layer_columns)
+                  width="stretch", column_config=layer_columns, placeholder=common.MISSING)
 for tab, (name, layer_stats) in zip(tabs[len(stats):], stats.items(), strict=False):
     tab.plotly_chart(layerviews.range_figure(layer_stats, name), width="stretch",
                      key=f"layers_range_{name}")

@@ -658,6 +658,8 @@ def test_compare_table_paired_statistics_and_reference(filled):
     assert labels["accuracy_ci"] == "Δ accuracy [95% CI]" and labels["scheme"] == "Scheme"
     assert labels["file_size_bytes"] == "Size (bytes)"
     assert table.loc["native", "accuracy_ci"] == ""  # the reference itself
+    assert np.isnan(table.loc["native", "mcnemar_p"])  # no value: shown as "—", not "None"
+    assert at.dataframe[0].proto.placeholder == "—"
     assert table.loc["tflite-fp32", "mcnemar_bc"] == "0 / 0"  # FP32 = Keras on every image
     assert table.loc["tflite-fp32", "accuracy_ci"] == "+0.0000 [+0.0000, +0.0000]"
     assert table.loc["tflite-fp32", "mcnemar_p"] == 1.0
