@@ -167,4 +167,4 @@ else:
         st.caption("The chosen variants were evaluated on other test images than the "
                    "reference: no paired per-breed comparison.")
 with st.expander("Per-breed sensitivity, all variants"):
-    st.dataframe(sensitivity, width="stretch", placeholder=common.MISSING)
+    st.dataframe(sensitivity, width="stretch")
