@@ -350,7 +350,10 @@ class Workspace:
             store = self.store()
             sets = {}
             for member in self._sharing[key]:
-                kept = store.rows(self.calibration_samples(member))[1]
+                try:
+                    kept = store.rows(self.calibration_samples(member))[1]
+                except PetqError:  # e.g. a class out of range: its own conversion says so
+                    continue
                 if kept:
                     sets[member] = [s.image_id for s in kept]
             self._shared[key] = SharedStatic(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from petq.calibration import SharedStatic, SharedUnavailable, pieces, shares, worth_sharing
+from petq.errors import SpecError
 from petq.types import VariantSpec
 from petq.workspace import Workspace
 
@@ -114,3 +115,18 @@ def test_groups_need_two_variants_of_one_recipe_and_a_keras_source(workspace):
     assert not workspace.shares_calibration(VariantSpec.int8(0.3))
     workspace.share_calibration([])  # a new run replaces the groups
     assert not workspace.shares_calibration(VariantSpec.int8(0.2))
+
+
+@pytest.mark.slow
+def test_a_bad_member_does_not_stop_its_group(tiny_model, pet_root, shared_cache, tmp_path):
+    good = _specs("tflite-int8", "seeds")[:2]
+    bad = VariantSpec.of("tflite-int8", classes=(99,))  # no such class
+    ws = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)
+    ws.share_calibration([*good, bad])
+    entry, built = ws.tflite(good[0])
+    assert built and ws.shares_calibration(good[0])
+    plain = Workspace(tiny_model, pet_root, shared_cache, threads=1)
+    assert (entry.file("model.tflite").read_bytes()
+            == plain.tflite(good[0])[0].file("model.tflite").read_bytes())
+    with pytest.raises(SpecError, match="out of range"):
+        ws.tflite(bad)
