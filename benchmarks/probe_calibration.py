@@ -18,8 +18,12 @@ Also the calibrator's CPU time against its wall time (is it single-threaded?).
 `--lab-set` instead runs the lab's five INT8 variants both ways: per-image, and
 extremes-k picked from one pass over all of trainval.
 
+`--piece-cost` instead times the converter's calibrator on the one export that
+petq.calibration shares, on 1 to 200 images: its fixed cost against its cost per image.
+
 Usage:
   python benchmarks/probe_calibration.py [--dataset-root DIR] [--fraction 0.3]
+  python benchmarks/probe_calibration.py --piece-cost
   python benchmarks/probe_calibration.py --lab-set --extremes 3 --find-batch 1
 The decoded store is kept in benchmarks/out/probe-cache/.
 """
@@ -179,6 +183,33 @@ def lab_set(model_path: Path, dataset: PetDataset, contract, store, k: int, batc
           f"{totals['extremes']:.1f} s (including the pass over trainval)")
 
 
+def piece_cost(model_path: Path, x: np.ndarray, counts=(1, 5, 50, 200), repeats: int = 3
+               ) -> None:
+    """What one calibrator costs besides its images, on the shared export (the cost that
+    petq.calibration.PIECE_COST_IMAGES stands for): the best of `repeats` calibrations of
+    each count of images, and the line through them."""
+    from tensorflow.lite.python.optimize import calibrator
+
+    from petq.calibration import SharedStatic
+    from petq.types import VariantSpec
+
+    spec = VariantSpec.int8(0.01)
+    prepared = SharedStatic(model_path, {spec: ["x"]}, list)._exported(spec).prepared
+    best = []
+    for n in counts:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            calibrator.Calibrator(prepared).calibrate(lambda n=n: ([x[i:i + 1]] for i in range(n)))
+            times.append(time.perf_counter() - start)
+        best.append(min(times))
+        print(f"calibrator on {n:4d} image(s): {1000 * best[-1]:8.1f} ms", flush=True)
+    per_image = np.polyfit(counts, best, 1)[0]  # the slope: dominated by the large counts
+    fixed = best[0] - counts[0] * per_image
+    print(f"=> {1000 * per_image:.2f} ms per image, and {1000 * fixed:.1f} ms per calibrator "
+          f"besides: a calibrator costs {fixed / per_image:.1f} images' worth")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset-root", type=Path, default=ROOT / "benchmarks" / "out"
@@ -192,6 +223,8 @@ def main() -> int:
                         help="skip the reversed / repeated / batched trials")
     parser.add_argument("--lab-set", action="store_true",
                         help="the lab's five INT8 variants, per-image against extremes-k")
+    parser.add_argument("--piece-cost", action="store_true",
+                        help="what one calibrator costs besides its images (shared export)")
     parser.add_argument("--find-batch", type=int, default=32,
                         help="images per invoke when finding tensor extremes")
     args = parser.parse_args()
@@ -204,6 +237,9 @@ def main() -> int:
         return 0
     pixels, kept = store.pixels_of(dataset.calibration_samples(args.fraction, args.seed))
     x = preprocess(np.asarray(pixels), contract)
+    if args.piece_cost:
+        piece_cost(args.model_path, x)
+        return 0
     print(f"{len(kept)} calibration images ({args.fraction:g} of {len(dataset.trainval)} "
           f"trainval), model {args.model_path.name}, {os.cpu_count()} cores", flush=True)
 

@@ -36,9 +36,10 @@ from petq.types import Backend, Mode, VariantSpec
 
 Progress = Callable[[int, int], None]
 Ranges = list[tuple[np.ndarray, np.ndarray]]  # (min, max) of each calibrated tensor, in order
-# A piece costs one calibrator (model parse and prepare) besides its images: about this
-# many images' worth of calibration (measured in benchmarks/README.md, section 5).
-PIECE_COST_IMAGES = 3
+# A piece costs one calibrator (model parse and prepare) besides its images: on the demo
+# model about 4 ms against 5.5 ms per image (`python benchmarks/probe_calibration.py
+# --piece-cost`), so about one image's worth.
+PIECE_COST_IMAGES = 1
 
 
 class SharedUnavailable(RuntimeError):
