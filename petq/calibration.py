@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from petq.errors import PetqError
 from petq.types import Backend, Mode, VariantSpec
 
 Progress = Callable[[int, int], None]
@@ -202,6 +204,66 @@ class SharedStatic:
         if used != [True]:
             raise SharedUnavailable("the converter did not ask its calibrator once")
         return bytes(data)
+
+
+class SharedGroups:
+    """A run's groups: its static 8-bit variants of each recipe, two or more, share one
+    export and their calibration. Each group's SharedStatic is made on first use.
+
+    `calibration_ids(spec)` gives a spec's calibration image ids (raising PetqError for
+    a spec that has none); `inputs(ids)` yields their model inputs.
+    """
+
+    def __init__(self, model_path: Path | str,
+                 calibration_ids: Callable[[VariantSpec], Sequence[str]],
+                 inputs: Callable[[Sequence[str]], Iterable[np.ndarray]]):
+        self.model_path = Path(model_path)
+        self._calibration_ids = calibration_ids
+        self._inputs = inputs
+        self._groups: dict[str, tuple[VariantSpec, ...]] = {}  # recipe key -> specs
+        self._built: dict[str, SharedStatic] = {}
+
+    def register(self, specs: Iterable[VariantSpec]) -> None:
+        """The run's specs; replaces the groups of an earlier run (same specs: kept)."""
+        groups: dict[str, list[VariantSpec]] = {}
+        for spec in dict.fromkeys(specs):
+            if shares(spec):
+                groups.setdefault(spec.recipe.key, []).append(spec)
+        wanted = {key: tuple(group) for key, group in groups.items() if len(group) > 1}
+        if wanted != self._groups:
+            self._groups, self._built = wanted, {}
+
+    def __contains__(self, spec: VariantSpec) -> bool:
+        return spec in self._groups.get(spec.recipe.key, ())
+
+    def convert(self, spec: VariantSpec, progress: Progress | None = None) -> bytes | None:
+        """The spec's bytes from its group; None when it is in none, or when the converter
+        did not behave as this module expects (then the group is dropped, with a warning,
+        and its variants are converted the plain way)."""
+        if spec not in self:
+            return None
+        key = spec.recipe.key
+        try:
+            if key not in self._built:
+                self._built[key] = SharedStatic(self.model_path, self._sets(key), self._inputs)
+            return self._built[key].convert(spec, progress)
+        except SharedUnavailable as exc:
+            warnings.warn(f"{spec.name}: shared calibration unavailable ({exc}); converting "
+                          "each variant on its own", stacklevel=2)
+            self._groups.pop(key, None)
+            self._built.pop(key, None)
+            return None
+
+    def _sets(self, key: str) -> dict[VariantSpec, Sequence[str]]:
+        sets = {}
+        for member in self._groups[key]:
+            try:
+                ids = self._calibration_ids(member)
+            except PetqError:  # e.g. a class out of range: its own conversion says so
+                continue
+            if ids:
+                sets[member] = ids
+        return sets
 
 
 def _never_read() -> Iterator[list[np.ndarray]]:

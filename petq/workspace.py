@@ -11,9 +11,8 @@ import functools
 import hashlib
 import json
 import time
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, replace
 from functools import cached_property
 from importlib import metadata
@@ -24,7 +23,7 @@ import numpy as np
 
 from petq import __version__ as petq_version
 from petq.cache import Cache, Entry, key_of, sha256_file, write_bytes_atomic
-from petq.calibration import SharedStatic, SharedUnavailable, shares
+from petq.calibration import SharedGroups
 from petq.data import PetDataset, Sample, class_index, preprocess
 from petq.errors import ModelError, PetqError, SpecError
 from petq.evaluate import compute_metrics, measure_latency, predict_all
@@ -94,8 +93,7 @@ class Workspace:
         self._store: DecodedStore | None = None
         self._keras: KerasRunner | None = None
         self._calibrations: dict[Calibration, list[Sample]] = {}
-        self._sharing: dict[str, tuple[VariantSpec, ...]] = {}  # recipe key -> specs
-        self._shared: dict[str, SharedStatic] = {}  # built from _sharing on first use
+        self._shared = SharedGroups(self.model_path, self._calibration_ids, self._inputs)
         self._test_digests: dict[float, str] = {}
         self._preprocessing_given = bool(preprocessing)
         self.contract_source = "sidecar" if sidecar_path(self.model_path).exists() else "model"
@@ -298,8 +296,8 @@ class Workspace:
             data = None
             if self.source_is_tflite and spec == VariantSpec.fp32():
                 data = self.model_path.read_bytes()
-            elif kept and (shared := self._shared_static(spec)) is not None:
-                data = self._convert_shared(shared, spec, _stage(progress, "calibrate"))
+            elif kept:
+                data = self._shared.convert(spec, _stage(progress, "calibrate"))
             if data is None:
                 from petq.convert import convert
 
@@ -330,49 +328,19 @@ class Workspace:
         """Let the run's static 8-bit variants of one recipe convert from one export and
         calibrate each image once (petq.calibration): same bytes, less work. Replaces
         the groups of an earlier run."""
-        groups: dict[str, list[VariantSpec]] = {}
         if not self.source_is_tflite:
-            for spec in dict.fromkeys(specs):
-                if shares(spec):
-                    groups.setdefault(spec.recipe.key, []).append(spec)
-        sharing = {key: tuple(group) for key, group in groups.items() if len(group) > 1}
-        if sharing != self._sharing:
-            self._sharing, self._shared = sharing, {}
+            self._shared.register(specs)
 
     def shares_calibration(self, spec: VariantSpec) -> bool:
-        return spec in self._sharing.get(spec.recipe.key, ())
+        return spec in self._shared
 
-    def _shared_static(self, spec: VariantSpec) -> SharedStatic | None:
-        key = spec.recipe.key
-        if not self.shares_calibration(spec):
-            return None
-        if key not in self._shared:
-            store = self.store()
-            sets = {}
-            for member in self._sharing[key]:
-                try:
-                    kept = store.rows(self.calibration_samples(member))[1]
-                except PetqError:  # e.g. a class out of range: its own conversion says so
-                    continue
-                if kept:
-                    sets[member] = [s.image_id for s in kept]
-            self._shared[key] = SharedStatic(
-                self.model_path, sets,
-                lambda ids: (preprocess(store.pixels[store.index[i]], self.contract) for i in ids))
-        return self._shared[key]
+    def _calibration_ids(self, spec: VariantSpec) -> list[str]:
+        """The ids of a spec's decodable calibration images."""
+        return [s.image_id for s in self.store().rows(self.calibration_samples(spec))[1]]
 
-    def _convert_shared(self, shared: SharedStatic, spec: VariantSpec,
-                        progress: Callable[[int, int], None] | None) -> bytes | None:
-        """The spec's bytes from its shared group; None when the converter did not behave
-        as petq.calibration expects (then the group is dropped and conversions are plain)."""
-        try:
-            return shared.convert(spec, progress)
-        except SharedUnavailable as exc:
-            warnings.warn(f"{spec.name}: shared calibration unavailable ({exc}); converting "
-                          "each variant on its own", stacklevel=2)
-            self._sharing.pop(spec.recipe.key, None)
-            self._shared.pop(spec.recipe.key, None)
-            return None
+    def _inputs(self, ids: Iterable[str]) -> Iterator[np.ndarray]:
+        store = self.store()
+        return (preprocess(store.pixels[store.index[i]], self.contract) for i in ids)
 
     def fp32_tflite(self, progress: Stage | None = None) -> bytes:
         """The FP32 .tflite that AI Edge Quantizer recipes start from (converted once)."""

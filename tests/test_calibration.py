@@ -71,7 +71,7 @@ def test_shared_conversions_are_byte_identical_to_plain_ones(recipe, shape, venn
         expected = plain.tflite(spec)[0].file("model.tflite").read_bytes()
         assert entry.file("model.tflite").read_bytes() == expected, spec.name
         assert entry.manifest["calibration_count"] == len(ws.calibration_samples(spec))
-    shared = ws._shared[recipe]
+    shared = ws._shared._built[recipe]
     assert worth_sharing(shared.sets) is venn
     fed = sum(len(ids) for ids in shared._pieces.values())
     union = {i for ids in shared.sets.values() for i in ids}
