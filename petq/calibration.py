@@ -68,9 +68,11 @@ def pieces(sets: Mapping[Hashable, Sequence[str]]) -> dict[frozenset, list[str]]
     return parts
 
 
-def worth_sharing(sets: Mapping[Hashable, Sequence[str]]) -> bool:
-    """Whether calibrating the Venn pieces costs less than calibrating each set whole."""
-    parts = pieces(sets)
+def worth_sharing(sets: Mapping[Hashable, Sequence[str]],
+                  parts: Mapping[frozenset, Sequence[str]] | None = None) -> bool:
+    """Whether calibrating the Venn pieces (`parts`, if computed already) costs less than
+    calibrating each set whole."""
+    parts = pieces(sets) if parts is None else parts
     whole = sum(len(ids) for ids in sets.values())
     return sum(len(ids) for ids in parts.values()) + PIECE_COST_IMAGES * len(parts) < whole
 
@@ -98,17 +100,15 @@ class SharedStatic:
         self.model_path = Path(model_path)
         self.sets = {spec: list(ids) for spec, ids in sets.items()}
         self._inputs = inputs
-        if worth_sharing(self.sets):
-            self._pieces = pieces(self.sets)
+        parts = pieces(self.sets)
+        if worth_sharing(self.sets, parts):
+            self._pieces = parts
         else:
             self._pieces = {frozenset([spec]): ids for spec, ids in self.sets.items()}
         self._ranges: dict[frozenset, Ranges] = {}
         self._template: bytes | None = None  # one calibrator output: where ranges are written
         self._export: _Export | None = None
         self._lock = threading.Lock()
-
-    def __contains__(self, spec: VariantSpec) -> bool:
-        return spec in self.sets
 
     def convert(self, spec: VariantSpec, progress: Progress | None = None) -> bytes:
         """The spec's .tflite bytes, equal to a plain conversion of its calibration set.

@@ -153,9 +153,10 @@ def load_keras_model(path: Path | str):
     return model
 
 
-def model_io(path: Path | str) -> dict[str, Any]:
+def model_io(path: Path | str, model: Any = None) -> dict[str, Any]:
     """What a source model says of itself: parameter count, input shape (H, W, C), class
-    count, file size. Reads a Keras model or a .tflite file."""
+    count, file size. Reads a Keras model or a .tflite file; `model`: the Keras model at
+    `path`, when it is loaded already."""
     path = Path(path)
     size = path.stat().st_size if path.is_file() else None
     if path.suffix == ".tflite":
@@ -164,7 +165,7 @@ def model_io(path: Path | str) -> dict[str, Any]:
         shape = [int(d) for d in runner.input_shape[1:]]
         classes = runner.num_classes
     else:
-        model = load_keras_model(path)
+        model = model if model is not None else load_keras_model(path)
         params = int(model.count_params())
         shape = [int(d) if d else 0 for d in model.inputs[0].shape[1:]]
         classes = int(model.outputs[0].shape[-1])

@@ -181,7 +181,7 @@ class Workspace:
         (read once, then cached by the model's hash)."""
 
         def build(tmp: Path) -> dict[str, Any]:
-            info = model_io(self.model_path)
+            info = model_io(self.model_path, self._keras.model if self._keras else None)
             (tmp / "info.json").write_text(json.dumps(info))
             return info
 
@@ -213,10 +213,9 @@ class Workspace:
         from concurrent.futures import ThreadPoolExecutor
 
         def read() -> dict[str, Any]:
-            info = self.model_info()
             if spec.is_native:
-                self.keras_runner()
-            return info
+                self.keras_runner()  # loaded once: model_info reads this one
+            return self.model_info()
 
         def decoding(stage: str, done: int, total: int) -> None:
             if info.done() and info.exception() is not None:

@@ -298,3 +298,16 @@ def test_paired_statistics_are_cached_on_disk(workspace):
     assert len(list(workspace.cache.entries("paired"))) == len(entries)  # read, not redone
     subset, _ = workspace.evaluate(VariantSpec.fp32(), test_fraction=0.4)
     assert workspace.paired(variant.result_key, subset.result_key) is None  # other images
+
+
+def test_a_cold_native_evaluation_reads_the_model_once(tiny_model, pet_root, tmp_path,
+                                                       monkeypatch):
+    import petq.runtime as runtime
+
+    loads = []
+    real = runtime.load_keras_model
+    monkeypatch.setattr(runtime, "load_keras_model", lambda path: loads.append(path) or real(path))
+    ws = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)  # sidecar: not read
+    ws.evaluate(VariantSpec.native(), latency_runs=3)
+    assert len(loads) == 1  # the runner's model also gives the model's info
+    assert ws.model_info()["num_classes"] == len(ws.class_names)
