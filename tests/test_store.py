@@ -182,3 +182,13 @@ def test_consecutive_samples_are_a_view_of_the_store_and_others_a_copy(pet_root,
     assert not np.shares_memory(copy, decoded.pixels)
     assert kept_shuffled == list(shuffled)
     np.testing.assert_array_equal(copy, decoded.pixels[rows[::-1]])
+
+
+def test_prefetch_reads_files_and_leaves_missing_ones_to_the_decoder(pet_root, tmp_path):
+    pets = PetDataset.load(pet_root)
+    paths = [pets.image_path(s.image_id) for s in pets.test[:3]] + [tmp_path / "gone.jpg"]
+    store.prefetch(paths)  # no error for the missing file: decoding reports it
+    pixels = np.zeros((len(paths), 8, 8, 3), np.uint8)
+    failed = decode_into(pixels, paths, (8, 8), workers=1)
+    assert list(failed) == [3] and "not found" in failed[3]
+    assert np.array_equal(pixels[0], decode(open_image(paths[0]), (8, 8)))
