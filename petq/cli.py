@@ -102,7 +102,7 @@ def _workspace(args: argparse.Namespace):
 def cmd_experiments(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from petq.ahead import ConvertAhead
+    from petq.ahead import evaluate_run
 
     ws = _workspace(args)
     specs = resolve_specs(ws, args)
@@ -110,24 +110,29 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     print(f"model {ws.model_path}, dataset {ws.dataset.root}{data_note}, "
           f"{len(specs)} task(s), {ws.threads} thread(s)", file=sys.stderr)
     results, failures = [], []
-    # conversions in a second process; each result's figure drawn in a thread meanwhile
-    with ConvertAhead(ws, specs), ThreadPoolExecutor(1) as figures:
-        for spec in specs:
-            start = time.perf_counter()
-            bars = StageBars(f"{spec.name}: ")
-            try:
-                result, computed = ws.evaluate(spec, args.test_dataset_fraction, progress=bars)
-            except PetqError as exc:  # one recipe the model cannot take: the others still run
-                bars.close()
-                print(f"petq: error: {exc}", file=sys.stderr)
+    bars = StageBars()
+
+    def progress_for(running) -> StageBars:  # one spec, or two side by side
+        bars.close()
+        bars.prefix = " + ".join(spec.name for spec in running) + ": "
+        return bars
+
+    start = time.perf_counter()
+    # each result's figure and statistics are made in a thread while the next is evaluated
+    with ThreadPoolExecutor(1) as figures:
+        for spec, outcome, computed in evaluate_run(ws, specs, args.test_dataset_fraction,
+                                                    progress_for):
+            bars.close()
+            seconds, start = time.perf_counter() - start, time.perf_counter()
+            if isinstance(outcome, PetqError):  # a recipe the model cannot take: go on
+                print(f"petq: error: {outcome}", file=sys.stderr)
                 failures.append(spec.name)
                 continue
-            bars.close()
-            how = f"computed in {time.perf_counter() - start:.1f} s" if computed else "cached"
-            print(f"{spec.name:28s} {result_line(result)}  ({how})")
-            results.append(result)
-            # a failure here is drawn and raised again by write_reports
-            figures.submit(_draw_confusion, ws, result)
+            how = f"computed in {seconds:.1f} s" if computed else "cached"
+            print(f"{spec.name:28s} {result_line(outcome)}  ({how})")
+            results.append(outcome)
+            # a failure here is met and raised again by write_reports
+            figures.submit(_prepare_report, ws, outcome, list(results), specs)
     if not results:
         raise PetqError(f"no variant could be evaluated ({', '.join(failures)})")
     from petq.report import write_reports
@@ -150,12 +155,17 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _draw_confusion(ws, result) -> None:
-    """A result's confusion-matrix PNG into the cache; matplotlib is imported here, in the
-    figures thread, while the main thread evaluates the next variant."""
-    from petq.report import cached_confusion_png
+def _prepare_report(ws, result, earlier: list, specs: list[VariantSpec]) -> None:
+    """What the reports need of a result, into the cache, in the figures thread while the
+    main thread evaluates the next variant: its confusion-matrix PNG (matplotlib is
+    imported here) and its paired statistics against its reference, once that is in."""
+    from petq.report import cached_confusion_png, paired, reference_of
 
     cached_confusion_png(ws, result.result_key, result.variant)
+    reference = reference_of(result, earlier)
+    if reference is not None and (reference.spec == result.spec.reference
+                                  or result.spec.reference not in specs):
+        paired(ws, result, reference)
 
 
 def write_layer_reports(ws, results, results_path: Path, failures: list[str]) -> list[Path]:

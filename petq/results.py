@@ -85,7 +85,6 @@ class Result:
     calibration_count: int = 0
     calibration_classes: dict[str, int] = field(default_factory=dict)
     convert_seconds: float = 0.0
-    eval_seconds: float = 0.0
     tflite_key: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     result_key: str = ""

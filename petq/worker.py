@@ -98,7 +98,7 @@ def run_job(path: Path | str) -> int:
 def _work(reporter: _Reporter) -> int:
     record = reporter.record
     reporter.write(state="running", started=time.time(), stage="start")
-    from petq.ahead import ConvertAhead  # after the first write: imports take seconds
+    from petq.ahead import evaluate_run  # after the first write: imports take seconds
     from petq.workspace import Workspace
 
     try:
@@ -111,34 +111,44 @@ def _work(reporter: _Reporter) -> int:
         reporter.write(state="failed", error=str(exc), current=None, stage=None,
                        finished=time.time())
         return 1
-    errors = []
-    todo = [v for v in record["variants"] if v["status"] != "done"]
-    try:
-        specs = [VariantSpec.from_dict(v["spec"]) for v in todo]
-    except PetqError:  # reported per variant below
-        specs = []
+    errors: list[str] = []
+    todo: dict[VariantSpec, dict[str, Any]] = {}  # the job's specs are distinct (petq.jobs)
+    for variant in record["variants"]:
+        if variant["status"] != "done":
+            try:
+                todo[VariantSpec.from_dict(variant["spec"])] = variant
+            except PetqError as exc:
+                variant.update(status="failed", error=str(exc))
+                errors.append(f"{variant['name']}: {exc}")
     if record.get("ray"):
-        _work_on_ray(ws, reporter, todo, specs, errors)
+        _work_on_ray(ws, reporter, todo, errors)
     else:
-        with ConvertAhead(ws, specs):  # conversions in a second process, meanwhile
-            for variant in todo:
-                _work_on(ws, reporter, variant, errors)
+        def progress_for(running):  # one variant, or two side by side
+            for spec in running:
+                todo[spec]["status"] = "running"
+            reporter.write(current=" + ".join(spec.name for spec in running), stage="start",
+                           stage_done=0, stage_total=0)
+            return reporter.progress
+
+        for spec, outcome, _ in evaluate_run(ws, todo, record["test_fraction"], progress_for):
+            _work_on(ws, reporter, todo[spec], outcome, errors)
     reporter.write(state="failed" if errors else "done", error="; ".join(errors) or None,
                    current=None, stage=None, finished=time.time())
     return 1 if errors else 0
 
 
-def _work_on(ws, reporter: _Reporter, variant: dict[str, Any], errors: list[str]) -> None:
-    """Evaluate one variant of the job, and draw, time and analyse what its reports need."""
+def _work_on(ws, reporter: _Reporter, variant: dict[str, Any], outcome,
+             errors: list[str]) -> None:
+    """Record one evaluated variant of the job (`outcome`: its Result or PetqError), and
+    draw, time and analyse what its reports need."""
     from petq.report import cached_confusion_png  # after the first write: imports take seconds
 
     record = reporter.record
-    variant["status"] = "running"
-    reporter.write(current=variant["name"], stage="start", stage_done=0, stage_total=0)
+    reporter.write(current=variant["name"])
     try:
-        spec = VariantSpec.from_dict(variant["spec"])
-        result, _ = ws.evaluate(spec, record["test_fraction"], progress=reporter.progress)
-        key = result.result_key
+        if isinstance(outcome, PetqError):
+            raise outcome
+        spec, key = outcome.spec, outcome.result_key
         reporter.progress("figures", 0, 1)
         cached_confusion_png(ws, key, spec.name)  # the report's, drawn now
         reporter.progress("timing", 0, 1)
@@ -162,18 +172,17 @@ def _work_on(ws, reporter: _Reporter, variant: dict[str, Any], errors: list[str]
     reporter.write()
 
 
-def _work_on_ray(ws, reporter: _Reporter, todo: list[dict[str, Any]],
-                 specs: list[VariantSpec], errors: list[str]) -> None:
+def _work_on_ray(ws, reporter: _Reporter, todo: dict[VariantSpec, dict[str, Any]],
+                 errors: list[str]) -> None:
     """The job's variants as a sweep on Ray; each variant's record follows its cell."""
     from petq.report import cached_confusion_png
     from petq.sweep import run_sweep
 
     record = reporter.record
-    by_name = {v["name"]: v for v in todo}
 
     def progress(status, cell) -> None:
         if cell is not None:
-            variant = by_name[cell.spec.name]
+            variant = todo[cell.spec]
             if cell.ok:
                 variant.update(status="done", result_key=cell.result.result_key)
                 cached_confusion_png(ws, cell.result.result_key, cell.spec.name)
@@ -186,12 +195,13 @@ def _work_on_ray(ws, reporter: _Reporter, todo: list[dict[str, Any]],
 
     address = None if record["ray"] == "local" else record["ray"]
     try:
-        run_sweep(ws.model_path, ws.dataset.root, ws.cache.root, specs, record["test_fraction"],
+        run_sweep(ws.model_path, ws.dataset.root, ws.cache.root, list(todo),
+                  record["test_fraction"],
                   backend="ray", address=address, progress=progress,
                   threads=record["threads"],  # the session's: its results, its latencies
                   preprocessing=record.get("preprocessing"))
     except PetqError as exc:
-        for variant in todo:
+        for variant in todo.values():
             if variant["status"] != "done":
                 variant.update(status="failed", error=str(exc))
         errors.append(str(exc))

@@ -429,11 +429,14 @@ class Workspace:
             self._keras = KerasRunner(self.model_path, self.threads)
         return self._keras
 
-    def runner(self, spec: VariantSpec, progress: Stage | None = None) -> Runner:
+    def runner(self, spec: VariantSpec, progress: Stage | None = None,
+               threads: int | None = None) -> Runner:
+        """The variant's runner: the source model (native), else its .tflite on LiteRT with
+        `threads` interpreter threads (default: the workspace's)."""
         if spec.is_native:
             return self.keras_runner()
         entry, _ = self.tflite(spec, progress)
-        return LiteRTRunner(entry.file("model.tflite"), self.threads)
+        return LiteRTRunner(entry.file("model.tflite"), threads or self.threads)
 
     # ------------------------------------------------------------ evaluation
 
@@ -458,24 +461,48 @@ class Workspace:
         entry = self.cache.get("results", self.result_key(spec, test_fraction), verify=False)
         return _read_result(entry) if entry else None
 
+    def predictions(self, spec: VariantSpec, test_fraction: float = 1.0,
+                    progress: Stage | None = None, threads: int | None = None) -> np.ndarray:
+        """The variant's class scores (N, C) on the test split: its accuracy pass, one image
+        per invoke, on `threads` interpreter threads. The scores do not depend on the
+        thread count (tests/test_evaluate.py checks), so a run may compute two variants'
+        side by side and time each alone afterwards (`evaluate(..., scores=)`)."""
+        self._check_evaluable(spec, test_fraction)
+        _, store = self._model_info_and_store(spec, progress)
+        pixels, _ = self._test_pixels(store, test_fraction)
+        return predict_all(self.runner(spec, progress, threads), pixels, self.contract,
+                           _stage(progress, "evaluate"))
+
+    def _check_evaluable(self, spec: VariantSpec, test_fraction: float) -> None:
+        if not 0.0 < test_fraction <= 1.0:
+            raise SpecError(f"test dataset fraction must be in (0, 1], got {test_fraction}")
+        if spec.is_native and self.source_is_tflite:
+            raise SpecError(f"{self.model_path}: a .tflite source model has no native variant")
+
+    def _test_pixels(self, store: DecodedStore, test_fraction: float
+                     ) -> tuple[np.ndarray, list[Sample]]:  # fmt: skip
+        pixels, kept = store.pixels_of(self.dataset.test_samples(test_fraction))
+        if not kept:
+            raise SpecError("the test set is empty")
+        return pixels, kept
+
     def evaluate(
         self,
         spec: VariantSpec,
         test_fraction: float = 1.0,
         progress: Stage | None = None,
         latency_runs: int = 100,
+        scores: np.ndarray | None = None,
     ) -> tuple[Result, bool]:
-        """Evaluate a variant on the test split (cached). Returns (result, computed)."""
-        if not 0.0 < test_fraction <= 1.0:
-            raise SpecError(f"test dataset fraction must be in (0, 1], got {test_fraction}")
-        if spec.is_native and self.source_is_tflite:
-            raise SpecError(f"{self.model_path}: a .tflite source model has no native variant")
+        """Evaluate a variant on the test split (cached). Returns (result, computed).
+
+        `scores`: its `predictions` on this test split, computed already; the accuracy
+        pass is then skipped and only the latency is measured here."""
+        self._check_evaluable(spec, test_fraction)
 
         def build(tmp: Path) -> dict[str, Any]:
             info, store = self._model_info_and_store(spec, progress)
-            pixels, kept = store.pixels_of(self.dataset.test_samples(test_fraction))
-            if not kept:
-                raise SpecError("the test set is empty")
+            pixels, kept = self._test_pixels(store, test_fraction)
             variant: dict[str, Any] = {"calibration_count": 0, "convert_seconds": 0.0,
                                        "file_size_bytes": info["file_size_bytes"]}
             if spec.is_native:
@@ -490,9 +517,12 @@ class Workspace:
                     "convert_seconds": entry.manifest["convert_seconds"],
                     "tflite_key": entry.manifest["key"],
                 }
-            start = time.perf_counter()
-            scores = predict_all(runner, pixels, self.contract, _stage(progress, "evaluate"))
-            eval_seconds = time.perf_counter() - start
+            if scores is None:
+                found = predict_all(runner, pixels, self.contract, _stage(progress, "evaluate"))
+            elif len(scores) == len(kept):
+                found = scores
+            else:
+                raise ValueError(f"{spec.name}: {len(scores)} scores for {len(kept)} images")
             if progress:
                 progress("latency", 0, 1)
             latency = measure_latency(runner, preprocess(np.asarray(pixels[0]), self.contract),
@@ -500,8 +530,8 @@ class Workspace:
             if progress:
                 progress("latency", 1, 1)
             labels = np.array([self.label(s) for s in kept], dtype=np.int64)
-            metrics = compute_metrics(labels, scores, len(self.class_names))
-            top5, top5_scores = top_k(scores)
+            metrics = compute_metrics(labels, found, len(self.class_names))
+            top5, top5_scores = top_k(found)
             details = Details(
                 class_names=self.class_names, image_ids=tuple(s.image_id for s in kept),
                 labels=labels, top5=top5, top5_scores=top5_scores,
@@ -517,7 +547,7 @@ class Workspace:
                 dataset=str(self.dataset.root), dataset_fingerprint=self.dataset.fingerprint,
                 synthetic=self.dataset.synthetic, test_fraction=test_fraction,
                 skipped_images=len(store.bad), param_count=info["param_count"],
-                threads=self.threads, eval_seconds=eval_seconds,
+                threads=self.threads,
                 versions=library_versions(), **variant, **metrics, **latency,
             )
             return {"result": result.to_dict()}

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 from filelock import FileLock
 
 from petq import ahead
-from petq.ahead import ConvertAhead, ConvertTask, convert_task
+from petq.ahead import ConvertAhead, ConvertTask, convert_task, evaluate_run
+from petq.errors import PetqError
 from petq.types import VariantSpec
 from petq.workspace import Workspace
 
@@ -69,3 +71,36 @@ def test_no_process_when_the_main_script_cannot_be_spawned(workspace, monkeypatc
     specs = [VariantSpec.int8(0.5, seed=21), VariantSpec.int8(0.25, seed=21)]
     with ConvertAhead(workspace, specs) as converter:
         assert not converter.active
+
+
+def test_a_run_pairs_converted_variants_and_gives_what_one_at_a_time_gives(tiny_model,
+                                                                          pet_root, tmp_path):
+    specs = [VariantSpec.native(), VariantSpec.fp32(), VariantSpec.int8(0.5, seed=5),
+             VariantSpec.imbint8((99,)), VariantSpec.int8(0.25, seed=5)]
+    ws = Workspace(tiny_model, pet_root, tmp_path / "run", threads=2)
+    for spec in (specs[1], specs[2], specs[4]):
+        ws.tflite(spec)  # all converted: the run has no converter process, so it is idle
+    running, stages = [], []
+
+    def progress_for(names):
+        running.append(tuple(s.name for s in names))
+        return lambda stage, done, total: stages.append((len(names), stage, done, total))
+
+    outcomes = list(evaluate_run(ws, specs, progress_for=progress_for, latency_runs=3))
+    assert [spec for spec, _, _ in outcomes] == specs  # the run's order
+    assert isinstance(outcomes[3][1], PetqError) and "99" in str(outcomes[3][1])
+    assert running[1] == (specs[1].name, specs[2].name)  # side by side, then timed alone
+    n = len(ws.dataset.test)
+    assert (2, "evaluate", 2 * n, 2 * n) in stages
+    assert not any(pair == 2 and stage == "latency" for pair, stage, *_ in stages)
+    alone = Workspace(tiny_model, pet_root, tmp_path / "alone", threads=2)
+    for spec, result, computed in outcomes:
+        if spec is specs[3]:
+            continue
+        expected, _ = alone.evaluate(spec, latency_runs=3)
+        assert computed and result.threads == 2 and result.latency_runs == 3
+        assert result.accuracy == expected.accuracy and result.top5 == expected.top5
+        np.testing.assert_array_equal(ws.details(result.result_key).top5_scores,
+                                      alone.details(expected.result_key).top5_scores)
+    again = list(evaluate_run(ws, specs[:3], progress_for=progress_for))
+    assert [computed for *_, computed in again] == [False, False, False]  # cached

@@ -98,6 +98,16 @@ def test_accuracy_pass_equals_one_predict_per_image(workspace):
         assert predict_all(runner, pixels[:0], workspace.contract).shape == (0, 4)
 
 
+def test_scores_do_not_depend_on_the_interpreter_threads(workspace):
+    """What lets a run compute two accuracy passes side by side on fewer threads."""
+    from petq.types import VariantSpec
+
+    for spec in (VariantSpec.fp32(), VariantSpec.int8(0.5)):
+        one = workspace.predictions(spec, threads=1)
+        np.testing.assert_array_equal(one, workspace.predictions(spec, threads=2))
+        assert one.shape == (len(workspace.dataset.test), 4)
+
+
 def test_native_accuracy_pass_equals_keras_predict(workspace):
     """predict_on_batch in slices of 32 gives exactly `model.predict(x, batch_size=32)`."""
     from petq.data import preprocess
