@@ -92,79 +92,96 @@ if len(spread):
     st.plotly_chart(figures.seed_spread_figure(spread), width="stretch", key="compare_seeds")
     common.table(spread.drop(columns=["values"]), hide_index=True, width="stretch")
 
-# ------------------------------------------------------------------ confusions
+# ------------------------------------------------------------------ one detail at a time
 
-st.subheader("Confusion matrices")
-pair = compare.default_pair(table, reference)
-listed = [r.variant for r in selected]
-a, b = st.columns(2)
-left_name = a.selectbox("Left", listed, index=listed.index(reference), key="compare_cm_left")
-right_name = b.selectbox("Right", listed, index=listed.index(pair), key="compare_cm_right",
-                         help="Default: the variant that agrees least with the reference.")
-left_details = details[by_name[left_name].result_key]
-right_details = details[by_name[right_name].result_key]
-zmax = compare.max_count(left_details, right_details)
-side_by_side = len(left_details.class_names) <= compare.SIDE_BY_SIDE_CLASSES
-if not side_by_side:  # too many breeds for half a page: one above the other, full width
-    a, b = st.container(), st.container()
-a.plotly_chart(figures.confusion_heatmap(left_details, left_name, zmax,
-                                         colorbar=not side_by_side),
-               width="stretch", key="compare_cm_a")
-b.plotly_chart(figures.confusion_heatmap(right_details, right_name, zmax,
-                                         y_labels=not side_by_side),
-               width="stretch", key="compare_cm_b")
-if right_name == left_name:
-    st.caption("Pick two different variants to see their difference.")
-elif not right_details.same_images(left_details):
-    st.caption("These two were evaluated on different test images: no difference to show.")
-else:
-    diff = compare.confusion_difference(right_details, left_details)
-    if not diff.any():
-        st.success(f"`{right_name}` and `{left_name}` have identical confusion matrices.")
+# One of the two detailed sections at a time: with 37 breeds each is several large heatmaps
+# and tables, and the browser draws only the one shown (benchmarks/README.md, section 6).
+DETAILS = ("Per breed", "Confusion matrices")
+shown_detail = st.segmented_control("Detail", DETAILS, default=DETAILS[0], key="compare_detail",
+                                    label_visibility="collapsed") or DETAILS[0]
+
+
+def confusion_matrices() -> None:
+    st.subheader("Confusion matrices")
+    pair = compare.default_pair(table, reference)
+    listed = [r.variant for r in selected]
+    a, b = st.columns(2)
+    left_name = a.selectbox("Left", listed, index=listed.index(reference), key="compare_cm_left")
+    right_name = b.selectbox("Right", listed, index=listed.index(pair), key="compare_cm_right",
+                             help="Default: the variant that agrees least with the reference.")
+    left_details = details[by_name[left_name].result_key]
+    right_details = details[by_name[right_name].result_key]
+    zmax = compare.max_count(left_details, right_details)
+    side_by_side = len(left_details.class_names) <= compare.SIDE_BY_SIDE_CLASSES
+    if not side_by_side:  # too many breeds for half a page: one above the other, full width
+        a, b = st.container(), st.container()
+    a.plotly_chart(figures.confusion_heatmap(left_details, left_name, zmax,
+                                             colorbar=not side_by_side),
+                   width="stretch", key="compare_cm_a")
+    b.plotly_chart(figures.confusion_heatmap(right_details, right_name, zmax,
+                                             y_labels=not side_by_side),
+                   width="stretch", key="compare_cm_b")
+    if right_name == left_name:
+        st.caption("Pick two different variants to see their difference.")
+    elif not right_details.same_images(left_details):
+        st.caption("These two were evaluated on different test images: no difference to show.")
+    else:
+        diff = compare.confusion_difference(right_details, left_details)
+        if not diff.any():
+            st.success(f"`{right_name}` and `{left_name}` have identical confusion matrices.")
+        else:
+            st.plotly_chart(
+                figures.difference_heatmap(diff, right_details.class_names,
+                                           f"{right_name} minus {left_name} (red: more images)"),
+                width="stretch", key="compare_cm_diff",
+            )
+
+
+def per_breed() -> None:
+    st.subheader("Per breed")
+    sensitivity = compare.per_class_sensitivity(
+        [by_name[n] for n in chosen] + [by_name[reference]], details)
+    others = [n for n in chosen if n != reference]
+    if not others:
+        st.plotly_chart(figures.per_class_heatmap(sensitivity), width="stretch",
+                        key="compare_per_class")
     else:
         st.plotly_chart(
-            figures.difference_heatmap(diff, right_details.class_names,
-                                       f"{right_name} minus {left_name} (red: more images)"),
-            width="stretch", key="compare_cm_diff",
+            figures.per_class_heatmap(sensitivity, reference,
+                                      f"Change in per-breed sensitivity from {reference} "
+                                      "(red: lower)"),
+            width="stretch", key="compare_per_class",
         )
-
-# ------------------------------------------------------------------ per breed
-
-st.subheader("Per breed")
-sensitivity = compare.per_class_sensitivity(
-    [by_name[n] for n in chosen] + [by_name[reference]], details)
-others = [n for n in chosen if n != reference]
-if not others:
-    st.plotly_chart(figures.per_class_heatmap(sensitivity), width="stretch",
-                    key="compare_per_class")
-else:
-    st.plotly_chart(
-        figures.per_class_heatmap(sensitivity, reference,
-                                  f"Change in per-breed sensitivity from {reference} "
-                                  "(red: lower)"),
-        width="stretch", key="compare_per_class",
-    )
-    changes = {n: c for n in others
-               if (c := common.breed_changes(ws, by_name[n].result_key, ref_key)) is not None}
-    if changes:
-        victims = list(changes)
-        victim = st.selectbox("Breeds a variant hurts", victims,
-                              index=victims.index(compare.most_hurt(changes)),
-                              key="compare_victim")
-        hurt = compare.hurt_breeds(changes[victim])
-        lower = int((changes[victim]["difference"] < 0).sum())
-        st.caption(
-            f"A breed is hurt when its sensitivity's paired {compare.LEVEL:.0%} interval "
-            f"(Newcombe) lies entirely below zero. `{victim}` lowers {lower} breed(s) against "
-            f"`{reference}`; {len(hurt)} of them beyond chance.")
-        if hurt.empty:
-            st.success(f"`{victim}` hurts no breed beyond chance against `{reference}`.")
+        changes = {n: c for n in others
+                   if (c := common.breed_changes(ws, by_name[n].result_key, ref_key)) is not None}
+        if changes:
+            victims = list(changes)
+            victim = st.selectbox("Breeds a variant hurts", victims,
+                                  index=victims.index(compare.most_hurt(changes)),
+                                  key="compare_victim")
+            hurt = compare.hurt_breeds(changes[victim])
+            lower = int((changes[victim]["difference"] < 0).sum())
+            st.caption(
+                f"A breed is hurt when its sensitivity's paired {compare.LEVEL:.0%} interval "
+                f"(Newcombe) lies entirely below zero. `{victim}` lowers {lower} breed(s) against "
+                f"`{reference}`; {len(hurt)} of them beyond chance.")
+            if hurt.empty:
+                st.success(f"`{victim}` hurts no breed beyond chance against `{reference}`.")
+            else:
+                common.table(hurt.reindex(columns=compare.BREED_VIEW), width="stretch")
+            every = st.expander(f"Every breed, {victim} against {reference}",
+                                key="compare_every_breed", on_change="rerun")
+            if every.open:  # built only when opened: the page loads without it
+                with every:
+                    common.table(changes[victim].reindex(columns=compare.BREED_VIEW),
+                                 width="stretch")
         else:
-            common.table(hurt.reindex(columns=compare.BREED_VIEW), width="stretch")
-        with st.expander(f"Every breed, {victim} against {reference}"):
-            common.table(changes[victim].reindex(columns=compare.BREED_VIEW), width="stretch")
-    else:
-        st.caption("The chosen variants were evaluated on other test images than the "
-                   "reference: no paired per-breed comparison.")
-with st.expander("Per-breed sensitivity, all variants"):
-    st.dataframe(sensitivity, width="stretch")
+            st.caption("The chosen variants were evaluated on other test images than the "
+                       "reference: no paired per-breed comparison.")
+    every_variant = st.expander("Per-breed sensitivity, all variants",
+                                key="compare_sensitivity_table", on_change="rerun")
+    if every_variant.open:  # likewise
+        every_variant.dataframe(sensitivity, width="stretch")
+
+
+(per_breed if shown_detail == DETAILS[0] else confusion_matrices)()
