@@ -35,5 +35,5 @@ variant = st.selectbox("Variant", [r.variant for r in rows], key="report_variant
 row = next(r for r in rows if r.variant == variant)
 text_col, image_col = st.columns([1, 1])
 text_col.markdown(report.metrics_markdown(row))
-image_col.image(report.cached_confusion_png(ws, row.result_key, variant),
+image_col.image(report.cached_confusion_png(ws.cache, row.result_key, variant),
                 caption=f"{variant}-confusion-matrix.png")

@@ -161,7 +161,7 @@ def _prepare_report(ws, result, earlier: list, specs: list[VariantSpec]) -> None
     imported here) and its paired statistics against its reference, once that is in."""
     from petq.report import cached_confusion_png, paired, reference_of
 
-    cached_confusion_png(ws, result.result_key, result.variant)
+    cached_confusion_png(ws.cache, result.result_key, result.variant)
     reference = reference_of(result, earlier)
     if reference is not None and (reference.spec == result.spec.reference
                                   or result.spec.reference not in specs):

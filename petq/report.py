@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
+from petq.cache import Cache, key_of
 from petq.evaluate import agreement
 from petq.results import METRICS, Details, Result
 from petq.stats import (
@@ -409,27 +410,27 @@ def report_files(workspace, rows: list[Result]) -> dict[str, bytes]:
         files[f"{prefix}-metrics.md"] = metrics_markdown(
             row, comparison, reference.variant if reference else None).encode()
         files[f"{prefix}-confusion-matrix.png"] = cached_confusion_png(
-            workspace, row.result_key, prefix
+            workspace.cache, row.result_key, prefix
         )
     files["comparisons.csv"] = comparisons_csv(compared).encode()
     return files
 
 
-def cached_confusion_png(workspace, result_key: str, title: str) -> bytes:
+def cached_confusion_png(cache: Cache, result_key: str, title: str) -> bytes:
     """`confusion_png` of a cached result, drawn once and kept in the cache (`figures/`)."""
     from importlib import metadata
-
-    from petq.cache import key_of
 
     key = key_of({"v": FIGURE_VERSION, "result": result_key, "title": title,
                   "matplotlib": metadata.version("matplotlib")})  # fmt: skip
 
     def build(tmp: Path) -> dict[str, Any]:
-        png = confusion_png(workspace.details(result_key), title)
-        (tmp / "confusion.png").write_bytes(png)
+        entry = cache.get("results", result_key, verify=False)
+        if entry is None:
+            raise KeyError(f"no cached result {result_key}")
+        (tmp / "confusion.png").write_bytes(confusion_png(Details.read(entry), title))
         return {"result_key": result_key, "title": title}
 
-    entry, _ = workspace.cache.get_or_build("figures", key, build)
+    entry, _ = cache.get_or_build("figures", key, build)
     return entry.file("confusion.png").read_bytes()
 
 

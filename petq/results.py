@@ -8,6 +8,7 @@ once (label, format, which direction is better) for the CLI, the reports and the
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -150,6 +151,13 @@ class Details:
                 "confusion_matrix": self.confusion_matrix.tolist(),
                 "per_class_precision": floats(self.per_class_precision),
                 "per_class_sensitivity": floats(self.per_class_sensitivity)}
+
+    @classmethod
+    def read(cls, entry) -> Details:
+        """The details of a result's cache entry (`details.json`, `predictions.npz`)."""
+        with np.load(entry.file("predictions.npz")) as predictions:
+            return cls.from_parts(json.loads(entry.file("details.json").read_text()),
+                                  predictions["top5"], predictions["top5_scores"])
 
     @classmethod
     def from_parts(cls, data: dict[str, Any], top5: np.ndarray, top5_scores: np.ndarray

@@ -150,7 +150,7 @@ def _work_on(ws, reporter: _Reporter, variant: dict[str, Any], outcome,
             raise outcome
         spec, key = outcome.spec, outcome.result_key
         reporter.progress("figures", 0, 1)
-        cached_confusion_png(ws, key, spec.name)  # the report's, drawn now
+        cached_confusion_png(ws.cache, key, spec.name)  # the report's, drawn now
         reporter.progress("timing", 0, 1)
         ws.time_against_reference(spec)  # the report's speed sentence, timed now
         reporter.progress("statistics", 0, 1)
@@ -185,7 +185,7 @@ def _work_on_ray(ws, reporter: _Reporter, todo: dict[VariantSpec, dict[str, Any]
             variant = todo[cell.spec]
             if cell.ok:
                 variant.update(status="done", result_key=cell.result.result_key)
-                cached_confusion_png(ws, cell.result.result_key, cell.spec.name)
+                cached_confusion_png(ws.cache, cell.result.result_key, cell.spec.name)
             else:
                 variant.update(status="failed", error=cell.error)
                 errors.append(f"{cell.spec.name}: {cell.error}")

@@ -650,9 +650,7 @@ class Workspace:
         entry = self.cache.get("results", result_key, verify=False)
         if entry is None:
             raise KeyError(f"no cached result {result_key}")
-        with np.load(entry.file("predictions.npz")) as predictions:
-            return Details.from_parts(json.loads(entry.file("details.json").read_text()),
-                                      predictions["top5"], predictions["top5_scores"])
+        return Details.read(entry)
 
 
 def _read_result(entry: Entry) -> Result:

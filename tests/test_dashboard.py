@@ -831,7 +831,7 @@ def test_report_redraws_no_confusion_matrix(monkeypatch, tiny_model, pet_root, t
     cache = tmp_path / "cache"
     ws = Workspace(tiny_model, pet_root, cache, threads=1)
     rows = [ws.evaluate(spec, latency_runs=3)[0] for spec in FILLED[:2]]
-    report.cached_confusion_png(ws, rows[0].result_key, rows[0].variant)  # as a job's worker
+    report.cached_confusion_png(ws.cache, rows[0].result_key, rows[0].variant)  # as a job's worker
     drawn = []
     draw = report.confusion_png
 
