@@ -4,8 +4,12 @@
    accuracy pass (`petq.evaluate.predict_all`, from the decoded store) against a
    bare loop of set_tensor + invoke + get_tensor on pre-made, pre-quantized inputs.
 2. The lab's full task set through the CLI, cold (empty cache) and warm (rerun).
+3. With --side-by-side: two variants' accuracy passes (`Workspace.predictions`) one after
+   the other on all threads, against both at once on half the threads each, as
+   `petq.ahead.evaluate_run` runs them once the converter process is idle.
 
 Usage: python benchmarks/bench_eval.py [--variant tflite-int8-0.08] [--model M] [--skip-cli]
+       python benchmarks/bench_eval.py --side-by-side [--variant V] [--other V2]
 Runs on the embedded demo (demo model + synthetic dataset) by default.
 `--model lab-architecture` times the overhead on the lab's architecture instead
 (MobileNetV2 at 224x224 + the lab's head, untrained: the same work per image as
@@ -85,6 +89,36 @@ def bench_overhead(variant: str, repeats: int, threads: int | None, model: str |
           f"median {np.median(paired):.3f}, range {paired.min():.3f}-{paired.max():.3f}")
 
 
+def bench_side_by_side(variant: str, other: str, repeats: int, threads: int | None) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    ws = default_workspace(threads=threads)
+    pair = (VariantSpec.from_name(variant), VariantSpec.from_name(other))
+    for spec in pair:
+        ws.predictions(spec)  # converted and warm
+    half = max(1, ws.threads // 2)
+
+    def one_after_the_other() -> float:
+        start = time.perf_counter()
+        for spec in pair:
+            ws.predictions(spec)
+        return time.perf_counter() - start
+
+    def side_by_side() -> float:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda spec: ws.predictions(spec, threads=half), pair))
+        return time.perf_counter() - start
+
+    serial, both = [], []
+    for _ in range(repeats):  # interleaved
+        serial.append(one_after_the_other())
+        both.append(side_by_side())
+    print(f"{variant} and {other}, {len(ws.dataset.test)} test images each, best of {repeats}")
+    print(f"  one after the other, {ws.threads} thread(s) each: {min(serial):.2f} s")
+    print(f"  side by side, {half} thread(s) each:           {min(both):.2f} s")
+
+
 def bench_cli(threads: int | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "petq", "experiments", "--tasks", "all",
@@ -106,9 +140,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--model", help="a .keras model, or lab-architecture (default: demo)")
     parser.add_argument("--skip-cli", action="store_true")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="time two accuracy passes side by side (section 3) and stop")
+    parser.add_argument("--other", default="tflite-int8-0.3",
+                        help="the second variant of --side-by-side")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
+    if args.side_by_side:
+        bench_side_by_side(args.variant, args.other, args.repeats, args.threads)
+        return
     bench_overhead(args.variant, args.repeats, args.threads, args.model)
     if not args.skip_cli:
         bench_cli(args.threads)
