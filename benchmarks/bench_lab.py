@@ -17,6 +17,7 @@ Usage:
   python benchmarks/bench_lab.py --small         # 10 + 10 per class, a smoke run
   python benchmarks/bench_lab.py --skip-baseline # petq alone (time per stage)
   python benchmarks/bench_lab.py --decode        # decoding alone: one thread, threads, processes
+  python benchmarks/bench_lab.py --read-ahead    # the store's decode from a cold page cache (root)
 Everything is written under benchmarks/out/ (ignored by git).
 """
 
@@ -37,6 +38,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # --decode and --read-ahead import petq from this checkout
 OUT = ROOT / "benchmarks" / "out"
 DEMO_MODEL = ROOT / "models" / "petq-demo.keras"
 VARIANTS = ("native", "tflite-fp32", "tflite-int8-0.01", "tflite-int8-0.08", "tflite-int8-0.3",
@@ -250,6 +252,35 @@ def bench_decode(dataset: Path, counts: list[int], repeats: int) -> None:
             del pixels
 
 
+def bench_read_ahead(dataset: Path, repeats: int) -> None:
+    """The store's threaded decode of every image with the page cache dropped first (as
+    after a reboot, or once other files pushed the images out), with and without reading
+    the files ahead (`petq.store.prefetch`); then once more warm. Needs root."""
+    import numpy as np
+
+    from petq.data import PetDataset
+    from petq.store import decode_into
+
+    pets = PetDataset.load(dataset)
+    paths = [str(pets.image_path(s.image_id)) for s in pets.trainval + pets.test]
+    size = (224, 224)
+    pixels = np.empty((len(paths), *size, 3), np.uint8)
+
+    def timed(read_ahead: bool, cold: bool = True) -> float:
+        if cold:
+            os.sync()
+            Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        start = time.perf_counter()
+        decode_into(pixels, paths, size, read_ahead=read_ahead)
+        return time.perf_counter() - start
+
+    print(f"{len(paths)} images, the store's threads, page cache dropped before each; seconds")
+    for _ in range(repeats):  # interleaved
+        print(f"  without read-ahead {timed(False):6.2f}   with read-ahead {timed(True):6.2f}",
+              flush=True)
+    print(f"  warm (files cached), with read-ahead {timed(True, cold=False):6.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="10 + 10 images per class")
@@ -261,13 +292,18 @@ def main() -> int:
                         help="keep petq's fresh cache folder (removed by default)")
     parser.add_argument("--decode", type=int, nargs="*", metavar="N",
                         help="time decoding N images (default: 32 64 128 512 2048) and stop")
-    parser.add_argument("--repeats", type=int, default=3, help="for --decode")
+    parser.add_argument("--repeats", type=int, default=3, help="for --decode, --read-ahead")
+    parser.add_argument("--read-ahead", action="store_true",
+                        help="time the store's decode from a cold page cache (needs root)")
     args = parser.parse_args()
     trainval, test = (10, 10) if args.small else (args.trainval_per_class, args.test_per_class)
     OUT.mkdir(parents=True, exist_ok=True)
     dataset = synthetic_dataset(trainval, test)
     if args.decode is not None:
         bench_decode(dataset, args.decode or [32, 64, 128, 512, 2048], args.repeats)
+        return 0
+    if args.read_ahead:
+        bench_read_ahead(dataset, args.repeats)
         return 0
     tag = f"{trainval}x{test}"
     print(f"dataset {dataset} ({37 * trainval} trainval + {37 * test} test images), model "

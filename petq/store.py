@@ -113,6 +113,7 @@ def decode_into(
     size: tuple[int, int],
     progress: Progress | None = None,
     workers: int | None = None,
+    read_ahead: bool = True,
 ) -> dict[int, str]:
     """Decode `paths[i]` into `pixels[i]` (uint8, resized to `size`); return {row: reason}
     for the images that cannot be decoded (their rows are left as they were).
@@ -120,7 +121,8 @@ def decode_into(
     With `workers` > 1 (default: `decode_workers()`) and at least PARALLEL_MIN_IMAGES
     images, chunks of DECODE_CHUNK images are decoded by that many threads; each
     thread writes its own rows, so the result is the same as decoding in order.
-    `progress(done, total)` is called in the calling thread after each chunk.
+    `progress(done, total)` is called in the calling thread after each chunk. With
+    threads, the files are read ahead (`prefetch`) unless `read_ahead` is False.
     """
     total = len(paths)
     workers = decode_workers() if workers is None else max(1, workers)
@@ -133,7 +135,7 @@ def decode_into(
     failed: dict[int, str] = {}
     done = 0
     pool = None
-    if workers > 1 and total >= PARALLEL_MIN_IMAGES:
+    if read_ahead and workers > 1 and total >= PARALLEL_MIN_IMAGES:
         threading.Thread(target=prefetch, args=(paths,), name="petq-prefetch",
                          daemon=True).start()
     with warnings.catch_warnings():
