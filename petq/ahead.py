@@ -27,7 +27,7 @@ import os
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +37,14 @@ from petq.errors import PetqError
 from petq.types import VariantSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
 
     from petq.results import Result
+    from petq.workspace import Stage
 
-Stage = Callable[[str, int, int], None]
-ProgressFor = Callable[[tuple[VariantSpec, ...]], Stage | None]
+    ProgressFor = Callable[[tuple[VariantSpec, ...]], Stage | None]  # one spec or a pair
 
 
 @dataclass(frozen=True)
