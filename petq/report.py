@@ -447,8 +447,15 @@ def write_reports(workspace, rows: list[Result], results_path: Path) -> list[Pat
 
 
 def report_zip(workspace, rows: list[Result]) -> bytes:
+    """The report files in one zip, the same bytes for the same results: each file is
+    stamped with the newest result's time, not the time of zipping."""
+    import time
+
+    stamp = time.localtime(max((r.created for r in rows), default=0.0))[:6]
+    stamp = max(stamp, (1980, 1, 1, 0, 0, 0))  # the earliest time a zip entry can hold
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in report_files(workspace, rows).items():
-            archive.writestr(f"petq-report/{name}", data)
+            entry = zipfile.ZipInfo(f"petq-report/{name}", date_time=stamp)
+            archive.writestr(entry, data, compress_type=zipfile.ZIP_DEFLATED)
     return buffer.getvalue()

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -849,6 +850,9 @@ def test_report_redraws_no_confusion_matrix(monkeypatch, tiny_model, pet_root, t
     assert drawn == [rows[1].variant]  # the one no worker drew, once
     second = report.report_zip(ws, rows)
     assert drawn == [rows[1].variant] and first == second
+    newest = time.localtime(max(r.created for r in rows))[:6]  # not the time of zipping
+    stamps = {i.date_time for i in zipfile.ZipFile(io.BytesIO(first)).infolist()}
+    assert stamps == {(*newest[:5], newest[5] // 2 * 2)}  # zip keeps even seconds
     assert len(list(ws.cache.entries("figures"))) == 2
     at.selectbox(key="report_variant").set_value(rows[1].variant).run()
     assert_clean(at)
