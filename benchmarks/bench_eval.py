@@ -66,7 +66,7 @@ def bench_overhead(variant: str, repeats: int, threads: int | None, model: str |
     ws = default_workspace(model_path=model, threads=threads)
     spec = VariantSpec.from_name(variant)
     entry, _ = ws.tflite(spec)
-    store = ws.store()
+    store = ws.store("test")
     pixels, kept = store.pixels_of(ws.dataset.test_samples())
     runner = LiteRTRunner(entry.file("model.tflite"), ws.threads)
     premade = runner.quantize(preprocess(np.asarray(pixels), ws.contract))

@@ -231,7 +231,7 @@ def main() -> int:
     dataset = PetDataset.load(args.dataset_root)
     contract = load_contract(args.model_path)
     cache = Cache(ROOT / "benchmarks" / "out" / "probe-cache")
-    store = load_store(dataset, contract.input_size, cache)
+    store = load_store(dataset, contract.input_size, cache, "trainval")
     if args.lab_set:
         lab_set(args.model_path, dataset, contract, store, max(args.extremes), args.find_batch)
         return 0

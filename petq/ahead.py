@@ -124,6 +124,7 @@ class ConvertAhead:
     def __init__(self, ws, specs: Iterable[VariantSpec]):
         self._pool = None
         self._futures: list[Future] = []
+        self.calibrates = False  # whether the converter process needs the trainval images
         specs = list(dict.fromkeys(specs))
         ws.share_calibration(specs)  # here and in the converter process
         if (os.cpu_count() or 1) < 2 or not _spawn_can_start():
@@ -132,6 +133,7 @@ class ConvertAhead:
                 and _to_convert(ws, s)]
         if len(todo) < self.MIN_CONVERSIONS:
             return
+        self.calibrates = any(s.recipe.calibrates for s in todo)
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -186,6 +188,12 @@ def evaluate_run(ws, specs: Iterable[VariantSpec], test_fraction: float = 1.0,
     """
     specs = list(dict.fromkeys(specs))
     with ConvertAhead(ws, specs) as ahead:
+        if ahead.calibrates:  # the converter process waits for these images: decode them first
+            try:
+                ws.prepare(specs[0], progress_for((specs[0],)) if progress_for else None,
+                           calibration_first=True)
+            except PetqError:
+                pass  # met again by the first spec's evaluation, which reports it
         queue = deque(specs)
         while queue:
             pair: tuple[VariantSpec, ...] = (queue.popleft(),)

@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
@@ -21,6 +22,7 @@ TEST_SPLIT_SEED = 12345  # the lab's seed for --test-dataset-fraction
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit (89.5 MP)
 Progress = Callable[[int, int], None]
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # Keras' caffe mode: ImageNet means, BGR order
+Split = Literal["trainval", "test"]  # trainval calibrates (and trains), test evaluates
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,9 @@ class PetDataset:
     def present_classes(self) -> tuple[int, ...]:
         """Sorted labels that have trainval or test images (the others are placeholders)."""
         return tuple(sorted({s.label for s in self.trainval} | {s.label for s in self.test}))
+
+    def split(self, name: Split) -> tuple[Sample, ...]:
+        return self.trainval if name == "trainval" else self.test
 
     def image_path(self, image_id: str) -> Path:
         return self.root / "images" / f"{image_id}.jpg"

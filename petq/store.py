@@ -1,7 +1,8 @@
-"""Decoded-image store: every dataset image decoded once per input size, memory-mapped.
+"""Decoded-image stores: each split's images decoded once per input size, memory-mapped.
 
-Calibration, evaluation and training read uint8 pixels from here instead of
-decoding JPEGs again for every variant. A large store is decoded by a few
+Calibration reads the trainval store, evaluation the test store: uint8 pixels
+instead of decoding JPEGs again for every variant, and a run that only evaluates
+decodes only the test images. A large store is decoded by a few
 threads at once: Pillow releases the GIL while it decodes and resizes, so the
 threads run in parallel, and the bytes are the same as one thread's.
 """
@@ -21,10 +22,10 @@ import numpy as np
 from PIL import Image
 
 from petq.cache import Cache, key_of
-from petq.data import PetDataset, Sample, decode, open_image
+from petq.data import PetDataset, Sample, Split, decode, open_image
 from petq.errors import ImageError
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: one store per split
 Progress = Callable[[int, int], None]
 DECODE_CHUNK = 32  # images per task: the unit of work and of progress calls
 PARALLEL_MIN_IMAGES = 2 * DECODE_CHUNK  # fewer: decoded in the calling thread (one chunk)
@@ -33,7 +34,7 @@ MAX_DECODE_WORKERS = 8
 
 @dataclass
 class DecodedStore:
-    """uint8 pixels (N, H, W, 3) for every trainval and test image, by image id."""
+    """uint8 pixels (N, H, W, 3) for every image of one split, by image id."""
 
     pixels: np.ndarray
     index: dict[str, int]
@@ -53,10 +54,10 @@ class DecodedStore:
         return self.pixels[rows], kept
 
 
-def store_key(dataset: PetDataset, size: tuple[int, int]) -> str:
+def store_key(dataset: PetDataset, size: tuple[int, int], split: Split) -> str:
     return key_of(
         {"v": STORE_VERSION, "root": str(dataset.root.resolve()), "lists": dataset.fingerprint,
-         "images": dataset.images_stamp, "size": list(size)}
+         "images": dataset.images_stamp, "size": list(size), "split": split}
     )
 
 
@@ -64,17 +65,18 @@ def load_store(
     dataset: PetDataset,
     size: tuple[int, int],
     cache: Cache,
+    split: Split,
     progress: Progress | None = None,
     workers: int | None = None,
 ) -> DecodedStore:
-    """Open the store for (dataset, size), decoding every image first if needed.
+    """Open the store of one split for (dataset, size), decoding its images first if needed.
 
     Images that cannot be decoded are skipped with one counted warning; their
     ids and reasons are kept in `bad`. `workers`: decoding threads (see `decode_into`).
     """
 
     def build(tmp: Path) -> dict:
-        samples = list(dict.fromkeys(dataset.trainval + dataset.test))
+        samples = list(dict.fromkeys(dataset.split(split)))
         height, width = size
         pixels = np.lib.format.open_memmap(
             tmp / "pixels.npy", mode="w+", dtype=np.uint8, shape=(len(samples), height, width, 3)
@@ -86,16 +88,16 @@ def load_store(
         del pixels
         index = {s.image_id: i for i, s in enumerate(samples)}
         (tmp / "index.json").write_text(json.dumps({"index": index, "bad": bad}))
-        return {"dataset": str(dataset.root), "size": list(size), "count": len(samples),
-                "bad": len(bad)}
+        return {"dataset": str(dataset.root), "split": split, "size": list(size),
+                "count": len(samples), "bad": len(bad)}
 
-    entry, _ = cache.get_or_build("decoded", store_key(dataset, size), build)
+    entry, _ = cache.get_or_build("decoded", store_key(dataset, size, split), build)
     meta = json.loads(entry.file("index.json").read_text())
     if meta["bad"]:
         shown = "; ".join(list(meta["bad"].values())[:3])
         warnings.warn(
-            f"{len(meta['bad'])} image(s) in {dataset.root} could not be decoded and are "
-            f"skipped: {shown}",
+            f"{len(meta['bad'])} image(s) of {dataset.root}'s {split} split could not be "
+            f"decoded and are skipped: {shown}",
             stacklevel=2,
         )
     pixels = np.load(entry.file("pixels.npy"), mmap_mode="r")

@@ -387,8 +387,10 @@ def run_sweep(
         if session is not None:
             for model in models:
                 session.check_nodes([model, dataset, cache], local["versions"])
-        for ws in spaces.values():
-            ws.store()  # decoded once here (once per input size), so the tasks only read it
+        calibrates = any(spec.recipe.calibrates for spec in specs)
+        for ws in spaces.values():  # decoded once here (per input size): the tasks only read
+            for split in ("trainval", "test") if calibrates else ("test",):
+                ws.store(split)
         cells = [Cell(spec, model) for model in models for spec in specs]
         for cell in cells:
             cached = spaces[cell.model].cached_result(cell.spec, test_fraction)

@@ -24,7 +24,7 @@ import numpy as np
 from petq import __version__ as petq_version
 from petq.cache import Cache, Entry, key_of, sha256_file, write_bytes_atomic
 from petq.calibration import SharedGroups
-from petq.data import PetDataset, Sample, class_index, preprocess
+from petq.data import PetDataset, Sample, Split, class_index, preprocess
 from petq.errors import ModelError, PetqError, SpecError
 from petq.evaluate import compute_metrics, measure_latency, predict_all
 from petq.results import Details, Result, top_k
@@ -90,7 +90,7 @@ class Workspace:
         self.dataset = PetDataset.load(dataset_root)
         self.cache = Cache(cache_root)
         self.threads = threads or default_threads()
-        self._store: DecodedStore | None = None
+        self._stores: dict[Split, DecodedStore] = {}
         self._keras: KerasRunner | None = None
         self._calibrations: dict[Calibration, list[Sample]] = {}
         self._shared = SharedGroups(self.model_path, self._calibration_ids, self._inputs)
@@ -196,20 +196,27 @@ class Workspace:
 
     # ------------------------------------------------------------ data
 
-    def store(self, progress: Stage | None = None) -> DecodedStore:
-        if self._store is None:
-            self._store = load_store(
-                self.dataset, self.contract.input_size, self.cache, _stage(progress, "decode")
-            )
-        return self._store
+    def store(self, split: Split, progress: Stage | None = None) -> DecodedStore:
+        """One split's decoded images: trainval calibrates, test evaluates."""
+        if split not in self._stores:
+            self._stores[split] = load_store(self.dataset, self.contract.input_size,
+                                             self.cache, split, _stage(progress, "decode"))
+        return self._stores[split]
 
-    def _model_info_and_store(self, spec: VariantSpec, progress: Stage | None
-                              ) -> tuple[dict[str, Any], DecodedStore]:
-        """The model's facts and the decoded store. When the store is still to come (a
-        cold run), the model is read in a thread (TensorFlow's import alone takes seconds),
-        and for the native variant its runner made, while this thread decodes."""
-        if self._store is not None:
-            return self.model_info(), self._store
+    def prepare(self, spec: VariantSpec, progress: Stage | None = None,
+                calibration_first: bool = False) -> tuple[dict[str, Any], DecodedStore]:
+        """The model's facts and the test images' store, before `spec` is evaluated.
+
+        When a store is still to come (a cold run), the model is read in a thread
+        (TensorFlow's import alone takes seconds), and for the native variant its runner
+        made, while this thread decodes: with `calibration_first`, the trainval images
+        first (a converter process waits for them to calibrate: petq.ahead), then the
+        test images, counted as one "decode" stage.
+        """
+        splits: list[Split] = ["trainval", "test"] if calibration_first else ["test"]
+        missing = [split for split in splits if split not in self._stores]
+        if not missing:
+            return self.model_info(), self._stores["test"]
         from concurrent.futures import ThreadPoolExecutor
 
         def read() -> dict[str, Any]:
@@ -217,16 +224,21 @@ class Workspace:
                 self.keras_runner()  # loaded once: model_info reads this one
             return self.model_info()
 
-        def decoding(stage: str, done: int, total: int) -> None:
+        total = sum(len(self.dataset.split(split)) for split in missing)
+        before = 0  # images of the splits decoded already
+
+        def decoding(stage: str, done: int, _: int) -> None:
             if info.done() and info.exception() is not None:
                 raise info.exception()  # a bad model file: say so now, not after decoding
             if progress:
-                progress(stage, done, total)
+                progress(stage, before + done, total)
 
         with ThreadPoolExecutor(1, thread_name_prefix="petq-model") as pool:
             info = pool.submit(read)
-            store = self.store(decoding)
-            return info.result(), store
+            for split in missing:
+                self.store(split, decoding)
+                before += len(self.dataset.split(split))
+            return info.result(), self._stores["test"]
 
     def calibration_samples(self, spec: VariantSpec) -> list[Sample]:
         """The trainval images that calibrate a static variant (never test images); picked
@@ -282,7 +294,7 @@ class Workspace:
             calibration = None
             kept: list[Sample] = []
             if samples:
-                store = self.store(progress)
+                store = self.store("trainval", progress)
                 rows, kept = store.rows(samples)
                 if not kept:
                     raise SpecError(f"{spec.name}: the calibration set is empty")
@@ -335,10 +347,11 @@ class Workspace:
 
     def _calibration_ids(self, spec: VariantSpec) -> list[str]:
         """The ids of a spec's decodable calibration images."""
-        return [s.image_id for s in self.store().rows(self.calibration_samples(spec))[1]]
+        store = self.store("trainval")
+        return [s.image_id for s in store.rows(self.calibration_samples(spec))[1]]
 
     def _inputs(self, ids: Iterable[str]) -> Iterator[np.ndarray]:
-        store = self.store()
+        store = self.store("trainval")
         return (preprocess(store.pixels[store.index[i]], self.contract) for i in ids)
 
     def fp32_tflite(self, progress: Stage | None = None) -> bytes:
@@ -373,12 +386,12 @@ class Workspace:
             from petq.layers import converter_layer_stats, model_layer_stats
 
             start = time.perf_counter()
-            store = self.store(progress)
-            pixels, _ = store.pixels_of(debug_samples)
+            pixels, _ = self.store("test", progress).pixels_of(debug_samples)
             debug = [preprocess(np.asarray(p), self.contract) for p in pixels]
             if progress:
                 progress("layers", 0, 1)
             if per_layer:
+                store = self.store("trainval", progress)
                 rows, _ = store.rows(self.calibration_samples(spec))
                 calibration = (preprocess(store.pixels[r], self.contract) for r in rows)
                 stats = converter_layer_stats(self.model_path, calibration, debug,
@@ -468,7 +481,7 @@ class Workspace:
         thread count (tests/test_evaluate.py checks), so a run may compute two variants'
         side by side and time each alone afterwards (`evaluate(..., scores=)`)."""
         self._check_evaluable(spec, test_fraction)
-        _, store = self._model_info_and_store(spec, progress)
+        _, store = self.prepare(spec, progress)
         pixels, _ = self._test_pixels(store, test_fraction)
         return predict_all(self.runner(spec, progress, threads), pixels, self.contract,
                            _stage(progress, "evaluate"))
@@ -501,7 +514,7 @@ class Workspace:
         self._check_evaluable(spec, test_fraction)
 
         def build(tmp: Path) -> dict[str, Any]:
-            info, store = self._model_info_and_store(spec, progress)
+            info, store = self.prepare(spec, progress)
             pixels, kept = self._test_pixels(store, test_fraction)
             variant: dict[str, Any] = {"calibration_count": 0, "convert_seconds": 0.0,
                                        "file_size_bytes": info["file_size_bytes"]}
@@ -568,7 +581,7 @@ class Workspace:
                       "threads": self.threads, "versions": library_versions()})
 
         def build(tmp: Path) -> dict[str, Any]:
-            store = self.store()
+            store = self.store("test")
             x = preprocess(np.asarray(store.pixels[0]), self.contract)
             runners = [self.runner(a), self.runner(b)]
             for runner in runners:

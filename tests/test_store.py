@@ -98,18 +98,33 @@ def test_store_files_are_identical_whatever_the_thread_count(broken_tree, tmp_pa
     built = []
     for workers in (1, 3):
         cache = Cache(tmp_path / f"cache-{workers}")
-        with pytest.warns(UserWarning, match="3 image\\(s\\) .* could not be decoded"):
-            decoded = load_store(dataset, SIZE, cache, workers=workers)
-        entry = cache.get("decoded", store.store_key(dataset, SIZE))
-        built.append((decoded, entry.file("pixels.npy").read_bytes(),
-                      entry.file("index.json").read_bytes()))
-    (one, one_pixels, one_index), (many, many_pixels, many_index) = built
-    assert many_pixels == one_pixels
-    assert many_index == one_index
-    assert many.bad == one.bad and len(many.bad) == 3
+        with pytest.warns(UserWarning, match="2 image\\(s\\) .*trainval split could not be"):
+            load_store(dataset, SIZE, cache, "trainval", workers=workers)
+        with pytest.warns(UserWarning, match="1 image\\(s\\) .*test split could not be"):
+            decoded = load_store(dataset, SIZE, cache, "test", workers=workers)
+        entries = [cache.get("decoded", store.store_key(dataset, SIZE, split))
+                   for split in ("trainval", "test")]
+        built.append((decoded, [entry.file(name).read_bytes() for entry in entries
+                                for name in ("pixels.npy", "index.json")]))
+    (one, one_files), (many, many_files) = built
+    assert many_files == one_files
+    assert many.bad == one.bad and list(many.bad) == ["beagle_12"]  # the test split's own
     rows, kept = many.rows(dataset.test)
-    assert len(kept) == len(dataset.test) - 1  # beagle_12 is a test image
+    assert len(kept) == len(dataset.test) - 1
     assert np.array_equal(many.pixels[rows], one.pixels[rows])
+
+
+def test_each_split_is_its_own_store(pet_root, tmp_path):
+    dataset = PetDataset.load(pet_root)
+    cache = Cache(tmp_path / "cache")
+    test = load_store(dataset, SIZE, cache, "test")
+    assert cache.get("decoded", store.store_key(dataset, SIZE, "trainval")) is None  # not yet
+    assert list(test.index) == [s.image_id for s in dataset.test]
+    trainval = load_store(dataset, SIZE, cache, "trainval")
+    assert list(trainval.index) == [s.image_id for s in dataset.trainval]
+    sample = dataset.trainval[5]
+    np.testing.assert_array_equal(trainval.pixels[trainval.index[sample.image_id]],
+                                  decode(open_image(dataset.image_path(sample.image_id)), SIZE))
 
 
 def test_progress_counts_every_image_once_in_the_calling_thread(pet_root, many_chunks):
@@ -171,9 +186,9 @@ def test_decompression_bombs_stay_refused_in_threads(tmp_path, many_chunks, monk
 
 def test_consecutive_samples_are_a_view_of_the_store_and_others_a_copy(pet_root, tmp_path):
     dataset = PetDataset.load(pet_root)
-    decoded = load_store(dataset, (32, 32), Cache(tmp_path / "cache"))
+    decoded = load_store(dataset, (32, 32), Cache(tmp_path / "cache"), "test")
     test = dataset.test_samples()
-    pixels, kept = decoded.pixels_of(test)  # the test split sits after trainval, in order
+    pixels, kept = decoded.pixels_of(test)  # the whole split, in order
     assert np.shares_memory(pixels, decoded.pixels)
     rows, _ = decoded.rows(test)
     np.testing.assert_array_equal(pixels, decoded.pixels[rows])

@@ -311,3 +311,46 @@ def test_a_cold_native_evaluation_reads_the_model_once(tiny_model, pet_root, tmp
     ws.evaluate(VariantSpec.native(), latency_runs=3)
     assert len(loads) == 1  # the runner's model also gives the model's info
     assert ws.model_info()["num_classes"] == len(ws.class_names)
+
+
+def decoded_splits(ws: Workspace) -> list[str]:
+    """The splits whose stores are in the workspace's cache."""
+    from petq.store import store_key
+
+    size = ws.contract.input_size
+    return [split for split in ("trainval", "test")
+            if ws.cache.get("decoded", store_key(ws.dataset, size, split)) is not None]
+
+
+def test_a_run_that_only_evaluates_decodes_only_the_test_images(tiny_model, pet_root,
+                                                                 tmp_path):  # fmt: skip
+    ws = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)
+    ws.evaluate(VariantSpec.native(), latency_runs=3)
+    assert decoded_splits(ws) == ["test"]
+    ws.tflite(VariantSpec.int8(0.5))  # calibrating needs the trainval images
+    assert decoded_splits(ws) == ["trainval", "test"]
+
+
+def test_calibration_images_first_then_the_test_images_as_one_stage(tiny_model, pet_root,
+                                                                     tmp_path, monkeypatch):
+    import petq.workspace as workspace
+
+    loaded = []
+    real = workspace.load_store
+    monkeypatch.setattr(workspace, "load_store",
+                        lambda *args, **kw: loaded.append(args[3]) or real(*args, **kw))
+    ws = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)
+    calls = []
+    info, test = ws.prepare(VariantSpec.native(), lambda *call: calls.append(call),
+                            calibration_first=True)
+    assert loaded == ["trainval", "test"]
+    assert list(test.index) == [s.image_id for s in ws.dataset.test]
+    total = len(ws.dataset.trainval) + len(ws.dataset.test)
+    assert {stage for stage, _, _ in calls} == {"decode"}
+    assert {t for _, _, t in calls} == {total}
+    done = [d for _, d, _ in calls]
+    assert done == sorted(done) and done[-1] == total
+    assert info["num_classes"] == len(ws.class_names)
+    assert ws.prepare(VariantSpec.fp32(), lambda *call: calls.append(call),
+                      calibration_first=True)[1] is test  # nothing decoded again
+    assert len(loaded) == 2
