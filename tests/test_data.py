@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from conftest import CLASSES, TEST_PER_CLASS, TRAINVAL_PER_CLASS
 from petq.data import (
@@ -116,8 +116,11 @@ def test_open_image_handles_modes_and_exif_rotation():
     rotated = Image.new("RGB", (40, 20), (0, 255, 0))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees on display
-    upright = open_image(_encoded(rotated, "JPEG", exif=exif.tobytes()))
+    encoded = _encoded(rotated, "JPEG", exif=exif.tobytes())
+    upright = open_image(encoded)
     assert upright.size == (20, 40)
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(encoded))).convert("RGB")
+    assert upright.tobytes() == expected.tobytes()
 
 
 def test_bad_images_raise_clear_errors(tmp_path):
