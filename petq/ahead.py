@@ -15,7 +15,9 @@ Once the converter process has nothing left to do, `evaluate_run` gives the two
 variants next in line their accuracy passes side by side, on half the interpreter
 threads each, and then times each alone: two INT8 passes of the demo take 0.98 s one
 after the other on two threads each and 0.58 s side by side on one thread each
-(`python benchmarks/bench_eval.py --side-by-side`).
+(`python benchmarks/bench_eval.py --side-by-side`). The second pass runs in the
+converter process when there is one: its own interpreter loop, not a second thread
+contending for this process's GIL.
 
 Measured in benchmarks/README.md (section 5).
 """
@@ -65,6 +67,28 @@ def _workspace(model_path: str, dataset_root: str, cache_root: str, preprocessin
     from petq.workspace import Workspace
 
     return Workspace(model_path, dataset_root, cache_root, 1, preprocessing)
+
+
+@dataclass(frozen=True)
+class PassTask:
+    """One variant's accuracy pass in the converter process (`Workspace.predictions`)."""
+
+    model_path: str
+    dataset_root: str
+    cache_root: str
+    spec: dict
+    test_fraction: float
+    preprocessing: str | None = None
+
+
+def pass_task(task: PassTask) -> np.ndarray | str:
+    """The variant's scores on one interpreter thread, or the error's text."""
+    try:
+        ws = _workspace(task.model_path, task.dataset_root, task.cache_root,
+                        task.preprocessing)
+        return ws.predictions(VariantSpec.from_dict(task.spec), task.test_fraction, threads=1)
+    except PetqError as exc:
+        return str(exc)
 
 
 def convert_task(task: ConvertTask) -> str | None:
@@ -154,6 +178,16 @@ class ConvertAhead:
     def active(self) -> bool:
         return self._pool is not None
 
+    def predictions(self, ws, spec: VariantSpec, test_fraction: float) -> Future:
+        """`spec`'s accuracy pass in the converter process (after its conversions): a
+        future of its scores, or of the error's text. Only while `active`."""
+        assert self._pool is not None
+        future = self._pool.submit(pass_task, PassTask(
+            str(ws.model_path), str(ws.dataset.root), str(ws.cache.root), spec.to_dict(),
+            test_fraction, ws.contract.preprocessing))
+        self._futures.append(future)
+        return future
+
     @property
     def idle(self) -> bool:
         """Whether the converter process has nothing left to do (or there is none)."""
@@ -201,7 +235,8 @@ def evaluate_run(ws, specs: Iterable[VariantSpec], test_fraction: float = 1.0,
             if queue and ahead.idle and _side_by_side(ws, (pair[0], queue[0]), test_fraction):
                 pair += (queue.popleft(),)
                 scores = _passes_side_by_side(ws, pair, test_fraction,
-                                              progress_for(pair) if progress_for else None)
+                                              progress_for(pair) if progress_for else None,
+                                              ahead)
             for spec in pair:
                 found = scores.get(spec)
                 if isinstance(found, PetqError):
@@ -228,11 +263,14 @@ def _side_by_side(ws, pair: tuple[VariantSpec, ...], test_fraction: float) -> bo
 
 
 def _passes_side_by_side(ws, pair: tuple[VariantSpec, ...], test_fraction: float,
-                         progress: Stage | None) -> dict[VariantSpec, np.ndarray | PetqError]:
-    """Each spec's scores (or its PetqError), the passes run at once on half the threads."""
+                         progress: Stage | None, ahead: ConvertAhead,
+                         ) -> dict[VariantSpec, np.ndarray | PetqError]:  # fmt: skip
+    """Each spec's scores (or its PetqError), the passes run at once on half the threads:
+    the last one's in the converter process when it is there, else in a thread."""
     threads = max(1, ws.threads // len(pair))
     counts: dict[VariantSpec, tuple[int, int]] = {}
     lock = threading.Lock()
+    lent = {pair[-1]: ahead.predictions(ws, pair[-1], test_fraction)} if ahead.active else {}
 
     def one(spec: VariantSpec) -> np.ndarray | PetqError:
         def report(stage: str, done: int, total: int) -> None:
@@ -241,6 +279,12 @@ def _passes_side_by_side(ws, pair: tuple[VariantSpec, ...], test_fraction: float
                     counts[spec] = (done, total)
                     progress(stage, sum(d for d, _ in counts.values()),
                              sum(t for _, t in counts.values()))
+        if spec in lent:
+            report("evaluate", 0, len(ws.dataset.test_samples(test_fraction)))
+            found = lent[spec].result()
+            if not isinstance(found, str):  # an error's text: met again below, as its type
+                report("evaluate", len(found), len(found))
+                return found
         try:
             return ws.predictions(spec, test_fraction, report, threads)
         except PetqError as exc:

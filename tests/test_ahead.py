@@ -104,3 +104,36 @@ def test_a_run_pairs_converted_variants_and_gives_what_one_at_a_time_gives(tiny_
                                       alone.details(expected.result_key).top5_scores)
     again = list(evaluate_run(ws, specs[:3], progress_for=progress_for))
     assert [computed for *_, computed in again] == [False, False, False]  # cached
+
+
+def test_a_pass_in_the_converter_process_gives_the_scores_of_one_here(workspace):
+    spec = VariantSpec.int8(0.5)
+    task = ahead.PassTask(str(workspace.model_path), str(workspace.dataset.root),
+                          str(workspace.cache.root), spec.to_dict(), 0.5)
+    np.testing.assert_array_equal(ahead.pass_task(task), workspace.predictions(spec, 0.5))
+    bad = ahead.PassTask(task.model_path, task.dataset_root, task.cache_root,
+                         VariantSpec.imbint8((99,)).to_dict(), 1.0)
+    assert "out of range" in ahead.pass_task(bad)
+
+
+@pytest.mark.slow
+def test_once_idle_the_converter_process_takes_the_second_pass_of_a_pair(tiny_model, pet_root,
+                                                                        tmp_path):
+    import time
+
+    pair = (VariantSpec.int8(0.5, seed=7), VariantSpec.int8(0.25, seed=7))
+    ws = Workspace(tiny_model, pet_root, tmp_path / "run", threads=2)
+    calls = []
+    with ConvertAhead(ws, pair) as converter:
+        assert converter.active
+        deadline = time.monotonic() + 120
+        while not converter.idle and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(ws.cached_tflite(spec) is not None for spec in pair)
+        scores = ahead._passes_side_by_side(ws, pair, 1.0, lambda *call: calls.append(call),
+                                            converter)
+        assert len(converter._futures) == 3  # two conversions, then the lent pass
+    for spec in pair:
+        np.testing.assert_array_equal(scores[spec], ws.predictions(spec))
+    n = len(ws.dataset.test)
+    assert ("evaluate", 2 * n, 2 * n) in calls
