@@ -48,7 +48,8 @@ METRIC_LINES = {"Accuracy": "accuracy", "Mean precision": "mean_precision",
                 "Top-5 percentage": "top5"}
 
 # Runs petq's CLI in-process with its progress callback timestamped: the same code
-# path as `python -m petq experiments`, plus one list append per progress call.
+# path as `python -m petq experiments` (its entry point `run`, which also exits), plus
+# one list append per progress call.
 TIMED_CLI = r"""
 import json, sys, time
 t0 = time.perf_counter()
@@ -62,12 +63,16 @@ if bars is not None:
         events.append((time.perf_counter() - t0, prefix, stage, done, total))
         return original(self, stage, done, total)
     bars.__call__ = timed
-try:
-    code = cli.main(sys.argv[2:])
-finally:
-    with open(sys.argv[1], "w") as f:
-        json.dump({"events": events, "end": time.perf_counter() - t0}, f)
-sys.exit(code)
+main = cli.main
+def timed_main(argv):
+    try:
+        return main(argv)
+    finally:
+        with open(sys.argv[1], "w") as f:
+            json.dump({"events": events, "end": time.perf_counter() - t0}, f)
+cli.main = timed_main
+run = getattr(cli, "run", lambda argv: sys.exit(cli.main(argv)))  # older commits: no run
+run(sys.argv[2:])
 """
 
 

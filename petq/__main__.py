@@ -1,6 +1,4 @@
-import sys
-
-from petq.cli import main
+from petq.cli import run
 
 if __name__ == "__main__":  # also keeps spawned worker processes from re-running the CLI
-    sys.exit(main())
+    run()

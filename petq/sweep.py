@@ -18,8 +18,10 @@ streamlit here, and ray only when asked for.
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import functools
+import gc
 import io
 import math
 import os
@@ -258,6 +260,7 @@ def _init_pool_worker(threads: int, log_dir: str | None) -> None:
     numpy is already loaded here (the spawn re-imports the caller's modules) and read
     OMP_NUM_THREADS too early, so its OpenBLAS pool is limited through threadpoolctl."""
     os.environ.update(worker_environment(threads))
+    atexit.register(gc.freeze)  # exit without walking TensorFlow's objects (petq.cli.run)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(max(1, threads))
