@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import psutil
-from scipy import stats as sps
-from statsmodels.stats.proportion import proportion_confint
 
 from petq.errors import PetqError
 
@@ -189,6 +187,8 @@ def mcnemar_p_values(b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Exact McNemar p for arrays of discordant counts: statsmodels' `mcnemar(exact=True)`
     (two-sided binomial at 1/2 on min(b, c) of b + c, capped at 1), for all at once.
     b = c = 0 gives p = 1: nothing speaks for a difference."""
+    from scipy import stats as sps  # here, not at import: 0.7 s a CLI run does not need
+
     b, c = np.asarray(b, dtype=np.int64), np.asarray(c, dtype=np.int64)
     return np.minimum(1.0, 2.0 * sps.binom.cdf(np.minimum(b, c), b + c, 0.5))
 
@@ -260,6 +260,8 @@ def compare_paired(
     very few images, and its jackknife costs N more evaluations of the statistic.
     The exact McNemar test decides `significant`.
     """
+    from scipy import stats as sps
+
     labels, pred_v, pred_r = _paired_arrays(labels, pred_variant, pred_reference, num_classes)
     _check_level(level)
     if resamples < 1000:
@@ -340,6 +342,8 @@ def paired_difference_intervals(
     both_wrong: np.ndarray, level: float = 0.95,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`paired_difference_interval` for arrays of 2x2 tables at once (each n > 0)."""
+    from statsmodels.stats.proportion import proportion_confint
+
     _check_level(level)
     both_right, only_first, only_second, both_wrong = (
         np.asarray(v, dtype=np.float64) for v in (both_right, only_first, only_second,
@@ -416,6 +420,8 @@ def seed_spread(values: Sequence[float], level: float = 0.95) -> Spread:
     several calibration seeds: the interval says where the mean over seeds lies,
     the std how far one seed's result strays. One value gives no spread (nan).
     """
+    from scipy import stats as sps
+
     _check_level(level)
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or not x.size:
@@ -459,6 +465,8 @@ def interleaved_latency(
     percent are noise on a shared VM; 0 asks only that it exclude 1). The
     machine's load is recorded so a reader can discount a busy run.
     """
+    from scipy import stats as sps
+
     _check_level(level)
     if rounds < 5:
         raise StatsError(f"interleaved_latency needs at least 5 rounds, got {rounds}")
