@@ -137,3 +137,34 @@ def test_once_idle_the_converter_process_takes_the_second_pass_of_a_pair(tiny_mo
         np.testing.assert_array_equal(scores[spec], ws.predictions(spec))
     n = len(ws.dataset.test)
     assert ("evaluate", 2 * n, 2 * n) in calls
+
+
+@pytest.mark.slow
+def test_latencies_are_timed_only_once_the_converter_process_is_idle(tiny_model, pet_root,
+                                                                     tmp_path, monkeypatch):
+    made = []
+
+    class Recorded(ConvertAhead):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(ahead, "ConvertAhead", Recorded)
+    specs = [VariantSpec.native(), VariantSpec.int8(0.5, seed=9), VariantSpec.int8(0.25, seed=9)]
+    ws = Workspace(tiny_model, pet_root, tmp_path / "run", threads=2)
+    timed_while_busy, stages = [], []
+
+    def progress_for(names):
+        def progress(stage, done, total):
+            stages.append((names[0].name, stage))
+            if stage == "latency":
+                timed_while_busy.append(not made[0].idle)
+        return progress
+
+    outcomes = list(evaluate_run(ws, specs, progress_for=progress_for, latency_runs=3))
+    assert made[0].calibrates  # a converter process was started
+    assert [spec for spec, _, _ in outcomes] == specs and timed_while_busy
+    assert not any(timed_while_busy)
+    alone = Workspace(tiny_model, pet_root, tmp_path / "alone", threads=2)
+    for spec, result, _ in outcomes:
+        assert result.accuracy == alone.evaluate(spec, latency_runs=3)[0].accuracy
