@@ -161,13 +161,16 @@ def _prepare_report(ws, result, earlier: list, specs: list[VariantSpec]) -> None
     """What the reports need of a result, into the cache, in the figures thread while the
     main thread evaluates the next variant: its confusion-matrix PNG (matplotlib is
     imported here) and its paired statistics against its reference, once that is in."""
+    from petq.evaluate import QUIET
     from petq.report import cached_confusion_png, paired, reference_of
 
-    cached_confusion_png(ws.cache, result.result_key, result.variant)
+    with QUIET:  # never beside a latency being timed
+        cached_confusion_png(ws.cache, result.result_key, result.variant)
     reference = reference_of(result, earlier)
     if reference is not None and (reference.spec == result.spec.reference
                                   or result.spec.reference not in specs):
-        paired(ws, result, reference)
+        with QUIET:
+            paired(ws, result, reference)
 
 
 def write_layer_reports(ws, results, results_path: Path, failures: list[str]) -> list[Path]:

@@ -26,7 +26,7 @@ from petq.cache import Cache, Entry, key_of, sha256_file, write_bytes_atomic
 from petq.calibration import SharedGroups
 from petq.data import PetDataset, Sample, Split, class_index, preprocess
 from petq.errors import ModelError, PetqError, SpecError
-from petq.evaluate import compute_metrics, measure_latency, predict_all
+from petq.evaluate import QUIET, compute_metrics, measure_latency, predict_all
 from petq.results import Details, Result, top_k
 from petq.runtime import KerasRunner, LiteRTRunner, Runner, default_threads, model_io
 from petq.stats import (
@@ -587,7 +587,7 @@ class Workspace:
             for runner in runners:
                 runner.preprocess_input(x)
             rounds = 30 if a.is_native or b.is_native else 100
-            with runners[0].lock, runners[1].lock:
+            with QUIET, runners[0].lock, runners[1].lock:
                 timing = interleaved_latency(runners[0].run_inference, runners[1].run_inference,
                                              rounds=rounds)
             return {"a": a.name, "b": b.name, "timing": asdict(timing)}
