@@ -222,11 +222,11 @@ def evaluate_run(ws, specs: Iterable[VariantSpec], test_fraction: float = 1.0,
 
     While the converter process works, each variant gets its accuracy pass and waits for
     its latency: latencies are timed only once that process is idle (the native model's
-    median took 37 ms beside the calibration, 22-28 ms alone). Once it is idle, two
-    converted variants next in line get their accuracy passes side by side, then each is
-    timed alone on the run's threads as it is yielded. `progress_for(specs)` gives the
-    progress callback for one spec, or for a pair's accuracy passes (their images
-    counted together).
+    median read 36.9 ms timed beside the calibration, 21.1 and 24.4 ms after:
+    benchmarks/README.md, section 5). Once it is idle, two converted variants next in
+    line get their accuracy passes side by side, then each is timed alone on the run's
+    threads as it is yielded. `progress_for(specs)` gives the progress callback for one
+    spec, or for a pair's accuracy passes (their images counted together).
     """
     specs = list(dict.fromkeys(specs))
     with ConvertAhead(ws, specs) as ahead:
