@@ -3,7 +3,8 @@
 The converter runs its calibration on one core, and a run of several variants
 spends about a third of its time there; the other core would idle. So a run that
 must convert two or more variants hands them to one spawned process, the largest
-calibrations first, while this process decodes and evaluates in the run's order.
+calibrations first, while this process decodes (the trainval images first, which
+the converter process calibrates on) and evaluates in the run's order.
 Both go through the content-addressed cache and its per-entry locks: a variant
 the converter process is building is waited for; one it has not reached yet is
 converted here, and the converter process skips it when it gets there. Nothing
@@ -11,7 +12,9 @@ the converter process says is trusted: this process always asks the cache, so a
 conversion that failed there is tried again here, where its error is reported
 as without this module.
 
-Once the converter process has nothing left to do, `evaluate_run` gives the two
+`evaluate_run` times latencies only while the converter process has nothing to do:
+before that, each variant gets its accuracy pass and its latency waits. Once the
+converter process has nothing left to do, `evaluate_run` gives the two
 variants next in line their accuracy passes side by side, on half the interpreter
 threads each, and then times each alone: two INT8 passes of the demo take 0.98 s one
 after the other on two threads each and 0.58 s side by side on one thread each
@@ -245,15 +248,14 @@ def evaluate_run(ws, specs: Iterable[VariantSpec], test_fraction: float = 1.0,
                 held.clear()
                 continue
             pair: tuple[VariantSpec, ...] = (queue.popleft(),)
-            scores: dict[VariantSpec, np.ndarray | PetqError] = {}
-            if not ahead.idle:  # its accuracy pass now, its latency once the process is idle
-                scores[pair[0]] = _pass_now(ws, pair[0], test_fraction, progress_for)
-            elif queue and _side_by_side(ws, (pair[0], queue[0]), test_fraction):
+            if ahead.idle and queue and _side_by_side(ws, (pair[0], queue[0]), test_fraction):
                 pair += (queue.popleft(),)
                 scores = _passes_side_by_side(ws, pair, test_fraction,
                                               progress_for(pair) if progress_for else None,
                                               ahead)
-            held += [(spec, scores.get(spec)) for spec in pair]
+            else:  # its accuracy pass now; its latency once the converter process is idle
+                scores = {pair[0]: _pass_now(ws, pair[0], test_fraction, progress_for)}
+            held += [(spec, scores[spec]) for spec in pair]
 
 
 def _pass_now(ws, spec: VariantSpec, test_fraction: float, progress_for: ProgressFor | None,
@@ -270,20 +272,27 @@ def _pass_now(ws, spec: VariantSpec, test_fraction: float, progress_for: Progres
 
 def _time_alone(ws, held: list[tuple[VariantSpec, np.ndarray | PetqError | None]],
                 test_fraction: float, progress_for: ProgressFor | None, latency_runs: int,
-                ) -> Iterator[tuple[VariantSpec, Result | PetqError, bool]]:  # fmt: skip
-    """Each held spec's result (its accuracy pass too, where it has no scores yet)."""
-    for spec, found in held:
-        if isinstance(found, PetqError):
-            yield spec, found, False
-            continue
-        try:
-            result, computed = ws.evaluate(
-                spec, test_fraction, progress_for((spec,)) if progress_for else None,
-                latency_runs, scores=found)
-        except PetqError as exc:  # one variant the model cannot take: the rest go on
-            yield spec, exc, False
-        else:
-            yield spec, result, computed
+                ) -> list[tuple[VariantSpec, Result | PetqError, bool]]:  # fmt: skip
+    """Each held spec's result (scores None: cached), all timed before any is given out:
+    work that waits for quiet (the CLI's figures, after each result) then waits for all
+    the timings, not between two of them."""
+    from petq.evaluate import QUIET
+
+    outcomes: list[tuple[VariantSpec, Result | PetqError, bool]] = []
+    with QUIET:
+        for spec, found in held:
+            if isinstance(found, PetqError):
+                outcomes.append((spec, found, False))
+                continue
+            try:
+                result, computed = ws.evaluate(
+                    spec, test_fraction, progress_for((spec,)) if progress_for else None,
+                    latency_runs, scores=found)
+            except PetqError as exc:  # one variant the model cannot take: the rest go on
+                outcomes.append((spec, exc, False))
+            else:
+                outcomes.append((spec, result, computed))
+    return outcomes
 
 
 def _side_by_side(ws, pair: tuple[VariantSpec, ...], test_fraction: float) -> bool:
