@@ -7,9 +7,13 @@
 3. With --side-by-side: two variants' accuracy passes (`Workspace.predictions`) one after
    the other on all threads, against both at once on half the threads each, as
    `petq.ahead.evaluate_run` runs them once the converter process is idle.
+4. With --busy-core: the latency medians of FP32 and the variant (`measure_latency`, on
+   the run's threads) on a quiet machine and beside one busy core, as they were when
+   timed beside the converter process's calibration (why `evaluate_run` waits for it).
 
 Usage: python benchmarks/bench_eval.py [--variant tflite-int8-0.08] [--model M] [--skip-cli]
        python benchmarks/bench_eval.py --side-by-side [--variant V] [--other V2]
+       python benchmarks/bench_eval.py --busy-core [--variant V]
 Runs on the embedded demo (demo model + synthetic dataset) by default.
 `--model lab-architecture` times the overhead on the lab's architecture instead
 (MobileNetV2 at 224x224 + the lab's head, untrained: the same work per image as
@@ -119,6 +123,34 @@ def bench_side_by_side(variant: str, other: str, repeats: int, threads: int | No
     print(f"  side by side, {half} thread(s) each:           {min(both):.2f} s")
 
 
+def bench_busy_core(variant: str, repeats: int, threads: int | None) -> None:
+    from petq.evaluate import measure_latency
+
+    ws = default_workspace(threads=threads)
+    x = preprocess(np.asarray(ws.store("test").pixels[0]), ws.contract)
+    runners = {name: ws.runner(VariantSpec.from_name(name)) for name in ("tflite-fp32", variant)}
+    for runner in runners.values():
+        measure_latency(runner, x)  # warm
+
+    def medians() -> dict[str, list[float]]:
+        return {name: [measure_latency(runner, x)["latency_p50_ms"] for _ in range(repeats)]
+                for name, runner in runners.items()}
+
+    quiet = medians()
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # one core busy
+    try:
+        time.sleep(0.5)
+        busy = medians()
+    finally:
+        burner.kill()
+    print(f"latency medians (ms) on {ws.threads} thread(s), {repeats} timings each "
+          "(median of them, range)")
+    for name in runners:
+        for label, found in (("quiet", quiet[name]), ("one core busy", busy[name])):
+            print(f"  {name:20s} {label:14s} {np.median(found):7.3f}  "
+                  f"({min(found):.3f}-{max(found):.3f})")
+
+
 def bench_cli(threads: int | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "petq", "experiments", "--tasks", "all",
@@ -144,11 +176,16 @@ def main() -> None:
                         help="time two accuracy passes side by side (section 3) and stop")
     parser.add_argument("--other", default="tflite-int8-0.3",
                         help="the second variant of --side-by-side")
+    parser.add_argument("--busy-core", action="store_true",
+                        help="latency medians quiet and beside one busy core, and stop")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
     if args.side_by_side:
         bench_side_by_side(args.variant, args.other, args.repeats, args.threads)
+        return
+    if args.busy_core:
+        bench_busy_core(args.variant, args.repeats, args.threads)
         return
     bench_overhead(args.variant, args.repeats, args.threads, args.model)
     if not args.skip_cli:

@@ -224,9 +224,9 @@ def evaluate_run(ws, specs: Iterable[VariantSpec], test_fraction: float = 1.0,
     Result or its PetqError, computed) as each is done.
 
     While the converter process works, each variant gets its accuracy pass and waits for
-    its latency: latencies are timed only once that process is idle (the native model's
-    median read 36.9 ms timed beside the calibration, 21.1 and 24.4 ms after:
-    benchmarks/README.md, section 5). Once it is idle, two converted variants next in
+    its latency: latencies are timed only once that process is idle (beside one busy
+    core, the demo's FP32 and INT8 medians read about twice their quiet values: `python
+    benchmarks/bench_eval.py --busy-core`). Once it is idle, two converted variants next in
     line get their accuracy passes side by side, then each is timed alone on the run's
     threads as it is yielded. `progress_for(specs)` gives the progress callback for one
     spec, or for a pair's accuracy passes (their images counted together).
