@@ -125,12 +125,14 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         for spec, outcome, computed in evaluate_run(ws, specs, args.test_dataset_fraction,
                                                     progress_for):
             bars.close()
-            seconds, start = time.perf_counter() - start, time.perf_counter()
             if isinstance(outcome, PetqError):  # a recipe the model cannot take: go on
                 print(f"petq: error: {outcome}", file=sys.stderr)
                 failures.append(spec.name)
                 continue
-            how = f"computed in {seconds:.1f} s" if computed else "cached"
+            # results come in batches (latencies are timed once the converter process is
+            # idle), so the time since the run began, not since the last line
+            how = (f"computed, {time.perf_counter() - start:.1f} s into the run" if computed
+                   else "cached")
             print(f"{spec.name:28s} {result_line(outcome)}  ({how})")
             results.append(outcome)
             # a failure here is met and raised again by write_reports
