@@ -187,7 +187,7 @@ def mcnemar_p_values(b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Exact McNemar p for arrays of discordant counts: statsmodels' `mcnemar(exact=True)`
     (two-sided binomial at 1/2 on min(b, c) of b + c, capped at 1), for all at once.
     b = c = 0 gives p = 1: nothing speaks for a difference."""
-    from scipy import stats as sps  # here, not at import: 0.7 s a CLI run does not need
+    from scipy import stats as sps  # here, not at import: 0.7 s before a run's first image
 
     b, c = np.asarray(b, dtype=np.int64), np.asarray(c, dtype=np.int64)
     return np.minimum(1.0, 2.0 * sps.binom.cdf(np.minimum(b, c), b + c, 0.5))
