@@ -455,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(argv: list[str] | None = None) -> NoReturn:
     """`petq` and `python -m petq`: `main`, then exit. What is left is frozen first
     (`gc.freeze`): the interpreter's collections at exit would otherwise walk TensorFlow's
-    objects for nothing, 1.3-1.7 s after a cold run here (`python
-    benchmarks/bench_lab.py --small` times the whole process)."""
+    objects for nothing: 1.3-1.5 s after a cold run of the lab's set here, 0.2 s with the
+    freeze (`python benchmarks/bench_lab.py` times the whole process; its
+    petq-stages-*.json has the end of `main`)."""
     code = main(argv)
     gc.freeze()
     sys.exit(code)
