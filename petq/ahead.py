@@ -5,12 +5,20 @@ spends about a third of its time there; the other core would idle. So a run that
 must convert two or more variants hands them to one spawned process, the largest
 calibrations first, while this process decodes (the trainval images first, which
 the converter process calibrates on) and evaluates in the run's order.
-Both go through the content-addressed cache and its per-entry locks: a variant
-the converter process is building is waited for; one it has not reached yet is
-converted here, and the converter process skips it when it gets there. Nothing
-the converter process says is trusted: this process always asks the cache, so a
-conversion that failed there is tried again here, where its error is reported
-as without this module.
+
+The converter process imports TensorFlow and loads the Keras model anyway, so it
+also does all this process would need TensorFlow for: it reads the model's facts
+first (parameter count, input shape), and after its conversions it runs the native
+model's accuracy pass; once this process waits, it times the native latency and
+the report's interleaved timings against it. This process never imports TensorFlow
+(4-5 CPU-seconds) and waits for the conversions it needs rather than converting
+them itself.
+
+Both go through the content-addressed cache and its per-entry locks, so a variant
+another process is converting is skipped. Nothing the converter process says is
+trusted: this process always asks the cache, so a model read, conversion or native
+evaluation that failed there is done again here, where its error is reported as
+without this module.
 
 `evaluate_run` times latencies only while the converter process has nothing to do:
 before that, each variant gets its accuracy pass and its latency waits. Once the
@@ -32,75 +40,124 @@ import os
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from petq.errors import PetqError
 from petq.types import VariantSpec
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    import numpy as np
-
     from petq.results import Result
     from petq.workspace import Stage
 
     ProgressFor = Callable[[tuple[VariantSpec, ...]], Stage | None]  # one spec or a pair
+    # what a held spec has before its latency: its scores, its error, a future of its
+    # scores (or of an error's text) from the converter process, or None (result cached)
+    Found = np.ndarray | PetqError | Future | None
 
 
 @dataclass(frozen=True)
-class ConvertTask:
-    """What the converter process needs for one variant: paths and a spec dict."""
+class Where:
+    """What a task in the converter process opens: the run's model, dataset and cache, and
+    its thread count (what the native model is timed on there; conversions do not depend on
+    it, and accuracy passes there run on one interpreter thread)."""
 
     model_path: str
     dataset_root: str
     cache_root: str
-    spec: dict
     preprocessing: str | None = None
-    run: tuple[dict, ...] = ()  # the run's specs: static ones share calibration (petq.calibration)
+    threads: int = 1
+
+    @classmethod
+    def of(cls, ws) -> Where:
+        return cls(str(ws.model_path), str(ws.dataset.root), str(ws.cache.root),
+                   ws.contract.preprocessing, ws.threads)
 
 
 @functools.lru_cache(maxsize=4)
-def _workspace(model_path: str, dataset_root: str, cache_root: str, preprocessing: str | None):
+def _workspace(where: Where):
     """One Workspace per run in the converter process (its lists and picks read once)."""
     from petq.workspace import Workspace
 
-    return Workspace(model_path, dataset_root, cache_root, 1, preprocessing)
+    return Workspace(where.model_path, where.dataset_root, where.cache_root, where.threads,
+                     where.preprocessing)
+
+
+@dataclass(frozen=True)
+class ConvertTask:
+    """One variant to convert in the converter process."""
+
+    where: Where
+    spec: dict
+    run: tuple[dict, ...] = ()  # the run's specs: static ones share calibration (petq.calibration)
 
 
 @dataclass(frozen=True)
 class PassTask:
     """One variant's accuracy pass in the converter process (`Workspace.predictions`)."""
 
-    model_path: str
-    dataset_root: str
-    cache_root: str
+    where: Where
     spec: dict
     test_fraction: float
-    preprocessing: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluateTask:
+    """A variant's result from its scores (`Workspace.evaluate(scores=)`: its latency timed
+    there, while the caller waits), then the interleaved timings of the run's specs that
+    take it as their reference (`Workspace.time_against_reference`), for the reports."""
+
+    where: Where
+    spec: dict
+    test_fraction: float
+    scores: np.ndarray
+    latency_runs: int
+    referring: tuple[dict, ...] = ()
+
+
+def model_info_task(where: Where) -> str | None:
+    """The model's facts into the cache (the caller then reads them without importing
+    TensorFlow), or the error's text."""
+    try:
+        _workspace(where).model_info(check_classes=False)
+    except PetqError as exc:
+        return str(exc)
+    return None
 
 
 def pass_task(task: PassTask) -> np.ndarray | str:
     """The variant's scores on one interpreter thread, or the error's text."""
     try:
-        ws = _workspace(task.model_path, task.dataset_root, task.cache_root,
-                        task.preprocessing)
-        return ws.predictions(VariantSpec.from_dict(task.spec), task.test_fraction, threads=1)
+        return _workspace(task.where).predictions(VariantSpec.from_dict(task.spec),
+                                                  task.test_fraction, threads=1)
     except PetqError as exc:
         return str(exc)
+
+
+def evaluate_task(task: EvaluateTask) -> str | None:
+    """The variant's result and its timings into the cache, or the error's text."""
+    try:
+        ws = _workspace(task.where)
+        ws.evaluate(VariantSpec.from_dict(task.spec), task.test_fraction,
+                    latency_runs=task.latency_runs, scores=task.scores)
+        for spec in task.referring:
+            ws.time_against_reference(VariantSpec.from_dict(spec))
+    except PetqError as exc:
+        return str(exc)
+    return None
 
 
 def convert_task(task: ConvertTask) -> str | None:
     """Convert one variant into the cache in this process, unless another process is
     converting it now; None, or the error's text."""
     try:
-        ws = _workspace(task.model_path, task.dataset_root, task.cache_root,
-                        task.preprocessing)
+        ws = _workspace(task.where)
         spec = VariantSpec.from_dict(task.spec)
         ws.share_calibration(VariantSpec.from_dict(d) for d in task.run)  # once: same run
         if not ws.cache.held("variants", ws.variant_key(spec)):
@@ -152,6 +209,8 @@ class ConvertAhead:
     def __init__(self, ws, specs: Iterable[VariantSpec]):
         self._pool = None
         self._futures: list[Future] = []
+        self._info: Future | None = None
+        self._conversions: dict[VariantSpec, Future] = {}
         self.calibrates = False  # whether the converter process needs the trainval images
         specs = list(dict.fromkeys(specs))
         ws.share_calibration(specs)  # here and in the converter process
@@ -170,27 +229,50 @@ class ConvertAhead:
         position = {s: i for i, s in enumerate(todo)}  # the run's order
         todo.sort(key=lambda s: _order(ws, s, position[s]))
         run = tuple(s.to_dict() for s in specs)
-        self._pool = ProcessPoolExecutor(
+        self._where = Where.of(ws)
+        self._pool = ProcessPoolExecutor(  # TensorFlow on the run's threads: native is timed there
             1, mp_context=multiprocessing.get_context("spawn"),  # TensorFlow and fork do not mix
-            initializer=_init_pool_worker, initargs=(1, None))
+            initializer=_init_pool_worker, initargs=(ws.threads, None))
+        self._info = self._submit(model_info_task, self._where)
         for spec in todo:
-            self._futures.append(self._pool.submit(convert_task, ConvertTask(
-                str(ws.model_path), str(ws.dataset.root), str(ws.cache.root), spec.to_dict(),
-                ws.contract.preprocessing, run)))
+            self._conversions[spec] = self._submit(
+                convert_task, ConvertTask(self._where, spec.to_dict(), run))
+
+    def _submit(self, task: Callable, argument: Any) -> Future:
+        assert self._pool is not None
+        future = self._pool.submit(task, argument)
+        self._futures.append(future)
+        return future
 
     @property
     def active(self) -> bool:
         return self._pool is not None
 
-    def predictions(self, ws, spec: VariantSpec, test_fraction: float) -> Future:
-        """`spec`'s accuracy pass in the converter process (after its conversions): a
-        future of its scores, or of the error's text. Only while `active`."""
-        assert self._pool is not None
-        future = self._pool.submit(pass_task, PassTask(
-            str(ws.model_path), str(ws.dataset.root), str(ws.cache.root), spec.to_dict(),
-            test_fraction, ws.contract.preprocessing))
-        self._futures.append(future)
-        return future
+    def converting(self, spec: VariantSpec) -> Future | None:
+        """The converter process's conversion of `spec`, when it has it to do."""
+        return self._conversions.get(spec)
+
+    def model_info(self, ws) -> dict[str, Any]:
+        """`ws.model_info()`, read first by the converter process when there is one (it
+        imports TensorFlow anyway), so that this process need not import it for that; its
+        error, if any, is met again here."""
+        if self._info is not None:
+            futures.wait([self._info])
+        return ws.model_info()
+
+    def predictions(self, spec: VariantSpec, test_fraction: float) -> Future:
+        """`spec`'s accuracy pass in the converter process (after the work given it before):
+        a future of its scores, or of the error's text. Only while `active`."""
+        return self._submit(pass_task, PassTask(self._where, spec.to_dict(), test_fraction))
+
+    def evaluate(self, spec: VariantSpec, test_fraction: float, scores: np.ndarray,
+                 latency_runs: int, referring: Iterable[VariantSpec] = ()) -> Future:
+        """`spec`'s result from `scores` (its latency timed there, on the run's threads)
+        and the timings of `referring` against it, into the cache: a future of None, or of
+        the error's text. Only while `active`."""
+        return self._submit(evaluate_task, EvaluateTask(
+            self._where, spec.to_dict(), test_fraction, scores, latency_runs,
+            tuple(s.to_dict() for s in referring)))
 
     @property
     def idle(self) -> bool:
@@ -219,6 +301,7 @@ class ConvertAhead:
 
 def evaluate_run(ws, specs: Iterable[VariantSpec], test_fraction: float = 1.0,
                  progress_for: ProgressFor | None = None, latency_runs: int = 100,
+                 scored: Callable[[VariantSpec, np.ndarray], None] | None = None,
                  ) -> Iterator[tuple[VariantSpec, Result | PetqError, bool]]:  # fmt: skip
     """Evaluate a run's specs in order, converting ahead (ConvertAhead); yields (spec, its
     Result or its PetqError, computed) as each is done.
@@ -226,56 +309,109 @@ def evaluate_run(ws, specs: Iterable[VariantSpec], test_fraction: float = 1.0,
     While the converter process works, each variant gets its accuracy pass and waits for
     its latency: latencies are timed only once that process is idle (beside one busy
     core, the demo's FP32 and INT8 medians read about twice their quiet values: `python
-    benchmarks/bench_eval.py --busy-core`). Once it is idle, two converted variants next in
+    benchmarks/bench_eval.py --busy-core`). The native model is evaluated in the converter
+    process, which loads TensorFlow anyway: its accuracy pass after the conversions, its
+    latency (and the timings against it) once this process waits; this process then never
+    imports TensorFlow. Once the converter process is idle, two converted variants next in
     line get their accuracy passes side by side, then each is timed alone on the run's
     threads as it is yielded. `progress_for(specs)` gives the progress callback for one
-    spec, or for a pair's accuracy passes (their images counted together).
+    spec, or for a pair's accuracy passes (their images counted together). `scored(spec,
+    scores)` is called as each accuracy pass is done, before its latency: what needs only
+    the scores (the CLI's confusion figures) need not wait for the timings.
     """
     specs = list(dict.fromkeys(specs))
     with ConvertAhead(ws, specs) as ahead:
-        if ahead.calibrates:  # the converter process waits for these images: decode them first
+        lent = _lend_native(ws, specs, test_fraction, ahead)
+        if ahead.active:  # the model's facts from the converter process, as it decodes
+            first = next((s for s in specs if s not in lent), specs[0])
             try:
-                ws.prepare(specs[0], progress_for((specs[0],)) if progress_for else None,
-                           calibration_first=True)
+                ws.prepare(first, progress_for((first,)) if progress_for else None,
+                           calibration_first=ahead.calibrates, read=lambda: ahead.model_info(ws))
             except PetqError:
                 pass  # met again by the first spec's evaluation, which reports it
         queue = deque(specs)
-        held: list[tuple[VariantSpec, np.ndarray | PetqError | None]] = []  # to be timed
+        held: list[tuple[VariantSpec, Found]] = []  # to be timed
         while queue or held:
             if held and (ahead.idle or not queue):  # quiet: time each alone, in order
-                ahead.wait()  # with nothing left to run: what it does is of specs passed
-                yield from _time_alone(ws, held, test_fraction, progress_for, latency_runs)
+                _wait(ws, ahead, lent, test_fraction, progress_for)
+                yield from _time_alone(ws, held, test_fraction, progress_for, latency_runs,
+                                       ahead, specs, scored)
                 held.clear()
                 continue
             pair: tuple[VariantSpec, ...] = (queue.popleft(),)
-            if ahead.idle and queue and _side_by_side(ws, (pair[0], queue[0]), test_fraction):
+            if pair[0] in lent:
+                scores: dict[VariantSpec, Found] = {pair[0]: lent[pair[0]]}
+            elif ahead.idle and queue and _side_by_side(ws, (pair[0], queue[0]), test_fraction):
                 pair += (queue.popleft(),)
                 scores = _passes_side_by_side(ws, pair, test_fraction,
                                               progress_for(pair) if progress_for else None,
                                               ahead)
             else:  # its accuracy pass now; its latency once the converter process is idle
-                scores = {pair[0]: _pass_now(ws, pair[0], test_fraction, progress_for)}
+                scores = {pair[0]: _pass_now(ws, pair[0], test_fraction, progress_for, ahead)}
             held += [(spec, scores[spec]) for spec in pair]
+            for spec in pair:
+                if scored is not None and isinstance(scores[spec], np.ndarray):
+                    scored(spec, scores[spec])
+
+
+def _lend_native(ws, specs: list[VariantSpec], test_fraction: float,
+                 ahead: ConvertAhead) -> dict[VariantSpec, Future]:
+    """The native variant's accuracy pass, given to the converter process after its
+    conversions when it is in the run and not evaluated yet: {native: future of scores}."""
+    native = VariantSpec.native()
+    if not ahead.active or native not in specs or ws.source_is_tflite:
+        return {}
+    try:
+        if ws.cached_result(native, test_fraction) is not None:
+            return {}
+    except PetqError:
+        return {}  # evaluated here, which reports it
+    return {native: ahead.predictions(native, test_fraction)}
+
+
+def _wait(ws, ahead: ConvertAhead, lent: dict[VariantSpec, Future], test_fraction: float,
+          progress_for: ProgressFor | None) -> None:
+    """Until the converter process is idle, showing a lent pass still running there."""
+    pending = [spec for spec, future in lent.items() if not future.done()]
+    for spec in pending:
+        if progress_for:
+            progress = progress_for((spec,))
+            if progress is not None:
+                progress("evaluate", 0, len(ws.dataset.test_samples(test_fraction)))
+    ahead.wait()
 
 
 def _pass_now(ws, spec: VariantSpec, test_fraction: float, progress_for: ProgressFor | None,
-              ) -> np.ndarray | PetqError | None:  # fmt: skip
-    """`spec`'s scores (None when its result is cached), or its PetqError."""
+              ahead: ConvertAhead) -> np.ndarray | PetqError | None:  # fmt: skip
+    """`spec`'s scores (None when its result is cached), or its PetqError. A variant the
+    converter process has still to convert is waited for, not converted here: that would
+    import TensorFlow in this process too."""
+    progress = progress_for((spec,)) if progress_for else None
     try:
         if ws.cached_result(spec, test_fraction) is not None:
             return None
-        return ws.predictions(spec, test_fraction,
-                              progress_for((spec,)) if progress_for else None)
+        conversion = ahead.converting(spec)
+        if conversion is not None and not conversion.done():
+            if progress is not None:
+                progress("convert", 0, 1)
+            futures.wait([conversion])  # its error, if any, is met again below
+        # beside the busy converter process, one interpreter thread: a second one would
+        # wait for the core that process holds
+        threads = None if ahead.idle else 1
+        return ws.predictions(spec, test_fraction, progress, threads)
     except PetqError as exc:
         return exc
 
 
-def _time_alone(ws, held: list[tuple[VariantSpec, np.ndarray | PetqError | None]],
-                test_fraction: float, progress_for: ProgressFor | None, latency_runs: int,
+def _time_alone(ws, held: list[tuple[VariantSpec, Found]], test_fraction: float,
+                progress_for: ProgressFor | None, latency_runs: int, ahead: ConvertAhead,
+                specs: list[VariantSpec],
+                scored: Callable[[VariantSpec, np.ndarray], None] | None,
                 ) -> list[tuple[VariantSpec, Result | PetqError, bool]]:  # fmt: skip
     """Each held spec's result (scores None: cached), all timed before any is given out:
     work that waits for quiet (the CLI's figures, after each result) then waits for all
-    the timings, not between two of them."""
+    the timings, not between two of them. A spec whose pass ran in the converter process
+    is timed there too, while this process waits."""
     from petq.evaluate import QUIET
 
     outcomes: list[tuple[VariantSpec, Result | PetqError, bool]] = []
@@ -284,15 +420,49 @@ def _time_alone(ws, held: list[tuple[VariantSpec, np.ndarray | PetqError | None]
             if isinstance(found, PetqError):
                 outcomes.append((spec, found, False))
                 continue
+            progress = progress_for((spec,)) if progress_for else None
+            there = False
+            if isinstance(found, Future):
+                found = found.result()
+                if isinstance(found, str):  # its error's text: evaluated here, which reports it
+                    found = None
+                elif scored is not None:
+                    scored(spec, found)
+                if found is not None and ahead.active:
+                    there = _evaluate_there(ws, spec, test_fraction, found, latency_runs,
+                                            ahead, specs, progress)
             try:
-                result, computed = ws.evaluate(
-                    spec, test_fraction, progress_for((spec,)) if progress_for else None,
-                    latency_runs, scores=found)
+                result, computed = ws.evaluate(spec, test_fraction, progress, latency_runs,
+                                               scores=found)
             except PetqError as exc:  # one variant the model cannot take: the rest go on
                 outcomes.append((spec, exc, False))
             else:
-                outcomes.append((spec, result, computed))
+                outcomes.append((spec, result, computed or there))
     return outcomes
+
+
+def _evaluate_there(ws, spec: VariantSpec, test_fraction: float, scores: np.ndarray,
+                    latency_runs: int, ahead: ConvertAhead, specs: list[VariantSpec],
+                    progress: Stage | None) -> bool:  # fmt: skip
+    """`spec`'s result and the run's timings against it, made in the converter process
+    while this one waits; whether that worked (if not, this process makes them)."""
+    if ws.cached_result(spec, test_fraction) is not None:
+        return False
+    referring = [s for s in specs if s != spec and s.reference == spec
+                 and _converted(ws, s)]
+    if progress is not None:
+        progress("latency", 0, 1)
+    error = ahead.evaluate(spec, test_fraction, scores, latency_runs, referring).result()
+    if progress is not None:
+        progress("latency", 1, 1)
+    return error is None
+
+
+def _converted(ws, spec: VariantSpec) -> bool:
+    try:
+        return not spec.is_native and ws.cached_tflite(spec) is not None
+    except PetqError:
+        return False
 
 
 def _side_by_side(ws, pair: tuple[VariantSpec, ...], test_fraction: float) -> bool:
@@ -313,7 +483,7 @@ def _passes_side_by_side(ws, pair: tuple[VariantSpec, ...], test_fraction: float
     threads = max(1, ws.threads // len(pair))
     counts: dict[VariantSpec, tuple[int, int]] = {}
     lock = threading.Lock()
-    lent = {pair[-1]: ahead.predictions(ws, pair[-1], test_fraction)} if ahead.active else {}
+    lent = {pair[-1]: ahead.predictions(pair[-1], test_fraction)} if ahead.active else {}
 
     def one(spec: VariantSpec) -> np.ndarray | PetqError:
         def report(stage: str, done: int, total: int) -> None:

@@ -119,11 +119,14 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         bars.prefix = " + ".join(spec.name for spec in running) + ": "
         return bars
 
+    def scored(spec: VariantSpec, scores) -> None:  # its figure, before its latency is timed
+        figures.submit(_draw_early, ws, spec, args.test_dataset_fraction, scores)
+
     start = time.perf_counter()
-    # each result's figure and statistics are made in a thread while the next is evaluated
+    # each variant's figure and statistics are made in a thread while the next is evaluated
     with ThreadPoolExecutor(1) as figures:
         for spec, outcome, computed in evaluate_run(ws, specs, args.test_dataset_fraction,
-                                                    progress_for):
+                                                    progress_for, scored=scored):
             bars.close()
             if isinstance(outcome, PetqError):  # a recipe the model cannot take: go on
                 print(f"petq: error: {outcome}", file=sys.stderr)
@@ -157,6 +160,16 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     if failures:
         print(f"petq: {len(failures)} task(s) failed: {', '.join(failures)}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _draw_early(ws, spec: VariantSpec, test_fraction: float, scores) -> None:
+    """A variant's confusion-matrix PNG from its scores, in the figures thread, while its
+    latency waits (`_prepare_report` then finds it drawn); a failure is met again there."""
+    from petq.evaluate import QUIET
+    from petq.report import early_confusion_png
+
+    with QUIET:
+        early_confusion_png(ws, spec, test_fraction, scores)
 
 
 def _prepare_report(ws, result, earlier: list, specs: list[VariantSpec]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,12 @@ from petq.types import VariantSpec
 FIGURE_VERSION = 1  # bump when confusion_png draws differently
 
 
-def confusion_png(details: Details, title: str) -> bytes:
-    """The confusion matrix (rows = truth) as a PNG, breed names on both axes."""
+def confusion_png(matrix: np.ndarray, class_names: Sequence[str], title: str) -> bytes:
+    """A confusion matrix (rows = truth) as a PNG, breed names on both axes."""
     from matplotlib.figure import Figure  # not pyplot: safe from any thread
 
-    cm = details.confusion_matrix.astype(np.float64)
-    names = list(details.class_names)
+    cm = np.asarray(matrix, dtype=np.float64)
+    names = list(class_names)
     totals = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
     side = max(6.0, 0.28 * len(names) + 3)
@@ -416,22 +417,45 @@ def report_files(workspace, rows: list[Result]) -> dict[str, bytes]:
     return files
 
 
-def cached_confusion_png(cache: Cache, result_key: str, title: str) -> bytes:
-    """`confusion_png` of a cached result, drawn once and kept in the cache (`figures/`)."""
+def cached_confusion_png(cache: Cache, result_key: str, title: str,
+                         early: tuple[np.ndarray, Sequence[str]] | None = None) -> bytes:
+    """`confusion_png` of a result, drawn once and kept in the cache (`figures/`).
+
+    `early`: its confusion matrix and class names, when it is drawn before the result is
+    cached (`early_confusion_png`); else they are read from the cached result."""
     from importlib import metadata
 
     key = key_of({"v": FIGURE_VERSION, "result": result_key, "title": title,
                   "matplotlib": metadata.version("matplotlib")})  # fmt: skip
 
     def build(tmp: Path) -> dict[str, Any]:
-        entry = cache.get("results", result_key, verify=False)
-        if entry is None:
-            raise KeyError(f"no cached result {result_key}")
-        (tmp / "confusion.png").write_bytes(confusion_png(Details.read(entry), title))
+        if early is not None:
+            matrix, names = early
+        else:
+            entry = cache.get("results", result_key, verify=False)
+            if entry is None:
+                raise KeyError(f"no cached result {result_key}")
+            details = Details.read(entry)
+            matrix, names = details.confusion_matrix, details.class_names
+        (tmp / "confusion.png").write_bytes(confusion_png(matrix, names, title))
         return {"result_key": result_key, "title": title}
 
     entry, _ = cache.get_or_build("figures", key, build)
     return entry.file("confusion.png").read_bytes()
+
+
+def early_confusion_png(workspace, spec: VariantSpec, test_fraction: float,
+                        scores: np.ndarray) -> None:
+    """`spec`'s confusion PNG into the cache from its scores, once its accuracy pass is
+    done: its result, keyed alike, comes only once its latency is timed (petq.ahead), and
+    the reports then read this drawing."""
+    from sklearn.metrics import confusion_matrix
+
+    labels = workspace.test_labels(test_fraction)
+    matrix = confusion_matrix(labels, np.asarray(scores).argmax(axis=1),
+                              labels=np.arange(len(workspace.class_names)))
+    cached_confusion_png(workspace.cache, workspace.result_key(spec, test_fraction), spec.name,
+                         (matrix, workspace.class_names))
 
 
 def write_reports(workspace, rows: list[Result], results_path: Path) -> list[Path]:

@@ -204,14 +204,17 @@ class Workspace:
         return self._stores[split]
 
     def prepare(self, spec: VariantSpec, progress: Stage | None = None,
-                calibration_first: bool = False) -> tuple[dict[str, Any], DecodedStore]:
+                calibration_first: bool = False,
+                read: Callable[[], dict[str, Any]] | None = None,
+                ) -> tuple[dict[str, Any], DecodedStore]:  # fmt: skip
         """The model's facts and the test images' store, before `spec` is evaluated.
 
         When a store is still to come (a cold run), the model is read in a thread
         (TensorFlow's import alone takes seconds), and for the native variant its runner
         made, while this thread decodes: with `calibration_first`, the trainval images
         first (a converter process waits for them to calibrate: petq.ahead), then the
-        test images, counted as one "decode" stage.
+        test images, counted as one "decode" stage. `read`: what reads the model's facts
+        instead (petq.ahead has its converter process read them).
         """
         splits: list[Split] = ["trainval", "test"] if calibration_first else ["test"]
         missing = [split for split in splits if split not in self._stores]
@@ -219,7 +222,7 @@ class Workspace:
             return self.model_info(), self._stores["test"]
         from concurrent.futures import ThreadPoolExecutor
 
-        def read() -> dict[str, Any]:
+        def read_here() -> dict[str, Any]:
             if spec.is_native:
                 self.keras_runner()  # loaded once: model_info reads this one
             return self.model_info()
@@ -234,7 +237,7 @@ class Workspace:
                 progress(stage, before + done, total)
 
         with ThreadPoolExecutor(1, thread_name_prefix="petq-model") as pool:
-            info = pool.submit(read)
+            info = pool.submit(read or read_here)
             for split in missing:
                 self.store(split, decoding)
                 before += len(self.dataset.split(split))
@@ -492,6 +495,11 @@ class Workspace:
         if spec.is_native and self.source_is_tflite:
             raise SpecError(f"{self.model_path}: a .tflite source model has no native variant")
 
+    def test_labels(self, test_fraction: float = 1.0) -> np.ndarray:
+        """The model's class of each test image a pass scores, in the order of its scores."""
+        _, kept = self.store("test").rows(self.dataset.test_samples(test_fraction))
+        return np.array([self.label(s) for s in kept], dtype=np.int64)
+
     def _test_pixels(self, store: DecodedStore, test_fraction: float
                      ) -> tuple[np.ndarray, list[Sample]]:  # fmt: skip
         pixels, kept = store.pixels_of(self.dataset.test_samples(test_fraction))
@@ -542,7 +550,7 @@ class Workspace:
                                       runs=latency_runs)
             if progress:
                 progress("latency", 1, 1)
-            labels = np.array([self.label(s) for s in kept], dtype=np.int64)
+            labels = self.test_labels(test_fraction)
             metrics = compute_metrics(labels, found, len(self.class_names))
             top5, top5_scores = top_k(found)
             details = Details(

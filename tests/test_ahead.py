@@ -3,7 +3,9 @@ share the cache; each variant is converted once, whichever process gets to it.""
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,7 +49,7 @@ def test_the_converter_skips_a_variant_another_process_is_converting(tiny_model,
     ws = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)
     spec = VariantSpec.int8(0.5, seed=11)
     key = ws.variant_key(spec)
-    task = ConvertTask(str(tiny_model), str(pet_root), str(ws.cache.root), spec.to_dict())
+    task = ConvertTask(ahead.Where.of(ws), spec.to_dict())
     (ws.cache.root / "locks").mkdir(parents=True, exist_ok=True)
     with FileLock(str(ws.cache.root / "locks" / f"variants-{key}.lock")):
         assert ws.cache.held("variants", key)
@@ -58,8 +60,8 @@ def test_the_converter_skips_a_variant_another_process_is_converting(tiny_model,
 
 
 def test_a_bad_recipe_comes_back_as_text(tiny_model, pet_root, tmp_path):
-    task = ConvertTask(str(tiny_model), str(pet_root), str(tmp_path / "cache"),
-                       VariantSpec.imbint8((99,)).to_dict())
+    where = ahead.Where(str(tiny_model), str(pet_root), str(tmp_path / "cache"))
+    task = ConvertTask(where, VariantSpec.imbint8((99,)).to_dict())
     assert "out of range" in convert_task(task)
 
 
@@ -108,11 +110,9 @@ def test_a_run_pairs_converted_variants_and_gives_what_one_at_a_time_gives(tiny_
 
 def test_a_pass_in_the_converter_process_gives_the_scores_of_one_here(workspace):
     spec = VariantSpec.int8(0.5)
-    task = ahead.PassTask(str(workspace.model_path), str(workspace.dataset.root),
-                          str(workspace.cache.root), spec.to_dict(), 0.5)
+    task = ahead.PassTask(ahead.Where.of(workspace), spec.to_dict(), 0.5)
     np.testing.assert_array_equal(ahead.pass_task(task), workspace.predictions(spec, 0.5))
-    bad = ahead.PassTask(task.model_path, task.dataset_root, task.cache_root,
-                         VariantSpec.imbint8((99,)).to_dict(), 1.0)
+    bad = ahead.PassTask(task.where, VariantSpec.imbint8((99,)).to_dict(), 1.0)
     assert "out of range" in ahead.pass_task(bad)
 
 
@@ -132,7 +132,7 @@ def test_once_idle_the_converter_process_takes_the_second_pass_of_a_pair(tiny_mo
         assert all(ws.cached_tflite(spec) is not None for spec in pair)
         scores = ahead._passes_side_by_side(ws, pair, 1.0, lambda *call: calls.append(call),
                                             converter)
-        assert len(converter._futures) == 3  # two conversions, then the lent pass
+        assert len(converter._futures) == 4  # the model read, two conversions, the lent pass
     for spec in pair:
         np.testing.assert_array_equal(scores[spec], ws.predictions(spec))
     n = len(ws.dataset.test)
@@ -168,3 +168,53 @@ def test_latencies_are_timed_only_once_the_converter_process_is_idle(tiny_model,
     alone = Workspace(tiny_model, pet_root, tmp_path / "alone", threads=2)
     for spec, result, _ in outcomes:
         assert result.accuracy == alone.evaluate(spec, latency_runs=3)[0].accuracy
+
+
+RUN_IN_A_FRESH_PROCESS = """
+import json, sys
+from petq.ahead import evaluate_run
+from petq.types import VariantSpec
+from petq.workspace import Workspace
+
+if __name__ == "__main__":  # the converter process is spawned: it imports this file again
+    ws = Workspace(sys.argv[1], sys.argv[2], sys.argv[3], threads=2)
+    specs = [VariantSpec.from_dict(spec) for spec in json.loads(sys.argv[4])]
+    outcomes = [(spec.name, result.accuracy, result.latency_runs, result.threads, computed)
+                for spec, result, computed in evaluate_run(ws, specs, latency_runs=3)]
+    print(json.dumps({"outcomes": outcomes, "tensorflow": "tensorflow" in sys.modules}))
+"""
+
+
+@pytest.mark.slow
+def test_the_converter_process_evaluates_the_native_model_and_this_one_never_loads_tensorflow(
+        tiny_model, pet_root, tmp_path):
+    import json
+    import subprocess
+
+    script = tmp_path / "run.py"
+    script.write_text(RUN_IN_A_FRESH_PROCESS)
+    specs = [VariantSpec.native(), VariantSpec.fp32(), VariantSpec.int8(0.5, seed=13),
+             VariantSpec.int8(0.25, seed=13)]
+    cache = tmp_path / "run"
+    root = Path(__file__).resolve().parent.parent  # petq from this checkout
+    done = subprocess.run(
+        [sys.executable, str(script), str(tiny_model), str(pet_root), str(cache),
+         json.dumps([spec.to_dict() for spec in specs])],
+        capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["tensorflow"] is False
+    assert [name for name, *_ in report["outcomes"]] == [spec.name for spec in specs]
+    ws = Workspace(tiny_model, pet_root, cache, threads=2)
+    alone = Workspace(tiny_model, pet_root, tmp_path / "alone", threads=2)
+    for spec, (_, accuracy, runs, threads, computed) in zip(specs, report["outcomes"],
+                                                          strict=True):
+        assert computed and runs == 3 and threads == 2
+        expected, _ = alone.evaluate(spec, latency_runs=3)
+        assert accuracy == expected.accuracy
+        ours = ws.cached_result(spec, 1.0)
+        np.testing.assert_array_equal(ws.details(ours.result_key).top5_scores,
+                                      alone.details(expected.result_key).top5_scores)
+    # the report's timing of FP32 against native was made there too, for the report to read
+    timings = [entry.manifest for entry in ws.cache.entries("latency")]
+    assert [(t["a"], t["b"]) for t in timings] == [("tflite-fp32", "native")]

@@ -836,9 +836,9 @@ def test_report_redraws_no_confusion_matrix(monkeypatch, tiny_model, pet_root, t
     drawn = []
     draw = report.confusion_png
 
-    def counting(details, title):  # counts the drawings, draws for real
+    def counting(matrix, names, title):  # counts the drawings, draws for real
         drawn.append(title)
-        return draw(details, title)
+        return draw(matrix, names, title)
 
     monkeypatch.setattr(report, "confusion_png", counting)
     point_at(monkeypatch, tiny_model, pet_root, cache)
@@ -858,6 +858,24 @@ def test_report_redraws_no_confusion_matrix(monkeypatch, tiny_model, pet_root, t
     assert_clean(at)
     assert drawn == [rows[1].variant]
 
+
+
+def test_a_figure_drawn_from_the_scores_is_the_result_s_own(monkeypatch, workspace):
+    """The CLI draws a variant's confusion PNG once its accuracy pass is done, before its
+    latency and result: the report then reads that drawing, which is what the result's
+    confusion matrix draws."""
+    from petq import report
+
+    spec = VariantSpec.int8(0.5)
+    scores = workspace.predictions(spec, 0.5)
+    report.early_confusion_png(workspace, spec, 0.5, scores)
+    result, _ = workspace.evaluate(spec, 0.5, latency_runs=3, scores=scores)
+    details = workspace.details(result.result_key)
+    expected = report.confusion_png(details.confusion_matrix, details.class_names,
+                                    result.variant)
+    monkeypatch.setattr(report, "confusion_png", None)  # drawing again would fail
+    assert report.cached_confusion_png(workspace.cache, result.result_key,
+                                       result.variant) == expected
 
 def test_comparison_table_from_real_results(filled_cache, tiny_model, pet_root):
     from petq.workspace import Workspace
