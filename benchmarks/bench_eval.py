@@ -9,7 +9,9 @@
    `petq.ahead.evaluate_run` runs them once the converter process is idle.
 4. With --busy-core: the latency medians of FP32 and the variant (`measure_latency`, on
    the run's threads) on a quiet machine and beside one busy core, as they were when
-   timed beside the converter process's calibration (why `evaluate_run` waits for it).
+   timed beside the converter process's calibration (why `evaluate_run` waits for it);
+   and their accuracy passes beside one busy core on one and on two interpreter threads
+   (why `evaluate_run` runs them on one while the converter process works).
 
 Usage: python benchmarks/bench_eval.py [--variant tflite-int8-0.08] [--model M] [--skip-cli]
        python benchmarks/bench_eval.py --side-by-side [--variant V] [--other V2]
@@ -136,11 +138,24 @@ def bench_busy_core(variant: str, repeats: int, threads: int | None) -> None:
         return {name: [measure_latency(runner, x)["latency_p50_ms"] for _ in range(repeats)]
                 for name, runner in runners.items()}
 
+    def passes() -> dict[tuple[str, int], float]:  # best of 3 accuracy passes, seconds
+        seconds = {}
+        for name in runners:
+            for threads_ in (1, 2):
+                times = []
+                for _ in range(3):
+                    start = time.perf_counter()
+                    ws.predictions(VariantSpec.from_name(name), threads=threads_)
+                    times.append(time.perf_counter() - start)
+                seconds[name, threads_] = min(times)
+        return seconds
+
     quiet = medians()
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # one core busy
     try:
         time.sleep(0.5)
         busy = medians()
+        busy_passes = passes()
     finally:
         burner.kill()
     print(f"latency medians (ms) on {ws.threads} thread(s), {repeats} timings each "
@@ -149,6 +164,11 @@ def bench_busy_core(variant: str, repeats: int, threads: int | None) -> None:
         for label, found in (("quiet", quiet[name]), ("one core busy", busy[name])):
             print(f"  {name:20s} {label:14s} {np.median(found):7.3f}  "
                   f"({min(found):.3f}-{max(found):.3f})")
+    n = len(ws.dataset.test)
+    print(f"accuracy passes beside one busy core ({n} images, best of 3), on one and two "
+          "interpreter threads (what petq.ahead's passes run on while the converter works)")
+    for (name, threads_), seconds in busy_passes.items():
+        print(f"  {name:20s} {threads_} thread(s)    {seconds:6.2f} s")
 
 
 def bench_cli(threads: int | None) -> None:

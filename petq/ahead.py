@@ -125,7 +125,10 @@ def model_info_task(where: Where) -> str | None:
     """The model's facts into the cache (the caller then reads them without importing
     TensorFlow), or the error's text."""
     try:
-        _workspace(where).model_info(check_classes=False)
+        ws = _workspace(where)
+        if not ws.source_is_tflite:
+            ws.keras_runner()  # loaded once: the facts are read from it, the native pass runs it
+        ws.model_info(check_classes=False)
     except PetqError as exc:
         return str(exc)
     return None
