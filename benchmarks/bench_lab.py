@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -86,17 +87,22 @@ def synthetic_dataset(trainval: int, test: int) -> Path:
     return root
 
 
-def run_timed(command: list[str], log: Path) -> float:
-    """Wall time of `command`, its output kept in `log`; a failure stops the benchmark."""
+def run_timed(command: list[str], log: Path) -> tuple[float, float]:
+    """Wall time and CPU time (user + system of it and every process it waited for, such
+    as petq's converter process) of `command`, its output kept in `log`; a failure stops
+    the benchmark."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with open(log, "w") as out:
         done = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                               env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"})
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         tail = log.read_text(errors="replace")[-3000:]
         raise SystemExit(f"{' '.join(command[:4])}... failed ({done.returncode}):\n{tail}")
-    return seconds
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu
 
 
 def run_petq(dataset: Path, model: Path, tag: str) -> dict:
@@ -107,8 +113,8 @@ def run_petq(dataset: Path, model: Path, tag: str) -> dict:
     command = [sys.executable, "-c", TIMED_CLI, str(timing), "experiments", "--model-path",
                str(model), "--dataset-root", str(dataset), "--cache-dir", str(cache),
                "--results-path", str(results)]
-    seconds = run_timed(command, OUT / f"petq-{tag}.log")
-    return {"seconds": seconds, "results": results, "cache": cache,
+    seconds, cpu = run_timed(command, OUT / f"petq-{tag}.log")
+    return {"seconds": seconds, "cpu": cpu, "results": results, "cache": cache,
             "stages": stage_times(json.loads(timing.read_text()))}
 
 
@@ -119,8 +125,9 @@ def run_baseline(dataset: Path, model: Path, tag: str) -> dict:
     command = [sys.executable, str(ROOT / "benchmarks" / "lab_baseline.py"), "--model-path",
                str(model), "--dataset-root", str(dataset), "--results-path", str(results),
                "--summary-json", str(summary)]
-    seconds = run_timed(command, OUT / f"lab-{tag}.log")
-    return {"seconds": seconds, "results": results, **json.loads(summary.read_text())}
+    seconds, cpu = run_timed(command, OUT / f"lab-{tag}.log")
+    return {"seconds": seconds, "cpu": cpu, "results": results,
+            **json.loads(summary.read_text())}
 
 
 def stage_times(timing: dict) -> dict[str, float]:
@@ -315,14 +322,15 @@ def main() -> int:
           f"{args.model_path.name}; {os.cpu_count()} cores, {platform.processor() or 'cpu'}, "
           f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     petq = run_petq(dataset, args.model_path, tag)
-    print(f"\npetq cold:   {petq['seconds']:7.1f} s", flush=True)
+    print(f"\npetq cold:   {petq['seconds']:7.1f} s  (CPU {petq['cpu']:.1f} s, all its processes)",
+          flush=True)
     for stage, seconds in sorted(petq["stages"].items(), key=lambda kv: -kv[1]):
         print(f"  {stage:54s} {seconds:6.1f} s")
     record = {"dataset": str(dataset), "model": str(args.model_path), "petq_seconds":
-              petq["seconds"], "petq_stages": petq["stages"]}
+              petq["seconds"], "petq_cpu_seconds": petq["cpu"], "petq_stages": petq["stages"]}
     if not args.skip_baseline:
         lab = run_baseline(dataset, args.model_path, tag)
-        print(f"lab harness: {lab['seconds']:7.1f} s")
+        print(f"lab harness: {lab['seconds']:7.1f} s  (CPU {lab['cpu']:.1f} s)")
         for row in lab["rows"]:
             print(f"  {row['variant']:18s} convert {row['optimize_seconds']:6.1f} s, "
                   f"test {row['test_seconds']:6.1f} s")
