@@ -463,7 +463,7 @@ def _jobs_to_show(cache: str) -> list[dict[str, Any]]:
 
 
 STAGES = {
-    "start": "starting the worker (loading TensorFlow)", "decode": "decoding the dataset (once)",
+    "start": "starting", "decode": "decoding the dataset (once)",
     "calibrate": "calibrating", "convert": "converting", "evaluate": "evaluating",
     "latency": "measuring latency", "figures": "drawing the confusion matrix",
     "timing": "timing against the reference (interleaved)",
