@@ -31,13 +31,13 @@ def compute_metrics(labels: np.ndarray, scores: np.ndarray, num_classes: int) ->
     Classes absent from the evaluated labels are left out of the per-class
     means; a present class never predicted has precision 0.
     """
-    from sklearn.metrics import confusion_matrix, top_k_accuracy_score  # 2 s to import
+    from sklearn.metrics import top_k_accuracy_score  # 2 s to import
 
     labels = np.asarray(labels, dtype=np.int64)
     scores = np.asarray(scores)
     classes = np.arange(num_classes)
     predicted = scores.argmax(axis=1)
-    cm = confusion_matrix(labels, predicted, labels=classes)
+    cm = confusion(labels, scores, num_classes)
     true_count = cm.sum(axis=1)
     predicted_count = cm.sum(axis=0)
     tp = np.diag(cm).astype(np.float64)
@@ -66,6 +66,15 @@ def compute_metrics(labels: np.ndarray, scores: np.ndarray, num_classes: int) ->
         "per_class_sensitivity": [None if np.isnan(v) else float(v) for v in recall],
         "confusion_matrix": cm.tolist(),
     }
+
+
+def confusion(labels: np.ndarray, scores: np.ndarray, num_classes: int) -> np.ndarray:
+    """The confusion matrix (C, C) of class scores (N, C) against true labels (N,): rows are
+    the truth, columns the top-1 prediction."""
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(np.asarray(labels), np.asarray(scores).argmax(axis=1),
+                            labels=np.arange(num_classes))
 
 
 def predict_all(

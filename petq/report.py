@@ -16,7 +16,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from petq.cache import Cache, key_of
-from petq.evaluate import agreement
+from petq.evaluate import agreement, confusion
 from petq.results import METRICS, Details, Result
 from petq.stats import (
     LatencyComparison,
@@ -449,11 +449,8 @@ def early_confusion_png(workspace, spec: VariantSpec, test_fraction: float,
     """`spec`'s confusion PNG into the cache from its scores, once its accuracy pass is
     done: its result, keyed alike, comes only once its latency is timed (petq.ahead), and
     the reports then read this drawing."""
-    from sklearn.metrics import confusion_matrix
-
-    labels = workspace.test_labels(test_fraction)
-    matrix = confusion_matrix(labels, np.asarray(scores).argmax(axis=1),
-                              labels=np.arange(len(workspace.class_names)))
+    matrix = confusion(workspace.test_labels(test_fraction), scores,
+                       len(workspace.class_names))
     cached_confusion_png(workspace.cache, workspace.result_key(spec, test_fraction), spec.name,
                          (matrix, workspace.class_names))
 

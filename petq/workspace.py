@@ -498,7 +498,10 @@ class Workspace:
     def test_labels(self, test_fraction: float = 1.0) -> np.ndarray:
         """The model's class of each test image a pass scores, in the order of its scores."""
         _, kept = self.store("test").rows(self.dataset.test_samples(test_fraction))
-        return np.array([self.label(s) for s in kept], dtype=np.int64)
+        return self._labels(kept)
+
+    def _labels(self, samples: list[Sample]) -> np.ndarray:
+        return np.array([self.label(s) for s in samples], dtype=np.int64)
 
     def _test_pixels(self, store: DecodedStore, test_fraction: float
                      ) -> tuple[np.ndarray, list[Sample]]:  # fmt: skip
@@ -550,7 +553,7 @@ class Workspace:
                                       runs=latency_runs)
             if progress:
                 progress("latency", 1, 1)
-            labels = self.test_labels(test_fraction)
+            labels = self._labels(kept)
             metrics = compute_metrics(labels, found, len(self.class_names))
             top5, top5_scores = top_k(found)
             details = Details(
