@@ -462,6 +462,8 @@ def _evaluate_there(ws, spec: VariantSpec, test_fraction: float, scores: np.ndar
 
 
 def _converted(ws, spec: VariantSpec) -> bool:
+    """A LiteRT variant whose .tflite is in the cache (a spec with no key, e.g. a class out
+    of range, is not: evaluated alone, which reports it)."""
     try:
         return not spec.is_native and ws.cached_tflite(spec) is not None
     except PetqError:
@@ -472,9 +474,9 @@ def _side_by_side(ws, pair: tuple[VariantSpec, ...], test_fraction: float) -> bo
     """Two LiteRT variants, converted, not evaluated yet, on a run of two threads or more."""
     try:
         return ws.threads > 1 and all(
-            not spec.is_native and ws.cached_tflite(spec) is not None
-            and ws.cached_result(spec, test_fraction) is None for spec in pair)
-    except PetqError:  # e.g. a class out of range: evaluated alone, which reports it
+            _converted(ws, spec) and ws.cached_result(spec, test_fraction) is None
+            for spec in pair)
+    except PetqError:  # e.g. a bad test fraction: evaluated alone, which reports it
         return False
 
 
