@@ -119,8 +119,11 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         bars.prefix = " + ".join(spec.name for spec in running) + ": "
         return bars
 
-    def scored(spec: VariantSpec, scores) -> None:  # its figure, before its latency is timed
-        figures.submit(_draw_early, ws, spec, args.test_dataset_fraction, scores)
+    passes: dict = {}  # spec -> its pass's Details, filled in the figures thread
+
+    def scored(spec: VariantSpec, scores) -> None:  # before its latency is timed
+        figures.submit(_report_early, ws, spec, args.test_dataset_fraction, scores, passes,
+                       specs)
 
     start = time.perf_counter()
     # each variant's figure and statistics are made in a thread while the next is evaluated
@@ -162,14 +165,18 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _draw_early(ws, spec: VariantSpec, test_fraction: float, scores) -> None:
-    """A variant's confusion-matrix PNG from its scores, in the figures thread, while its
-    latency waits (`_prepare_report` then finds it drawn); a failure is met again there."""
+def _report_early(ws, spec: VariantSpec, test_fraction: float, scores, passes: dict,
+                  specs: list[VariantSpec]) -> None:
+    """A variant's confusion-matrix PNG and the paired statistics its pass completes, from
+    its scores, in the figures thread while its latency waits (`_prepare_report` then
+    finds them in the cache); a failure is met again there."""
     from petq.evaluate import QUIET
-    from petq.report import early_confusion_png
+    from petq.report import early_confusion_png, early_paired
 
-    with QUIET:
-        early_confusion_png(ws, spec, test_fraction, scores)
+    with QUIET:  # never beside a latency being timed
+        passes[spec], _ = ws.scored(scores, test_fraction)
+        early_confusion_png(ws, spec, test_fraction, passes[spec])
+        early_paired(ws, test_fraction, passes, specs, spec)
 
 
 def _prepare_report(ws, result, earlier: list, specs: list[VariantSpec]) -> None:
@@ -177,13 +184,13 @@ def _prepare_report(ws, result, earlier: list, specs: list[VariantSpec]) -> None
     main thread evaluates the next variant: its confusion-matrix PNG (matplotlib is
     imported here) and its paired statistics against its reference, once that is in."""
     from petq.evaluate import QUIET
-    from petq.report import cached_confusion_png, paired, reference_of
+    from petq.report import cached_confusion_png, paired, reference_spec
 
     with QUIET:  # never beside a latency being timed
         cached_confusion_png(ws.cache, result.result_key, result.variant)
-    reference = reference_of(result, earlier)
-    if reference is not None and (reference.spec == result.spec.reference
-                                  or result.spec.reference not in specs):
+    wanted = reference_spec(result.spec, specs)
+    reference = next((r for r in earlier if r.spec == wanted), None)
+    if reference is not None:
         with QUIET:
             paired(ws, result, reference)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from petq.cache import Cache, key_of
-from petq.evaluate import agreement, confusion
+from petq.evaluate import agreement
 from petq.results import METRICS, Details, Result
 from petq.stats import (
     LatencyComparison,
@@ -67,14 +67,21 @@ def _ci_points(interval) -> str:
             f"to {100 * interval.high:+.1f})")
 
 
+def reference_spec(spec: VariantSpec, specs: Collection[VariantSpec]) -> VariantSpec | None:
+    """What `spec` is compared against among `specs` (`VariantSpec.reference`); native
+    when the FP32 .tflite is not among them."""
+    if spec.reference in specs:
+        return spec.reference
+    if not spec.is_native and spec.reference == VariantSpec.fp32() and (
+            VariantSpec.native() in specs):
+        return VariantSpec.native()
+    return None
+
+
 def reference_of(result: Result, results: list[Result]) -> Result | None:
-    """The result a variant is compared against (`VariantSpec.reference`); native when
-    the FP32 .tflite was not evaluated."""
-    wanted = result.spec.reference
-    found = next((r for r in results if r.spec == wanted), None)
-    if found is None and not result.spec.is_native and wanted == VariantSpec.fp32():
-        found = next((r for r in results if r.spec.is_native), None)
-    return found
+    """The result a variant is compared against (`reference_spec`)."""
+    wanted = reference_spec(result.spec, [r.spec for r in results])
+    return next((r for r in results if r.spec == wanted), None)
 
 
 def paired(workspace, result: Result, reference: Result) -> PairedComparison | None:
@@ -445,14 +452,25 @@ def cached_confusion_png(cache: Cache, result_key: str, title: str,
 
 
 def early_confusion_png(workspace, spec: VariantSpec, test_fraction: float,
-                        scores: np.ndarray) -> None:
-    """`spec`'s confusion PNG into the cache from its scores, once its accuracy pass is
-    done: its result, keyed alike, comes only once its latency is timed (petq.ahead), and
-    the reports then read this drawing."""
-    matrix = confusion(workspace.test_labels(test_fraction), scores,
-                       len(workspace.class_names))
+                        details: Details) -> None:
+    """`spec`'s confusion PNG into the cache from its pass's details (`Workspace.scored`),
+    once its accuracy pass is done: its result, keyed alike, comes only once its latency is
+    timed (petq.ahead), and the reports then read this drawing."""
     cached_confusion_png(workspace.cache, workspace.result_key(spec, test_fraction), spec.name,
-                         (matrix, workspace.class_names))
+                         (details.confusion_matrix, details.class_names))
+
+
+def early_paired(workspace, test_fraction: float, scored: Mapping[VariantSpec, Details],
+                 specs: Collection[VariantSpec], spec: VariantSpec) -> None:
+    """The paired statistics (`Workspace.paired`) of each pair of `specs` (a variant and its
+    `reference_spec`) that `spec`'s pass completes, from the passes' details in `scored`,
+    before the results are in: the reports then read them from the cache."""
+    for variant, details in scored.items():
+        reference = reference_spec(variant, specs)
+        if spec in (variant, reference) and reference in scored:
+            workspace.paired(workspace.result_key(variant, test_fraction),
+                             workspace.result_key(reference, test_fraction),
+                             early=(details, scored[reference]))
 
 
 def write_reports(workspace, rows: list[Result], results_path: Path) -> list[Path]:

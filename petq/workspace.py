@@ -495,13 +495,27 @@ class Workspace:
         if spec.is_native and self.source_is_tflite:
             raise SpecError(f"{self.model_path}: a .tflite source model has no native variant")
 
-    def test_labels(self, test_fraction: float = 1.0) -> np.ndarray:
-        """The model's class of each test image a pass scores, in the order of its scores."""
-        _, kept = self.store("test").rows(self.dataset.test_samples(test_fraction))
-        return self._labels(kept)
-
-    def _labels(self, samples: list[Sample]) -> np.ndarray:
-        return np.array([self.label(s) for s in samples], dtype=np.int64)
+    def scored(self, scores: np.ndarray, test_fraction: float = 1.0,
+               kept: list[Sample] | None = None) -> tuple[Details, dict[str, Any]]:
+        """A pass's per-image details and its metrics, from its scores (N, C) on the test
+        images `kept` (default: those of `test_fraction`, in the order a pass scores them).
+        `evaluate` caches both; the CLI draws and compares from them as soon as the pass is
+        done, before the result is in (petq.report.early_confusion_png, `paired`)."""
+        if kept is None:
+            _, kept = self.store("test").rows(self.dataset.test_samples(test_fraction))
+        if len(scores) != len(kept):
+            raise ValueError(f"{len(scores)} scores for {len(kept)} test images")
+        labels = np.array([self.label(s) for s in kept], dtype=np.int64)
+        metrics = compute_metrics(labels, scores, len(self.class_names))
+        top5, top5_scores = top_k(scores)
+        details = Details(
+            class_names=self.class_names, image_ids=tuple(s.image_id for s in kept),
+            labels=labels, top5=top5, top5_scores=top5_scores,
+            confusion_matrix=np.asarray(metrics.pop("confusion_matrix")),
+            per_class_precision=np.asarray(metrics.pop("per_class_precision"), float),
+            per_class_sensitivity=np.asarray(metrics.pop("per_class_sensitivity"), float),
+        )
+        return details, metrics
 
     def _test_pixels(self, store: DecodedStore, test_fraction: float
                      ) -> tuple[np.ndarray, list[Sample]]:  # fmt: skip
@@ -541,30 +555,17 @@ class Workspace:
                     "convert_seconds": entry.manifest["convert_seconds"],
                     "tflite_key": entry.manifest["key"],
                 }
-            if scores is None:
-                found = predict_all(runner, pixels, self.contract, _stage(progress, "evaluate"))
-            elif len(scores) == len(kept):
-                found = scores
-            else:
-                raise ValueError(f"{spec.name}: {len(scores)} scores for {len(kept)} images")
+            found = scores if scores is not None else predict_all(
+                runner, pixels, self.contract, _stage(progress, "evaluate"))
+            details, metrics = self.scored(found, test_fraction, kept)
             if progress:
                 progress("latency", 0, 1)
             latency = measure_latency(runner, preprocess(np.asarray(pixels[0]), self.contract),
                                       runs=latency_runs)
             if progress:
                 progress("latency", 1, 1)
-            labels = self._labels(kept)
-            metrics = compute_metrics(labels, found, len(self.class_names))
-            top5, top5_scores = top_k(found)
-            details = Details(
-                class_names=self.class_names, image_ids=tuple(s.image_id for s in kept),
-                labels=labels, top5=top5, top5_scores=top5_scores,
-                confusion_matrix=np.asarray(metrics.pop("confusion_matrix")),
-                per_class_precision=np.asarray(metrics.pop("per_class_precision"), float),
-                per_class_sensitivity=np.asarray(metrics.pop("per_class_sensitivity"), float),
-            )
             (tmp / "details.json").write_text(json.dumps(details.to_json()))
-            np.savez(tmp / "predictions.npz", top5=top5, top5_scores=top5_scores)
+            np.savez(tmp / "predictions.npz", top5=details.top5, top5_scores=details.top5_scores)
             result = Result(
                 spec=spec, description=spec.describe(self.class_names),
                 model=self.model_path.name, model_sha=self.model_sha,
@@ -646,18 +647,20 @@ class Workspace:
         results.sort(key=variant_order)
         return results
 
-    def paired(self, result_key: str, reference_key: str
+    def paired(self, result_key: str, reference_key: str,
+               early: tuple[Details, Details] | None = None,
                ) -> tuple[PairedComparison, list[ClassChange]] | None:  # fmt: skip
         """A result against a reference on the same test images: the paired statistics
         (`compare_details`, 2,000 resamples, 95%) and each breed's change
         (`class_changes_of`), computed once and cached (kind "paired"): jobs compute
         them as they evaluate, so Compare and the report read them. None when the two were
-        evaluated on different images."""
+        evaluated on different images. `early`: the two results' details (`scored`), when
+        this is computed before the results are cached; else they are read from them."""
         key = key_of({"v": 1, "result": result_key, "reference": reference_key,
                       "versions": library_versions()})
         entry = self.cache.get("paired", key, verify=False)
         if entry is None:
-            mine, reference = self.details(result_key), self.details(reference_key)
+            mine, reference = early or (self.details(result_key), self.details(reference_key))
             if not mine.same_images(reference):
                 return None
 

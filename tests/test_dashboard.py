@@ -868,7 +868,7 @@ def test_a_figure_drawn_from_the_scores_is_the_result_s_own(monkeypatch, workspa
 
     spec = VariantSpec.int8(0.5)
     scores = workspace.predictions(spec, 0.5)
-    report.early_confusion_png(workspace, spec, 0.5, scores)
+    report.early_confusion_png(workspace, spec, 0.5, workspace.scored(scores, 0.5)[0])
     result, _ = workspace.evaluate(spec, 0.5, latency_runs=3, scores=scores)
     details = workspace.details(result.result_key)
     expected = report.confusion_png(details.confusion_matrix, details.class_names,

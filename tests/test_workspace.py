@@ -300,6 +300,30 @@ def test_paired_statistics_are_cached_on_disk(workspace):
     assert workspace.paired(variant.result_key, subset.result_key) is None  # other images
 
 
+def test_paired_statistics_from_the_passes_are_the_results_own(tiny_model, pet_root, tmp_path):
+    """The CLI computes a pair's statistics once both passes are done, before either result
+    is cached (petq.report.early_paired); the reports then read those, and they equal the
+    statistics of the two cached results."""
+    from petq import report
+    from petq.stats import class_changes_of, compare_details
+    from petq.workspace import Workspace
+
+    ws = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)
+    specs = [VariantSpec.fp32(), VariantSpec.int8(0.5)]
+    scores, passes = {}, {}
+    for spec in specs:
+        scores[spec] = ws.predictions(spec, 0.5)
+        passes[spec], _ = ws.scored(scores[spec], 0.5)
+        report.early_paired(ws, 0.5, passes, specs, spec)
+    assert len(list(ws.cache.entries("paired"))) == 1  # INT8 against FP32 (no native here)
+    variant, _ = ws.evaluate(specs[1], 0.5, latency_runs=3, scores=scores[specs[1]])
+    reference, _ = ws.evaluate(specs[0], 0.5, latency_runs=3, scores=scores[specs[0]])
+    found = ws.paired(variant.result_key, reference.result_key)
+    assert len(list(ws.cache.entries("paired"))) == 1  # read, not computed again
+    mine, ref = ws.details(variant.result_key), ws.details(reference.result_key)
+    assert found == (compare_details(mine, ref), class_changes_of(mine, ref))
+
+
 def test_a_cold_native_evaluation_reads_the_model_once(tiny_model, pet_root, tmp_path,
                                                        monkeypatch):
     import petq.runtime as runtime
