@@ -14,6 +14,10 @@ the report's interleaved timings against it. This process never imports TensorFl
 (4-5 CPU-seconds) and waits for the conversions it needs rather than converting
 them itself.
 
+Its tasks report their progress on a queue (each stage's ends, and at most one count
+per REPORT_S between), so a wait here shows the calibration or accuracy pass it waits for
+as it goes, not one count that stands still for seconds.
+
 Both go through the content-addressed cache and its per-entry locks, so a variant
 another process is converting is skipped. Nothing the converter process says is
 trusted: this process always asks the cache, so a model read, conversion or native
@@ -37,8 +41,10 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
@@ -78,6 +84,39 @@ class Where:
     def of(cls, ws) -> Where:
         return cls(str(ws.model_path), str(ws.dataset.root), str(ws.cache.root),
                    ws.contract.preprocessing, ws.threads)
+
+
+REPORT_S = 0.2  # how often the converter process reports a task's progress, at most
+
+_reports = None  # in the converter process: the queue its tasks report their progress on
+
+
+def _init_converter(threads: int, reports) -> None:
+    """The converter process: a pool worker on the run's threads, reporting on `reports`."""
+    from petq.sweep import _init_pool_worker
+
+    global _reports
+    _init_pool_worker(threads, None)
+    reports.cancel_join_thread()  # at exit, reports the caller has not read are dropped
+    _reports = reports
+
+
+def _reporting(spec: VariantSpec) -> Stage | None:
+    """A progress callback that sends (spec name, stage, done, total) to the caller
+    (`ConvertAhead.wait_for` shows it): each stage's first and last call, and at most one
+    call every REPORT_S in between."""
+    if _reports is None:
+        return None
+    last = {"stage": "", "at": 0.0}
+
+    def report(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if stage == last["stage"] and done < total and now - last["at"] < REPORT_S:
+            return
+        last.update(stage=stage, at=now)
+        _reports.put((spec.name, stage, done, total))
+
+    return report
 
 
 @functools.lru_cache(maxsize=4)
@@ -137,8 +176,9 @@ def model_info_task(where: Where) -> str | None:
 def pass_task(task: PassTask) -> np.ndarray | str:
     """The variant's scores on one interpreter thread, or the error's text."""
     try:
-        return _workspace(task.where).predictions(VariantSpec.from_dict(task.spec),
-                                                  task.test_fraction, threads=1)
+        spec = VariantSpec.from_dict(task.spec)
+        return _workspace(task.where).predictions(spec, task.test_fraction,
+                                                  _reporting(spec), threads=1)
     except PetqError as exc:
         return str(exc)
 
@@ -164,7 +204,7 @@ def convert_task(task: ConvertTask) -> str | None:
         spec = VariantSpec.from_dict(task.spec)
         ws.share_calibration(VariantSpec.from_dict(d) for d in task.run)  # once: same run
         if not ws.cache.held("variants", ws.variant_key(spec)):
-            ws.tflite(spec)
+            ws.tflite(spec, _reporting(spec))
     except PetqError as exc:
         return str(exc)
     return None
@@ -214,6 +254,8 @@ class ConvertAhead:
         self._futures: list[Future] = []
         self._info: Future | None = None
         self._conversions: dict[VariantSpec, Future] = {}
+        self._reports = None  # what the converter process reports of its tasks' progress
+        self._latest: dict[str, tuple[str, int, int]] = {}  # spec name -> its last report
         self.calibrates = False  # whether the converter process needs the trainval images
         specs = list(dict.fromkeys(specs))
         ws.share_calibration(specs)  # here and in the converter process
@@ -227,15 +269,15 @@ class ConvertAhead:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        from petq.sweep import _init_pool_worker
-
         position = {s: i for i, s in enumerate(todo)}  # the run's order
         todo.sort(key=lambda s: _order(ws, s, position[s]))
         run = tuple(s.to_dict() for s in specs)
         self._where = Where.of(ws)
+        context = multiprocessing.get_context("spawn")  # TensorFlow and fork do not mix
+        self._reports = context.Queue()
         self._pool = ProcessPoolExecutor(  # TensorFlow on the run's threads: native is timed there
-            1, mp_context=multiprocessing.get_context("spawn"),  # TensorFlow and fork do not mix
-            initializer=_init_pool_worker, initargs=(ws.threads, None))
+            1, mp_context=context, initializer=_init_converter,
+            initargs=(ws.threads, self._reports))
         self._info = self._submit(model_info_task, self._where)
         for spec in todo:
             self._conversions[spec] = self._submit(
@@ -282,9 +324,28 @@ class ConvertAhead:
         """Whether the converter process has nothing left to do (or there is none)."""
         return all(future.done() for future in self._futures)
 
-    def wait(self) -> None:
-        """Until the converter process has nothing left to do."""
-        futures.wait(self._futures)
+    def wait(self, spec: VariantSpec | None = None, progress: Stage | None = None) -> None:
+        """Until the converter process has nothing left to do (see `wait_for`)."""
+        self.wait_for(self._futures, spec, progress)
+
+    def wait_for(self, waited: Iterable[Future], spec: VariantSpec | None = None,
+                 progress: Stage | None = None) -> None:
+        """Until `waited` are done, passing to `progress` what the converter process
+        reports of `spec`'s task there (its calibration, its accuracy pass) as it comes."""
+        pending = set(waited)
+        while pending:
+            _, pending = futures.wait(pending, timeout=REPORT_S)
+            self._read_reports()
+            if progress is not None and spec is not None and spec.name in self._latest:
+                progress(*self._latest.pop(spec.name))
+
+    def _read_reports(self) -> None:
+        while self._reports is not None:
+            try:
+                name, *report = self._reports.get_nowait()
+            except queue.Empty:
+                return
+            self._latest[name] = tuple(report)
 
     def close(self, wait: bool = True) -> None:
         """Drop the conversions not started; with `wait`, wait for one in progress. An idle
@@ -294,6 +355,8 @@ class ConvertAhead:
             busy = any(not future.done() for future in self._futures)
             self._pool.shutdown(wait=wait and busy, cancel_futures=True)
             self._pool = None
+            self._reports.close()
+            self._reports = None
 
     def __enter__(self) -> ConvertAhead:
         return self
@@ -376,12 +439,10 @@ def _wait(ws, ahead: ConvertAhead, lent: dict[VariantSpec, Future], test_fractio
           progress_for: ProgressFor | None) -> None:
     """Until the converter process is idle, showing a lent pass still running there."""
     pending = [spec for spec, future in lent.items() if not future.done()]
-    for spec in pending:
-        if progress_for:
-            progress = progress_for((spec,))
-            if progress is not None:
-                progress("evaluate", 0, len(ws.dataset.test_samples(test_fraction)))
-    ahead.wait()
+    progress = progress_for((pending[0],)) if pending and progress_for else None
+    if progress is not None:
+        progress("evaluate", 0, len(ws.dataset.test_samples(test_fraction)))
+    ahead.wait(pending[0] if pending else None, progress)
 
 
 def _pass_now(ws, spec: VariantSpec, test_fraction: float, progress_for: ProgressFor | None,
@@ -397,7 +458,7 @@ def _pass_now(ws, spec: VariantSpec, test_fraction: float, progress_for: Progres
         if conversion is not None and not conversion.done():
             if progress is not None:
                 progress("convert", 0, 1)
-            futures.wait([conversion])  # its error, if any, is met again below
+            ahead.wait_for([conversion], spec, progress)  # its error is met again below
         # beside the busy converter process, one interpreter thread: a second one would
         # wait for the core that process holds
         threads = None if ahead.idle else 1
@@ -499,6 +560,7 @@ def _passes_side_by_side(ws, pair: tuple[VariantSpec, ...], test_fraction: float
                              sum(t for _, t in counts.values()))
         if spec in lent:
             report("evaluate", 0, len(ws.dataset.test_samples(test_fraction)))
+            ahead.wait_for([lent[spec]], spec, report)
             found = lent[spec].result()
             if not isinstance(found, str):  # an error's text: met again below, as its type
                 report("evaluate", len(found), len(found))

@@ -116,6 +116,69 @@ def test_a_pass_in_the_converter_process_gives_the_scores_of_one_here(workspace)
     assert "out of range" in ahead.pass_task(bad)
 
 
+def test_the_converter_process_reports_each_stage_s_ends_and_little_between(workspace,
+                                                                            monkeypatch):
+    """What a task there reports to the caller (`_reporting`): each stage's first and last
+    count, and at most one count per REPORT_S in between."""
+    import queue
+
+    reports = queue.Queue()
+    monkeypatch.setattr(ahead, "_reports", reports)
+    monkeypatch.setattr(ahead, "REPORT_S", 3600.0)  # nothing between the ends
+    spec = VariantSpec.int8(0.5)
+    report = ahead._reporting(spec)
+    for done in range(101):
+        report("calibrate", done, 100)
+    report("convert", 0, 1)
+    report("convert", 1, 1)
+    seen = [reports.get_nowait() for _ in range(reports.qsize())]
+    assert seen == [(spec.name, "calibrate", 0, 100), (spec.name, "calibrate", 100, 100),
+                    (spec.name, "convert", 0, 1), (spec.name, "convert", 1, 1)]
+    monkeypatch.setattr(ahead, "REPORT_S", 0.0)
+    report = ahead._reporting(spec)
+    for done in range(11):
+        report("calibrate", done, 10)
+    assert reports.qsize() == 11
+    assert not isinstance(ahead.pass_task(ahead.PassTask(ahead.Where.of(workspace),
+                                                         spec.to_dict(), 1.0)), str)
+    seen = [reports.get_nowait() for _ in range(reports.qsize())][11:]  # a pass reports too
+    n = len(workspace.dataset.test)
+    assert (spec.name, "evaluate", n, n) in seen
+
+
+def test_waiting_shows_the_last_report_of_the_waited_spec(workspace):
+    import queue
+    from concurrent.futures import Future
+
+    converter = ConvertAhead(workspace, [])
+    converter._reports = queue.Queue()
+    spec, other = VariantSpec.native(), VariantSpec.fp32()
+    for report in [(spec.name, "evaluate", 10, 40), (other.name, "calibrate", 5, 9),
+                   (spec.name, "evaluate", 20, 40)]:
+        converter._reports.put(report)
+    done = Future()
+    done.set_result(None)
+    shown = []
+    converter.wait_for([done], spec, lambda *call: shown.append(call))
+    assert shown == [("evaluate", 20, 40)]  # the latest, once: not the other spec's
+    converter.wait_for([done], spec, lambda *call: shown.append(call))
+    assert len(shown) == 1
+
+
+@pytest.mark.slow
+def test_a_wait_shows_the_conversion_s_progress_in_the_converter_process(tiny_model, pet_root,
+                                                                        tmp_path):
+    specs = [VariantSpec.int8(0.5, seed=3), VariantSpec.fp32()]
+    ws = Workspace(tiny_model, pet_root, tmp_path / "run", threads=2)
+    shown = []
+    with ConvertAhead(ws, specs) as converter:
+        assert converter.active
+        first = next(iter(converter._conversions))  # the largest calibration set first
+        converter.wait(first, lambda *call: shown.append(call))
+    assert shown and shown[-1][0] in ("calibrate", "convert")
+    assert all(stage in ("calibrate", "convert") for stage, *_ in shown)
+
+
 @pytest.mark.slow
 def test_once_idle_the_converter_process_takes_the_second_pass_of_a_pair(tiny_model, pet_root,
                                                                         tmp_path):
