@@ -239,59 +239,131 @@ def _spawn_can_start() -> bool:
     return getattr(main, "__spec__", None) is not None or path is None or Path(path).is_file()
 
 
+class Reports:
+    """The caller's end of the queue the converter process reports progress on (`_reporting`):
+    each spec's last report, handed out once."""
+
+    def __init__(self, reports):
+        self.queue = reports
+        self._latest: dict[str, tuple[str, int, int]] = {}  # spec name -> its last report
+
+    def take(self, spec: VariantSpec) -> tuple[str, int, int] | None:
+        """`spec`'s last report (stage, done, total) not handed out yet, if any."""
+        while True:
+            try:
+                name, *report = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            self._latest[name] = tuple(report)
+        return self._latest.pop(spec.name, None)
+
+
+class ConverterProcess:
+    """The spawned converter process: one pool worker on the run's threads (TensorFlow's
+    thread count is set before it loads: the native model is timed there), the queue its
+    tasks report progress on, and every task given it. It starts by reading the model's
+    facts (`model_info_task`), which imports TensorFlow."""
+
+    def __init__(self, where: Where):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.where = where
+        context = multiprocessing.get_context("spawn")  # TensorFlow and fork do not mix
+        self._reports = Reports(context.Queue())
+        self._pool = ProcessPoolExecutor(1, mp_context=context, initializer=_init_converter,
+                                         initargs=(where.threads, self._reports.queue))
+        self.futures: list[Future] = []
+        self.info = self.submit(model_info_task, where)
+
+    def submit(self, task: Callable, argument: Any) -> Future:
+        assert self._pool is not None
+        future = self._pool.submit(task, argument)
+        self.futures.append(future)
+        return future
+
+    def wait_for(self, waited: Iterable[Future], spec: VariantSpec | None = None,
+                 progress: Stage | None = None) -> None:
+        """Until `waited` are done, passing to `progress` what the converter process
+        reports of `spec`'s task there (its calibration, its accuracy pass) as it comes."""
+        pending = set(waited)
+        while pending:
+            _, pending = futures.wait(pending, timeout=REPORT_S)
+            report = self._reports.take(spec) if spec is not None else None
+            if progress is not None and report is not None:
+                progress(*report)
+
+    def close(self, wait: bool = True) -> None:
+        """Drop the tasks not started; with `wait`, wait for one in progress. An idle
+        process is not waited for: it exits (a second or two of TensorFlow's teardown)
+        while the caller goes on."""
+        if self._pool is not None:
+            busy = any(not future.done() for future in self.futures)
+            self._pool.shutdown(wait=wait and busy, cancel_futures=True)
+            self._pool = None
+            self._reports.queue.close()
+
+    def stop(self) -> None:
+        """End the process now, whatever it is doing (a start the run did not need after
+        all: the interpreter would otherwise wait for TensorFlow's import at exit)."""
+        if self._pool is None:
+            return
+        if hasattr(self._pool, "terminate_workers"):  # Python 3.14
+            self._pool.terminate_workers()
+        else:
+            for process in list((self._pool._processes or {}).values()):
+                process.terminate()
+        self.close(wait=False)
+
+
+def start_converter(ws, specs: Iterable[VariantSpec]) -> ConverterProcess | None:
+    """The converter process, started before the run's specs are resolved when this cache
+    has never read the model (so nothing of it is converted): TensorFlow's import there
+    then overlaps this process's own start (scikit-learn's import, for the calibration
+    picks, alone takes a second). `ConvertAhead` takes it, or stops it."""
+    candidates = [s for s in specs if not s.is_native and not s.keep_float]
+    if (len(candidates) < ConvertAhead.MIN_CONVERSIONS or (os.cpu_count() or 1) < 2
+            or not _spawn_can_start() or ws.model_info_cached()):
+        return None
+    return ConverterProcess(Where.of(ws))
+
+
 class ConvertAhead:
     """Converts `specs` in a spawned process while the caller evaluates them.
 
     Does nothing (no process) on one core, or when fewer than two of the specs still
-    need converting. Use as a context manager: leaving it drops the conversions not
-    started and stops the process.
+    need converting (one, with a process `started` already: `start_converter`). Use as a
+    context manager: leaving it drops the conversions not started and stops the process.
     """
 
     MIN_CONVERSIONS = 2  # one conversion alone has nothing to overlap with
 
-    def __init__(self, ws, specs: Iterable[VariantSpec]):
-        self._pool = None
-        self._futures: list[Future] = []
-        self._info: Future | None = None
+    def __init__(self, ws, specs: Iterable[VariantSpec],
+                 started: ConverterProcess | None = None):
+        self._process: ConverterProcess | None = None
         self._conversions: dict[VariantSpec, Future] = {}
-        self._reports = None  # what the converter process reports of its tasks' progress
-        self._latest: dict[str, tuple[str, int, int]] = {}  # spec name -> its last report
         self.calibrates = False  # whether the converter process needs the trainval images
         specs = list(dict.fromkeys(specs))
         ws.share_calibration(specs)  # here and in the converter process
-        if (os.cpu_count() or 1) < 2 or not _spawn_can_start():
-            return
         todo = [s for s in specs if not s.is_native and not s.keep_float
                 and _to_convert(ws, s)]
-        if len(todo) < self.MIN_CONVERSIONS:
+        if (os.cpu_count() or 1) < 2 or not _spawn_can_start() or len(todo) < (
+                1 if started else self.MIN_CONVERSIONS):
+            if started is not None:
+                started.stop()
             return
         self.calibrates = any(s.recipe.calibrates for s in todo)
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         position = {s: i for i, s in enumerate(todo)}  # the run's order
         todo.sort(key=lambda s: _order(ws, s, position[s]))
         run = tuple(s.to_dict() for s in specs)
-        self._where = Where.of(ws)
-        context = multiprocessing.get_context("spawn")  # TensorFlow and fork do not mix
-        self._reports = context.Queue()
-        self._pool = ProcessPoolExecutor(  # TensorFlow on the run's threads: native is timed there
-            1, mp_context=context, initializer=_init_converter,
-            initargs=(ws.threads, self._reports))
-        self._info = self._submit(model_info_task, self._where)
+        self._process = started or ConverterProcess(Where.of(ws))
         for spec in todo:
-            self._conversions[spec] = self._submit(
-                convert_task, ConvertTask(self._where, spec.to_dict(), run))
-
-    def _submit(self, task: Callable, argument: Any) -> Future:
-        assert self._pool is not None
-        future = self._pool.submit(task, argument)
-        self._futures.append(future)
-        return future
+            self._conversions[spec] = self._process.submit(
+                convert_task, ConvertTask(self._process.where, spec.to_dict(), run))
 
     @property
     def active(self) -> bool:
-        return self._pool is not None
+        return self._process is not None
 
     def converting(self, spec: VariantSpec) -> Future | None:
         """The converter process's conversion of `spec`, when it has it to do."""
@@ -301,62 +373,50 @@ class ConvertAhead:
         """`ws.model_info()`, read first by the converter process when there is one (it
         imports TensorFlow anyway), so that this process need not import it for that; its
         error, if any, is met again here."""
-        if self._info is not None:
-            futures.wait([self._info])
+        if self._process is not None:
+            futures.wait([self._process.info])
         return ws.model_info()
 
     def predictions(self, spec: VariantSpec, test_fraction: float) -> Future:
         """`spec`'s accuracy pass in the converter process (after the work given it before):
         a future of its scores, or of the error's text. Only while `active`."""
-        return self._submit(pass_task, PassTask(self._where, spec.to_dict(), test_fraction))
+        assert self._process is not None
+        return self._process.submit(pass_task, PassTask(self._process.where, spec.to_dict(),
+                                                        test_fraction))
 
     def evaluate(self, spec: VariantSpec, test_fraction: float, scores: np.ndarray,
                  latency_runs: int, referring: Iterable[VariantSpec] = ()) -> Future:
         """`spec`'s result from `scores` (its latency timed there, on the run's threads)
         and the timings of `referring` against it, into the cache: a future of None, or of
         the error's text. Only while `active`."""
-        return self._submit(evaluate_task, EvaluateTask(
-            self._where, spec.to_dict(), test_fraction, scores, latency_runs,
+        assert self._process is not None
+        return self._process.submit(evaluate_task, EvaluateTask(
+            self._process.where, spec.to_dict(), test_fraction, scores, latency_runs,
             tuple(s.to_dict() for s in referring)))
 
     @property
     def idle(self) -> bool:
         """Whether the converter process has nothing left to do (or there is none)."""
-        return all(future.done() for future in self._futures)
+        return self._process is None or all(f.done() for f in self._process.futures)
 
     def wait(self, spec: VariantSpec | None = None, progress: Stage | None = None) -> None:
         """Until the converter process has nothing left to do (see `wait_for`)."""
-        self.wait_for(self._futures, spec, progress)
+        if self._process is not None:
+            self._process.wait_for(self._process.futures, spec, progress)
 
     def wait_for(self, waited: Iterable[Future], spec: VariantSpec | None = None,
                  progress: Stage | None = None) -> None:
-        """Until `waited` are done, passing to `progress` what the converter process
-        reports of `spec`'s task there (its calibration, its accuracy pass) as it comes."""
-        pending = set(waited)
-        while pending:
-            _, pending = futures.wait(pending, timeout=REPORT_S)
-            self._read_reports()
-            if progress is not None and spec is not None and spec.name in self._latest:
-                progress(*self._latest.pop(spec.name))
-
-    def _read_reports(self) -> None:
-        while self._reports is not None:
-            try:
-                name, *report = self._reports.get_nowait()
-            except queue.Empty:
-                return
-            self._latest[name] = tuple(report)
+        """`ConverterProcess.wait_for`; without a process, until `waited` are done."""
+        if self._process is not None:
+            self._process.wait_for(waited, spec, progress)
+        else:
+            futures.wait(list(waited))
 
     def close(self, wait: bool = True) -> None:
-        """Drop the conversions not started; with `wait`, wait for one in progress. An idle
-        process is not waited for: it exits (a second or two of TensorFlow's teardown)
-        while the caller goes on."""
-        if self._pool is not None:
-            busy = any(not future.done() for future in self._futures)
-            self._pool.shutdown(wait=wait and busy, cancel_futures=True)
-            self._pool = None
-            self._reports.close()
-            self._reports = None
+        """`ConverterProcess.close`; the run is no longer `active`."""
+        if self._process is not None:
+            self._process.close(wait)
+            self._process = None
 
     def __enter__(self) -> ConvertAhead:
         return self
@@ -368,6 +428,7 @@ class ConvertAhead:
 def evaluate_run(ws, specs: Iterable[VariantSpec], test_fraction: float = 1.0,
                  progress_for: ProgressFor | None = None, latency_runs: int = 100,
                  scored: Callable[[VariantSpec, np.ndarray], None] | None = None,
+                 started: ConverterProcess | None = None,
                  ) -> Iterator[tuple[VariantSpec, Result | PetqError, bool]]:  # fmt: skip
     """Evaluate a run's specs in order, converting ahead (ConvertAhead); yields (spec, its
     Result or its PetqError, computed) as each is done.
@@ -383,10 +444,11 @@ def evaluate_run(ws, specs: Iterable[VariantSpec], test_fraction: float = 1.0,
     threads as it is yielded. `progress_for(specs)` gives the progress callback for one
     spec, or for a pair's accuracy passes (their images counted together). `scored(spec,
     scores)` is called as each accuracy pass is done, before its latency: what needs only
-    the scores (the CLI's confusion figures) need not wait for the timings.
+    the scores (the CLI's confusion figures) need not wait for the timings. `started`:
+    the converter process, started early (`start_converter`).
     """
     specs = list(dict.fromkeys(specs))
-    with ConvertAhead(ws, specs) as ahead:
+    with ConvertAhead(ws, specs, started) as ahead:
         lent = _lend_native(ws, specs, test_fraction, ahead)
         if ahead.active:  # the model's facts from the converter process, as it decodes
             first = next((s for s in specs if s not in lent), specs[0])

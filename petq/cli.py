@@ -102,11 +102,24 @@ def _workspace(args: argparse.Namespace):
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
+    from petq.ahead import start_converter
+
+    ws = _workspace(args)
+    # on a first run, the converter process starts before the calibration picks
+    # (scikit-learn's import alone takes a second); evaluate_run takes it, or stops it
+    started = start_converter(ws, parse_tasks(args.tasks))
+    try:
+        return _experiments(args, ws, started)
+    finally:
+        if started is not None:
+            started.stop()  # an error before evaluate_run took it: TensorFlow's import
+
+
+def _experiments(args: argparse.Namespace, ws, started) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from petq.ahead import evaluate_run
 
-    ws = _workspace(args)
     specs = resolve_specs(ws, args)
     data_note = " (synthetic demo data)" if ws.dataset.synthetic else ""
     print(f"model {ws.model_path}, dataset {ws.dataset.root}{data_note}, "
@@ -129,7 +142,8 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     # each variant's figure and statistics are made in a thread while the next is evaluated
     with ThreadPoolExecutor(1) as figures:
         for spec, outcome, computed in evaluate_run(ws, specs, args.test_dataset_fraction,
-                                                    progress_for, scored=scored):
+                                                    progress_for, scored=scored,
+                                                    started=started):
             bars.close()
             if isinstance(outcome, PetqError):  # a recipe the model cannot take: go on
                 print(f"petq: error: {outcome}", file=sys.stderr)

@@ -194,6 +194,11 @@ class Workspace:
                 f"contract names {len(self.class_names)}")
         return info
 
+    def model_info_cached(self) -> bool:
+        """Whether this cache has read the model's facts (`model_info`): every evaluation
+        does, so a cache that has not has nothing of the model evaluated."""
+        return self.cache.get("models", self.model_sha[:24], verify=False) is not None
+
     # ------------------------------------------------------------ data
 
     def store(self, split: Split, progress: Stage | None = None) -> DecodedStore:

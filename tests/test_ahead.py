@@ -146,23 +146,17 @@ def test_the_converter_process_reports_each_stage_s_ends_and_little_between(work
     assert (spec.name, "evaluate", n, n) in seen
 
 
-def test_waiting_shows_the_last_report_of_the_waited_spec(workspace):
+def test_a_wait_is_shown_the_last_report_of_the_waited_spec():
     import queue
-    from concurrent.futures import Future
 
-    converter = ConvertAhead(workspace, [])
-    converter._reports = queue.Queue()
+    reports = ahead.Reports(queue.Queue())
     spec, other = VariantSpec.native(), VariantSpec.fp32()
     for report in [(spec.name, "evaluate", 10, 40), (other.name, "calibrate", 5, 9),
                    (spec.name, "evaluate", 20, 40)]:
-        converter._reports.put(report)
-    done = Future()
-    done.set_result(None)
-    shown = []
-    converter.wait_for([done], spec, lambda *call: shown.append(call))
-    assert shown == [("evaluate", 20, 40)]  # the latest, once: not the other spec's
-    converter.wait_for([done], spec, lambda *call: shown.append(call))
-    assert len(shown) == 1
+        reports.queue.put(report)
+    assert reports.take(spec) == ("evaluate", 20, 40)  # the latest, not the other spec's
+    assert reports.take(spec) is None  # once
+    assert reports.take(other) == ("calibrate", 5, 9)
 
 
 @pytest.mark.slow
@@ -195,7 +189,8 @@ def test_once_idle_the_converter_process_takes_the_second_pass_of_a_pair(tiny_mo
         assert all(ws.cached_tflite(spec) is not None for spec in pair)
         scores = ahead._passes_side_by_side(ws, pair, 1.0, lambda *call: calls.append(call),
                                             converter)
-        assert len(converter._futures) == 4  # the model read, two conversions, the lent pass
+        # the model read, two conversions, the lent pass
+        assert len(converter._process.futures) == 4
     for spec in pair:
         np.testing.assert_array_equal(scores[spec], ws.predictions(spec))
     n = len(ws.dataset.test)
@@ -235,16 +230,19 @@ def test_latencies_are_timed_only_once_the_converter_process_is_idle(tiny_model,
 
 RUN_IN_A_FRESH_PROCESS = """
 import json, sys
-from petq.ahead import evaluate_run
+from petq.ahead import evaluate_run, start_converter
 from petq.types import VariantSpec
 from petq.workspace import Workspace
 
 if __name__ == "__main__":  # the converter process is spawned: it imports this file again
     ws = Workspace(sys.argv[1], sys.argv[2], sys.argv[3], threads=2)
     specs = [VariantSpec.from_dict(spec) for spec in json.loads(sys.argv[4])]
+    started = start_converter(ws, specs)  # as the CLI does, before the calibration picks
     outcomes = [(spec.name, result.accuracy, result.latency_runs, result.threads, computed)
-                for spec, result, computed in evaluate_run(ws, specs, latency_runs=3)]
-    print(json.dumps({"outcomes": outcomes, "tensorflow": "tensorflow" in sys.modules}))
+                for spec, result, computed in evaluate_run(ws, specs, latency_runs=3,
+                                                           started=started)]
+    print(json.dumps({"outcomes": outcomes, "tensorflow": "tensorflow" in sys.modules,
+                      "started": started is not None}))
 """
 
 
@@ -266,7 +264,7 @@ def test_the_converter_process_evaluates_the_native_model_and_this_one_never_loa
         capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONPATH": str(root)})
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["tensorflow"] is False
+    assert report["tensorflow"] is False and report["started"] is True
     assert [name for name, *_ in report["outcomes"]] == [spec.name for spec in specs]
     ws = Workspace(tiny_model, pet_root, cache, threads=2)
     alone = Workspace(tiny_model, pet_root, tmp_path / "alone", threads=2)
@@ -281,3 +279,38 @@ def test_the_converter_process_evaluates_the_native_model_and_this_one_never_loa
     # the report's timing of FP32 against native was made there too, for the report to read
     timings = [entry.manifest for entry in ws.cache.entries("latency")]
     assert [(t["a"], t["b"]) for t in timings] == [("tflite-fp32", "native")]
+
+
+def test_a_converter_process_is_started_early_only_for_a_model_the_cache_never_read(
+        workspace, tiny_model, pet_root, tmp_path):
+    specs = [VariantSpec.native(), VariantSpec.fp32(), VariantSpec.int8(0.5)]
+    workspace.model_info()
+    assert ahead.start_converter(workspace, specs) is None  # read: maybe all converted
+    fresh = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=2)
+    assert ahead.start_converter(fresh, specs[:2]) is None  # one conversion: nothing to overlap
+    started = ahead.start_converter(fresh, specs)
+    assert started is not None
+    started.stop()
+
+
+def test_a_converter_process_started_for_nothing_is_stopped_at_once(workspace):
+    """An early start (`start_converter`) the run does not need, e.g. everything is
+    converted, ends the process now: it is not left importing TensorFlow, which the
+    interpreter would wait for at exit."""
+    import multiprocessing
+    import time
+
+    specs = [VariantSpec.fp32(), VariantSpec.int8(0.5)]
+    for spec in specs:
+        workspace.tflite(spec)
+    before = set(multiprocessing.active_children())
+    started = ahead.ConverterProcess(ahead.Where.of(workspace))
+    workers = set(multiprocessing.active_children()) - before
+    assert workers
+    with ConvertAhead(workspace, specs, started) as converter:
+        assert not converter.active
+    deadline = time.monotonic() + 60
+    for worker in workers:  # the pool's own thread may reap it first: poll, not join
+        while worker.exitcode is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.exitcode == -15  # SIGTERM: stopped, not done with its import
