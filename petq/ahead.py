@@ -14,6 +14,10 @@ the report's interleaved timings against it. This process never imports TensorFl
 (4-5 CPU-seconds) and waits for the conversions it needs rather than converting
 them itself.
 
+On a model the cache has never read, the CLI starts that process first thing
+(`start_converter`), before the run's calibration picks, whose scikit-learn import
+alone takes a second; `ConvertAhead` takes it, or stops it when the run needs none.
+
 Its tasks report their progress on a queue (each stage's ends, and at most one count
 per REPORT_S between), so a wait here shows the calibration or accuracy pass it waits for
 as it goes, not one count that stands still for seconds.
