@@ -107,7 +107,7 @@ def _init_converter(threads: int, reports) -> None:
 
 def _reporting(spec: VariantSpec) -> Stage | None:
     """A progress callback that sends (spec name, stage, done, total) to the caller
-    (`ConvertAhead.wait_for` shows it): each stage's first and last call, and at most one
+    (`ConverterProcess.wait_for` shows it): each stage's first and last call, and at most one
     call every REPORT_S in between."""
     if _reports is None:
         return None
