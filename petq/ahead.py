@@ -410,11 +410,9 @@ class ConvertAhead:
 
     def wait_for(self, waited: Iterable[Future], spec: VariantSpec | None = None,
                  progress: Stage | None = None) -> None:
-        """`ConverterProcess.wait_for`; without a process, until `waited` are done."""
-        if self._process is not None:
-            self._process.wait_for(waited, spec, progress)
-        else:
-            futures.wait(list(waited))
+        """`ConverterProcess.wait_for`. Only while `active`: its futures come from there."""
+        assert self._process is not None
+        self._process.wait_for(waited, spec, progress)
 
     def close(self, wait: bool = True) -> None:
         """`ConverterProcess.close`; the run is no longer `active`."""
