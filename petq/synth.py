@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image, ImageDraw, ImageFilter
 
 __all__ = [
@@ -947,6 +948,18 @@ def generate(
             f"{trainval_per_class}, test_per_class={test_per_class}"
         )
     marker = _marker_text(seed, trainval_per_class, test_per_class)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # two processes asking for the demo dataset at once (two dashboard sessions, a test
+    # run beside the CLI): the second waits and then finds it complete
+    with FileLock(root.with_name(root.name + ".lock")):
+        return _generate_locked(root, marker, seed, trainval_per_class, test_per_class,
+                                progress, workers)
+
+
+def _generate_locked(root: Path, marker: str, seed: int, trainval_per_class: int,
+                     test_per_class: int, progress: Callable[[int, int], None] | None,
+                     workers: int | None) -> Path:
+    """`generate`'s work, under the dataset's lock."""
     if root.exists():
         if is_synthetic(root) and (root / MARKER_NAME).read_text(encoding="utf-8") == marker:
             return root

@@ -241,3 +241,38 @@ def test_breed_traits_are_consistent():
                 assert index < len(palette), breed.name
     grouped = {n for group in synth.CONFUSABLE_GROUPS for n in group}
     assert grouped <= set(synth.CLASS_NAMES)
+
+
+def test_two_generations_at_once_give_one_complete_dataset(tmp_path: Path):
+    """The second caller waits for the first one's lock, then finds the dataset complete
+    (before the lock it removed the first one's `.partial` mid-write: a third of the
+    images went missing under a finished marker)."""
+    import threading
+
+    root = tmp_path / "pets"
+    events: list[str] = []
+    second: list[Path | BaseException] = []
+
+    def run_second() -> None:
+        try:
+            second.append(synth.generate(root, trainval_per_class=1, test_per_class=1,
+                                         workers=1))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            second.append(exc)
+        events.append("second done")
+
+    thread = threading.Thread(target=run_second)
+
+    def start_second_midway(done: int, total: int) -> None:
+        if done == 5:
+            events.append("second started")
+            thread.start()
+
+    synth.generate(root, trainval_per_class=1, test_per_class=1, workers=1,
+                   progress=start_second_midway)
+    events.append("first done")
+    thread.join(timeout=60)
+    assert events == ["second started", "first done", "second done"]  # they overlapped
+    assert second == [root]
+    assert len(list((root / "images").iterdir())) == 74
+    assert not (tmp_path / "pets.partial").exists()
