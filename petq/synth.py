@@ -40,7 +40,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from filelock import FileLock
@@ -260,52 +260,163 @@ QUIRKS: tuple[tuple[str, str, int, str], ...] = (
 
 # ------------------------------------------------------------------ geometry presets
 
-LW, LH, GROUND = 400, 300, 276  # local canvas for drawing one animal, facing right
-R = 2  # masks are drawn at LW x LH, then coloured and shaded at 1/R of that (speed)
-SW, SH = LW // R, LH // R
+# Each animal is drawn on its own canvas, facing right, feet on the ground line.
+CANVAS_WIDTH, CANVAS_HEIGHT, GROUND_Y = 400, 300, 276
+# Part masks are drawn at canvas size, then coloured and shaded at 1/SHADING_STEP of it
+# (for speed): the shading arrays are SHADING_WIDTH x SHADING_HEIGHT.
+SHADING_STEP = 2
+SHADING_WIDTH, SHADING_HEIGHT = CANVAS_WIDTH // SHADING_STEP, CANVAS_HEIGHT // SHADING_STEP
 
-_BUILDS = {  # body length, body height, leg length, leg width
-    "slim": (150, 62, 62, 13), "medium": (160, 74, 54, 17), "cobby": (148, 84, 38, 20),
-    "stocky": (160, 92, 48, 25), "tall": (172, 80, 76, 18), "large": (185, 94, 66, 24),
-    "long_low": (205, 76, 28, 21), "toy": (120, 60, 40, 11),
+
+class _Build(NamedTuple):
+    body_length: float
+    body_height: float
+    leg_length: float
+    leg_width: float
+
+
+class _Head(NamedTuple):
+    half_width: float
+    half_height: float
+    muzzle_length: float  # 0: a flat face
+    muzzle_height: float
+    boxy_muzzle: bool
+
+
+class _Ears(NamedTuple):
+    style: str  # tri: upright triangle; hang: long, hanging; rose: folded back; drop: small V
+    width: float  # width and height as fractions of the head's half-width
+    height: float
+
+
+_BUILDS = {
+    "slim": _Build(150, 62, 62, 13), "medium": _Build(160, 74, 54, 17),
+    "cobby": _Build(148, 84, 38, 20), "stocky": _Build(160, 92, 48, 25),
+    "tall": _Build(172, 80, 76, 18), "large": _Build(185, 94, 66, 24),
+    "long_low": _Build(205, 76, 28, 21), "toy": _Build(120, 60, 40, 11),
 }  # fmt: skip
-_HEADS = {  # half-width, half-height, muzzle length, muzzle height, boxy muzzle
-    "round": (42, 39, 8, 18, False), "wedge": (36, 38, 14, 17, False),
-    "flat": (46, 44, 0, 0, False), "apple": (40, 42, 12, 15, False),
-    "wide": (50, 45, 24, 34, True), "broad": (44, 40, 34, 30, True),
-    "long": (38, 35, 42, 24, False), "fox": (38, 35, 30, 19, False),
+_HEADS = {
+    "round": _Head(42, 39, 8, 18, False), "wedge": _Head(36, 38, 14, 17, False),
+    "flat": _Head(46, 44, 0, 0, False), "apple": _Head(40, 42, 12, 15, False),
+    "wide": _Head(50, 45, 24, 34, True), "broad": _Head(44, 40, 34, 30, True),
+    "long": _Head(38, 35, 42, 24, False), "fox": _Head(38, 35, 30, 19, False),
 }  # fmt: skip
-_EARS = {  # style, width and height as fractions of the head half-width
-    "pointed": ("tri", 0.6, 0.65), "large": ("tri", 0.75, 0.95), "huge": ("tri", 0.9, 1.25),
-    "tufted": ("tri", 0.65, 0.8), "small": ("tri", 0.5, 0.38), "erect": ("tri", 0.55, 0.85),
-    "floppy": ("hang", 0.55, 1.35), "long": ("hang", 0.6, 2.0), "rose": ("rose", 0.5, 0.4),
-    "drop": ("drop", 0.55, 0.8),
+_EARS = {
+    "pointed": _Ears("tri", 0.6, 0.65), "large": _Ears("tri", 0.75, 0.95),
+    "huge": _Ears("tri", 0.9, 1.25), "tufted": _Ears("tri", 0.65, 0.8),
+    "small": _Ears("tri", 0.5, 0.38), "erect": _Ears("tri", 0.55, 0.85),
+    "floppy": _Ears("hang", 0.55, 1.35), "long": _Ears("hang", 0.6, 2.0),
+    "rose": _Ears("rose", 0.5, 0.4), "drop": _Ears("drop", 0.55, 0.8),
 }  # fmt: skip
+# Extra fur strokes per coat: how many, shortest and longest stroke, stroke width.
+_COAT_STROKES = {"long": (40, 8, 18, 3), "fluffy": (70, 6, 16, 4), "wiry": (60, 3, 9, 2)}
+
+
+@dataclass(frozen=True)
+class _Figure:
+    """Where one animal's parts lie on its canvas (canvas units, y down, facing right).
+
+    The body is an ellipse centred at `body_centre_x` between `body_top` and
+    `body_bottom`; the head an ellipse centred at (`head_x`, `head_y`); the muzzle sits
+    at the front of the head, from `muzzle_start_x` to `muzzle_tip_x`.
+    """
+
+    body_length: float
+    body_height: float
+    leg_length: float
+    leg_width: float
+    head_half_width: float
+    head_half_height: float
+    muzzle_length: float  # 0: a flat face, no muzzle
+    muzzle_height: float
+    boxy_muzzle: bool
+    body_centre_x: float
+    body_bottom: float  # where the legs start
+    head_x: float
+    head_y: float
+
+    @property
+    def body_top(self) -> float:
+        return self.body_bottom - self.body_height
+
+    @property
+    def body_left(self) -> float:
+        return self.body_centre_x - self.body_length / 2
+
+    @property
+    def body_right(self) -> float:
+        return self.body_centre_x + self.body_length / 2
+
+    @property
+    def muzzle_start_x(self) -> float:
+        return self.head_x + self.head_half_width * 0.5 - self.muzzle_height * 0.3
+
+    @property
+    def muzzle_tip_x(self) -> float:
+        return self.head_x + self.head_half_width * 0.5 + self.muzzle_length
+
+    @property
+    def muzzle_y(self) -> float:  # the muzzle's centre line
+        return self.head_y + self.head_half_height * 0.25
+
+    @property
+    def eye(self) -> tuple[float, float]:
+        """The eye's centre on a face with a muzzle (a flat face has it further forward)."""
+        return (self.head_x + self.head_half_width * 0.42,
+                self.head_y - self.head_half_height * 0.12)  # fmt: skip
+
+
+def _figure(breed: Breed, rng: np.random.Generator) -> _Figure:
+    """The breed's proportions, each varied a little, placed on the canvas."""
+    build, head = _BUILDS[breed.build], _HEADS[breed.head]
+
+    def vary(low: float, high: float) -> float:
+        return rng.uniform(low, high)
+
+    body_length = build.body_length * vary(0.9, 1.1)
+    body_height = build.body_height * vary(0.9, 1.1)
+    leg_width = build.leg_width * vary(0.9, 1.1)
+    leg_length = build.leg_length * vary(0.85, 1.15)
+    if rng.random() < 0.15:  # lying down
+        leg_length *= 0.25
+    head_scale = vary(0.9, 1.1)
+    head_half_width = head.half_width * head_scale
+    head_half_height = head.half_height * head_scale
+    muzzle_length = head.muzzle_length * vary(0.85, 1.15)
+    muzzle_height = head.muzzle_height * vary(0.9, 1.1)
+    body_centre_x = 180 + vary(-8, 8)
+    body_bottom = GROUND_Y - leg_length
+    body_top = body_bottom - body_height
+    neck = 0.2 if breed.species == 1 else 0.45  # how far above the back the head sits
+    head_x = body_centre_x + body_length / 2 + head_half_width * vary(-0.05, 0.25)
+    head_y = body_top - head_half_height * neck + vary(-12, 12)
+    return _Figure(
+        body_length, body_height, leg_length, leg_width, head_half_width, head_half_height,
+        muzzle_length, muzzle_height, head.boxy_muzzle, body_centre_x, body_bottom, head_x,
+        head_y,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------ drawing helpers
 
 
-def _mask() -> tuple[Image.Image, ImageDraw.ImageDraw]:
-    m = Image.new("L", (LW, LH), 0)
-    return m, ImageDraw.Draw(m)
+def _new_mask() -> Image.Image:
+    return Image.new("L", (CANVAS_WIDTH, CANVAS_HEIGHT), 0)
 
 
-def _arr(mask: Image.Image, blur: float = 0.0) -> np.ndarray:
-    """An LW x LH mask as a 0..1 float array at shading resolution, optionally softened."""
-    small = mask.reduce(R)
+def _shading_array(mask: Image.Image, blur: float = 0.0) -> np.ndarray:
+    """A canvas mask as a 0..1 float array at shading resolution, optionally softened."""
+    small = mask.reduce(SHADING_STEP)
     if blur > 0:
-        small = small.filter(ImageFilter.GaussianBlur(blur / R))
+        small = small.filter(ImageFilter.GaussianBlur(blur / SHADING_STEP))
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
-def _soften(a: np.ndarray, blur: float) -> np.ndarray:
-    small = Image.fromarray((a * 255).astype(np.uint8), "L")
-    return np.asarray(small.filter(ImageFilter.GaussianBlur(blur / R)), np.float32) / 255.0
-
-
-def _noise(rng: np.random.Generator, shape) -> np.ndarray:
-    return rng.standard_normal(shape, dtype=np.float32)
+def _blurred(array: np.ndarray, blur: float) -> np.ndarray:
+    """A 0..1 shading array, blurred by `blur` canvas units."""
+    image = Image.fromarray((array * 255).astype(np.uint8), "L")
+    blurred = image.filter(ImageFilter.GaussianBlur(blur / SHADING_STEP))
+    return np.asarray(blurred, np.float32) / 255.0
 
 
 _NOISE_BANK: list[np.ndarray] = []
@@ -316,372 +427,403 @@ def _pixel_noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     if not _NOISE_BANK:
         _NOISE_BANK.append(np.random.default_rng(20240).standard_normal((640, 640, 3), np.float32))
     bank = _NOISE_BANK[0]
-    oy, ox = int(rng.integers(0, 641 - h)), int(rng.integers(0, 641 - w))
-    window = bank[oy : oy + h, ox : ox + w]
+    top, left = int(rng.integers(0, 641 - h)), int(rng.integers(0, 641 - w))
+    window = bank[top : top + h, left : left + w]
     return window[::-1] if rng.random() < 0.5 else window
 
 
-_Y = (np.arange(SH, dtype=np.float32)[:, None] + 0.5) * R  # y in canvas units, per array row
+# y of each shading array row, in canvas units
+_ROW_Y = (np.arange(SHADING_HEIGHT, dtype=np.float32)[:, None] + 0.5) * SHADING_STEP
 
 
 def _bezier(p0, p1, p2, n: int = 14) -> list[tuple[float, float]]:
+    """`n` points along the quadratic Bezier curve from p0 to p2, pulled towards p1."""
     t = np.linspace(0.0, 1.0, n)[:, None]
     pts = (1 - t) ** 2 * np.array(p0) + 2 * (1 - t) * t * np.array(p1) + t**2 * np.array(p2)
     return [(float(x), float(y)) for x, y in pts]
 
 
-def _tapered(draw: ImageDraw.ImageDraw, pts, w0: float, w1: float) -> None:
-    for i in range(len(pts) - 1):
-        w = w0 + (w1 - w0) * i / max(1, len(pts) - 2)
-        draw.line([pts[i], pts[i + 1]], fill=255, width=max(1, int(round(w))))
-        r = w / 2
-        x, y = pts[i + 1]
+def _tapered_stroke(
+    draw: ImageDraw.ImageDraw, points, start_width: float, end_width: float
+) -> None:
+    """A stroke through `points` whose width goes from `start_width` to `end_width`."""
+    for i in range(len(points) - 1):
+        width = start_width + (end_width - start_width) * i / max(1, len(points) - 2)
+        draw.line([points[i], points[i + 1]], fill=255, width=max(1, int(round(width))))
+        r = width / 2
+        x, y = points[i + 1]
         draw.ellipse([x - r, y - r, x + r, y + r], fill=255)
 
 
 def _random_colour(rng: np.random.Generator, s_max: float = 0.65) -> tuple[int, int, int]:
+    """Any hue, saturation up to `s_max`, not too dark or too bright."""
     h, s, v = rng.random(), rng.uniform(0.0, s_max), rng.uniform(0.2, 0.97)
     return tuple(int(c * 255) for c in colorsys.hsv_to_rgb(h, s, v))  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------ the animal
 
-
-def _geometry(breed: Breed, rng: np.random.Generator) -> dict:
-    bl, bh, ll, lw = _BUILDS[breed.build]
-    hw, hh, ml, mh, boxy = _HEADS[breed.head]
-    j = lambda a, b: rng.uniform(a, b)  # noqa: E731
-    bl, bh, lw = bl * j(0.9, 1.1), bh * j(0.9, 1.1), lw * j(0.9, 1.1)
-    ll *= j(0.85, 1.15)
-    lying = rng.random() < 0.15
-    if lying:
-        ll *= 0.25
-    k = j(0.9, 1.1)
-    hw, hh, ml, mh = hw * k, hh * k, ml * j(0.85, 1.15), mh * j(0.9, 1.1)
-    cx = 180 + j(-8, 8)
-    by = GROUND - ll  # body bottom line
-    top = by - bh
-    neck = 0.2 if breed.species == 1 else 0.45
-    hx = cx + bl / 2 + hw * j(-0.05, 0.25)
-    hy = top - hh * neck + j(-12, 12)
-    return dict(
-        bl=bl, bh=bh, ll=ll, lw=lw, hw=hw, hh=hh, ml=ml, mh=mh, boxy=boxy, cx=cx, by=by,
-        top=top, hx=hx, hy=hy, left=cx - bl / 2, right=cx + bl / 2, lying=lying,
-        mx0=hx + hw * 0.5 - mh * 0.3, mx1=hx + hw * 0.5 + ml, my=hy + hh * 0.25,
-    )  # fmt: skip
+_PARTS = ("far", "body", "legs", "head", "muzzle", "ears", "tail")  # then "coat"
 
 
-def _draw_parts(breed: Breed, g: dict, rng: np.random.Generator) -> dict[str, Image.Image]:
+def _draw_parts(breed: Breed, fig: _Figure, rng: np.random.Generator) -> dict[str, Image.Image]:
     """Part masks: far (far legs, far ear), body, legs, head, muzzle, ears, tail, coat."""
-    parts = {name: _mask() for name in ("far", "body", "legs", "head", "muzzle", "ears", "tail")}
-    bl, bh, ll, lw, cx, by, top = (g[k] for k in ("bl", "bh", "ll", "lw", "cx", "by", "top"))
-    hx, hy, hw, hh = g["hx"], g["hy"], g["hw"], g["hh"]
+    masks = {name: _new_mask() for name in _PARTS}
+    draw = {name: ImageDraw.Draw(mask) for name, mask in masks.items()}
+    length, height, top, bottom = fig.body_length, fig.body_height, fig.body_top, fig.body_bottom
+    centre_x, leg_width = fig.body_centre_x, fig.leg_width
+    head_x, head_y = fig.head_x, fig.head_y
+    head_w, head_h = fig.head_half_width, fig.head_half_height  # half-width and half-height
 
     # body, haunch, neck
-    d = parts["body"][1]
-    d.ellipse([cx - bl / 2, top, cx + bl / 2, by + bh * 0.1], fill=255)
-    d.ellipse([g["left"] + 4, by - bh * 0.8, cx - bl * 0.12, by + bh * 0.12], fill=255)
-    nx, ny = cx + bl * 0.34, top + bh * 0.45
-    d.line([(nx, ny), (hx - hw * 0.2, hy + hh * 0.2)], fill=255, width=int(hh * 1.3))
-    d.ellipse([nx - bh * 0.45, ny - bh * 0.45, nx + bh * 0.45, ny + bh * 0.45], fill=255)
+    body = draw["body"]
+    body.ellipse([fig.body_left, top, fig.body_right, bottom + height * 0.1], fill=255)
+    body.ellipse([fig.body_left + 4, bottom - height * 0.8, centre_x - length * 0.12,
+                  bottom + height * 0.12], fill=255)  # fmt: skip
+    neck_x, neck_y = centre_x + length * 0.34, top + height * 0.45
+    body.line([(neck_x, neck_y), (head_x - head_w * 0.2, head_y + head_h * 0.2)], fill=255,
+              width=int(head_h * 1.3))  # fmt: skip
+    r = height * 0.45
+    body.ellipse([neck_x - r, neck_y - r, neck_x + r, neck_y + r], fill=255)
 
     # legs: near pair in front, far pair (shaded) slightly offset
-    for which, dx in (("far", 0.09 * bl), ("legs", 0.0)):
-        d = parts[which][1]
-        for base in (cx + bl * 0.3, cx - bl * 0.3):
-            x = base + dx + rng.uniform(-6, 6)
-            d.rounded_rectangle([x - lw / 2, by - bh * 0.3, x + lw / 2, GROUND], lw / 2.5, 255)
-            d.ellipse([x - lw / 2 - 2, GROUND - lw * 0.55, x + lw / 2 + 6, GROUND + 2], fill=255)
+    for part, offset in (("far", 0.09 * length), ("legs", 0.0)):
+        for base in (centre_x + length * 0.3, centre_x - length * 0.3):
+            x = base + offset + rng.uniform(-6, 6)
+            draw[part].rounded_rectangle(
+                [x - leg_width / 2, bottom - height * 0.3, x + leg_width / 2, GROUND_Y],
+                leg_width / 2.5, 255,
+            )  # fmt: skip
+            draw[part].ellipse([x - leg_width / 2 - 2, GROUND_Y - leg_width * 0.55,
+                                x + leg_width / 2 + 6, GROUND_Y + 2], fill=255)  # fmt: skip
 
     # head and muzzle
-    parts["head"][1].ellipse([hx - hw, hy - hh, hx + hw, hy + hh], fill=255)
-    if g["ml"] > 0:
-        box = [g["mx0"], g["my"] - g["mh"] / 2, g["mx1"], g["my"] + g["mh"] / 2]
-        if g["boxy"]:
-            parts["muzzle"][1].rounded_rectangle(box, g["mh"] / 3, 255)
+    draw["head"].ellipse([head_x - head_w, head_y - head_h, head_x + head_w, head_y + head_h],
+                         fill=255)  # fmt: skip
+    if fig.muzzle_length > 0:
+        box = [fig.muzzle_start_x, fig.muzzle_y - fig.muzzle_height / 2, fig.muzzle_tip_x,
+               fig.muzzle_y + fig.muzzle_height / 2]  # fmt: skip
+        if fig.boxy_muzzle:
+            draw["muzzle"].rounded_rectangle(box, fig.muzzle_height / 3, 255)
         else:
-            parts["muzzle"][1].ellipse(box, fill=255)
+            draw["muzzle"].ellipse(box, fill=255)
 
     # ears
-    style, ew, eh = _EARS[breed.ears]
-    ew, eh = ew * hw * rng.uniform(0.85, 1.15), eh * hw * rng.uniform(0.85, 1.15)
-    tilt = rng.uniform(-0.25, 0.15) * ew
-    for which, ex in (("far", hx + hw * 0.18), ("ears", hx - hw * 0.3)):
-        d = parts[which][1]
-        etop = hy - hh * 0.75
-        if style == "tri":
-            d.polygon([(ex - ew / 2, etop + eh * 0.3), (ex + ew / 2, etop + eh * 0.3),
-                       (ex + tilt, etop - eh)], fill=255)  # fmt: skip
+    ears = _EARS[breed.ears]
+    ear_w = ears.width * head_w * rng.uniform(0.85, 1.15)
+    ear_h = ears.height * head_w * rng.uniform(0.85, 1.15)
+    tilt = rng.uniform(-0.25, 0.15) * ear_w  # how far the tip leans forward
+    ear_base_y = head_y - head_h * 0.75
+    for part, x in (("far", head_x + head_w * 0.18), ("ears", head_x - head_w * 0.3)):
+        d = draw[part]
+        if ears.style == "tri":
+            tip = (x + tilt, ear_base_y - ear_h)
+            d.polygon([(x - ear_w / 2, ear_base_y + ear_h * 0.3),
+                       (x + ear_w / 2, ear_base_y + ear_h * 0.3), tip], fill=255)  # fmt: skip
             if breed.ears == "tufted":
-                d.line([(ex + tilt, etop - eh), (ex + tilt - 2, etop - eh - 10)], 255, 3)
+                d.line([tip, (tip[0] - 2, tip[1] - 10)], 255, 3)
             if breed.ears == "small":
-                d.ellipse([ex - ew / 2, etop - eh * 0.6, ex + ew / 2, etop + eh * 0.6], 255)
-        elif which == "far" and style in ("hang", "drop"):
+                d.ellipse([x - ear_w / 2, ear_base_y - ear_h * 0.6, x + ear_w / 2,
+                           ear_base_y + ear_h * 0.6], 255)  # fmt: skip
+        elif part == "far" and ears.style in ("hang", "drop"):
             continue  # hidden behind the head
-        elif style == "hang":
-            x0, y0 = hx - hw * 0.55, hy - hh * 0.8
-            d.ellipse([x0, y0, x0 + ew, y0 + eh], fill=255)
-        elif style == "rose":
-            d.polygon([(ex - ew * 0.6, etop + eh * 0.2), (ex + ew * 0.5, etop),
-                       (ex - ew * 0.9, etop - eh * 0.9)], fill=255)  # fmt: skip
+        elif ears.style == "hang":
+            left, top_y = head_x - head_w * 0.55, head_y - head_h * 0.8
+            d.ellipse([left, top_y, left + ear_w, top_y + ear_h], fill=255)
+        elif ears.style == "rose":
+            d.polygon([(x - ear_w * 0.6, ear_base_y + ear_h * 0.2), (x + ear_w * 0.5, ear_base_y),
+                       (x - ear_w * 0.9, ear_base_y - ear_h * 0.9)], fill=255)  # fmt: skip
         else:  # drop: a small V hanging at the side of the head
-            d.polygon([(ex - ew * 0.6, etop), (ex + ew * 0.6, etop - 2),
-                       (ex - ew * 0.1, etop + eh * 1.1)], fill=255)  # fmt: skip
+            d.polygon([(x - ear_w * 0.6, ear_base_y), (x + ear_w * 0.6, ear_base_y - 2),
+                       (x - ear_w * 0.1, ear_base_y + ear_h * 1.1)], fill=255)  # fmt: skip
 
-    # tail
-    d = parts["tail"][1]
-    tx, ty = g["left"] + 8, top + bh * 0.3
-    length = bl * rng.uniform(0.45, 0.6)
+    # tail, from its root at the back of the body
+    d = draw["tail"]
+    root_x, root_y = fig.body_left + 8, top + height * 0.3
+    tail = length * rng.uniform(0.45, 0.6)
+
+    def curve(bend_x: float, bend_y: float, end_x: float, end_y: float):
+        """A curve from the root, as fractions of the tail's length (x backwards)."""
+        return _bezier((root_x, root_y), (root_x - tail * bend_x, root_y + tail * bend_y),
+                       (root_x - tail * end_x, root_y + tail * end_y))  # fmt: skip
+
     if breed.tail in ("thin", "plume"):
-        w = 8 if breed.tail == "thin" else 18
+        width = 8 if breed.tail == "thin" else 18
         if rng.random() < 0.5:  # held up
-            pts = _bezier((tx, ty), (tx - length * 0.5, ty + length * 0.15),
-                          (tx - length * 0.45, ty - length * 0.7))  # fmt: skip
+            points = curve(0.5, 0.15, 0.45, -0.7)
         else:  # hanging
-            pts = _bezier((tx, ty), (tx - length * 0.35, ty + length * 0.6),
-                          (tx - length * 0.8, ty + length * 0.5))  # fmt: skip
-        _tapered(d, pts, w, w * 0.75)
+            points = curve(0.35, 0.6, 0.8, 0.5)
+        _tapered_stroke(d, points, width, width * 0.75)
     elif breed.tail == "upright":
-        pts = _bezier((tx, ty), (tx - length * 0.25, ty - length * 0.3),
-                      (tx - length * 0.3, ty - length * 0.75))  # fmt: skip
-        _tapered(d, pts, 10, 5)
+        _tapered_stroke(d, curve(0.25, -0.3, 0.3, -0.75), 10, 5)
     elif breed.tail == "whip":
-        pts = _bezier((tx, ty), (tx - length * 0.4, ty + length * 0.2),
-                      (tx - length * 0.55, ty + length * 0.7))  # fmt: skip
-        _tapered(d, pts, 12, 3)
+        _tapered_stroke(d, curve(0.4, 0.2, 0.55, 0.7), 12, 3)
     elif breed.tail in ("otter", "feathered"):
-        pts = _bezier((tx, ty), (tx - length * 0.25, ty + length * 0.45),
-                      (tx - length * 0.4, ty + length * 0.9))  # fmt: skip
-        _tapered(d, pts, 18, 10) if breed.tail == "otter" else _tapered(d, pts, 11, 6)
-        if breed.tail == "feathered":
-            d.polygon([pts[3], pts[-1], (pts[-1][0] + 16, pts[-1][1] - 6)], fill=255)
+        points = curve(0.25, 0.45, 0.4, 0.9)
+        if breed.tail == "otter":
+            _tapered_stroke(d, points, 18, 10)
+        else:
+            _tapered_stroke(d, points, 11, 6)
+            d.polygon([points[3], points[-1], (points[-1][0] + 16, points[-1][1] - 6)], fill=255)
     elif breed.tail == "curled":
-        r = bh * rng.uniform(0.28, 0.36)
-        ccx, ccy = tx + r * 0.6, top - r * 0.35
-        d.ellipse([ccx - r, ccy - r, ccx + r, ccy + r], outline=255, width=int(r * 0.75))
+        r = height * rng.uniform(0.28, 0.36)
+        curl_x, curl_y = root_x + r * 0.6, top - r * 0.35
+        d.ellipse([curl_x - r, curl_y - r, curl_x + r, curl_y + r], outline=255,
+                  width=int(r * 0.75))  # fmt: skip
     else:  # stub
-        d.ellipse([tx - 12, ty - 8, tx + 4, ty + 6], fill=255)
+        d.ellipse([root_x - 12, root_y - 8, root_x + 4, root_y + 6], fill=255)
 
     # coat: extra fur drawn into its own mask (fringes, ruffs, jagged outlines)
-    coat, d = _mask()
-    if breed.coat in ("long", "fluffy", "wiry"):
-        n, lo, hi, width = {"long": (40, 8, 18, 3), "fluffy": (70, 6, 16, 4),
-                            "wiry": (60, 3, 9, 2)}[breed.coat]  # fmt: skip
-        ellipses = [(cx, top + bh * 0.55, bl / 2, bh * 0.55), (hx, hy, hw, hh)]
-        for i in range(n):
-            ecx, ecy, a, b = ellipses[i % 2]
+    masks["coat"] = coat = _new_mask()
+    d = ImageDraw.Draw(coat)
+    if breed.coat in _COAT_STROKES:
+        strokes, shortest, longest, width = _COAT_STROKES[breed.coat]
+        # strokes start on the body's and the head's outline, alternately
+        outlines = [(centre_x, top + height * 0.55, length / 2, height * 0.55),
+                    (head_x, head_y, head_w, head_h)]  # fmt: skip
+        for i in range(strokes):
+            outline_x, outline_y, half_w, half_h = outlines[i % 2]
             if breed.coat == "long":  # fringe hangs below the body
-                th = rng.uniform(0.15, 0.85) * np.pi
-                length = rng.uniform(lo, hi) * (1.0 if i % 2 == 0 else 0.5)
-                x0, y0 = ecx + a * np.cos(th), ecy + b * np.sin(th)
-                x1, y1 = x0 + rng.uniform(-3, 3), y0 + length
+                angle = rng.uniform(0.15, 0.85) * np.pi
+                fur = rng.uniform(shortest, longest) * (1.0 if i % 2 == 0 else 0.5)
+                x0, y0 = outline_x + half_w * np.cos(angle), outline_y + half_h * np.sin(angle)
+                x1, y1 = x0 + rng.uniform(-3, 3), y0 + fur
             else:
-                th = rng.uniform(0, 2 * np.pi)
-                length = rng.uniform(lo, hi)
-                x0, y0 = ecx + a * np.cos(th), ecy + b * np.sin(th)
-                x1, y1 = x0 + length * np.cos(th), y0 + length * np.sin(th)
+                angle = rng.uniform(0, 2 * np.pi)
+                fur = rng.uniform(shortest, longest)
+                x0, y0 = outline_x + half_w * np.cos(angle), outline_y + half_h * np.sin(angle)
+                x1, y1 = x0 + fur * np.cos(angle), y0 + fur * np.sin(angle)
             d.line([(x0, y0), (x1, y1)], fill=255, width=width)
         if breed.coat == "fluffy":  # ruff around the neck and chest
-            d.ellipse([hx - hw * 1.2, hy - hh * 0.4, hx + hw * 0.6, top + bh * 0.9], fill=255)
-        if breed.coat == "wiry" and g["ml"] > 0:  # beard
-            d.ellipse([g["mx0"], g["my"], g["mx1"] - 2, g["my"] + g["mh"] * 1.1], fill=255)
+            d.ellipse([head_x - head_w * 1.2, head_y - head_h * 0.4, head_x + head_w * 0.6,
+                       top + height * 0.9], fill=255)  # fmt: skip
+        if breed.coat == "wiry" and fig.muzzle_length > 0:  # beard
+            d.ellipse([fig.muzzle_start_x, fig.muzzle_y, fig.muzzle_tip_x - 2,
+                       fig.muzzle_y + fig.muzzle_height * 1.1], fill=255)  # fmt: skip
         if breed.ears == "long":  # feathered ears
-            x0, y0 = hx - hw * 0.55, hy - hh * 0.8 + ew * 0.1
-            d.ellipse([x0 - 3, y0 + eh * 0.3, x0 + ew + 4, y0 + eh + 8], fill=255)
-    parts["coat"] = (coat, d)
-    return {k: v[0] for k, v in parts.items()}
+            left, top_y = head_x - head_w * 0.55, head_y - head_h * 0.8 + ear_w * 0.1
+            d.ellipse([left - 3, top_y + ear_h * 0.3, left + ear_w + 4, top_y + ear_h + 8],
+                      fill=255)  # fmt: skip
+    return masks
 
 
 def _marking_mask(
-    kind: str, g: dict, parts: dict, arrs: dict, rng: np.random.Generator
+    kind: str,
+    fig: _Figure,
+    masks: dict[str, Image.Image],
+    part_arrays: dict[str, np.ndarray],
+    rng: np.random.Generator,
 ) -> np.ndarray:
-    """Soft 0..1 mask of where a marking's colour goes (`arrs`: the part masks as arrays)."""
-    bl, bh, cx, by, top = g["bl"], g["bh"], g["cx"], g["by"], g["top"]
-    hx, hy, hw, hh = g["hx"], g["hy"], g["hw"], g["hh"]
-    m, d = _mask()
+    """Soft 0..1 mask of where a marking's colour goes, at shading resolution.
+
+    `masks`: the part masks from `_draw_parts`; `part_arrays`: the same as shading arrays.
+    """
+    length, height, top, bottom = fig.body_length, fig.body_height, fig.body_top, fig.body_bottom
+    centre_x = fig.body_centre_x
+    head_x, head_y = fig.head_x, fig.head_y
+    head_w, head_h = fig.head_half_width, fig.head_half_height  # half-width and half-height
+    above_head_centre = _ROW_Y < head_y  # of the far part (far legs, far ear): the ear
+    mask = _new_mask()
+    d = ImageDraw.Draw(mask)
     if kind == "ticked":
-        return (rng.random((SH, SW), dtype=np.float32) < 0.4).astype(np.float32) * 0.55
+        speckles = rng.random((SHADING_HEIGHT, SHADING_WIDTH), dtype=np.float32) < 0.4
+        return speckles.astype(np.float32) * 0.55
     if kind in ("spots", "rosettes"):
-        n = rng.integers(24, 36) if kind == "spots" else rng.integers(13, 19)
-        for _ in range(n):
-            x = rng.uniform(g["left"] + 4, g["right"] + 8)
-            y = rng.uniform(top + 4, g["by"] + (GROUND - by) * 0.6)
-            r = rng.uniform(4, 7.5) if kind == "spots" else rng.uniform(7, 11)
-            rr = r * rng.uniform(0.7, 1.0)
+        count = rng.integers(24, 36) if kind == "spots" else rng.integers(13, 19)
+        for _ in range(count):
+            x = rng.uniform(fig.body_left + 4, fig.body_right + 8)
+            y = rng.uniform(top + 4, bottom + (GROUND_Y - bottom) * 0.6)
+            radius_x = rng.uniform(4, 7.5) if kind == "spots" else rng.uniform(7, 11)
+            radius_y = radius_x * rng.uniform(0.7, 1.0)
+            box = [x - radius_x, y - radius_y, x + radius_x, y + radius_y]
             if kind == "spots":
-                d.ellipse([x - r, y - rr, x + r, y + rr], fill=255)
-            else:
-                d.ellipse([x - r, y - rr, x + r, y + rr], fill=110, outline=255, width=3)
-        return _arr(m, 0.6)
+                d.ellipse(box, fill=255)
+            else:  # a rosette: a dark ring around a lighter middle
+                d.ellipse(box, fill=110, outline=255, width=3)
+        return _shading_array(mask, 0.6)
     if kind in ("stripes", "brindle"):
-        step, width, strength = (rng.uniform(15, 20), rng.uniform(5, 7), 0.9) if (
-            kind == "stripes") else (rng.uniform(6, 8), 2.5, 0.55)  # fmt: skip
-        x = g["left"] - bl * 0.45
-        while x < g["right"] + 6:
+        if kind == "stripes":
+            step, width, strength = rng.uniform(15, 20), rng.uniform(5, 7), 0.9
+        else:
+            step, width, strength = rng.uniform(6, 8), 2.5, 0.55
+        x = fig.body_left - length * 0.45
+        while x < fig.body_right + 6:  # wavy vertical stripes down the flank
             y0 = top - 4
-            y1 = top + bh * rng.uniform(0.55, 0.85)
+            y1 = top + height * rng.uniform(0.55, 0.85)
             mid = (x + rng.uniform(-6, 6), (y0 + y1) / 2)
             d.line(_bezier((x, y0), mid, (x + rng.uniform(-8, 8), y1), 6), 255, int(width))
             x += step * rng.uniform(0.85, 1.15)
         if kind == "stripes":
-            y = by + 6
-            while y < GROUND - 6:  # leg bands
-                d.line([(0, y), (LW, y + rng.uniform(-3, 3))], fill=255, width=4)
+            y = bottom + 6
+            while y < GROUND_Y - 6:  # leg bands
+                d.line([(0, y), (CANVAS_WIDTH, y + rng.uniform(-3, 3))], fill=255, width=4)
                 y += rng.uniform(11, 15)
             for i in range(3):  # forehead
-                fx = hx - hw * 0.35 + i * hw * 0.28
-                d.line([(fx, hy - hh * 0.95), (fx + 2, hy - hh * 0.45)], fill=255, width=3)
-        return _arr(m, 0.8) * strength
+                x = head_x - head_w * 0.35 + i * head_w * 0.28
+                d.line([(x, head_y - head_h * 0.95), (x + 2, head_y - head_h * 0.45)], fill=255,
+                       width=3)  # fmt: skip
+        return _shading_array(mask, 0.8) * strength
     if kind == "patches":
         for _ in range(rng.integers(2, 5)):
-            x = rng.uniform(g["left"], hx + hw)
-            y = rng.uniform(hy - hh, by)
-            a, b = rng.uniform(16, 42), rng.uniform(13, 32)
-            d.ellipse([x - a, y - b, x + a, y + b], fill=255)
-        return _arr(m, 1.5)
+            x = rng.uniform(fig.body_left, head_x + head_w)
+            y = rng.uniform(head_y - head_h, bottom)
+            radius_x, radius_y = rng.uniform(16, 42), rng.uniform(13, 32)
+            d.ellipse([x - radius_x, y - radius_y, x + radius_x, y + radius_y], fill=255)
+        return _shading_array(mask, 1.5)
     if kind == "headpatch":  # ears and a patch over the eye
-        m = parts["ears"].copy()
-        d = ImageDraw.Draw(m)
-        ex, ey = hx + hw * 0.42, hy - hh * 0.12
-        r = hw * rng.uniform(0.35, 0.5)
-        d.ellipse([ex - r * 1.2, ey - r, ex + r * 0.6, ey + r * 0.8], fill=255)
-        d.ellipse([hx - hw * 0.9, hy - hh, hx + hw * 0.1, hy + hh * 0.2], fill=255)
-        return np.maximum(_arr(m, 1.5), arrs["far"] * (_Y < hy))
+        mask = masks["ears"].copy()
+        d = ImageDraw.Draw(mask)
+        eye_x, eye_y = fig.eye
+        r = head_w * rng.uniform(0.35, 0.5)
+        d.ellipse([eye_x - r * 1.2, eye_y - r, eye_x + r * 0.6, eye_y + r * 0.8], fill=255)
+        d.ellipse([head_x - head_w * 0.9, head_y - head_h, head_x + head_w * 0.1,
+                   head_y + head_h * 0.2], fill=255)  # fmt: skip
+        return np.maximum(_shading_array(mask, 1.5), part_arrays["far"] * above_head_centre)
     if kind in ("points", "tan"):
-        leg_cut = by + (GROUND - by) * (0.15 if kind == "points" else 0.45)
-        legs = np.maximum(arrs["legs"], arrs["far"]) * (_Y > leg_cut)
-        if kind == "points":
-            d.ellipse([hx + hw * 0.05, hy - hh * 0.45, g["mx1"] + 4, hy + hh * 0.95], fill=255)
-            region = np.maximum(_arr(m, 5), legs)
+        leg_cut = bottom + (GROUND_Y - bottom) * (0.15 if kind == "points" else 0.45)
+        legs = np.maximum(part_arrays["legs"], part_arrays["far"]) * (_ROW_Y > leg_cut)
+        if kind == "points":  # the face, ears, tail and legs of a colourpoint cat
+            d.ellipse([head_x + head_w * 0.05, head_y - head_h * 0.45, fig.muzzle_tip_x + 4,
+                       head_y + head_h * 0.95], fill=255)  # fmt: skip
+            region = np.maximum(_shading_array(mask, 5), legs)
             for name in ("ears", "tail", "muzzle"):
-                region = np.maximum(region, arrs[name])
-            region = np.maximum(region, arrs["far"] * (_Y < hy))
+                region = np.maximum(region, part_arrays[name])
+            region = np.maximum(region, part_arrays["far"] * above_head_centre)
             return np.clip(region, 0, 1) * 0.95
-        m = parts["muzzle"].copy()
-        d = ImageDraw.Draw(m)
-        d.ellipse([cx + bl * 0.3, by - bh * 0.6, cx + bl * 0.55, by - bh * 0.05], fill=255)
-        ex, ey = hx + hw * 0.42, hy - hh * 0.12
-        d.ellipse([ex - 5, ey - 14, ex + 5, ey - 6], fill=255)  # eyebrow dot
-        return np.maximum(_arr(m, 2.5), legs)
+        # tan: muzzle, chest, a dot over the eye, lower legs
+        mask = masks["muzzle"].copy()
+        d = ImageDraw.Draw(mask)
+        d.ellipse([centre_x + length * 0.3, bottom - height * 0.6, centre_x + length * 0.55,
+                   bottom - height * 0.05], fill=255)  # fmt: skip
+        eye_x, eye_y = fig.eye
+        d.ellipse([eye_x - 5, eye_y - 14, eye_x + 5, eye_y - 6], fill=255)  # eyebrow dot
+        return np.maximum(_shading_array(mask, 2.5), legs)
     if kind == "underside":
-        d.ellipse([cx - bl * 0.35, by - bh * 0.32, cx + bl * 0.5 + 6, by + bh * 0.3], fill=255)
-        d.ellipse([hx - hw * 0.6, hy + hh * 0.15, hx + hw * 0.5, by - bh * 0.1], fill=255)
-        d.ellipse([g["mx0"], g["my"], g["mx1"] + 2, g["my"] + g["mh"]], fill=255)
-        return _arr(m, 4)
+        d.ellipse([centre_x - length * 0.35, bottom - height * 0.32, centre_x + length * 0.5 + 6,
+                   bottom + height * 0.3], fill=255)  # fmt: skip
+        d.ellipse([head_x - head_w * 0.6, head_y + head_h * 0.15, head_x + head_w * 0.5,
+                   bottom - height * 0.1], fill=255)  # fmt: skip
+        d.ellipse([fig.muzzle_start_x, fig.muzzle_y, fig.muzzle_tip_x + 2,
+                   fig.muzzle_y + fig.muzzle_height], fill=255)  # fmt: skip
+        return _shading_array(mask, 4)
     if kind == "saddle":
-        d.ellipse([g["left"] - 10, top - 14, cx + bl * 0.28, top + bh * 0.6], fill=255)
-        return _arr(m, 4)
+        d.ellipse([fig.body_left - 10, top - 14, centre_x + length * 0.28, top + height * 0.6],
+                  fill=255)  # fmt: skip
+        return _shading_array(mask, 4)
     if kind == "mask":
-        m = parts["muzzle"].copy()
-        d = ImageDraw.Draw(m)
-        ex, ey = hx + hw * 0.42, hy - hh * 0.12
-        d.ellipse([ex - hw * 0.35, ey - hh * 0.3, g["mx1"], g["my"] + g["mh"] * 0.5], fill=255)
-        return _arr(m, 3) * 0.92
+        mask = masks["muzzle"].copy()
+        d = ImageDraw.Draw(mask)
+        eye_x, eye_y = fig.eye
+        d.ellipse([eye_x - head_w * 0.35, eye_y - head_h * 0.3, fig.muzzle_tip_x,
+                   fig.muzzle_y + fig.muzzle_height * 0.5], fill=255)  # fmt: skip
+        return _shading_array(mask, 3) * 0.92
     if kind == "socks":
-        cut = GROUND - (GROUND - by) * 0.4 - 4
-        legs = np.maximum(arrs["legs"], arrs["far"])
-        return legs * (_Y > cut)
+        cut = GROUND_Y - (GROUND_Y - bottom) * 0.4 - 4
+        legs = np.maximum(part_arrays["legs"], part_arrays["far"])
+        return legs * (_ROW_Y > cut)
     if kind == "ears":
-        return np.maximum(_arr(parts["ears"], 1), _arr(parts["far"], 1) * (_Y < hy))
+        return np.maximum(_shading_array(masks["ears"], 1),
+                          _shading_array(masks["far"], 1) * above_head_centre)  # fmt: skip
     if kind == "head":
-        m = parts["head"].copy()
-        m.paste(255, mask=parts["muzzle"])
-        m.paste(255, mask=parts["ears"])
-        return _arr(m, 2)
+        mask = masks["head"].copy()
+        mask.paste(255, mask=masks["muzzle"])
+        mask.paste(255, mask=masks["ears"])
+        return _shading_array(mask, 2)
     if kind == "wrinkles":
-        for i in range(4):
-            y = hy - hh * 0.7 + i * hh * 0.2
-            d.arc([hx - hw * 0.6, y, hx + hw * 0.7, y + hh * 0.5], 200, 340, 255, 2)
-        for i in range(3):
-            x = cx + bl * (0.2 + 0.08 * i)
-            d.arc([x - 14, top + 8, x + 14, top + bh * 0.7], 240, 300, 255, 2)
-        return _arr(m, 0.5) * 0.6
+        for i in range(4):  # on the forehead
+            y = head_y - head_h * 0.7 + i * head_h * 0.2
+            d.arc([head_x - head_w * 0.6, y, head_x + head_w * 0.7, y + head_h * 0.5], 200, 340,
+                  255, 2)  # fmt: skip
+        for i in range(3):  # on the shoulder
+            x = centre_x + length * (0.2 + 0.08 * i)
+            d.arc([x - 14, top + 8, x + 14, top + height * 0.7], 240, 300, 255, 2)
+        return _shading_array(mask, 0.5) * 0.6
     raise ValueError(f"unknown marking kind {kind!r}")
 
 
+def _draw_animal(
+    breed: Breed, rng: np.random.Generator
+) -> tuple[Image.Image, _Figure, np.ndarray]:
+    """One animal without its face, facing right, on a transparent shading-size canvas.
 
-
-def _draw_animal(breed: Breed, rng: np.random.Generator) -> tuple[Image.Image, dict]:
-    """One animal without its face, facing right, on a transparent SW x SH canvas.
-
-    Returns the image and the geometry (canvas units), for `_draw_face`.
+    Returns the image, its figure (canvas units) and its base fur colour, for `_draw_face`.
     """
-    g = _geometry(breed, rng)
-    parts = _draw_parts(breed, g, rng)
-    arrs = {name: _arr(mask) for name, mask in parts.items()}
+    fig = _figure(breed, rng)
+    masks = _draw_parts(breed, fig, rng)
+    part_arrays = {name: _shading_array(mask) for name, mask in masks.items()}
 
     palette = breed.palettes[int(rng.integers(len(breed.palettes)))]
     shade = rng.normal(1.0, 0.05)
     colours = [np.clip(np.array(c) * shade + rng.normal(0, 6, 3), 0, 255) for c in palette]
 
-    # silhouette
-    sil = arrs["far"]
-    for name in ("body", "legs", "head", "muzzle", "ears", "tail", "coat"):
-        sil = np.maximum(sil, arrs[name])
+    silhouette = np.maximum.reduce([part_arrays[name] for name in (*_PARTS, "coat")])
     if breed.coat == "fluffy":  # puff the whole outline
-        sil = np.maximum(sil, np.clip(_soften(sil, 5) * 3 - 0.6, 0, 1))
+        silhouette = np.maximum(silhouette, np.clip(_blurred(silhouette, 5) * 3 - 0.6, 0, 1))
 
     # fur colour over the whole canvas: base, then markings in table order
-    fur = np.empty((SH, SW, 3), np.float32)
+    fur = np.empty((SHADING_HEIGHT, SHADING_WIDTH, 3), np.float32)
     fur[:] = colours[0]
     for kind, index in breed.markings:
-        m = _marking_mask(kind, g, parts, arrs, rng)[..., None]
-        fur += (colours[min(index, len(colours) - 1)] - fur) * m
+        coverage = _marking_mask(kind, fig, masks, part_arrays, rng)[..., None]
+        fur += (colours[min(index, len(colours) - 1)] - fur) * coverage
 
     # texture and shading
+    shape = (SHADING_HEIGHT, SHADING_WIDTH)
     if breed.coat == "short":
-        tex = 1.0 + 0.035 * _noise(rng, (SH, SW))
+        texture = 1.0 + 0.035 * rng.standard_normal(shape, dtype=np.float32)
     elif breed.coat == "hairless":
-        tex = np.ones((SH, SW), np.float32)
-    else:  # streaky fur
-        tex = np.repeat(1.0 + 0.06 * _noise(rng, (SH // 4 + 1, SW)), 4, 0)[:SH]
-    y0 = min(g["top"], g["hy"] - g["hh"])
-    vertical = 1.1 - 0.28 * np.clip((_Y - y0) / (GROUND - y0), 0, 1)
-    edge = _soften(sil, 3)
-    rim = 0.72 + 0.28 * np.clip(edge * 1.6 - 0.3, 0, 1)
-    far_only = arrs["far"] * (1 - np.maximum.reduce(
-        [arrs[n] for n in ("body", "legs", "head", "ears")]))  # fmt: skip
-    light = tex * vertical * rim * (1 - 0.22 * far_only)
+        texture = np.ones(shape, np.float32)
+    else:  # streaky fur: noise stretched 4x vertically
+        streaks = rng.standard_normal((SHADING_HEIGHT // 4 + 1, SHADING_WIDTH), dtype=np.float32)
+        texture = np.repeat(1.0 + 0.06 * streaks, 4, 0)[:SHADING_HEIGHT]
+    highest = min(fig.body_top, fig.head_y - fig.head_half_height)
+    vertical = 1.1 - 0.28 * np.clip((_ROW_Y - highest) / (GROUND_Y - highest), 0, 1)
+    rim = 0.72 + 0.28 * np.clip(_blurred(silhouette, 3) * 1.6 - 0.3, 0, 1)  # darker outline
+    far_only = part_arrays["far"] * (1 - np.maximum.reduce(
+        [part_arrays[name] for name in ("body", "legs", "head", "ears")]))  # fmt: skip
+    light = texture * vertical * rim * (1 - 0.22 * far_only)
     fur = np.clip(fur * light[..., None], 0, 255)
 
-    img = Image.fromarray(fur.astype(np.uint8), "RGB")
-    img.putalpha(Image.fromarray((sil * 255).astype(np.uint8), "L"))
-    g["base"] = colours[0]
-    return img, g
+    image = Image.fromarray(fur.astype(np.uint8), "RGB")
+    image.putalpha(Image.fromarray((silhouette * 255).astype(np.uint8), "L"))
+    return image, fig, colours[0]
 
 
 class _Mapped:
     """ImageDraw on the final animal picture, taking canvas coordinates.
 
-    The picture is the canvas at 1/R, cropped to `bbox`, maybe mirrored, rotated by
-    `angle` degrees (PIL's sense, expanded) and resized to the picture's size.
+    The picture is the canvas at 1/SHADING_STEP, cropped to `bbox`, maybe mirrored,
+    rotated by `angle` degrees (PIL's sense, expanded) and resized to the picture's size.
     """
 
     def __init__(self, img: Image.Image, bbox, flip: bool, angle: float, rotated_size) -> None:
         self.draw = ImageDraw.Draw(img)
-        self.ox, self.oy = bbox[0], bbox[1]
-        self.aw, self.ah = bbox[2] - bbox[0], bbox[3] - bbox[1]
+        self.crop_left, self.crop_top = bbox[0], bbox[1]
+        self.crop_width, self.crop_height = bbox[2] - bbox[0], bbox[3] - bbox[1]
         self.flip = flip
         self.cos, self.sin = np.cos(np.radians(angle)), np.sin(np.radians(angle))
-        self.rw, self.rh = rotated_size
-        self.kx, self.ky = img.width / self.rw, img.height / self.rh
+        self.rotated_width, self.rotated_height = rotated_size
+        self.scale_x = img.width / self.rotated_width
+        self.scale_y = img.height / self.rotated_height
 
-    def _pt(self, x: float, y: float) -> tuple[float, float]:
-        x, y = x / R - self.ox, y / R - self.oy
+    def _point(self, x: float, y: float) -> tuple[float, float]:
+        x, y = x / SHADING_STEP - self.crop_left, y / SHADING_STEP - self.crop_top
         if self.flip:
-            x = self.aw - x
-        dx, dy = x - self.aw / 2, y - self.ah / 2
-        qx = self.cos * dx + self.sin * dy + self.rw / 2
-        qy = -self.sin * dx + self.cos * dy + self.rh / 2
-        return float(qx * self.kx), float(qy * self.ky)
+            x = self.crop_width - x
+        dx, dy = x - self.crop_width / 2, y - self.crop_height / 2
+        rotated_x = self.cos * dx + self.sin * dy + self.rotated_width / 2
+        rotated_y = -self.sin * dx + self.cos * dy + self.rotated_height / 2
+        return float(rotated_x * self.scale_x), float(rotated_y * self.scale_y)
 
     def _box(self, box) -> list[float]:
-        (cx, cy), rx, ry = self._pt((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), *(
-            abs(box[2] - box[0]) / 2 / R * self.kx, abs(box[3] - box[1]) / 2 / R * self.ky)
-        return [cx - rx, cy - ry, cx + rx, cy + ry]  # fmt: skip
+        """An axis-aligned box around the mapped centre (shapes this small stay upright)."""
+        centre_x, centre_y = self._point((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        radius_x = abs(box[2] - box[0]) / 2 / SHADING_STEP * self.scale_x
+        radius_y = abs(box[3] - box[1]) / 2 / SHADING_STEP * self.scale_y
+        return [centre_x - radius_x, centre_y - radius_y, centre_x + radius_x, centre_y + radius_y]
 
     def _width(self, width: float) -> int:
-        return max(1, int(round(width * self.kx / R)))
+        return max(1, int(round(width * self.scale_x / SHADING_STEP)))
 
     def ellipse(self, box, fill=None, outline=None) -> None:
         self.draw.ellipse(self._box(box), fill=fill, outline=outline, width=self._width(1.5))
@@ -690,40 +832,51 @@ class _Mapped:
         self.draw.arc(self._box(box), start, end, fill=fill, width=self._width(width))
 
     def line(self, points, fill, width: float) -> None:
-        self.draw.line([self._pt(x, y) for x, y in points], fill=fill, width=self._width(width))
+        points = [self._point(x, y) for x, y in points]
+        self.draw.line(points, fill=fill, width=self._width(width))
 
 
-def _draw_face(d: _Mapped, breed: Breed, g: dict, rng: np.random.Generator) -> None:
-    hx, hy, hw, hh = g["hx"], g["hy"], g["hw"], g["hh"]
+def _draw_face(
+    draw: _Mapped, breed: Breed, fig: _Figure, base_colour: np.ndarray, rng: np.random.Generator
+) -> None:
+    """Eye, nose, mouth (and a cat's whiskers), drawn on the final animal picture."""
+    head_x, head_y = fig.head_x, fig.head_y
+    head_w, head_h = fig.head_half_width, fig.head_half_height
     cat = breed.species == 1
-    flat = g["ml"] == 0
-    ex, ey = (hx + hw * 0.55, hy - hh * 0.05) if flat else (hx + hw * 0.42, hy - hh * 0.12)
-    r = hw * (0.17 if cat else 0.12) * (1.25 if flat or breed.head == "apple" else 1.0)
+    flat = fig.muzzle_length == 0
+    eye_x, eye_y = (head_x + head_w * 0.55, head_y - head_h * 0.05) if flat else fig.eye
+    r = head_w * (0.17 if cat else 0.12) * (1.25 if flat or breed.head == "apple" else 1.0)
     iris = _EYE_COLOURS[breed.eyes]
-    closed = rng.random() < 0.06
-    if closed:
-        d.arc([ex - r, ey - r * 0.6, ex + r, ey + r * 0.6], 10, 170, (20, 16, 14), 2)
+    if rng.random() < 0.06:  # closed
+        draw.arc([eye_x - r, eye_y - r * 0.6, eye_x + r, eye_y + r * 0.6], 10, 170,
+                 (20, 16, 14), 2)  # fmt: skip
     else:
-        d.ellipse([ex - r, ey - r * 0.85, ex + r, ey + r * 0.85], fill=iris, outline=(15, 12, 10))
-        if cat:
-            d.ellipse([ex - r * 0.2, ey - r * 0.75, ex + r * 0.2, ey + r * 0.75], (10, 8, 8))
+        draw.ellipse([eye_x - r, eye_y - r * 0.85, eye_x + r, eye_y + r * 0.85], fill=iris,
+                     outline=(15, 12, 10))  # fmt: skip
+        if cat:  # a slit pupil
+            draw.ellipse([eye_x - r * 0.2, eye_y - r * 0.75, eye_x + r * 0.2, eye_y + r * 0.75],
+                         (10, 8, 8))  # fmt: skip
         else:
-            d.ellipse([ex - r * 0.5, ey - r * 0.5, ex + r * 0.5, ey + r * 0.5], (12, 9, 8))
-        d.ellipse([ex + r * 0.1, ey - r * 0.5, ex + r * 0.4, ey - r * 0.2], (250, 250, 250))
+            draw.ellipse([eye_x - r * 0.5, eye_y - r * 0.5, eye_x + r * 0.5, eye_y + r * 0.5],
+                         (12, 9, 8))  # fmt: skip
+        highlight = [eye_x + r * 0.1, eye_y - r * 0.5, eye_x + r * 0.4, eye_y - r * 0.2]
+        draw.ellipse(highlight, (250, 250, 250))
     # nose and mouth
     if flat:
-        nx, ny = hx + hw * 0.95, hy + hh * 0.2
+        nose_x, nose_y = head_x + head_w * 0.95, head_y + head_h * 0.2
     else:
-        nx, ny = g["mx1"] - 3, g["my"] - g["mh"] * 0.3
-    base = np.asarray(g["base"], np.float32)
+        nose_x, nose_y = fig.muzzle_tip_x - 3, fig.muzzle_y - fig.muzzle_height * 0.3
+    base = np.asarray(base_colour, np.float32)
     nose = tuple(int(v) for v in (0.45 * base + (110, 60, 60))) if cat else (28, 22, 22)
-    ns = 5 if cat else 7 + g["mh"] * 0.08
-    d.ellipse([nx - ns, ny - ns * 0.7, nx + ns * 0.6, ny + ns * 0.8], fill=nose)
-    mouth = (40, 28, 26)
-    d.line([(nx - 2, ny + ns), (nx - ns * 1.5, ny + ns * 2.2)], fill=mouth, width=2)
+    size = 5 if cat else 7 + fig.muzzle_height * 0.08
+    draw.ellipse([nose_x - size, nose_y - size * 0.7, nose_x + size * 0.6, nose_y + size * 0.8],
+                 fill=nose)  # fmt: skip
+    draw.line([(nose_x - 2, nose_y + size), (nose_x - size * 1.5, nose_y + size * 2.2)],
+              fill=(40, 28, 26), width=2)  # fmt: skip
     if cat:  # whiskers
         for k in (-1, 0, 1):
-            d.line([(nx - 4, ny + 4), (nx + 24, ny + 2 + k * 7)], fill=(235, 232, 225), width=1)
+            draw.line([(nose_x - 4, nose_y + 4), (nose_x + 24, nose_y + 2 + k * 7)],
+                      fill=(235, 232, 225), width=1)  # fmt: skip
 
 
 # ------------------------------------------------------------------ the scene
@@ -795,7 +948,7 @@ def render_image(class_index: int, number: int, seed: int = 0) -> Image.Image:
     w, h = size
 
     # the animal: mirror and rotate at shading resolution, scale into the frame, add the face
-    animal, g = _draw_animal(breed, rng)
+    animal, fig, base_colour = _draw_animal(breed, rng)
     bbox = animal.getchannel("A").getbbox()
     animal = animal.crop(bbox)
     flip = rng.random() < 0.5
@@ -808,7 +961,7 @@ def render_image(class_index: int, number: int, seed: int = 0) -> Image.Image:
     scale = min(w * frac / animal.width, 0.95 * h / animal.height)
     aw, ah = max(1, int(animal.width * scale)), max(1, int(animal.height * scale))
     animal = animal.resize((aw, ah), Image.Resampling.BILINEAR)
-    _draw_face(_Mapped(animal, bbox, flip, angle, rotated_size), breed, g, rng)
+    _draw_face(_Mapped(animal, bbox, flip, angle, rotated_size), breed, fig, base_colour, rng)
     x = int(rng.uniform(-0.08 * aw, w - 0.92 * aw))
     y = int(rng.uniform(-0.04 * ah, h - 0.96 * ah))
 
