@@ -40,7 +40,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from filelock import FileLock
@@ -882,19 +882,23 @@ def _draw_face(
 # ------------------------------------------------------------------ the scene
 
 
-# Scene variation (within-class nuisance): how hard the pictures are, not what they show.
-_SCENE: dict[str, Any] = {
-    "animal_frac": (0.7, 0.95),  # animal width / image width (times the breed's size)
-    "rotate": 10.0,  # degrees, either way
-    "wall_saturation": 0.3,  # max HSV saturation of wall and floor colours
-    "wallpaper": 0.2,  # probability of striped wallpaper
-    "clutter": (0, 4),  # number of clutter shapes, [lo, hi)
-    "clutter_saturation": 0.5,
-    "occluder": 0.05,  # probability of an object in front
-    "noise": (2.0, 7.0),  # gaussian noise sigma range
-    "blur": 0.5,  # probability of a mild blur
-    "gain": (0.72, 1.22),  # brightness range
-}
+@dataclass(frozen=True)
+class _SceneVariation:
+    """Within-class nuisance: how hard the pictures are, not what they show."""
+
+    animal_width: tuple[float, float] = (0.7, 0.95)  # of the image width (x the breed's size)
+    max_rotation: float = 10.0  # degrees, either way
+    wall_saturation: float = 0.3  # max HSV saturation of wall and floor colours
+    wallpaper: float = 0.2  # probability of striped wallpaper
+    clutter_shapes: tuple[int, int] = (0, 4)  # how many, [low, high)
+    clutter_saturation: float = 0.5
+    occluder: float = 0.05  # probability of an object in front
+    noise_sigma: tuple[float, float] = (2.0, 7.0)  # of the gaussian pixel noise
+    blur: float = 0.5  # probability of a mild blur
+    gain: tuple[float, float] = (0.72, 1.22)  # brightness
+
+
+_SCENE = _SceneVariation()
 
 
 def _image_size(rng: np.random.Generator) -> tuple[int, int]:
@@ -904,39 +908,42 @@ def _image_size(rng: np.random.Generator) -> tuple[int, int]:
 
 
 def _background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
-    w, h = size
-    wall = _random_colour(rng, _SCENE["wall_saturation"])
-    img = Image.new("RGB", size, wall)
-    d = ImageDraw.Draw(img)
-    if rng.random() < _SCENE["wallpaper"]:  # wallpaper stripes
-        alt = tuple(int(np.clip(c + rng.normal(0, 25), 0, 255)) for c in wall)
+    """A wall (maybe papered), usually a floor, and some clutter."""
+    width, height = size
+    wall = _random_colour(rng, _SCENE.wall_saturation)
+    image = Image.new("RGB", size, wall)
+    draw = ImageDraw.Draw(image)
+    if rng.random() < _SCENE.wallpaper:
+        stripe = tuple(int(np.clip(c + rng.normal(0, 25), 0, 255)) for c in wall)
         step = int(rng.integers(12, 40))
-        for x in range(0, w, step):
-            d.rectangle([x, 0, x + step // 2, h], fill=alt)
+        for x in range(0, width, step):
+            draw.rectangle([x, 0, x + step // 2, height], fill=stripe)
     if rng.random() < 0.75:  # floor
-        horizon = int(h * rng.uniform(0.45, 0.8))
-        d.rectangle([0, horizon, w, h], fill=_random_colour(rng, _SCENE["wall_saturation"]))
-    for _ in range(int(rng.integers(*_SCENE["clutter"]))):  # clutter
-        _clutter_shape(d, rng, size)
-    return img
+        horizon = int(height * rng.uniform(0.45, 0.8))
+        floor = _random_colour(rng, _SCENE.wall_saturation)
+        draw.rectangle([0, horizon, width, height], fill=floor)
+    for _ in range(int(rng.integers(*_SCENE.clutter_shapes))):
+        _clutter_shape(draw, rng, size)
+    return image
 
 
-def _clutter_shape(d: ImageDraw.ImageDraw, rng: np.random.Generator, size) -> None:
-    w, h = size
-    s = min(w, h) * rng.uniform(0.06, 0.35)
-    x, y = rng.uniform(-0.1 * w, w), rng.uniform(-0.1 * h, h)
-    colour = _random_colour(rng, _SCENE["clutter_saturation"])
+def _clutter_shape(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size) -> None:
+    """A rectangle, ellipse, triangle or thick line somewhere in the picture."""
+    width, height = size
+    s = min(width, height) * rng.uniform(0.06, 0.35)  # its size
+    x, y = rng.uniform(-0.1 * width, width), rng.uniform(-0.1 * height, height)
+    colour = _random_colour(rng, _SCENE.clutter_saturation)
     kind = rng.integers(4)
     if kind == 0:
-        d.rectangle([x, y, x + s * rng.uniform(0.5, 2), y + s * rng.uniform(0.5, 2)], colour)
+        draw.rectangle([x, y, x + s * rng.uniform(0.5, 2), y + s * rng.uniform(0.5, 2)], colour)
     elif kind == 1:
-        d.ellipse([x, y, x + s, y + s * rng.uniform(0.6, 1.4)], colour)
+        draw.ellipse([x, y, x + s, y + s * rng.uniform(0.6, 1.4)], colour)
     elif kind == 2:
-        pts = [(x + s * rng.uniform(-1, 1), y + s * rng.uniform(-1, 1)) for _ in range(3)]
-        d.polygon(pts, colour)
+        corners = [(x + s * rng.uniform(-1, 1), y + s * rng.uniform(-1, 1)) for _ in range(3)]
+        draw.polygon(corners, colour)
     else:
-        d.line([(x, y), (x + s * rng.uniform(-2, 2), y + s * rng.uniform(-2, 2))], colour,
-               int(rng.integers(2, 9)))  # fmt: skip
+        end = (x + s * rng.uniform(-2, 2), y + s * rng.uniform(-2, 2))
+        draw.line([(x, y), end], colour, int(rng.integers(2, 9)))
 
 
 def render_image(class_index: int, number: int, seed: int = 0) -> Image.Image:
@@ -945,7 +952,7 @@ def render_image(class_index: int, number: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng((seed, class_index, number))
     size = _image_size(rng)
     scene = _background(rng, size)
-    w, h = size
+    width, height = size
 
     # the animal: mirror and rotate at shading resolution, scale into the frame, add the face
     animal, fig, base_colour = _draw_animal(breed, rng)
@@ -954,47 +961,49 @@ def render_image(class_index: int, number: int, seed: int = 0) -> Image.Image:
     flip = rng.random() < 0.5
     if flip:
         animal = animal.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    angle = rng.uniform(-_SCENE["rotate"], _SCENE["rotate"])
+    angle = rng.uniform(-_SCENE.max_rotation, _SCENE.max_rotation)
     animal = animal.rotate(angle, Image.Resampling.BILINEAR, expand=True)
     rotated_size = animal.size
-    frac = min(1.0, rng.uniform(*_SCENE["animal_frac"]) * breed.size)
-    scale = min(w * frac / animal.width, 0.95 * h / animal.height)
-    aw, ah = max(1, int(animal.width * scale)), max(1, int(animal.height * scale))
-    animal = animal.resize((aw, ah), Image.Resampling.BILINEAR)
+    width_fraction = min(1.0, rng.uniform(*_SCENE.animal_width) * breed.size)
+    scale = min(width * width_fraction / animal.width, 0.95 * height / animal.height)
+    animal_w = max(1, int(animal.width * scale))
+    animal_h = max(1, int(animal.height * scale))
+    animal = animal.resize((animal_w, animal_h), Image.Resampling.BILINEAR)
     _draw_face(_Mapped(animal, bbox, flip, angle, rotated_size), breed, fig, base_colour, rng)
-    x = int(rng.uniform(-0.08 * aw, w - 0.92 * aw))
-    y = int(rng.uniform(-0.04 * ah, h - 0.96 * ah))
+    x = int(rng.uniform(-0.08 * animal_w, width - 0.92 * animal_w))
+    y = int(rng.uniform(-0.04 * animal_h, height - 0.96 * animal_h))
 
     # soft ground shadow, then the animal, then maybe an occluder in front
-    sw, sh = max(1, int(aw * 0.8)), max(1, int(ah * 0.12))
-    shadow = Image.new("L", (sw + 16, sh + 16), 0)
-    ImageDraw.Draw(shadow).ellipse([8, 8, sw + 8, sh + 8], fill=int(rng.integers(40, 110)))
-    sx, sy = int(x + aw * 0.1) - 8, int(y + ah * 0.92) - 8
-    scene.paste((0, 0, 0), (sx, sy, sx + sw + 16, sy + sh + 16),
-                shadow.filter(ImageFilter.GaussianBlur(4)))  # fmt: skip
+    shadow_w, shadow_h = max(1, int(animal_w * 0.8)), max(1, int(animal_h * 0.12))
+    shadow = Image.new("L", (shadow_w + 16, shadow_h + 16), 0)
+    ImageDraw.Draw(shadow).ellipse([8, 8, shadow_w + 8, shadow_h + 8],
+                                   fill=int(rng.integers(40, 110)))  # fmt: skip
+    shadow_x, shadow_y = int(x + animal_w * 0.1) - 8, int(y + animal_h * 0.92) - 8
+    scene.paste((0, 0, 0), (shadow_x, shadow_y, shadow_x + shadow_w + 16,
+                            shadow_y + shadow_h + 16), shadow.filter(ImageFilter.GaussianBlur(4)))
     scene.paste(animal, (x, y), animal)
-    if rng.random() < _SCENE["occluder"]:  # a cushion or box edge in front, from the bottom
-        top = h * rng.uniform(0.8, 0.93)
-        x0 = rng.uniform(-0.2, 0.7) * w
+    if rng.random() < _SCENE.occluder:  # a cushion or box edge in front, from the bottom
+        top = height * rng.uniform(0.8, 0.93)
+        left = rng.uniform(-0.2, 0.7) * width
         ImageDraw.Draw(scene).rounded_rectangle(
-            [x0, top, x0 + w * rng.uniform(0.3, 0.7), h + 10], 8, _random_colour(rng)
+            [left, top, left + width * rng.uniform(0.3, 0.7), height + 10], 8, _random_colour(rng)
         )
 
-    # lighting, colour cast, noise, blur
-    arr = np.array(scene, np.float32)
-    gain = rng.uniform(*_SCENE["gain"])
+    # lighting (gain and a linear ramp in a random direction), colour cast, noise, blur
+    pixels = np.array(scene, np.float32)
+    gain = rng.uniform(*_SCENE.gain)
     cast = 1.0 + rng.normal(0, 0.04, 3)
-    theta = rng.uniform(0, 2 * np.pi)
-    xx = np.linspace(-0.5, 0.5, w, dtype=np.float32)[None, :]
-    yy = np.linspace(-0.5, 0.5, h, dtype=np.float32)[:, None]
-    ramp = xx * np.float32(np.cos(theta)) + yy * np.float32(np.sin(theta))
-    arr *= (gain * (1.0 + rng.uniform(0, 0.45) * ramp))[..., None]
-    arr *= cast.astype(np.float32)
-    arr += np.float32(rng.uniform(*_SCENE["noise"])) * _pixel_noise(rng, h, w)
-    img = Image.fromarray(np.clip(arr, 0, 255, out=arr).astype(np.uint8), "RGB")
-    if rng.random() < _SCENE["blur"]:
-        img = img.filter(ImageFilter.BoxBlur(rng.uniform(0.3, 1.0)))  # a box: 3x cheaper
-    return img
+    direction = rng.uniform(0, 2 * np.pi)
+    xs = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :]
+    ys = np.linspace(-0.5, 0.5, height, dtype=np.float32)[:, None]
+    ramp = xs * np.float32(np.cos(direction)) + ys * np.float32(np.sin(direction))
+    pixels *= (gain * (1.0 + rng.uniform(0, 0.45) * ramp))[..., None]
+    pixels *= cast.astype(np.float32)
+    pixels += np.float32(rng.uniform(*_SCENE.noise_sigma)) * _pixel_noise(rng, height, width)
+    image = Image.fromarray(np.clip(pixels, 0, 255, out=pixels).astype(np.uint8), "RGB")
+    if rng.random() < _SCENE.blur:
+        image = image.filter(ImageFilter.BoxBlur(rng.uniform(0.3, 1.0)))  # a box: 3x cheaper
+    return image
 
 
 # ------------------------------------------------------------------ encoding and layout
@@ -1037,29 +1046,39 @@ def _marker_text(seed: int, trainval_per_class: int, test_per_class: int) -> str
 
 
 def _species_and_breed_ids() -> list[tuple[int, int]]:
+    """Per class: its species and its breed id (numbered within the species, as in list.txt)."""
     counts = {1: 0, 2: 0}
     ids = []
-    for name in CLASS_NAMES:
-        species = 1 if name[0].isupper() else 2
-        counts[species] += 1
-        ids.append((species, counts[species]))
+    for breed in BREEDS:
+        counts[breed.species] += 1
+        ids.append((breed.species, counts[breed.species]))
     return ids
 
 
-def _plan(seed: int, trainval_per_class: int, test_per_class: int):
-    """[(class index, number, split, format)], in list order (class, then number)."""
-    quirks = {(CLASS_NAMES.index(c), s, k): f for c, s, k, f in QUIRKS}
+class _Planned(NamedTuple):
+    """One image to write: `<CLASS_NAMES[class_index]>_<number>.jpg`, in `split`."""
+
+    class_index: int
+    number: int
+    split: str
+    format: str  # "jpeg", or one of the quirks' formats
+
+
+def _plan(seed: int, trainval_per_class: int, test_per_class: int) -> list[_Planned]:
+    """Every image, in list order (class, then number)."""
+    quirks = {(CLASS_NAMES.index(name), split, rank): fmt for name, split, rank, fmt in QUIRKS}
     plan = []
     total = trainval_per_class + test_per_class
-    for ci in range(len(CLASS_NAMES)):
-        order = np.random.default_rng((seed, ci, 1 << 30)).permutation(total) + 1
+    for class_index in range(len(CLASS_NAMES)):
+        order = np.random.default_rng((seed, class_index, 1 << 30)).permutation(total) + 1
         splits = {"trainval": sorted(order[:trainval_per_class].tolist()),
                   "test": sorted(order[trainval_per_class:].tolist())}  # fmt: skip
-        rows = []
-        for split, numbers in splits.items():
-            for rank, number in enumerate(numbers):
-                rows.append((ci, number, split, quirks.get((ci, split, rank), "jpeg")))
-        plan.extend(sorted(rows, key=lambda r: r[1]))
+        images = [
+            _Planned(class_index, number, split, quirks.get((class_index, split, rank), "jpeg"))
+            for split, numbers in splits.items()
+            for rank, number in enumerate(numbers)
+        ]
+        plan.extend(sorted(images, key=lambda image: image.number))
     return plan
 
 
@@ -1141,11 +1160,12 @@ def _generate_locked(root: Path, marker: str, seed: int, trainval_per_class: int
     return root
 
 
-def _draw_batch(images: str, seed: int, batch: list[tuple[int, int, str]]) -> int:
-    """Draw and write a batch of (class index, number, format); runs in a worker."""
-    for ci, number, fmt in batch:
-        path = Path(images) / f"{CLASS_NAMES[ci]}_{number}.jpg"
-        path.write_bytes(_encode(render_image(ci, number, seed), fmt))
+def _draw_batch(images: str, seed: int, batch: list[_Planned]) -> int:
+    """Draw and write a batch of images into the folder `images`; runs in a worker."""
+    for planned in batch:
+        path = Path(images) / f"{CLASS_NAMES[planned.class_index]}_{planned.number}.jpg"
+        image = render_image(planned.class_index, planned.number, seed)
+        path.write_bytes(_encode(image, planned.format))
     return len(batch)
 
 
@@ -1181,9 +1201,8 @@ def _write(out: Path, marker: str, seed: int, n_trainval: int, n_test: int, prog
     plan = _plan(seed, n_trainval, n_test)
     total = len(plan)
     report = progress or (lambda done, total: None)
-    jobs = [(ci, number, fmt) for ci, number, _, fmt in plan]
     parallel = workers > 1 and total >= 64
-    batches = [jobs[i : i + 8] for i in range(0, total, 8)] if parallel else [[j] for j in jobs]
+    batches = [plan[i : i + 8] for i in range(0, total, 8)] if parallel else [[p] for p in plan]
     if parallel:
         left = _draw_in_pool(str(images), seed, batches, workers, report, total)
     else:
@@ -1202,11 +1221,12 @@ def _write(out: Path, marker: str, seed: int, n_trainval: int, n_test: int, prog
 
     ids = _species_and_breed_ids()
     lines: dict[str, list[str]] = {"all": [], "trainval": [], "test": []}
-    for ci, number, split, _ in plan:
-        species, breed_id = ids[ci]
-        line = f"{CLASS_NAMES[ci]}_{number} {ci + 1} {species} {breed_id}"
+    for planned in plan:
+        species, breed_id = ids[planned.class_index]
+        line = (f"{CLASS_NAMES[planned.class_index]}_{planned.number} {planned.class_index + 1} "
+                f"{species} {breed_id}")
         lines["all"].append(line)
-        lines[split].append(line)
+        lines[planned.split].append(line)
     (ann / "list.txt").write_text("\n".join([*LIST_HEADER, *lines["all"]]) + "\n", "utf-8")
     (ann / "trainval.txt").write_text("\n".join(lines["trainval"]) + "\n", "utf-8")
     (ann / "test.txt").write_text("\n".join(lines["test"]) + "\n", "utf-8")
