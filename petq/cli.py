@@ -321,21 +321,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from petq.demo import DEMO_MODEL, ensure_demo_dataset
-    from petq.train import DEFAULTS, DEMO_TRAINING, train
+    from petq.train import TrainConfig, train
 
+    config = TrainConfig.from_options(args)
     root = args.dataset_root or ensure_demo_dataset()
-    size = tuple(int(v) for v in args.input_size.lower().split("x"))
-    if len(size) != 2:
-        raise PetqError(f"--input-size must look like 224x224, got {args.input_size!r}")
-    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None}
-    kwargs = {**DEMO_TRAINING, **given}
 
     def progress(epoch: int, epochs: int, logs: dict) -> None:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
         print(f"epoch {epoch}/{epochs}  {shown}", flush=True)
 
-    info = train(root, args.model_path or DEMO_MODEL, input_size=size, progress=progress,
-                 **kwargs)
+    info = train(root, args.model_path or DEMO_MODEL, config, progress=progress)
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -438,26 +433,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
 
+    from petq.train import TrainConfig
+
     p = sub.add_parser("train", help="train the lab's head on a backbone (default: the demo "
                                      "model's configuration)")
     p.add_argument("--dataset-root", type=Path, help="default: synthetic demo dataset")
     p.add_argument("--model-path", type=Path,
                    help="output .keras (default: models/petq-demo.keras)")
-    p.add_argument("--alpha", type=float)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--weights", choices=["imagenet"], help="ImageNet backbone (needs internet)")
-    p.add_argument("--bn-momentum", type=float)
-    p.add_argument("--backbone", choices=["mobilenetv2", "convnet"])
-    p.add_argument("--working-size", type=int, help="in-model resize to this resolution")
-    p.add_argument("--pretrain-epochs", type=int,
-                   help="first train the backbone under a linear probe, then the lab's head")
-    p.add_argument("--min-crop", type=float,
-                   help="random zoom: crop sides a random fraction in [MIN_CROP, 1] (1: off)")
-    p.add_argument("--input-size", default="224x224")
+    TrainConfig.add_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("download", help="fetch Oxford-IIIT Pet and/or the lab's trained model")

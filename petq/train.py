@@ -1,4 +1,4 @@
-"""Train the lab's classifier: MobileNetV2 + a dense head, on an Oxford-Pet-layout dataset.
+"""Train the lab's classifier (a backbone + the lab's dense head) on an Oxford-Pet-layout dataset.
 
 Images are decoded once with petq.data (the same decode and the same preprocessing
 that calibration, evaluation and live classification use), so a model trained here
@@ -7,12 +7,13 @@ and its sidecar contract agree by construction.
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import datetime
 import os
 import shlex
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,35 +27,184 @@ EpochProgress = Callable[[int, int, dict[str, float]], None]  # (epoch 1-based, 
 HEAD_UNITS = (1024, 512, 128)
 HEAD_DROPOUT = 0.3
 EVAL_BATCH = 64
+BACKBONES = ("convnet", "mobilenetv2")
+CONVNET_WORKING_SIZE = 64  # the convnet always resizes: to this without a working size
 
-# Defaults of `train`: a small model that fits the 2-core machine's time budget. From
-# scratch on the synthetic set it learns far too slowly (see the module's report).
-DEFAULTS: dict[str, Any] = {
-    "alpha": 0.35,
-    "epochs": 6,
-    "batch_size": 16,
-    "learning_rate": 1e-3,
-    "val_fraction": 0.2,
-    "seed": 0,
-    "weights": None,
-    "bn_momentum": 0.9,
-    "backbone": "mobilenetv2",
-    "working_size": None,  # no in-model resize (the convnet falls back to 64 px)
-    "pretrain_epochs": 0,
-    "min_crop": 1.0,
-}
 
-# The shipped demo model's configuration: `petq train` with no flags repeats it
-# (about 12 minutes on the 2-core machine; see README).
-DEMO_TRAINING: dict[str, Any] = {
-    "backbone": "convnet",
-    "working_size": 80,
-    "pretrain_epochs": 22,
-    "epochs": 6,
-    "batch_size": 32,
-    "learning_rate": 2e-3,
-    "seed": 0,
-}
+# ------------------------------------------------------------------ the configuration
+# TrainConfig's fields are `petq train`'s options too (--batch-size for batch_size): each
+# field says how its option reads a value and what it means. "none" spells None.
+
+
+def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_or_none(text: str) -> Any:
+        return None if text.lower() == "none" else parse(text)
+
+    parse_or_none.__name__ = parse.__name__  # argparse names it: "invalid int value: 'x'"
+    return parse_or_none
+
+
+def _one_of(*values: str | None) -> Callable[[str], str | None]:
+    def choice(text: str) -> str | None:
+        value = None if text.lower() == "none" else text
+        if value not in values:
+            spelled = ", ".join(_spell(v) for v in values)
+            raise argparse.ArgumentTypeError(f"must be one of {spelled}, got {text!r}")
+        return value
+
+    return choice
+
+
+def _size(text: str) -> tuple[int, int]:
+    sides = text.lower().split("x")
+    if len(sides) != 2 or not all(side.isdigit() and int(side) > 0 for side in sides):
+        raise argparse.ArgumentTypeError(f"must look like 224x224, got {text!r}")
+    return int(sides[0]), int(sides[1])
+
+
+def _spell(value: Any) -> str:
+    """A field's value as its option reads it (str(float) round-trips exactly)."""
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return "x".join(str(v) for v in value)
+    return str(value)
+
+
+def _option(default: Any, help: str, parse: Callable[[str], Any], metavar: str | None = None):
+    """A TrainConfig field that is also the `petq train` option named after it."""
+    return field(default=default, metadata={"help": help, "parse": parse, "metavar": metavar})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained: `train`'s argument, `petq train`'s options, the sidecar's record.
+
+    The defaults are the shipped demo model's configuration (DEMO_TRAINING). On the
+    command line, options not given come from the chosen backbone's preset (PRESETS).
+    """
+
+    backbone: str = _option(
+        "convnet", "the network under the lab's head; the other options default to its "
+        "preset: convnet = models/petq-demo's, mobilenetv2 = models/petq-mobilenetv2's",
+        _one_of(*BACKBONES), "{" + ",".join(BACKBONES) + "}",
+    )  # fmt: skip
+    alpha: float = _option(0.35, "MobileNetV2's width multiplier", float)
+    working_size: int | None = _option(
+        80, "in-model resize to this resolution (none: MobileNetV2 at the input size; "
+        f"the convnet at {CONVNET_WORKING_SIZE})", _none_or(int),
+    )  # fmt: skip
+    input_size: tuple[int, int] = _option((224, 224), "the model's input, HEIGHTxWIDTH", _size)
+    weights: str | None = _option(
+        None, "imagenet: a pretrained, frozen MobileNetV2 (needs internet); none: from scratch",
+        _one_of(None, "imagenet"), "{none,imagenet}",
+    )  # fmt: skip
+    bn_momentum: float | None = _option(
+        0.9, "the backbone's BatchNormalization momentum (none: Keras's)", _none_or(float)
+    )
+    pretrain_epochs: int = _option(
+        22, "first train the backbone under a linear probe, then the lab's head on it", int
+    )
+    epochs: int = _option(6, "epochs of the lab's head (of everything without pretraining)", int)
+    batch_size: int = _option(32, "images per training step", int)
+    learning_rate: float = _option(
+        2e-3, "Adam's peak (1 epoch linear warm-up, then cosine decay to 0)", float
+    )
+    min_crop: float = _option(
+        1.0, "random zoom: crop sides a random fraction in [MIN_CROP, 1] (1: off)", float
+    )
+    val_fraction: float = _option(
+        0.2, "stratified fraction of trainval held out to pick the best epoch", float
+    )
+    seed: int = _option(0, "seeds the weights, the validation pick and the augmentation", int)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise SpecError(f"backbone must be one of {', '.join(BACKBONES)}, "
+                            f"got {self.backbone!r}")  # fmt: skip
+        if self.weights not in (None, "imagenet"):
+            raise SpecError(f"weights must be None or 'imagenet', got {self.weights!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise SpecError(f"epochs and batch size must be >= 1, got {self.epochs} and "
+                            f"{self.batch_size}")  # fmt: skip
+        if self.pretrain_epochs < 0:
+            raise SpecError(f"pretrain epochs must be >= 0, got {self.pretrain_epochs}")
+        if self.working_size is not None and self.working_size < 1:
+            raise SpecError(f"working size must be >= 1, got {self.working_size}")
+        if not 0.0 < self.min_crop <= 1.0:
+            raise SpecError(f"min crop must be in (0, 1], got {self.min_crop}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise SpecError(f"validation fraction must be in (0, 1), got {self.val_fraction}")
+        height, width = self.input_size
+        object.__setattr__(self, "input_size", (int(height), int(width)))
+        if self.backbone == "convnet" and self.working_size is None:
+            object.__setattr__(self, "working_size", CONVNET_WORKING_SIZE)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, JSON-ready (as the sidecar's `info` records them)."""
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        record["input_size"] = list(self.input_size)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> TrainConfig:
+        """The configuration in a record such as a sidecar's `info` (other keys ignored;
+        a field a record lacks predates its option and takes its default)."""
+        values = {f.name: record[f.name] for f in fields(cls) if f.name in record}
+        if "input_size" in values:
+            values["input_size"] = tuple(values["input_size"])
+        return cls(**values)
+
+    def command_line(self, dataset_root: Path | str, model_path: Path | str) -> str:
+        """The `petq train` command that repeats this run. Every option is spelled out,
+        so the command means the same whatever the defaults and presets become."""
+        args = ["petq", "train", "--dataset-root", str(dataset_root),
+                "--model-path", str(model_path)]  # fmt: skip
+        for f in fields(self):
+            args += [_flag(f.name), _spell(getattr(self, f.name))]
+        return shlex.join(args)
+
+    @classmethod
+    def add_options(cls, parser: argparse.ArgumentParser) -> None:
+        """One option per field; an option not given stays out of the parsed namespace."""
+        for f in fields(cls):
+            default = getattr(DEMO_TRAINING, f.name)
+            defaults = [_spell(default)] + [
+                f"{preset.backbone}: {_spell(getattr(preset, f.name))}"
+                for preset in PRESETS.values()
+                if f.name != "backbone" and getattr(preset, f.name) != default
+            ]
+            parser.add_argument(
+                _flag(f.name), type=f.metadata["parse"], default=argparse.SUPPRESS,
+                metavar=f.metadata["metavar"],
+                help=f"{f.metadata['help']} (default: {'; '.join(defaults)})",
+            )  # fmt: skip
+
+    @classmethod
+    def from_options(cls, options: argparse.Namespace) -> TrainConfig:
+        """The configuration `petq train` options mean: the backbone's preset, with the
+        options given replacing its values."""
+        given = {f.name: getattr(options, f.name) for f in fields(cls) if hasattr(options, f.name)}
+        return replace(PRESETS[given.get("backbone", DEMO_TRAINING.backbone)], **given)
+
+
+# The shipped demo model's configuration: `petq train` with no options repeats it (about
+# 12 minutes on the 2-core machine; see README).
+DEMO_TRAINING = TrainConfig()
+# The configuration that trained models/petq-mobilenetv2.keras.
+MOBILENETV2_TRAINING = TrainConfig(
+    backbone="mobilenetv2", working_size=112, pretrain_epochs=60, epochs=7, learning_rate=3e-3,
+    min_crop=0.7,
+)
+PRESETS: dict[str, TrainConfig] = {c.backbone: c for c in (DEMO_TRAINING, MOBILENETV2_TRAINING)}
+assert tuple(sorted(PRESETS)) == BACKBONES, "one preset per backbone"
+
+
+# ------------------------------------------------------------------ the model
 
 
 def build_model(
@@ -82,7 +232,8 @@ def build_model(
     import keras
 
     if backbone == "convnet":
-        return _build_convnet(num_classes, input_size, working_size or 64, seed, bn_momentum)
+        size = working_size or CONVNET_WORKING_SIZE
+        return _build_convnet(num_classes, input_size, size, seed, bn_momentum)
     if backbone != "mobilenetv2":
         raise SpecError(f"backbone must be 'mobilenetv2' or 'convnet', got {backbone!r}")
     if weights not in (None, "imagenet"):
@@ -228,68 +379,11 @@ def _plain_pipeline(pixels, labels, contract: ModelContract, batch_size: int):
     )
 
 
-def retrain_command(
-    dataset_root: Path | str,
-    out_path: Path | str,
-    *,
-    alpha: float,
-    epochs: int,
-    batch_size: int,
-    val_fraction: float,
-    seed: int,
-    weights: str | None,
-    learning_rate: float,
-    input_size: tuple[int, int],
-    bn_momentum: float | None,
-    backbone: str = "mobilenetv2",
-    working_size: int | None = None,
-    pretrain_epochs: int = 0,
-    min_crop: float = 1.0,
-) -> str:
-    """The `petq train` command line that repeats a run."""
-    args = [
-        "petq", "train",
-        "--dataset-root", str(dataset_root),
-        "--model-path", str(out_path),
-        "--alpha", f"{alpha:g}",
-        "--epochs", str(epochs),
-        "--batch-size", str(batch_size),
-        "--learning-rate", f"{learning_rate:g}",
-        "--val-fraction", f"{val_fraction:g}",
-        "--seed", str(seed),
-    ]  # fmt: skip
-    if tuple(input_size) != (224, 224):
-        args += ["--input-size", f"{input_size[0]}x{input_size[1]}"]
-    if bn_momentum is not None:
-        args += ["--bn-momentum", f"{bn_momentum:g}"]
-    if weights:
-        args += ["--weights", weights]
-    # Always named: `petq train` fills missing flags from DEMO_TRAINING, not from DEFAULTS.
-    args += ["--backbone", backbone, "--pretrain-epochs", str(pretrain_epochs)]
-    if working_size is not None:
-        args += ["--working-size", str(working_size)]
-    if min_crop < 1.0:
-        args += ["--min-crop", f"{min_crop:g}"]
-    return shlex.join(args)
-
-
 def train(
     dataset_root: Path | str,
     out_path: Path | str,
+    config: TrainConfig = DEMO_TRAINING,
     *,
-    alpha: float = DEFAULTS["alpha"],
-    epochs: int = DEFAULTS["epochs"],
-    batch_size: int = DEFAULTS["batch_size"],
-    val_fraction: float = DEFAULTS["val_fraction"],
-    seed: int = DEFAULTS["seed"],
-    weights: str | None = DEFAULTS["weights"],
-    learning_rate: float = DEFAULTS["learning_rate"],
-    input_size: tuple[int, int] = (224, 224),
-    bn_momentum: float | None = DEFAULTS["bn_momentum"],
-    backbone: str = DEFAULTS["backbone"],
-    working_size: int | None = DEFAULTS["working_size"],
-    pretrain_epochs: int = DEFAULTS["pretrain_epochs"],
-    min_crop: float = DEFAULTS["min_crop"],
     progress: EpochProgress | None = None,
     run_eagerly: bool = False,
 ) -> dict[str, Any]:
@@ -298,8 +392,8 @@ def train(
     Writes `out_path` (a `.keras` file, without optimizer state) and its sidecar
     contract `<out>.json`, whose `info` records the configuration, the data
     fingerprint, the accuracies and the command that repeats the run; returns that
-    `info`. Adam's learning rate warms up linearly to `learning_rate` over the first
-    epoch, then decays to 0 along a cosine. Deterministic for a seed as far as
+    `info`. Adam's learning rate warms up linearly to `config.learning_rate` over the
+    first epoch, then decays to 0 along a cosine. Deterministic for a seed as far as
     TensorFlow allows (op determinism is switched on for the process). `run_eagerly`
     skips graph tracing (about a minute on 2 cores): faster for tiny runs and tests,
     much slower for real ones.
@@ -310,25 +404,17 @@ def train(
     out_path = Path(out_path)
     if out_path.suffix != ".keras":
         raise SpecError(f"{out_path}: the trained model path must end with .keras")
-    if epochs < 1 or batch_size < 1:
-        raise SpecError(f"epochs and batch size must be >= 1, got {epochs} and {batch_size}")
-    if not 0.0 < min_crop <= 1.0:
-        raise SpecError(f"min crop must be in (0, 1], got {min_crop}")
-    if not 0.0 < val_fraction < 1.0:
-        raise SpecError(f"validation fraction must be in (0, 1), got {val_fraction}")
-    input_size = (int(input_size[0]), int(input_size[1]))
-    if backbone == "convnet" and working_size is None:
-        working_size = 64
+    input_size, batch_size = config.input_size, config.batch_size
 
     dataset = PetDataset.load(dataset_root)
     contract = ModelContract(
         input_size=input_size, class_names=dataset.class_names, synthetic=dataset.synthetic
     )
-    val_samples = stratified_fraction(dataset.trainval, val_fraction, seed)
+    val_samples = stratified_fraction(dataset.trainval, config.val_fraction, config.seed)
     val_ids = {s.image_id for s in val_samples}
     train_samples = [s for s in dataset.trainval if s.image_id not in val_ids]
     if not train_samples:
-        raise SpecError(f"validation fraction {val_fraction} leaves no training images")
+        raise SpecError(f"validation fraction {config.val_fraction} leaves no training images")
 
     started = time.perf_counter()
     print(f"decoding {len(dataset.trainval)} trainval images at {input_size[0]}x{input_size[1]}")
@@ -336,25 +422,26 @@ def train(
     x_val, y_val = decode_samples(dataset, val_samples, input_size)
     print(f"decoded in {time.perf_counter() - started:.0f} s")
 
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     model = build_model(
         dataset.num_classes,
-        alpha=alpha,
+        alpha=config.alpha,
         input_size=input_size,
-        weights=weights,
-        seed=seed,
-        bn_momentum=bn_momentum,
-        backbone=backbone,
-        working_size=working_size,
+        weights=config.weights,
+        seed=config.seed,
+        bn_momentum=config.bn_momentum,
+        backbone=config.backbone,
+        working_size=config.working_size,
     )
+
     def fit(target, n_epochs: int, report: EpochProgress | None):
         """Adam with a one-epoch warm-up then cosine decay; returns the best-val callback."""
         steps_per_epoch = -(-len(train_samples) // batch_size)
         schedule = keras.optimizers.schedules.CosineDecay(
             0.0,
             decay_steps=max(1, (n_epochs - 1) * steps_per_epoch),
-            warmup_target=learning_rate,
+            warmup_target=config.learning_rate,
             warmup_steps=steps_per_epoch,
         )
         target.compile(
@@ -365,7 +452,8 @@ def train(
         )
         callback = _best_weights_callback(n_epochs, report)
         target.fit(
-            _augment_pipeline(x_train, y_train, contract, batch_size, seed, min_crop),
+            _augment_pipeline(x_train, y_train, contract, batch_size, config.seed,
+                              config.min_crop),
             validation_data=_plain_pipeline(x_val, y_val, contract, batch_size),
             epochs=n_epochs,
             callbacks=[callback],
@@ -376,20 +464,20 @@ def train(
         return callback
 
     fit_started = time.perf_counter()
-    if pretrain_epochs:
+    if config.pretrain_epochs:
         # Stage 1: the backbone learns under a linear probe, which trains far faster from
         # scratch than through the deep dropout head. Stage 2 (below) then trains the lab's
         # head on the frozen backbone, as the lab does on its ImageNet backbone.
-        print(f"stage 1: backbone + linear probe, {pretrain_epochs} epochs")
+        print(f"stage 1: backbone + linear probe, {config.pretrain_epochs} epochs")
         features = model.get_layer("avg_pool").output
         probe = keras.Model(
             model.input, keras.layers.Dense(dataset.num_classes, name="probe_out")(features)
         )
-        fit(probe, pretrain_epochs, progress)
+        fit(probe, config.pretrain_epochs, progress)
         for layer in model.layers[: model.layers.index(model.get_layer("avg_pool")) + 1]:
             layer.trainable = False
-        print(f"stage 2: the lab's head on the frozen backbone, {epochs} epochs")
-    best = fit(model, epochs, progress)
+        print(f"stage 2: the lab's head on the frozen backbone, {config.epochs} epochs")
+    best = fit(model, config.epochs, progress)
     train_seconds = time.perf_counter() - fit_started
 
     # Saved without compile state or optimizer variables: an uncompiled view of the same layers.
@@ -399,27 +487,13 @@ def train(
     print(f"best epoch {best.epoch}: val accuracy {best.accuracy:.4f}, "
           f"test accuracy {test_accuracy:.4f} ({len(x_test)} images)")  # fmt: skip
 
+    backbone = "MobileNetV2" if config.backbone == "mobilenetv2" else "convnet"
+    resize = f" at {config.working_size} px" if config.working_size else ""
     info = {
-        "architecture": (
-            f"{'MobileNetV2' if backbone == 'mobilenetv2' else 'convnet'}"
-            f"{f' at {working_size} px' if working_size else ''}"
-            " + GAP + Dense 1024/512/128 (dropout 0.3) + out_layer"
-        ),
-        "backbone": backbone,
-        "pretrain_epochs": pretrain_epochs,
-        "min_crop": min_crop,
-        "working_size": working_size,
-        "alpha": alpha,
-        "input_size": list(input_size),
-        "epochs": epochs,
+        "architecture": f"{backbone}{resize} + GAP + Dense 1024/512/128 (dropout 0.3) + out_layer",
+        **config.to_dict(),
         "best_epoch": best.epoch,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
         "optimizer": "adam, 1 epoch linear warmup, cosine decay to 0",
-        "bn_momentum": bn_momentum,
-        "seed": seed,
-        "weights": weights,
-        "val_fraction": val_fraction,
         "dataset_root": str(dataset_root),
         "dataset_fingerprint": dataset.fingerprint,
         "n_train": len(train_samples),
@@ -432,29 +506,13 @@ def train(
         "train_seconds": round(train_seconds, 1),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
-        "command": retrain_command(
-            dataset_root,
-            out_path,
-            alpha=alpha,
-            epochs=epochs,
-            batch_size=batch_size,
-            val_fraction=val_fraction,
-            seed=seed,
-            weights=weights,
-            learning_rate=learning_rate,
-            input_size=input_size,
-            bn_momentum=bn_momentum,
-            backbone=backbone,
-            working_size=working_size,
-            pretrain_epochs=pretrain_epochs,
-            min_crop=min_crop,
-        ),
+        "command": config.command_line(dataset_root, out_path),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.stem}.partial.keras")
     final.save(partial)
     os.replace(partial, out_path)
-    save_contract(out_path, dataclasses.replace(contract, info=info))
+    save_contract(out_path, replace(contract, info=info))
     print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.1f} MB) and its sidecar")
     return info
 
