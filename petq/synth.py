@@ -470,28 +470,31 @@ def _draw_parts(breed: Breed, fig: _Figure, rng: np.random.Generator) -> dict[st
     """Part masks: far (far legs, far ear), body, legs, head, muzzle, ears, tail, coat."""
     masks = {name: _new_mask() for name in _PARTS}
     draw = {name: ImageDraw.Draw(mask) for name, mask in masks.items()}
-    length, height, top, bottom = fig.body_length, fig.body_height, fig.body_top, fig.body_bottom
+    body_length, body_height = fig.body_length, fig.body_height
+    body_top, body_bottom = fig.body_top, fig.body_bottom
     centre_x, leg_width = fig.body_centre_x, fig.leg_width
     head_x, head_y = fig.head_x, fig.head_y
     head_w, head_h = fig.head_half_width, fig.head_half_height  # half-width and half-height
 
     # body, haunch, neck
     body = draw["body"]
-    body.ellipse([fig.body_left, top, fig.body_right, bottom + height * 0.1], fill=255)
-    body.ellipse([fig.body_left + 4, bottom - height * 0.8, centre_x - length * 0.12,
-                  bottom + height * 0.12], fill=255)  # fmt: skip
-    neck_x, neck_y = centre_x + length * 0.34, top + height * 0.45
+    body.ellipse([fig.body_left, body_top, fig.body_right, body_bottom + body_height * 0.1],
+                 fill=255)  # fmt: skip
+    body.ellipse([fig.body_left + 4, body_bottom - body_height * 0.8,
+                  centre_x - body_length * 0.12, body_bottom + body_height * 0.12],
+                 fill=255)  # fmt: skip
+    neck_x, neck_y = centre_x + body_length * 0.34, body_top + body_height * 0.45
     body.line([(neck_x, neck_y), (head_x - head_w * 0.2, head_y + head_h * 0.2)], fill=255,
               width=int(head_h * 1.3))  # fmt: skip
-    r = height * 0.45
+    r = body_height * 0.45
     body.ellipse([neck_x - r, neck_y - r, neck_x + r, neck_y + r], fill=255)
 
     # legs: near pair in front, far pair (shaded) slightly offset
-    for part, offset in (("far", 0.09 * length), ("legs", 0.0)):
-        for base in (centre_x + length * 0.3, centre_x - length * 0.3):
+    for part, offset in (("far", 0.09 * body_length), ("legs", 0.0)):
+        for base in (centre_x + body_length * 0.3, centre_x - body_length * 0.3):
             x = base + offset + rng.uniform(-6, 6)
             draw[part].rounded_rectangle(
-                [x - leg_width / 2, bottom - height * 0.3, x + leg_width / 2, GROUND_Y],
+                [x - leg_width / 2, body_bottom - body_height * 0.3, x + leg_width / 2, GROUND_Y],
                 leg_width / 2.5, 255,
             )  # fmt: skip
             draw[part].ellipse([x - leg_width / 2 - 2, GROUND_Y - leg_width * 0.55,
@@ -539,8 +542,8 @@ def _draw_parts(breed: Breed, fig: _Figure, rng: np.random.Generator) -> dict[st
 
     # tail, from its root at the back of the body
     d = draw["tail"]
-    root_x, root_y = fig.body_left + 8, top + height * 0.3
-    tail = length * rng.uniform(0.45, 0.6)
+    root_x, root_y = fig.body_left + 8, body_top + body_height * 0.3
+    tail = body_length * rng.uniform(0.45, 0.6)
 
     def curve(bend_x: float, bend_y: float, end_x: float, end_y: float):
         """A curve from the root, as fractions of the tail's length (x backwards)."""
@@ -566,8 +569,8 @@ def _draw_parts(breed: Breed, fig: _Figure, rng: np.random.Generator) -> dict[st
             _tapered_stroke(d, points, 11, 6)
             d.polygon([points[3], points[-1], (points[-1][0] + 16, points[-1][1] - 6)], fill=255)
     elif breed.tail == "curled":
-        r = height * rng.uniform(0.28, 0.36)
-        curl_x, curl_y = root_x + r * 0.6, top - r * 0.35
+        r = body_height * rng.uniform(0.28, 0.36)
+        curl_x, curl_y = root_x + r * 0.6, body_top - r * 0.35
         d.ellipse([curl_x - r, curl_y - r, curl_x + r, curl_y + r], outline=255,
                   width=int(r * 0.75))  # fmt: skip
     else:  # stub
@@ -579,7 +582,7 @@ def _draw_parts(breed: Breed, fig: _Figure, rng: np.random.Generator) -> dict[st
     if breed.coat in _COAT_STROKES:
         strokes, shortest, longest, width = _COAT_STROKES[breed.coat]
         # strokes start on the body's and the head's outline, alternately
-        outlines = [(centre_x, top + height * 0.55, length / 2, height * 0.55),
+        outlines = [(centre_x, body_top + body_height * 0.55, body_length / 2, body_height * 0.55),
                     (head_x, head_y, head_w, head_h)]  # fmt: skip
         for i in range(strokes):
             outline_x, outline_y, half_w, half_h = outlines[i % 2]
@@ -596,7 +599,7 @@ def _draw_parts(breed: Breed, fig: _Figure, rng: np.random.Generator) -> dict[st
             d.line([(x0, y0), (x1, y1)], fill=255, width=width)
         if breed.coat == "fluffy":  # ruff around the neck and chest
             d.ellipse([head_x - head_w * 1.2, head_y - head_h * 0.4, head_x + head_w * 0.6,
-                       top + height * 0.9], fill=255)  # fmt: skip
+                       body_top + body_height * 0.9], fill=255)  # fmt: skip
         if breed.coat == "wiry" and fig.muzzle_length > 0:  # beard
             d.ellipse([fig.muzzle_start_x, fig.muzzle_y, fig.muzzle_tip_x - 2,
                        fig.muzzle_y + fig.muzzle_height * 1.1], fill=255)  # fmt: skip
@@ -618,7 +621,8 @@ def _marking_mask(
 
     `masks`: the part masks from `_draw_parts`; `part_arrays`: the same as shading arrays.
     """
-    length, height, top, bottom = fig.body_length, fig.body_height, fig.body_top, fig.body_bottom
+    body_length, body_height = fig.body_length, fig.body_height
+    body_top, body_bottom = fig.body_top, fig.body_bottom
     centre_x = fig.body_centre_x
     head_x, head_y = fig.head_x, fig.head_y
     head_w, head_h = fig.head_half_width, fig.head_half_height  # half-width and half-height
@@ -632,7 +636,7 @@ def _marking_mask(
         count = rng.integers(24, 36) if kind == "spots" else rng.integers(13, 19)
         for _ in range(count):
             x = rng.uniform(fig.body_left + 4, fig.body_right + 8)
-            y = rng.uniform(top + 4, bottom + (GROUND_Y - bottom) * 0.6)
+            y = rng.uniform(body_top + 4, body_bottom + (GROUND_Y - body_bottom) * 0.6)
             radius_x = rng.uniform(4, 7.5) if kind == "spots" else rng.uniform(7, 11)
             radius_y = radius_x * rng.uniform(0.7, 1.0)
             box = [x - radius_x, y - radius_y, x + radius_x, y + radius_y]
@@ -646,15 +650,15 @@ def _marking_mask(
             step, width, strength = rng.uniform(15, 20), rng.uniform(5, 7), 0.9
         else:
             step, width, strength = rng.uniform(6, 8), 2.5, 0.55
-        x = fig.body_left - length * 0.45
+        x = fig.body_left - body_length * 0.45
         while x < fig.body_right + 6:  # wavy vertical stripes down the flank
-            y0 = top - 4
-            y1 = top + height * rng.uniform(0.55, 0.85)
+            y0 = body_top - 4
+            y1 = body_top + body_height * rng.uniform(0.55, 0.85)
             mid = (x + rng.uniform(-6, 6), (y0 + y1) / 2)
             d.line(_bezier((x, y0), mid, (x + rng.uniform(-8, 8), y1), 6), 255, int(width))
             x += step * rng.uniform(0.85, 1.15)
         if kind == "stripes":
-            y = bottom + 6
+            y = body_bottom + 6
             while y < GROUND_Y - 6:  # leg bands
                 d.line([(0, y), (CANVAS_WIDTH, y + rng.uniform(-3, 3))], fill=255, width=4)
                 y += rng.uniform(11, 15)
@@ -666,7 +670,7 @@ def _marking_mask(
     if kind == "patches":
         for _ in range(rng.integers(2, 5)):
             x = rng.uniform(fig.body_left, head_x + head_w)
-            y = rng.uniform(head_y - head_h, bottom)
+            y = rng.uniform(head_y - head_h, body_bottom)
             radius_x, radius_y = rng.uniform(16, 42), rng.uniform(13, 32)
             d.ellipse([x - radius_x, y - radius_y, x + radius_x, y + radius_y], fill=255)
         return _shading_array(mask, 1.5)
@@ -680,7 +684,7 @@ def _marking_mask(
                    head_y + head_h * 0.2], fill=255)  # fmt: skip
         return np.maximum(_shading_array(mask, 1.5), part_arrays["far"] * above_head_centre)
     if kind in ("points", "tan"):
-        leg_cut = bottom + (GROUND_Y - bottom) * (0.15 if kind == "points" else 0.45)
+        leg_cut = body_bottom + (GROUND_Y - body_bottom) * (0.15 if kind == "points" else 0.45)
         legs = np.maximum(part_arrays["legs"], part_arrays["far"]) * (_ROW_Y > leg_cut)
         if kind == "points":  # the face, ears, tail and legs of a colourpoint cat
             d.ellipse([head_x + head_w * 0.05, head_y - head_h * 0.45, fig.muzzle_tip_x + 4,
@@ -693,22 +697,24 @@ def _marking_mask(
         # tan: muzzle, chest, a dot over the eye, lower legs
         mask = masks["muzzle"].copy()
         d = ImageDraw.Draw(mask)
-        d.ellipse([centre_x + length * 0.3, bottom - height * 0.6, centre_x + length * 0.55,
-                   bottom - height * 0.05], fill=255)  # fmt: skip
+        d.ellipse([centre_x + body_length * 0.3, body_bottom - body_height * 0.6,
+                   centre_x + body_length * 0.55, body_bottom - body_height * 0.05],
+                  fill=255)  # fmt: skip
         eye_x, eye_y = fig.eye
         d.ellipse([eye_x - 5, eye_y - 14, eye_x + 5, eye_y - 6], fill=255)  # eyebrow dot
         return np.maximum(_shading_array(mask, 2.5), legs)
     if kind == "underside":
-        d.ellipse([centre_x - length * 0.35, bottom - height * 0.32, centre_x + length * 0.5 + 6,
-                   bottom + height * 0.3], fill=255)  # fmt: skip
+        d.ellipse([centre_x - body_length * 0.35, body_bottom - body_height * 0.32,
+                   centre_x + body_length * 0.5 + 6, body_bottom + body_height * 0.3],
+                  fill=255)  # fmt: skip
         d.ellipse([head_x - head_w * 0.6, head_y + head_h * 0.15, head_x + head_w * 0.5,
-                   bottom - height * 0.1], fill=255)  # fmt: skip
+                   body_bottom - body_height * 0.1], fill=255)  # fmt: skip
         d.ellipse([fig.muzzle_start_x, fig.muzzle_y, fig.muzzle_tip_x + 2,
                    fig.muzzle_y + fig.muzzle_height], fill=255)  # fmt: skip
         return _shading_array(mask, 4)
     if kind == "saddle":
-        d.ellipse([fig.body_left - 10, top - 14, centre_x + length * 0.28, top + height * 0.6],
-                  fill=255)  # fmt: skip
+        d.ellipse([fig.body_left - 10, body_top - 14, centre_x + body_length * 0.28,
+                   body_top + body_height * 0.6], fill=255)  # fmt: skip
         return _shading_array(mask, 4)
     if kind == "mask":
         mask = masks["muzzle"].copy()
@@ -718,7 +724,7 @@ def _marking_mask(
                    fig.muzzle_y + fig.muzzle_height * 0.5], fill=255)  # fmt: skip
         return _shading_array(mask, 3) * 0.92
     if kind == "socks":
-        cut = GROUND_Y - (GROUND_Y - bottom) * 0.4 - 4
+        cut = GROUND_Y - (GROUND_Y - body_bottom) * 0.4 - 4
         legs = np.maximum(part_arrays["legs"], part_arrays["far"])
         return legs * (_ROW_Y > cut)
     if kind == "ears":
@@ -735,8 +741,8 @@ def _marking_mask(
             d.arc([head_x - head_w * 0.6, y, head_x + head_w * 0.7, y + head_h * 0.5], 200, 340,
                   255, 2)  # fmt: skip
         for i in range(3):  # on the shoulder
-            x = centre_x + length * (0.2 + 0.08 * i)
-            d.arc([x - 14, top + 8, x + 14, top + height * 0.7], 240, 300, 255, 2)
+            x = centre_x + body_length * (0.2 + 0.08 * i)
+            d.arc([x - 14, body_top + 8, x + 14, body_top + body_height * 0.7], 240, 300, 255, 2)
         return _shading_array(mask, 0.5) * 0.6
     raise ValueError(f"unknown marking kind {kind!r}")
 
