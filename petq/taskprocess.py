@@ -172,6 +172,11 @@ class TaskProcess:
         return self._lost is None and not self._closed
 
     @property
+    def running(self) -> bool:
+        """Whether the operating system's process is still there."""
+        return self._process.is_alive()
+
+    @property
     def busy(self) -> bool:
         return any(not future.done() for future in self.futures)
 

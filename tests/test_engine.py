@@ -1,5 +1,6 @@
-"""Conversions ahead of evaluation (petq.ahead): a spawned converter process and this one
-share the cache; each variant is converted once, whichever process gets to it."""
+"""The engine (petq.engine): a spawned converter process and this one share the cache, each
+variant is converted once, whichever process gets to it; a converter process that dies or
+hangs costs at most its work (petq.taskprocess)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
-from petq import ahead
-from petq.ahead import ConvertAhead, ConvertTask, convert_task, evaluate_run
-from petq.errors import PetqError
+from petq import engine, taskprocess
+from petq.engine import ConvertAhead, ConvertTask, convert_task, evaluate_run
+from petq.errors import PetqError, SpecError
+from petq.taskprocess import ProcessLost, TaskProcess
 from petq.types import VariantSpec
 from petq.workspace import Workspace
 
@@ -49,7 +51,7 @@ def test_the_converter_skips_a_variant_another_process_is_converting(tiny_model,
     ws = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)
     spec = VariantSpec.int8(0.5, seed=11)
     key = ws.variant_key(spec)
-    task = ConvertTask(ahead.Where.of(ws), spec.to_dict())
+    task = ConvertTask(engine.Where.of(ws), spec)
     (ws.cache.root / "locks").mkdir(parents=True, exist_ok=True)
     with FileLock(str(ws.cache.root / "locks" / f"variants-{key}.lock")):
         assert ws.cache.held("variants", key)
@@ -59,17 +61,17 @@ def test_the_converter_skips_a_variant_another_process_is_converting(tiny_model,
     assert convert_task(task) is None and ws.cached_tflite(spec) is not None
 
 
-def test_a_bad_recipe_comes_back_as_text(tiny_model, pet_root, tmp_path):
-    where = ahead.Where(str(tiny_model), str(pet_root), str(tmp_path / "cache"))
-    task = ConvertTask(where, VariantSpec.imbint8((99,)).to_dict())
-    assert "out of range" in convert_task(task)
+def test_a_bad_recipe_raises_its_error(tiny_model, pet_root, tmp_path):
+    where = engine.Where(str(tiny_model), str(pet_root), str(tmp_path / "cache"))
+    with pytest.raises(SpecError, match="out of range"):
+        convert_task(ConvertTask(where, VariantSpec.imbint8((99,))))
 
 
 def test_no_process_when_the_main_script_cannot_be_spawned(workspace, monkeypatch):
     main = sys.modules["__main__"]
     monkeypatch.setattr(main, "__spec__", None, raising=False)
     monkeypatch.setattr(main, "__file__", "<stdin>", raising=False)
-    assert not ahead._spawn_can_start()
+    assert not engine._spawn_can_start()
     specs = [VariantSpec.int8(0.5, seed=21), VariantSpec.int8(0.25, seed=21)]
     with ConvertAhead(workspace, specs) as converter:
         assert not converter.active
@@ -110,53 +112,112 @@ def test_a_run_pairs_converted_variants_and_gives_what_one_at_a_time_gives(tiny_
 
 def test_a_pass_in_the_converter_process_gives_the_scores_of_one_here(workspace):
     spec = VariantSpec.int8(0.5)
-    task = ahead.PassTask(ahead.Where.of(workspace), spec.to_dict(), 0.5)
-    np.testing.assert_array_equal(ahead.pass_task(task), workspace.predictions(spec, 0.5))
-    bad = ahead.PassTask(task.where, VariantSpec.imbint8((99,)).to_dict(), 1.0)
-    assert "out of range" in ahead.pass_task(bad)
+    task = engine.PassTask(engine.Where.of(workspace), spec, 0.5)
+    np.testing.assert_array_equal(engine.pass_task(task), workspace.predictions(spec, 0.5))
+    with pytest.raises(SpecError, match="out of range"):
+        engine.pass_task(engine.PassTask(task.where, VariantSpec.imbint8((99,)), 1.0))
 
 
-def test_the_converter_process_reports_each_stage_s_ends_and_little_between(workspace,
-                                                                            monkeypatch):
-    """What a task there reports to the caller (`_reporting`): each stage's first and last
-    count, and at most one count per REPORT_S in between."""
-    import queue
-
-    reports = queue.Queue()
-    monkeypatch.setattr(ahead, "_reports", reports)
-    monkeypatch.setattr(ahead, "REPORT_S", 3600.0)  # nothing between the ends
-    spec = VariantSpec.int8(0.5)
-    report = ahead._reporting(spec)
+def test_a_task_reports_each_stage_s_ends_and_little_between():
+    """What a task in the task process reports to the caller (`taskprocess.throttled`):
+    each stage's first and last count, and at most one count per period in between."""
+    sent = []
+    report = taskprocess.throttled(lambda *call: sent.append(call), period=3600.0)
     for done in range(101):
         report("calibrate", done, 100)
     report("convert", 0, 1)
     report("convert", 1, 1)
-    seen = [reports.get_nowait() for _ in range(reports.qsize())]
-    assert seen == [(spec.name, "calibrate", 0, 100), (spec.name, "calibrate", 100, 100),
-                    (spec.name, "convert", 0, 1), (spec.name, "convert", 1, 1)]
-    monkeypatch.setattr(ahead, "REPORT_S", 0.0)
-    report = ahead._reporting(spec)
+    assert sent == [("calibrate", 0, 100), ("calibrate", 100, 100), ("convert", 0, 1),
+                    ("convert", 1, 1)]
+    sent.clear()
+    report = taskprocess.throttled(lambda *call: sent.append(call), period=0.0)
     for done in range(11):
         report("calibrate", done, 10)
-    assert reports.qsize() == 11
-    assert not isinstance(ahead.pass_task(ahead.PassTask(ahead.Where.of(workspace),
-                                                         spec.to_dict(), 1.0)), str)
-    seen = [reports.get_nowait() for _ in range(reports.qsize())][11:]  # a pass reports too
-    n = len(workspace.dataset.test)
-    assert (spec.name, "evaluate", n, n) in seen
+    assert len(sent) == 11
+    assert taskprocess.reporter("native") is None  # not in a task process: nothing to send
 
 
-def test_a_wait_is_shown_the_last_report_of_the_waited_spec():
-    import queue
+def report_twice(name: str) -> str:
+    """A task: two reports on `name`, then another name's."""
+    report = taskprocess.reporter(name)
+    report("evaluate", 10, 40)
+    report("evaluate", 40, 40)
+    taskprocess.reporter("other")("calibrate", 5, 9)
+    return "reported"
 
-    reports = ahead.Reports(queue.Queue())
-    spec, other = VariantSpec.native(), VariantSpec.fp32()
-    for report in [(spec.name, "evaluate", 10, 40), (other.name, "calibrate", 5, 9),
-                   (spec.name, "evaluate", 20, 40)]:
-        reports.queue.put(report)
-    assert reports.take(spec) == ("evaluate", 20, 40)  # the latest, not the other spec's
-    assert reports.take(spec) is None  # once
-    assert reports.take(other) == ("calibrate", 5, 9)
+
+def test_a_wait_is_shown_the_last_report_of_the_waited_task():
+    process = TaskProcess(silence_s=60)
+    try:
+        future = process.submit(report_twice, "native")
+        shown = []
+        process.wait_for([future], "native", lambda *report: shown.append(report))
+        assert future.result() == "reported"
+        last = shown[-1] if shown else process.take("native")
+        assert last == ("evaluate", 40, 40)  # the latest, never the other name's
+        assert process.take("native") is None  # once
+        assert process.take("other") == ("calibrate", 5, 9)
+    finally:
+        process.close()
+
+
+def test_a_task_s_error_comes_back_as_its_type():
+    from petq.types import parse_tasks
+
+    process = TaskProcess(silence_s=60)
+    try:
+        bad, good = process.submit(parse_tasks, ["no-such-recipe"]), process.submit(len, "ab")
+        process.wait_for([bad, good])
+        assert isinstance(bad.exception(), SpecError)
+        assert good.result() == 2  # the process goes on after a failed task
+        odd = process.submit(int, "x")  # not a PetqError: its type and message, as one
+        process.wait_for([odd])
+        assert isinstance(odd.exception(), taskprocess.TaskFailed)
+        assert "ValueError" in str(odd.exception())
+    finally:
+        process.close()
+
+
+def test_a_killed_task_process_fails_its_tasks_not_the_caller():
+    import signal
+    import time
+
+    process = TaskProcess(silence_s=60)
+    busy, queued = process.submit(time.sleep, 60), process.submit(len, "ab")
+    os.kill(process.pid, signal.SIGKILL)
+    started = time.monotonic()
+    process.wait_for([busy, queued])
+    assert time.monotonic() - started < 30
+    for future in (busy, queued):
+        assert isinstance(future.exception(), ProcessLost)
+        assert "exit code -9" in str(future.exception())
+    assert not process.alive
+    late = process.submit(len, "ab")  # no more work there: it fails at once
+    assert late.done() and isinstance(late.exception(), ProcessLost)
+    process.close()
+
+
+def test_a_silent_task_process_is_stopped_as_hung():
+    import time
+
+    process = TaskProcess(silence_s=2.0)
+    hung = process.submit(time.sleep, 3600)
+    started = time.monotonic()
+    process.wait_for([hung])  # bounded by the silence
+    assert time.monotonic() - started < 30
+    assert isinstance(hung.exception(), ProcessLost) and "hung" in str(hung.exception())
+    assert not process.alive and not process.running
+
+
+def test_closing_a_busy_task_process_waits_a_bounded_time():
+    import time
+
+    process = TaskProcess(silence_s=2.0)
+    process.submit(time.sleep, 3600)
+    started = time.monotonic()
+    process.close(wait=True)
+    assert time.monotonic() - started < 30
+    assert not process.running
 
 
 @pytest.mark.slow
@@ -167,7 +228,7 @@ def test_a_wait_shows_the_conversion_s_progress_in_the_converter_process(tiny_mo
     shown = []
     with ConvertAhead(ws, specs) as converter:
         assert converter.active
-        first = next(iter(converter._conversions))  # the largest calibration set first
+        first = next(iter(converter.conversions))  # the largest calibration set first
         converter.wait(first, lambda *call: shown.append(call))
     assert shown and shown[-1][0] in ("calibrate", "convert")
     assert all(stage in ("calibrate", "convert") for stage, *_ in shown)
@@ -187,10 +248,10 @@ def test_once_idle_the_converter_process_takes_the_second_pass_of_a_pair(tiny_mo
         while not converter.idle and time.monotonic() < deadline:
             time.sleep(0.2)
         assert all(ws.cached_tflite(spec) is not None for spec in pair)
-        scores = ahead._passes_side_by_side(ws, pair, 1.0, lambda *call: calls.append(call),
-                                            converter)
+        scores = engine._passes_side_by_side(ws, pair, 1.0, lambda *call: calls.append(call),
+                                             converter)
         # the model read, two conversions, the lent pass
-        assert len(converter._process.futures) == 4
+        assert len(converter.process.futures) == 4
     for spec in pair:
         np.testing.assert_array_equal(scores[spec], ws.predictions(spec))
     n = len(ws.dataset.test)
@@ -207,7 +268,7 @@ def test_latencies_are_timed_only_once_the_converter_process_is_idle(tiny_model,
             super().__init__(*args)
             made.append(self)
 
-    monkeypatch.setattr(ahead, "ConvertAhead", Recorded)
+    monkeypatch.setattr(engine, "ConvertAhead", Recorded)
     specs = [VariantSpec.native(), VariantSpec.int8(0.5, seed=9), VariantSpec.int8(0.25, seed=9)]
     ws = Workspace(tiny_model, pet_root, tmp_path / "run", threads=2)
     timed_while_busy, stages = [], []
@@ -230,7 +291,7 @@ def test_latencies_are_timed_only_once_the_converter_process_is_idle(tiny_model,
 
 RUN_IN_A_FRESH_PROCESS = """
 import json, sys
-from petq.ahead import evaluate_run, start_converter
+from petq.engine import evaluate_run, start_converter
 from petq.types import VariantSpec
 from petq.workspace import Workspace
 
@@ -285,10 +346,10 @@ def test_a_converter_process_is_started_early_only_for_a_model_the_cache_never_r
         workspace, tiny_model, pet_root, tmp_path):
     specs = [VariantSpec.native(), VariantSpec.fp32(), VariantSpec.int8(0.5)]
     workspace.model_info()
-    assert ahead.start_converter(workspace, specs) is None  # read: maybe all converted
+    assert engine.start_converter(workspace, specs) is None  # read: maybe all converted
     fresh = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=2)
-    assert ahead.start_converter(fresh, specs[:2]) is None  # one conversion: nothing to overlap
-    started = ahead.start_converter(fresh, specs)
+    assert engine.start_converter(fresh, specs[:2]) is None  # one conversion: nothing to overlap
+    started = engine.start_converter(fresh, specs)
     assert started is not None
     started.stop()
 
@@ -304,7 +365,7 @@ def test_a_converter_process_started_for_nothing_is_stopped_at_once(workspace):
     for spec in specs:
         workspace.tflite(spec)
     before = set(multiprocessing.active_children())
-    started = ahead.ConverterProcess(ahead.Where.of(workspace))
+    started = engine.ConverterProcess(engine.Where.of(workspace))
     workers = set(multiprocessing.active_children()) - before
     assert workers
     with ConvertAhead(workspace, specs, started) as converter:
