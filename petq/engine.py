@@ -19,7 +19,7 @@ native model's accuracy pass and latency), so this process never imports TensorF
 Latencies are timed only while that process has nothing to do (beside a busy core they
 read about twice their quiet values); once it is idle, two converted variants get their
 accuracy passes side by side on half the threads each (the second in that process), then
-each is timed alone. Measurements: benchmarks/README.md, sections 5 and 7.
+each is timed alone. Measured in benchmarks/README.md, section 5.
 
 Nothing the converter process says is trusted: this process asks the cache. So a model
 read, conversion or evaluation that failed there, or that it did not finish because it
@@ -437,6 +437,7 @@ class ConvertAhead:
     def __init__(self, ws: Workspace, specs: Iterable[VariantSpec],
                  started: ConverterProcess | None = None):
         self._process: ConverterProcess | None = None
+        self._cache = ws.cache
         self.conversions: dict[VariantSpec, Future] = {}  # in the converter process's order
         self.calibrates = False  # whether the converter process needs the trainval images
         specs = list(dict.fromkeys(specs))
@@ -518,10 +519,14 @@ class ConvertAhead:
             self._process.wait_for(waited, spec.name if spec is not None else None, progress)
 
     def close(self, wait: bool = True) -> None:
-        """`TaskProcess.close`; the run is no longer `active`."""
+        """`TaskProcess.close`; the run is no longer `active`. What a lost process was
+        building is cleared from the cache (a live builder's folder never is)."""
         if self._process is not None:
+            lost = not self._process.alive
             self._process.close(wait)
             self._process = None
+            if lost:
+                self._cache.clear_stale_temp(max_age=0)
 
     def __enter__(self) -> ConvertAhead:
         return self

@@ -375,3 +375,168 @@ def test_a_converter_process_started_for_nothing_is_stopped_at_once(workspace):
         while worker.exitcode is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert worker.exitcode == -15  # SIGTERM: stopped, not done with its import
+
+
+# ---------------------------------------------------------------- a converter process killed
+
+
+def converter_processes(pid: int) -> list:
+    """The spawned processes under `pid` (the converter process; not the resource tracker)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # ended meanwhile
+            continue
+    return found
+
+
+class KillMidConversion:
+    """A thread that SIGKILLs the converter process while it builds a variant (its
+    calibration), once `find()` gives that process: it watches the cache's variants/ for
+    the build's temporary folder, stops the process (SIGSTOP), checks the build is still
+    there, then kills it. `killed`: whether it did, mid-build."""
+
+    def __init__(self, cache: Path, find, timeout: float = 300.0):
+        import threading
+
+        self.cache, self.find, self.timeout = cache, find, timeout
+        self.killed = False
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def building(self) -> bool:
+        variants = self.cache / "variants"
+        return variants.is_dir() and any(p.name.startswith(".tmp-") for p in variants.iterdir())
+
+    def _watch(self) -> None:
+        import signal
+        import time
+
+        import psutil
+
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.building():
+                process = self.find()
+                if process is not None:
+                    try:
+                        process.send_signal(signal.SIGSTOP)
+                        self.killed = self.building()
+                        process.send_signal(signal.SIGKILL)
+                    except psutil.Error:
+                        self.killed = False
+                    if self.killed:
+                        return
+            time.sleep(0.005)
+
+
+def the_converter_under(pid: int):
+    """`find` for KillMidConversion: the newest converter process under `pid`, if any."""
+    found = converter_processes(pid)
+    return max(found, key=lambda p: p.create_time()) if found else None
+
+
+def assert_cache_whole(root: Path) -> None:
+    """Every entry verifies against its manifest, and no killed build is left."""
+    from petq.cache import Cache
+
+    cache = Cache(root)
+    for kind in (p for p in root.iterdir() if p.is_dir() and p.name not in ("locks", "jobs")):
+        for path in kind.iterdir():
+            assert not path.name.startswith(".tmp-"), path
+            if not path.name.startswith("."):
+                assert cache.get(kind.name, path.name, verify=True) is not None, path
+
+
+def assert_same_files(ws: Workspace, alone: Workspace, specs) -> None:
+    for spec in specs:
+        if not spec.is_native:
+            ours = ws.cached_tflite(spec).file("model.tflite").read_bytes()
+            assert ours == alone.tflite(spec)[0].file("model.tflite").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_converter_process_killed_mid_conversion_costs_only_its_work(
+        tiny_model, pet_root, shared_cache, tmp_path):
+    specs = [VariantSpec.native(), VariantSpec.int8(0.5, seed=17),
+             VariantSpec.int8(0.25, seed=17)]
+    ws = Workspace(tiny_model, pet_root, tmp_path / "run", threads=2)
+    killer = KillMidConversion(ws.cache.root, lambda: the_converter_under(os.getpid()))
+    outcomes = list(evaluate_run(ws, specs, latency_runs=3))
+    assert killer.killed
+    assert [spec for spec, *_ in outcomes] == specs
+    assert all(not isinstance(result, PetqError) and computed for _, result, computed in outcomes)
+    alone = Workspace(tiny_model, pet_root, shared_cache, threads=2)
+    for spec, result, _ in outcomes:
+        assert result.accuracy == alone.evaluate(spec, latency_runs=3)[0].accuracy
+    assert_same_files(ws, alone, specs)
+    assert_cache_whole(ws.cache.root)
+
+
+@pytest.mark.slow
+def test_the_cli_survives_its_converter_process_killed_mid_conversion(
+        tiny_model, pet_root, shared_cache, tmp_path):
+    import subprocess
+
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    tasks = ["tflite-int8-0.5", "tflite-int8-0.25"]
+    root = Path(__file__).resolve().parent.parent  # petq from this checkout
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "petq", "experiments", "--model-path", str(tiny_model),
+         "--dataset-root", str(pet_root), "--cache-dir", str(cache), "--results-path",
+         str(results), "--threads", "2", "--tasks", *tasks],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,
+        env=os.environ | {"PYTHONPATH": str(root)})
+    killer = KillMidConversion(cache, lambda: the_converter_under(cli.pid))
+    try:
+        out, errors = cli.communicate(timeout=600)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(timeout=30)
+    assert killer.killed, errors
+    assert cli.returncode == 0, errors
+    assert "Traceback" not in errors and "petq: error" not in errors
+    for name in tasks:
+        assert any(line.startswith(name) for line in out.splitlines()), out
+    ws = Workspace(tiny_model, pet_root, cache, threads=2)
+    alone = Workspace(tiny_model, pet_root, shared_cache, threads=2)
+    assert_same_files(ws, alone, [VariantSpec.from_name(name) for name in tasks])
+    assert_cache_whole(cache)
+
+
+@pytest.mark.slow
+def test_a_dashboard_job_survives_its_converter_process_killed_mid_conversion(
+        tiny_model, pet_root, shared_cache, tmp_path):
+    import time
+
+    from petq.jobs import job_status, start_job
+
+    cache = tmp_path / "cache"
+    specs = [VariantSpec.native(), VariantSpec.int8(0.5, seed=19),
+             VariantSpec.int8(0.25, seed=19)]
+    job = start_job(tiny_model, pet_root, cache, 2, specs)
+
+    def converter():
+        pid = job_status(cache, job)["pid"]
+        return the_converter_under(pid) if pid else None
+
+    killer = KillMidConversion(cache, converter)
+    deadline = time.monotonic() + 600
+    record = job_status(cache, job)
+    while record["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        record = job_status(cache, job)
+    log = (cache / "jobs" / f"{job}.log").read_text()
+    assert killer.killed, log
+    assert record["state"] == "done", (record, log)
+    assert all(v["status"] == "done" for v in record["variants"]), record
+    assert "Traceback" not in log
+    ws = Workspace(tiny_model, pet_root, cache, threads=2)
+    alone = Workspace(tiny_model, pet_root, shared_cache, threads=2)
+    assert_same_files(ws, alone, specs)
+    assert_cache_whole(cache)
