@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -154,7 +154,18 @@ def init_worker_process(threads: int, log_dir: str | None = None) -> None:
         os.close(log)
 
 
-def probe_paths(model_path: str, dataset_root: str, cache_root: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PathProbe:
+    """What `probe_paths` found on one machine."""
+
+    host: str
+    pid: int
+    problems: tuple[str, ...]  # each names the path and what is wrong with it
+    versions: dict[str, str] = field(default_factory=dict)  # library_versions()
+    cpus: int = 1
+
+
+def probe_paths(model_path: str, dataset_root: str, cache_root: str) -> PathProbe:
     """Can this process read the model and dataset and write the cache? Runs before any
     work in the caller and, on Ray, once on every node."""
     from petq.workspace import library_versions
@@ -168,8 +179,8 @@ def probe_paths(model_path: str, dataset_root: str, cache_root: str) -> dict[str
         check_writable(cache_root)
     except SweepError as exc:
         problems.append(str(exc))
-    return {"host": socket.gethostname(), "pid": os.getpid(), "problems": problems,
-            "versions": library_versions(), "cpus": os.cpu_count() or 1}
+    return PathProbe(socket.gethostname(), os.getpid(), tuple(problems), library_versions(),
+                     os.cpu_count() or 1)
 
 
 def check_writable(cache_root: Path | str) -> None:

@@ -128,10 +128,10 @@ class RaySession:
             raise SweepError(f"the pre-flight check failed on a Ray node: {exc}") from None
         problems = []
         for answer in answers:
-            problems += [f"{answer['host']}: {p}" for p in answer["problems"]]
-            differ = {k: v for k, v in answer["versions"].items() if versions.get(k) != v}
+            problems += [f"{answer.host}: {p}" for p in answer.problems]
+            differ = {k: v for k, v in answer.versions.items() if versions.get(k) != v}
             if differ:
-                problems.append(f"{answer['host']}: library versions differ from this "
+                problems.append(f"{answer.host}: library versions differ from this "
                                 f"machine's ({differ} against {versions}); cache keys would "
                                 "not match")
         if problems:

@@ -1,19 +1,18 @@
 """Sweeps: a grid of recipes x calibration fractions x seeds (x models), one task per variant.
 
 `expand_grid` turns the grid into validated, deduplicated variant specs (a recipe that
-does not calibrate gives one cell). `run_sweep` runs each spec (convert, then evaluate)
-as one task: in this process (`serial`), on a local process pool sized to the cores
-(`local`, spawned workers), or as Ray tasks on a cluster (`ray`, petq.raysweep). Every
-task opens its own Workspace and writes into the one content-addressed cache, which may
-sit on shared storage; a cell already cached is not sent. A Ray worker killed mid-task is retried by
-Ray (`max_retries`), and the cache holds only complete entries. Everything that can be
+does not calibrate gives one cell). `run_sweep` runs each spec as the engine's one task
+(`petq.engine.run_variant`: convert, then evaluate): in this process (`serial`), on a
+local process pool sized to the cores (`local`), or as Ray tasks on a cluster (`ray`,
+petq.raysweep). Every task opens its own workspace and writes into the one
+content-addressed cache, which may sit on shared storage; a cell already cached is not
+sent. A worker killed mid-task is retried (`max_retries`: the pool is restarted, Ray
+retries the task), and the cache holds only complete entries. Everything that can be
 checked (grid, paths, cache writable, Ray address and nodes) is checked before any work.
 
 `write_csv` writes one row per cell. `petq sweep` is the command line (`add_parser`,
-`run`); the Convert page calls `expand_grid` and starts a job (petq.jobs), which runs
-the grid on this machine, or on Ray through `run_sweep` with a `progress` callback. No
-streamlit here, and ray only when asked for.
-"""
+`run`); a dashboard job sent to Ray runs `run_sweep` with a `progress` callback. No
+streamlit here, and ray only when asked for."""
 
 from __future__ import annotations
 
@@ -258,7 +257,7 @@ def run_sweep(
     problems: list[str] = []
     for model in models:
         local = probe_paths(model, dataset, cache)
-        problems += [p for p in local["problems"] if p not in problems]
+        problems += [p for p in local.problems if p not in problems]
     if problems:
         raise SweepError("; ".join(problems))
     if backend == "ray":
@@ -280,7 +279,7 @@ def run_sweep(
     try:
         if session is not None:
             for model in models:
-                session.check_nodes([model, dataset, cache], local["versions"])
+                session.check_nodes([model, dataset, cache], local.versions)
         calibrates = any(spec.recipe.calibrates for spec in specs)
         for ws in spaces.values():  # decoded once here (per input size): the tasks only read
             for split in ("trainval", "test") if calibrates else ("test",):
