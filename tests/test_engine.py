@@ -398,12 +398,13 @@ class KillMidConversion:
     """A thread that SIGKILLs the converter process while it builds a variant (its
     calibration), once `find()` gives that process: it watches the cache's variants/ for
     the build's temporary folder, stops the process (SIGSTOP), checks the build is still
-    there, then kills it. `killed`: whether it did, mid-build."""
+    there, then kills it. `killed`: whether it did, mid-build. With `hung` (its
+    TaskProcess), it leaves the process stopped instead and shortens its silence bound."""
 
-    def __init__(self, cache: Path, find, timeout: float = 300.0):
+    def __init__(self, cache: Path, find, timeout: float = 300.0, hung=None):
         import threading
 
-        self.cache, self.find, self.timeout = cache, find, timeout
+        self.cache, self.find, self.timeout, self.hung = cache, find, timeout, hung
         self.killed = False
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
@@ -426,7 +427,10 @@ class KillMidConversion:
                     try:
                         process.send_signal(signal.SIGSTOP)
                         self.killed = self.building()
-                        process.send_signal(signal.SIGKILL)
+                        if self.hung is None:
+                            process.send_signal(signal.SIGKILL)
+                        else:  # left stopped, a hung process, and its silence bound shortened
+                            self.hung.silence_s = 3.0
                     except psutil.Error:
                         self.killed = False
                     if self.killed:
@@ -474,6 +478,26 @@ def test_a_converter_process_killed_mid_conversion_costs_only_its_work(
     for spec, result, _ in outcomes:
         assert result.accuracy == alone.evaluate(spec, latency_runs=3)[0].accuracy
     assert_same_files(ws, alone, specs)
+    assert_cache_whole(ws.cache.root)
+
+
+@pytest.mark.slow
+def test_a_converter_process_that_hangs_mid_conversion_is_stopped_and_its_work_done_here(
+        tiny_model, pet_root, shared_cache, tmp_path):
+    import time
+
+    specs = [VariantSpec.int8(0.5, seed=23), VariantSpec.int8(0.25, seed=23)]
+    ws = Workspace(tiny_model, pet_root, tmp_path / "run", threads=2)
+    started = engine.ConverterProcess(engine.Where.of(ws))
+    hang = KillMidConversion(ws.cache.root, lambda: the_converter_under(os.getpid()),
+                             hung=started)
+    began = time.monotonic()
+    outcomes = list(evaluate_run(ws, specs, latency_runs=3, started=started))
+    assert hang.killed  # stopped (SIGSTOP) while it built a variant
+    assert not started.running  # stopped as hung, then killed: a stopped process ignores SIGTERM
+    assert time.monotonic() - began < 240
+    assert all(not isinstance(result, PetqError) for _, result, _ in outcomes)
+    assert_same_files(ws, Workspace(tiny_model, pet_root, shared_cache, threads=2), specs)
     assert_cache_whole(ws.cache.root)
 
 
