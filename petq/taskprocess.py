@@ -31,6 +31,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from petq.errors import PetqError
+from petq.runtime import first_line
 
 REPORT_S = 0.2  # how often a task reports its progress, at most
 SILENCE_S = 300.0  # a busy process that says nothing for this long is taken as hung
@@ -266,6 +267,9 @@ class TaskProcess:
                 message = connection.recv()
             except (EOFError, OSError):
                 break
+            except Exception as exc:  # a reply that cannot be read here: nothing to trust
+                self.stop(f"sent a reply that could not be read ({first_line(exc)})")
+                break
             self._heard = time.monotonic()
             kind, *rest = message
             with self._lock:
@@ -284,6 +288,7 @@ class TaskProcess:
         self._process.join(STOP_S)
         code = self._process.exitcode
         self._lose("ended" if code in (0, None) else f"ended with exit code {code}")
+        connection.close()
 
     def _lose(self, why: str) -> None:
         """No more work there: every unfinished task fails with ProcessLost, saying why."""
