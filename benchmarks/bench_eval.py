@@ -6,7 +6,7 @@
 2. The lab's full task set through the CLI, cold (empty cache) and warm (rerun).
 3. With --side-by-side: two variants' accuracy passes (`Workspace.predictions`) one after
    the other on all threads, against both at once on half the threads each, as
-   `petq.ahead.evaluate_run` runs them once the converter process is idle.
+   `petq.engine.evaluate_run` runs them once the converter process is idle.
 4. With --busy-core: the latency medians of FP32 and the variant (`measure_latency`, on
    the run's threads) on a quiet machine and beside one busy core, as they were when
    timed beside the converter process's calibration (why `evaluate_run` waits for it);
@@ -166,7 +166,7 @@ def bench_busy_core(variant: str, repeats: int, threads: int | None) -> None:
                   f"({min(found):.3f}-{max(found):.3f})")
     n = len(ws.dataset.test)
     print(f"accuracy passes beside one busy core ({n} images, best of 3), on one and two "
-          "interpreter threads (what petq.ahead's passes run on while the converter works)")
+          "interpreter threads (what petq.engine's passes run on while the converter works)")
     for (name, threads_), seconds in busy_passes.items():
         print(f"  {name:20s} {threads_} thread(s)    {seconds:6.2f} s")
 

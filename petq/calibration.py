@@ -114,7 +114,7 @@ class SharedStatic:
         """The spec's .tflite bytes, equal to a plain conversion of its calibration set.
 
         Raises SharedUnavailable on any failure: a plain conversion then reports it."""
-        from petq.convert import captured_output
+        from petq.runtime import captured_output
 
         if spec not in self.sets:
             raise SharedUnavailable(f"{spec.name} is not in this group")

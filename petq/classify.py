@@ -115,7 +115,7 @@ def format_json(item: Answer | Failure) -> str:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `petq classify` on the CLI's subparsers."""
-    from petq.cli import _common  # here, not at the top: petq.cli imports this module
+    from petq.console import add_common_options
 
     p = subparsers.add_parser("classify", help="top-5 breeds of your photos, by every variant")
     p.add_argument("files", nargs="+", type=Path, metavar="PHOTO",
@@ -125,17 +125,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "tflite-imbint8 ... | all | tflite-int8-all (default: %(default)s)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line and variant, errors included, on stdout")
-    _common(p)
+    add_common_options(p)
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """`petq classify`: exit status 1 only when no file could be read."""
-    from petq.cli import StageBars, _workspace
+    from petq.console import StageBars, open_workspace
 
     specs = parse_tasks(args.tasks)
-    workspace = _workspace(args)
+    workspace = open_workspace(args)
     if workspace.contract.synthetic:
         print("petq: note: this model was trained on synthetic pets; its answers on real "
               "photos mean nothing", file=sys.stderr)

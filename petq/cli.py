@@ -15,96 +15,21 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from petq.errors import ModelError, PetqError
-from petq.types import (
-    DEFAULT_CALIBRATION_SEED,
-    PREPROCESSING,
-    Calibration,
-    VariantSpec,
-    parse_tasks,
+from petq.console import (
+    StageBars,
+    add_common_options,
+    download_dataset,
+    open_workspace,
+    result_line,
 )
-
-_TERMINAL: dict[int, object] = {}  # id(sys.stderr) -> its copy
-
-
-def terminal():
-    """A copy of the user's stderr: conversions capture file descriptor 2 for the
-    converter's chatter, and progress must still reach the user."""
-    key = id(sys.stderr)
-    if key not in _TERMINAL:
-        _TERMINAL.clear()
-        try:
-            _TERMINAL[key] = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
-        except (OSError, ValueError, AttributeError):  # a stderr without a file descriptor
-            _TERMINAL[key] = sys.stderr
-    return _TERMINAL[key]
-
-
-class StageBars:
-    """Progress for progress(stage, done, total): a tqdm bar per stage on a terminal; on a
-    pipe or a CI log, one plain line per stage instead of thousands of carriage returns."""
-
-    LABELS = {"decode": "decoding images", "calibrate": "calibrating", "convert": "converting",
-              "evaluate": "evaluating", "latency": "timing latency",
-              "layers": "per-layer statistics"}
-
-    def __init__(self, prefix: str = ""):
-        self.prefix = prefix
-        self.bar = None
-        self.stage = None
-        self.out = terminal()
-        self.interactive = self.out.isatty()
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        label = f"{self.prefix}{self.LABELS.get(stage, stage)}"
-        if not self.interactive:
-            if stage != self.stage:
-                self.stage = stage
-                print(label + (f" ({total} images)" if total > 1 else ""), file=self.out)
-            return
-        from tqdm import tqdm
-
-        if stage != self.stage or self.bar is None:
-            self.close()
-            self.stage = stage
-            self.bar = tqdm(total=total, desc=label, unit="img" if total > 1 else "step",
-                            leave=False, file=self.out, dynamic_ncols=True)
-        self.bar.total = total
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _workspace(args: argparse.Namespace):
-    from petq.demo import default_workspace
-
-    if args.download_dataset and args.dataset_root:
-        _download_dataset(args.dataset_root)
-    bars = StageBars()
-    try:
-        ws = default_workspace(
-            args.model_path, args.dataset_root, args.cache_dir, args.threads,
-            progress=lambda done, total: bars("generating synthetic pets", done, total),
-            preprocessing=args.preprocessing)
-    except ModelError as exc:
-        if args.model_path and not args.dataset_root:
-            raise ModelError(f"{exc} (the synthetic demo dataset was used: --dataset-root was "
-                             "not given)") from None
-        raise
-    finally:
-        bars.close()
-    if ws.contract_source == "model":
-        print(f"petq: {ws.contract_note()}", file=sys.stderr)
-    return ws
+from petq.errors import PetqError
+from petq.types import DEFAULT_CALIBRATION_SEED, Calibration, VariantSpec, parse_tasks
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    from petq.ahead import start_converter
+    from petq.engine import start_converter
 
-    ws = _workspace(args)
+    ws = open_workspace(args)
     # on a first run, the converter process starts before the calibration picks
     # (scikit-learn's import alone takes a second); evaluate_run takes it, or stops it
     started = start_converter(ws, parse_tasks(args.tasks))
@@ -118,7 +43,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 def _experiments(args: argparse.Namespace, ws, started) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from petq.ahead import evaluate_run
+    from petq.engine import after_pass, after_variant, evaluate_run
 
     specs = resolve_specs(ws, args)
     data_note = " (synthetic demo data)" if ws.dataset.synthetic else ""
@@ -135,8 +60,7 @@ def _experiments(args: argparse.Namespace, ws, started) -> int:
     passes: dict = {}  # spec -> its pass's Details, filled in the figures thread
 
     def scored(spec: VariantSpec, scores) -> None:  # before its latency is timed
-        figures.submit(_report_early, ws, spec, args.test_dataset_fraction, scores, passes,
-                       specs)
+        figures.submit(after_pass, ws, spec, scores, args.test_dataset_fraction, passes, specs)
 
     start = time.perf_counter()
     # each variant's figure and statistics are made in a thread while the next is evaluated
@@ -146,7 +70,8 @@ def _experiments(args: argparse.Namespace, ws, started) -> int:
                                                     started=started):
             bars.close()
             if isinstance(outcome, PetqError):  # a recipe the model cannot take: go on
-                print(f"petq: error: {outcome}", file=sys.stderr)
+                named = str(outcome) if spec.name in str(outcome) else f"{spec.name}: {outcome}"
+                print(f"petq: error: {named}", file=sys.stderr)
                 failures.append(spec.name)
                 continue
             # results come in batches (latencies are timed once the converter process is
@@ -156,7 +81,7 @@ def _experiments(args: argparse.Namespace, ws, started) -> int:
             print(f"{spec.name:28s} {result_line(outcome)}  ({how})")
             results.append(outcome)
             # a failure here is met and raised again by write_reports
-            figures.submit(_prepare_report, ws, outcome, list(results), specs)
+            figures.submit(after_variant, ws, outcome, specs)
     if not results:
         raise PetqError(f"no variant could be evaluated ({', '.join(failures)})")
     from petq.report import write_reports
@@ -177,36 +102,6 @@ def _experiments(args: argparse.Namespace, ws, started) -> int:
     if failures:
         print(f"petq: {len(failures)} task(s) failed: {', '.join(failures)}", file=sys.stderr)
     return 1 if failures else 0
-
-
-def _report_early(ws, spec: VariantSpec, test_fraction: float, scores, passes: dict,
-                  specs: list[VariantSpec]) -> None:
-    """A variant's confusion-matrix PNG and the paired statistics its pass completes, from
-    its scores, in the figures thread while its latency waits (`_prepare_report` then
-    finds them in the cache); a failure is met again there."""
-    from petq.evaluate import QUIET
-    from petq.report import early_confusion_png, early_paired
-
-    with QUIET:  # never beside a latency being timed
-        passes[spec], _ = ws.scored(scores, test_fraction)
-        early_confusion_png(ws, spec, test_fraction, passes[spec])
-        early_paired(ws, test_fraction, passes, specs, spec)
-
-
-def _prepare_report(ws, result, earlier: list, specs: list[VariantSpec]) -> None:
-    """What the reports need of a result, into the cache, in the figures thread while the
-    main thread evaluates the next variant: its confusion-matrix PNG (matplotlib is
-    imported here) and its paired statistics against its reference, once that is in."""
-    from petq.evaluate import QUIET
-    from petq.report import cached_confusion_png, paired, reference_spec
-
-    with QUIET:  # never beside a latency being timed
-        cached_confusion_png(ws.cache, result.result_key, result.variant)
-    wanted = reference_spec(result.spec, specs)
-    reference = next((r for r in earlier if r.spec == wanted), None)
-    if reference is not None:
-        with QUIET:
-            paired(ws, result, reference)
 
 
 def write_layer_reports(ws, results, results_path: Path, failures: list[str]) -> list[Path]:
@@ -232,15 +127,6 @@ def write_layer_reports(ws, results, results_path: Path, failures: list[str]) ->
         write_bytes_atomic(path, layers_csv(stats).encode())
         written.append(path)
     return written
-
-
-def result_line(result) -> str:
-    """One line of a result's headline metrics, formatted by the metrics registry."""
-    from petq.results import METRICS
-
-    shown = ("accuracy", "g_mean", "top5", "latency_p50_ms", "file_size_bytes")
-    return "  ".join(f"{METRICS[k].label.lower()} {METRICS[k].format(result.value(k))}"
-                     for k in shown)
 
 
 def calibration_seeds(args: argparse.Namespace) -> list[int]:
@@ -273,7 +159,7 @@ def resolve_specs(ws, args: argparse.Namespace) -> list[VariantSpec]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    ws = _workspace(args)
+    ws = open_workspace(args)
     results = ws.results()
     if not results:
         print("no cached results for this model and dataset")
@@ -335,44 +221,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _download_dataset(root: Path) -> None:
-    from petq.download import download_dataset
-
-    bars = StageBars()
-    try:
-        download_dataset(root, progress=lambda part: lambda done, total: bars(
-            f"downloading {part} (bytes)", done, total))
-    finally:
-        bars.close()
-
-
 def cmd_download(args: argparse.Namespace) -> int:
     from petq.download import download_model
 
     if not (args.dataset or args.model):
         raise PetqError("say what to download: --dataset and/or --model")
     if args.dataset:
-        _download_dataset(args.dataset_root)
+        download_dataset(args.dataset_root)
         print(f"Oxford-IIIT Pet in {args.dataset_root}")
     if args.model:
         path = download_model(args.model_path)
         print(f"lab model in {path}")
     return 0
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-path", type=Path,
-                        help="Keras model (.keras, .h5) or float .tflite (default: the demo model)")
-    parser.add_argument("--dataset-root", type=Path,
-                        help="Oxford-IIIT Pet layout folder (default: synthetic demo dataset)")
-    parser.add_argument("--download-dataset", action="store_true",
-                        help="download Oxford-IIIT Pet into --dataset-root first")
-    parser.add_argument("--cache-dir", type=Path, help="cache folder (default: ./cache)")
-    parser.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
-    parser.add_argument("--preprocessing", choices=list(PREPROCESSING),
-                        help="input scaling; overrides the sidecar JSON's (default: the "
-                             "sidecar's, else torch: /255 then ImageNet mean/std). "
-                             + "; ".join(f"{k}: {v}" for k, v in PREPROCESSING.items()))
 
 
 def fraction(text: str) -> float:
@@ -390,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("experiments", help="the lab's quantization experiments, with reports")
-    _common(p)
+    add_common_options(p)
     p.add_argument("--results-path", type=Path, default=Path("results"),
                    help="where <prefix>-metrics.md, confusion PNGs and summary.md go")
     p.add_argument("--test-dataset-fraction", type=fraction, default=1.0,
@@ -414,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="like --seeds with N seeds: --seed, then 1, 2, ...")
     p.set_defaults(func=cmd_experiments)
 
-    from petq import classify, sweep  # they import petq.cli inside functions: registered here
+    from petq import classify, sweep  # registered here: imported only for their commands
 
     classify.add_parser(sub)
     sweep.add_parser(sub)
@@ -423,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("list", help="list cached results for a model and dataset")
-    _common(p)
+    add_common_options(p)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("synth", help="generate the synthetic pets dataset (Oxford layout)")
@@ -472,9 +332,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(argv: list[str] | None = None) -> NoReturn:
     """`petq` and `python -m petq`: `main`, then exit. What is left is frozen first
     (`gc.freeze`): the interpreter's collections at exit would otherwise walk TensorFlow's
-    objects for nothing: 1.3-1.5 s after a cold run of the lab's set here, 0.2 s with the
-    freeze (`python benchmarks/bench_lab.py` times the whole process; its
-    petq-stages-*.json has the end of `main`)."""
+    objects for nothing (benchmarks/README.md measures it)."""
     code = main(argv)
     gc.freeze()
     sys.exit(code)

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import sys
-import tempfile
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from petq.aeq import aeq_quantize, aeq_recipe
 from petq.errors import ModelError, PetqError, SpecError
-from petq.runtime import import_tensorflow, load_keras_model
+from petq.runtime import captured_output, import_tensorflow, load_keras_model
 from petq.types import Backend, Mode, VariantSpec
 
 Progress = Callable[[int, int], None]
@@ -46,7 +41,8 @@ def convert(
     if recipe.backend is Backend.AEQ:
         if float_tflite is None:
             raise SpecError(f"{spec.name}: AI Edge Quantizer needs the FP32 .tflite")
-        return _aeq(spec, float_tflite, samples, keep_float_nodes)
+        return _logged(spec, "the FP32 .tflite", lambda: aeq_quantize(
+            float_tflite, aeq_recipe(spec), samples, keep_float=keep_float_nodes))
     if Path(model_path).suffix == ".tflite":
         raise ModelError(f"{model_path}: {spec.name} needs the TFLite converter, which takes a "
                          "Keras model; a .tflite source model takes tflite-fp32 and aeq-* recipes")
@@ -95,50 +91,6 @@ def configured_converter(model_path: Path | str, spec: VariantSpec,
     return converter
 
 
-AEQ_RECIPES = {  # (mode, weights, activations) -> ai_edge_quantizer.recipe function
-    (Mode.DYNAMIC, "i8", "fp32"): "dynamic_wi8_afp32",
-    (Mode.DYNAMIC, "i4", "fp32"): "dynamic_wi4_afp32",
-    (Mode.WEIGHT_ONLY, "i8", "fp32"): "weight_only_wi8_afp32",
-    (Mode.WEIGHT_ONLY, "i4", "fp32"): "weight_only_wi4_afp32",
-    (Mode.STATIC, "i8", "i8"): "static_wi8_ai8",
-    (Mode.STATIC, "i8", "i16"): "static_wi8_ai16",
-}
-
-
-def aeq_recipe(spec: VariantSpec) -> list[dict]:
-    """The AI Edge Quantizer recipe (its JSON-like list of op configs) for a spec."""
-    from ai_edge_quantizer import recipe as aeq_recipes
-
-    recipe = spec.recipe
-    name = AEQ_RECIPES.get((recipe.mode, recipe.weights, recipe.activations))
-    if name is None:
-        raise SpecError(f"{recipe.key}: AI Edge Quantizer has no recipe for {recipe.scheme} "
-                        f"({recipe.mode.value})")
-    return getattr(aeq_recipes, name)()
-
-
-def _aeq(spec: VariantSpec, float_tflite: bytes, samples: Iterator[np.ndarray] | None,
-         keep_float_nodes: Sequence[str]) -> bytes:
-    from petq.layers import aeq_quantize
-
-    return _logged(spec, "the FP32 .tflite", lambda: aeq_quantize(
-        float_tflite, aeq_recipe(spec), samples, keep_float=keep_float_nodes))
-
-
-def aeq_signature(tflite: bytes) -> tuple[str, str]:
-    """(signature key, input name) of a one-input .tflite model."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    signatures = Interpreter(model_content=tflite).get_signature_list()
-    if not signatures:
-        raise ModelError("the FP32 .tflite has no signature: AI Edge Quantizer needs one")
-    key = next(iter(signatures))
-    inputs = signatures[key]["inputs"]
-    if len(inputs) != 1:
-        raise ModelError(f"the FP32 .tflite signature {key!r} has {len(inputs)} inputs, not 1")
-    return key, inputs[0]
-
-
 def _logged(spec: VariantSpec, source: object, run: Callable[[], bytes]) -> bytes:
     """Run a backend with its chatter captured; a failure becomes one ModelError naming
     the recipe and the backend's own reason (e.g. the op without a kernel)."""
@@ -157,33 +109,6 @@ def _logged(spec: VariantSpec, source: object, run: Callable[[], bytes]) -> byte
                 f"{source}: recipe {spec.recipe.key} ({spec.name}) failed: {reason[0][:300]}"
                 + (f" [{detail.strip()[:300]}]" if detail else "")
             ) from None
-
-
-@contextlib.contextmanager
-def captured_output() -> Iterator[io.TextIOBase]:
-    """Send the converter's chatter on stdout and stderr (Python and C++) to a temp file.
-
-    The text is kept for error messages. Progress bars are not lost: the CLI draws them
-    on its own copy of the terminal's stderr (`petq.cli.terminal`).
-    """
-    log = tempfile.TemporaryFile(mode="w+")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    try:
-        for fd in saved:
-            os.dup2(log.fileno(), fd)
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield log
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, copy in saved.items():
-            os.dup2(copy, fd)
-            os.close(copy)
-        log.seek(0)
 
 
 def _counted(samples: Iterable[np.ndarray], total: int, progress: Progress | None

@@ -23,3 +23,7 @@ class SpecError(PetqError, ValueError):
 
 class DownloadError(PetqError):
     """A download failed; nothing half-written was left behind."""
+
+
+class SweepError(PetqError):
+    """A sweep cannot start: its grid, its paths, its cache or its Ray cluster."""

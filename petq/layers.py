@@ -27,7 +27,6 @@ a name from these statistics can be fed straight back to keep that layer in floa
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -36,12 +35,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from petq.convert import aeq_signature, captured_output
-from petq.errors import ModelError, PetqError, SpecError
-from petq.runtime import default_threads, load_keras_model
+from petq.errors import ModelError, SpecError
+from petq.runtime import (
+    captured_output,
+    default_threads,
+    first_line,
+    load_keras_model,
+    logged_error,
+)
 
 Reference = Literal["layer", "model"]
-Recipe = Sequence[dict[str, Any]]
 
 _CONVERSION_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 _NUMERIC_VERIFY = "NumericVerify"
@@ -96,6 +99,12 @@ class LayerStat:
             zero_point=None if data["zero_point"] is None else int(data["zero_point"]),
             range_used=pair(data["range_used"]), range_observed=pair(data["range_observed"]),
         )
+
+
+def op_output_names(tflite: bytes) -> set[str]:
+    """The output tensor names of every op of a .tflite graph: the layer names that
+    selective quantization can keep in float."""
+    return set(_op_outputs(_interpreter(tflite, 1, preserve=False)))
 
 
 def worst_layers(stats: Sequence[LayerStat], n: int) -> list[str]:
@@ -179,7 +188,7 @@ class ConverterDebug:
                 if read[0] == 0:
                     raise SpecError("the calibration set is empty") from None
                 raise ModelError(f"{_label(source)}: calibration for the quantization debugger "
-                                 f"failed: {_first_line(exc)}{_log_error(log)}") from None
+                                 f"failed: {first_line(exc)}{logged_error(log)}") from None
         # The converter's float graph with calibration statistics: its tensors carry the
         # names the denylist matches, and it runs in LiteRT as the float reference.
         self.float_model: bytes = self._debugger.calibrated_model
@@ -218,8 +227,8 @@ class ConverterDebug:
                 if "debug mode" in str(exc):  # no NumericVerify op left: nothing quantized
                     raise SpecError(f"keeping {len(nodes)} layers in float leaves nothing "
                                     "quantized: that is the FP32 variant") from None
-                raise ModelError(f"selective INT8 failed: {_first_line(exc)}"
-                                 f"{_log_error(log)}") from None
+                raise ModelError(f"selective INT8 failed: {first_line(exc)}"
+                                 f"{logged_error(log)}") from None
         still = {name: op for op, name in quantized_ops(model)}
         ignored = [n for n in nodes if n in still]
         if ignored:
@@ -274,71 +283,7 @@ def selective_int8(
     return session.selective_int8(denylisted_nodes, int8_io=int8_io)
 
 
-# ------------------------------------------------------------------ AI Edge Quantizer
-
-
-def aeq_keep_float(quantizer: Any, nodes: Sequence[str], float_tflite: bytes | None = None
-                   ) -> None:
-    """Add recipe entries that leave the named layers in float to an AEQ `Quantizer`.
-
-    AEQ matches a recipe's regex against an op's scope, its output names each followed
-    by ";"; later entries win. With `float_tflite`, unknown names raise SpecError.
-    """
-    if float_tflite is not None:
-        known = _op_outputs(_interpreter(float_tflite, 1, preserve=False))
-        unknown = [n for n in nodes if n not in known]
-        if unknown:
-            raise SpecError(f"no layer named {unknown[0]!r} in the FP32 .tflite "
-                            f"({len(unknown)} unknown of {len(nodes)} names to keep in float)")
-    for name in dict.fromkeys(nodes):
-        quantizer.update_quantization_recipe(
-            regex=f"^{re.escape(name)};$", operation_name="*", algorithm_key="no_quantize")
-
-
-def aeq_quantize(
-    fp32_tflite: bytes,
-    recipe: Recipe | str,
-    calibration: Iterable[np.ndarray] | None = None,
-    *,
-    keep_float: Sequence[str] = (),
-    threads: int | None = None,
-) -> bytes:
-    """Quantize an FP32 .tflite with an AEQ recipe (a recipe list, or the name of a
-    function in `ai_edge_quantizer.recipe`, e.g. "static_wi8_ai8"), `keep_float` layers
-    left in float. `calibration` yields float32 (1, H, W, 3) inputs for static recipes."""
-    from ai_edge_quantizer import quantizer
-
-    recipe = _aeq_recipe(recipe)
-    with captured_output() as log:
-        try:
-            qt = quantizer.Quantizer(bytearray(fp32_tflite), recipe)
-            aeq_keep_float(qt, keep_float, fp32_tflite if keep_float else None)
-            result = None
-            if qt.need_calibration:
-                signature, input_name = aeq_signature(fp32_tflite)
-                data = [{input_name: np.asarray(x, dtype=np.float32)} for x in calibration or ()]
-                if not data:
-                    raise SpecError("the calibration set is empty")
-                result = qt.calibrate({signature: data}, num_threads=threads or default_threads())
-            return bytes(qt.quantize(result, enable_progress_report=False).quantized_model)
-        except PetqError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"AI Edge Quantizer failed: {_first_line(exc)}"
-                             f"{_log_error(log)}") from None
-
-
-def aeq_layer_stats(
-    fp32_tflite: bytes,
-    recipe: Recipe | str,
-    calibration: Iterable[np.ndarray] | None,
-    debug: Sequence[np.ndarray],
-    *,
-    threads: int | None = None,
-) -> list[LayerStat]:
-    """Whole-model per-layer error of an AEQ recipe (see `model_layer_stats`)."""
-    quantized = aeq_quantize(fp32_tflite, recipe, calibration, threads=threads)
-    return model_layer_stats(fp32_tflite, quantized, debug, threads=threads)
+# ------------------------------------------------------------------ whole model
 
 
 def model_layer_stats(fp32_tflite: bytes, quantized_tflite: bytes,
@@ -561,29 +506,5 @@ def _converter(source: Any) -> Any:
         return tf.lite.TFLiteConverter.from_keras_model(model)
 
 
-def _aeq_recipe(recipe: Recipe | str) -> list[dict[str, Any]]:
-    if not isinstance(recipe, str):
-        return list(recipe)
-    from ai_edge_quantizer import recipe as recipes
-
-    make = getattr(recipes, recipe, None)
-    if not callable(make) or recipe.startswith("_"):
-        raise SpecError(f"ai_edge_quantizer.recipe has no recipe named {recipe!r}")
-    return make()
-
-
 def _label(source: Any) -> str:
     return str(source) if isinstance(source, (str, Path)) else type(source).__name__
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
-def _log_error(log: Any) -> str:
-    """The last line of a backend's captured chatter that mentions an error, if any."""
-    log.flush()
-    log.seek(0)
-    line = next((line for line in reversed(log.read().splitlines()) if "error" in line.lower()),
-                "")
-    return f" [{line.strip()[:300]}]" if line else ""

@@ -1,4 +1,5 @@
-"""Sweeps on Ray: the address check and one session per sweep (`petq.sweep.run_sweep`).
+"""Running the engine's tasks on Ray: the address check and one session per sweep
+(`petq.sweep.run_sweep`).
 
 `resolve_ray_address` fails at once, with one clear error, for an address that does
 not answer. `RaySession` joins (or starts) Ray, probes every node before any work
@@ -10,10 +11,17 @@ imported only here, and only when a sweep asks for it.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from typing import Any
 
-from petq.sweep import SweepError, SweepTask, probe_paths, run_task, worker_environment
+from petq.engine import (
+    Done,
+    VariantOutcome,
+    VariantTask,
+    probe_paths,
+    run_variant,
+    worker_environment,
+)
+from petq.errors import SweepError
 
 RAY_CONNECT_TIMEOUT = 5.0  # seconds for the TCP check of a Ray address
 RAY_PROBE_TIMEOUT = 120.0  # seconds for every Ray node to answer the pre-flight probe
@@ -120,10 +128,10 @@ class RaySession:
             raise SweepError(f"the pre-flight check failed on a Ray node: {exc}") from None
         problems = []
         for answer in answers:
-            problems += [f"{answer['host']}: {p}" for p in answer["problems"]]
-            differ = {k: v for k, v in answer["versions"].items() if versions.get(k) != v}
+            problems += [f"{answer.host}: {p}" for p in answer.problems]
+            differ = {k: v for k, v in answer.versions.items() if versions.get(k) != v}
             if differ:
-                problems.append(f"{answer['host']}: library versions differ from this "
+                problems.append(f"{answer.host}: library versions differ from this "
                                 f"machine's ({differ} against {versions}); cache keys would "
                                 "not match")
         if problems:
@@ -136,12 +144,13 @@ class RaySession:
         self.context = ("serial" if most <= 1 else
                         f"parallel: up to {most} tasks per machine ({len(usable)} Ray node(s))")
 
-    def run(self, tasks: dict[int, SweepTask], apply: Callable[[int, dict], None],
-            fail: Callable[[int, str], None]) -> None:
+    def run(self, tasks: dict[int, VariantTask], done: Done) -> None:
+        """Each task as a Ray task (`petq.engine.run_variant`); `done(index, outcome)` as
+        each ends. A task whose worker died is retried by Ray, `max_retries` times."""
         ray = self.ray
-        remote = ray.remote(run_task).options(num_cpus=self.threads,
-                                              max_retries=self.max_retries,
-                                              retry_exceptions=False, runtime_env=self.env)
+        remote = ray.remote(run_variant).options(num_cpus=self.threads,
+                                                 max_retries=self.max_retries,
+                                                 retry_exceptions=False, runtime_env=self.env)
         waiting = list(tasks.items())
         flying: dict[Any, int] = {}
         limit = self.workers or len(waiting)
@@ -154,12 +163,12 @@ class RaySession:
                 for ref in ready:
                     i = flying.pop(ref)
                     try:
-                        out = ray.get(ref)
+                        outcome = ray.get(ref)
                     except ray.exceptions.RayError as exc:
-                        fail(i, f"Ray gave up after {self.max_retries} retries: "
-                                f"{str(exc).splitlines()[0]}")
-                        continue
-                    apply(i, out)
+                        outcome = VariantOutcome(error=SweepError(
+                            f"Ray gave up after {self.max_retries} retries: "
+                            f"{str(exc).splitlines()[0]}"))
+                    done(i, outcome)
         except BaseException:
             for ref in flying:
                 ray.cancel(ref, force=True)

@@ -455,7 +455,7 @@ def early_confusion_png(workspace, spec: VariantSpec, test_fraction: float,
                         details: Details) -> None:
     """`spec`'s confusion PNG into the cache from its pass's details (`Workspace.scored`),
     once its accuracy pass is done: its result, keyed alike, comes only once its latency is
-    timed (petq.ahead), and the reports then read this drawing."""
+    timed (petq.engine), and the reports then read this drawing."""
     cached_confusion_png(workspace.cache, workspace.result_key(spec, test_fraction), spec.name,
                          (details.confusion_matrix, details.class_names))
 

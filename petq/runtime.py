@@ -7,9 +7,12 @@ invokes (it is what latency measures), `postprocess_outputs` dequantizes.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
+import tempfile
 import threading
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +41,47 @@ def quiet_native_stderr() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[io.TextIOBase]:
+    """Send the converter's chatter on stdout and stderr (Python and C++) to a temp file.
+
+    The text is kept for error messages. Progress bars are not lost: the CLI draws them
+    on its own copy of the terminal's stderr (`petq.console.terminal`).
+    """
+    log = tempfile.TemporaryFile(mode="w+")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    try:
+        for fd in saved:
+            os.dup2(log.fileno(), fd)
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield log
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        log.seek(0)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (at most 300 characters), or its type's name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def logged_error(log: Any) -> str:
+    """` [the last line of a backend's captured chatter that mentions an error]`, if any."""
+    log.flush()
+    log.seek(0)
+    line = next((line for line in reversed(log.read().splitlines()) if "error" in line.lower()),
+                "")
+    return f" [{line.strip()[:300]}]" if line else ""
 
 
 _TF_PROBED = threading.Event()

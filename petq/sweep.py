@@ -1,35 +1,29 @@
 """Sweeps: a grid of recipes x calibration fractions x seeds (x models), one task per variant.
 
 `expand_grid` turns the grid into validated, deduplicated variant specs (a recipe that
-does not calibrate gives one cell). `run_sweep` runs each spec (convert, then evaluate)
-as one task: in this process (`serial`), on a local process pool sized to the cores
-(`local`, spawned workers), or as Ray tasks on a cluster (`ray`, petq.raysweep). Every
-task opens its own Workspace and writes into the one content-addressed cache, which may
-sit on shared storage; a cell already cached is not sent. A Ray worker killed mid-task is retried by
-Ray (`max_retries`), and the cache holds only complete entries. Everything that can be
+does not calibrate gives one cell). `run_sweep` runs each spec as the engine's one task
+(`petq.engine.run_variant`: convert, then evaluate): in this process (`serial`), on a
+local process pool sized to the cores (`local`), or as Ray tasks on a cluster (`ray`,
+petq.raysweep). Every task opens its own workspace and writes into the one
+content-addressed cache, which may sit on shared storage; a cell already cached is not
+sent. A worker killed mid-task is retried (`max_retries`: the pool is restarted, Ray
+retries the task), and the cache holds only complete entries. Everything that can be
 checked (grid, paths, cache writable, Ray address and nodes) is checked before any work.
 
 `write_csv` writes one row per cell. `petq sweep` is the command line (`add_parser`,
-`run`); the Convert page calls `expand_grid` and starts a job (petq.jobs), which runs
-the grid on this machine, or on Ray through `run_sweep` with a `progress` callback. No
-streamlit here, and ray only when asked for.
-"""
+`run`); a dashboard job sent to Ray runs `run_sweep` with a `progress` callback. No
+streamlit here, and ray only when asked for."""
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import csv
-import functools
-import gc
 import io
 import math
 import os
 import secrets
-import socket
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +31,16 @@ from typing import Any
 
 from petq.cache import Cache
 from petq.calibration import shares
-from petq.errors import PetqError, SpecError
+from petq.engine import (
+    VariantOutcome,
+    VariantTask,
+    Where,
+    check_writable,
+    probe_paths,
+    run_here,
+    run_on_pool,
+)
+from petq.errors import SpecError, SweepError
 from petq.results import Result
 from petq.types import DEFAULT_CALIBRATION_SEED, RECIPES, VariantSpec
 
@@ -50,10 +53,6 @@ CSV_COLUMNS = (
     "worker", "result_key", "error",
 )
 CACHED = "cached (measured earlier)"  # latency_context of a result this sweep did not compute
-
-
-class SweepError(PetqError):
-    """A sweep cannot start: its grid, its paths, its cache or its Ray cluster."""
 
 
 # ---------------------------------------------------------------- the grid
@@ -194,115 +193,6 @@ class SweepStatus:
 Progress = Callable[[SweepStatus, "Cell | None"], None]  # cell None: the sweep starts or ends
 
 
-# ---------------------------------------------------------------- one task
-
-
-@dataclass(frozen=True)
-class SweepTask:
-    """What a worker needs for one cell: paths and a spec dict, all picklable."""
-
-    model_path: str
-    dataset_root: str
-    cache_root: str
-    spec: dict[str, Any]
-    test_fraction: float = 1.0
-    threads: int = 1
-    preprocessing: str | None = None
-    sweep: str = ""  # the sweep's id: a worker keeps one workspace for the sweep's tasks
-    shared: tuple[dict[str, Any], ...] = ()  # the sweep's specs that share calibration
-
-
-@functools.lru_cache(maxsize=4)
-def _sweep_workspace(model_path: str, dataset_root: str, cache_root: str, threads: int,
-                     preprocessing: str | None, sweep: str):
-    """One workspace per worker process and sweep: a worker's conversions of one recipe
-    then share one export and their calibration (petq.calibration)."""
-    from petq.workspace import Workspace
-
-    return Workspace(model_path, dataset_root, cache_root, threads, preprocessing)
-
-
-def run_task(task: SweepTask) -> dict[str, Any]:
-    """Convert and evaluate one cell in this process; return the result or the error.
-
-    Errors come back as text so one recipe the model cannot take fails alone. A worker
-    that dies (killed, out of memory) returns nothing: Ray or the pool retries it.
-    """
-    start = time.perf_counter()
-    out: dict[str, Any] = {"result": None, "error": None, "computed": False,
-                           "worker": f"{socket.gethostname()}:{os.getpid()}"}
-    try:
-        ws = _sweep_workspace(task.model_path, task.dataset_root, task.cache_root,
-                              task.threads, task.preprocessing, task.sweep)
-        ws.share_calibration(VariantSpec.from_dict(spec) for spec in task.shared)
-        result, computed = ws.evaluate(VariantSpec.from_dict(task.spec), task.test_fraction)
-        out.update(result=result.to_dict(), computed=computed)
-    except PetqError as exc:
-        out["error"] = str(exc)
-    except Exception as exc:  # a bug or a library failure: reported on the cell, not raised
-        last = traceback.extract_tb(exc.__traceback__)[-1:]
-        where = f" (at {Path(last[0].filename).name}:{last[0].lineno})" if last else ""
-        out["error"] = f"{type(exc).__name__}: {exc}{where}"
-    out["seconds"] = time.perf_counter() - start
-    return out
-
-
-def worker_environment(threads: int) -> dict[str, str]:
-    """Environment that keeps one task's TensorFlow and OpenMP to `threads` threads."""
-    n = str(max(1, threads))
-    return {"TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": n, "OMP_NUM_THREADS": n,
-            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-
-
-def _init_pool_worker(threads: int, log_dir: str | None) -> None:
-    """A spawned pool worker: thread limits before TensorFlow loads; its output to a log.
-
-    numpy is already loaded here (the spawn re-imports the caller's modules) and read
-    OMP_NUM_THREADS too early, so its OpenBLAS pool is limited through threadpoolctl."""
-    os.environ.update(worker_environment(threads))
-    atexit.register(gc.freeze)  # exit without walking TensorFlow's objects (petq.cli.run)
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(max(1, threads))
-    if log_dir:
-        log = os.open(Path(log_dir) / f"worker-{os.getpid()}.log",
-                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
-
-
-def probe_paths(model_path: str, dataset_root: str, cache_root: str) -> dict[str, Any]:
-    """Can this process read the model and dataset and write the cache? Runs in the
-    driver and, on Ray, once on every node, before any work."""
-    from petq.workspace import library_versions
-
-    problems = []
-    if not Path(model_path).exists():
-        problems.append(f"model {model_path} not found")
-    if not (Path(dataset_root) / "annotations").is_dir():
-        problems.append(f"dataset {dataset_root} not found (no annotations/ folder)")
-    try:
-        check_writable(cache_root)
-    except SweepError as exc:
-        problems.append(str(exc))
-    return {"host": socket.gethostname(), "pid": os.getpid(), "problems": problems,
-            "versions": library_versions(), "cpus": os.cpu_count() or 1}
-
-
-def check_writable(cache_root: Path | str) -> None:
-    """Create the cache folder and a file in it, then remove the file: SweepError if not."""
-    root = Path(cache_root)
-    probe = root / f".write-probe-{socket.gethostname()}-{os.getpid()}"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"petq")
-        probe.unlink()
-    except OSError as exc:
-        raise SweepError(f"cache folder {root} is not writable here "
-                         f"({socket.gethostname()}): {exc.strerror or exc}") from None
-
-
 # ---------------------------------------------------------------- running a sweep
 
 
@@ -367,7 +257,7 @@ def run_sweep(
     problems: list[str] = []
     for model in models:
         local = probe_paths(model, dataset, cache)
-        problems += [p for p in local["problems"] if p not in problems]
+        problems += [p for p in local.problems if p not in problems]
     if problems:
         raise SweepError("; ".join(problems))
     if backend == "ray":
@@ -389,7 +279,7 @@ def run_sweep(
     try:
         if session is not None:
             for model in models:
-                session.check_nodes([model, dataset, cache], local["versions"])
+                session.check_nodes([model, dataset, cache], local.versions)
         calibrates = any(spec.recipe.calibrates for spec in specs)
         for ws in spaces.values():  # decoded once here (per input size): the tasks only read
             for split in ("trainval", "test") if calibrates else ("test",):
@@ -413,36 +303,31 @@ def run_sweep(
             if progress is not None:
                 progress(status, cell)
 
-        def apply(index: int, out: dict[str, Any]) -> None:
+        def done(index: int, outcome: VariantOutcome) -> None:
             cell = cells[index]
-            cell.seconds, cell.worker = out.get("seconds", 0.0), out.get("worker", "")
-            if out.get("result"):
-                cell.result = Result.from_dict(out["result"])
-                cell.state = "done" if out.get("computed") else "cached"
-                cell.latency_context = context if out.get("computed") else CACHED
+            cell.seconds, cell.worker = outcome.seconds, outcome.worker
+            if outcome.result is not None:
+                cell.result = outcome.result
+                cell.state = "done" if outcome.computed else "cached"
+                cell.latency_context = context if outcome.computed else CACHED
             else:
-                cell.state, cell.error = "failed", out.get("error") or "unknown error"
+                cell.state, cell.error = "failed", str(outcome.error or "unknown error")
             notify(cell)
 
-        def fail(index: int, message: str) -> None:
-            cells[index].state, cells[index].error = "failed", message
-            notify(cells[index])
-
-        sweep = secrets.token_hex(8)
-        shared = tuple(spec.to_dict() for spec in specs if shares(spec))
-        tasks = {i: SweepTask(cells[i].model, dataset, cache, cells[i].spec.to_dict(),
-                              test_fraction, threads, preprocessing, sweep, shared)
+        run = secrets.token_hex(8)  # a worker keeps one workspace for the sweep's tasks
+        shared = tuple(spec for spec in specs if shares(spec))
+        tasks = {i: VariantTask(Where(cells[i].model, dataset, cache, preprocessing, threads,
+                                      run), cells[i].spec, test_fraction, shared)
                  for i in todo}
         for i in todo:
             cells[i].state = "queued"
         notify(None)
         if backend == "serial":
-            for i, task in tasks.items():
-                apply(i, run_task(task))
+            run_here(tasks, done)
         elif backend == "local":
-            _run_pool(tasks, parallel, threads, max_retries, log_dir, apply, fail)
+            run_on_pool(tasks, done, parallel, threads, max_retries, log_dir)
         else:
-            session.run(tasks, apply, fail)
+            session.run(tasks, done)
     finally:
         if session is not None:
             session.close()
@@ -469,49 +354,6 @@ def _check_options(backend: str, specs: Sequence[VariantSpec], test_fraction: fl
     return task_threads(backend, workers, threads)
 
 
-def _run_pool(tasks: dict[int, SweepTask], workers: int, threads: int, max_retries: int,
-              log_dir: Path | str | None, apply: Callable[[int, dict], None],
-              fail: Callable[[int, str], None]) -> None:
-    """The tasks on a spawned process pool; a dead worker breaks the pool, so what did
-    not finish is sent again on a new pool, up to max_retries times."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
-    if log_dir is not None:
-        Path(log_dir).mkdir(parents=True, exist_ok=True)
-    pending = dict(tasks)
-    restarts = 0
-    context = multiprocessing.get_context("spawn")  # TensorFlow and fork do not mix
-    while pending:
-        pool = ProcessPoolExecutor(
-            max(1, min(workers, len(pending))), mp_context=context,
-            initializer=_init_pool_worker,
-            initargs=(threads, str(log_dir) if log_dir is not None else None))
-        broken = None
-        try:
-            futures = {pool.submit(run_task, task): i for i, task in pending.items()}
-            for future in as_completed(futures):
-                i = futures[future]
-                try:
-                    out = future.result()
-                except BrokenProcessPool as exc:
-                    broken = exc
-                    continue
-                del pending[i]
-                apply(i, out)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
-        if broken is not None:
-            restarts += 1
-            if restarts > max_retries:
-                for i in list(pending):
-                    fail(i, f"a pool worker died {restarts} times ({broken})")
-                pending.clear()
-
-
 # ---------------------------------------------------------------- sweep.csv
 
 
@@ -534,7 +376,7 @@ def write_csv(cells: Iterable[Cell], path: Path | str) -> Path:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `petq sweep` on the CLI's subparsers."""
-    from petq.cli import _common  # here, not at the top: petq.cli imports this module
+    from petq.console import add_common_options
 
     p = subparsers.add_parser(
         "sweep", help="a grid of recipes x calibration fractions x seeds (x models), one "
@@ -565,14 +407,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="pool processes (default: one per core); with --ray, tasks in flight")
     p.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES,
                    help="retries of a task whose worker died (default: %(default)s)")
-    _common(p)
+    add_common_options(p)
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """`petq sweep`: exit status 1 when a cell failed."""
-    from petq.cli import _workspace, result_line
+    from petq.console import open_workspace, result_line
     from petq.demo import cache_dir
 
     if args.ray and args.serial:
@@ -593,7 +435,7 @@ def run(args: argparse.Namespace) -> int:
     args.threads = threads
     if args.models:
         args.model_path = args.models[0]
-    ws = _workspace(args)
+    ws = open_workspace(args)
     models = args.models or [ws.model_path]
     several = len(set(models)) > 1
     class_sets = [tuple(ws.class_index(c) for c in group) for group in groups]

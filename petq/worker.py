@@ -98,7 +98,7 @@ def run_job(path: Path | str) -> int:
 def _work(reporter: _Reporter) -> int:
     record = reporter.record
     reporter.write(state="running", started=time.time(), stage="start")
-    from petq.ahead import evaluate_run  # after the first write: imports take seconds
+    from petq.engine import evaluate_run  # after the first write: imports take seconds
     from petq.workspace import Workspace
 
     try:
@@ -140,28 +140,19 @@ def _work(reporter: _Reporter) -> int:
 def _work_on(ws, reporter: _Reporter, variant: dict[str, Any], outcome,
              errors: list[str]) -> None:
     """Record one evaluated variant of the job (`outcome`: its Result or PetqError), and
-    draw, time and analyse what its reports need."""
-    from petq.report import cached_confusion_png  # after the first write: imports take seconds
+    make what its reports and Compare read (`petq.engine.after_variant`)."""
+    from petq.engine import AfterVariant, after_variant  # imported after the first write
 
-    record = reporter.record
     reporter.write(current=variant["name"])
     try:
         if isinstance(outcome, PetqError):
             raise outcome
-        spec, key = outcome.spec, outcome.result_key
-        reporter.progress("figures", 0, 1)
-        cached_confusion_png(ws.cache, key, spec.name)  # the report's, drawn now
-        reporter.progress("timing", 0, 1)
-        ws.time_against_reference(spec)  # the report's speed sentence, timed now
-        reporter.progress("statistics", 0, 1)
-        for reference in dict.fromkeys((spec.reference, VariantSpec.native())):
-            found = None if reference == spec else ws.cached_result(reference,
-                                                                    record["test_fraction"])
-            if found is not None:  # the report's and Compare's (by default against native)
-                ws.paired(key, found.result_key)
-        if record.get("layers") and spec.recipe.quantized and not spec.is_native:
-            ws.layer_stats(spec, progress=reporter.progress)
-        variant.update(status="done", result_key=key)
+        what = AfterVariant(timing=True, against_native=True,
+                            layers=bool(reporter.record.get("layers")))
+        # compared with FP32 (native for FP32) and native, whichever the cache holds
+        after_variant(ws, outcome, (VariantSpec.fp32(), VariantSpec.native()), what,
+                      reporter.progress)
+        variant.update(status="done", result_key=outcome.result_key)
     except PetqError as exc:
         variant.update(status="failed", error=str(exc))
         errors.append(f"{variant['name']}: {exc}")

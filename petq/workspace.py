@@ -219,7 +219,7 @@ class Workspace:
         made, while this thread decodes: with `calibration_first`, the trainval images
         first (a converter process waits for them to calibrate: petq.ahead), then the
         test images, counted as one "decode" stage. `read`: what reads the model's facts
-        instead (petq.ahead has its converter process read them).
+        instead (petq.engine has its converter process read them).
         """
         splits: list[Split] = ["trainval", "test"] if calibration_first else ["test"]
         missing = [split for split in splits if split not in self._stores]
@@ -340,7 +340,7 @@ class Workspace:
         key = self.variant_key(spec)
         if (progress and self.cache.get("variants", key, verify=False) is None
                 and self.cache.held("variants", key)):
-            progress("convert", 0, 1)  # another process converts it (petq.ahead): wait
+            progress("convert", 0, 1)  # another process converts it (petq.engine): wait
         return self.cache.get_or_build("variants", key, build)
 
     def share_calibration(self, specs: Iterable[VariantSpec]) -> None:

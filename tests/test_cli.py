@@ -121,7 +121,7 @@ def test_python_dash_m_as_a_new_user_would(cli_args):
     assert "tflite-fp32" in result.stdout and "tflite-int8-0.6" in result.stdout
     assert "\r" not in result.stderr
     lines = result.stderr.splitlines()
-    # calibrated here, or by the converter process while this one waits (petq.ahead)
+    # calibrated here, or by the converter process while this one waits (petq.engine)
     assert ("tflite-int8-0.6: calibrating (24 images)" in lines
             or "tflite-int8-0.6: converting" in lines), lines
     assert len(lines) < 20, result.stderr

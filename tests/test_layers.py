@@ -314,8 +314,9 @@ def test_bad_calibration_or_debug_sets_are_named(tiny_model, samples, session):
 def test_aeq_layer_stats_match_its_validator(fp32, samples):
     from ai_edge_quantizer import quantizer, recipe
 
-    from petq.convert import aeq_signature, captured_output
-    from petq.layers import aeq_layer_stats, aeq_quantize, quantized_ops
+    from petq.aeq import aeq_layer_stats, aeq_quantize, aeq_signature
+    from petq.layers import quantized_ops
+    from petq.runtime import captured_output
 
     calibration, debug = samples
     stats = aeq_layer_stats(fp32, "static_wi8_ai8", calibration, debug)
@@ -333,7 +334,7 @@ def test_aeq_layer_stats_match_its_validator(fp32, samples):
 
 @pytest.mark.slow
 def test_aeq_selective_keeps_the_worst_layers_in_float(fp32, samples):
-    from petq.layers import aeq_layer_stats, aeq_quantize
+    from petq.aeq import aeq_layer_stats, aeq_quantize
 
     calibration, debug = samples
     names = worst_layers(aeq_layer_stats(fp32, "static_wi8_ai8", calibration, debug), 2)
@@ -351,7 +352,8 @@ def test_aeq_selective_keeps_the_worst_layers_in_float(fp32, samples):
 
 @pytest.mark.slow
 def test_float_activations_have_errors_but_no_scale(fp32, samples):
-    from petq.layers import aeq_layer_stats, model_layer_stats
+    from petq.aeq import aeq_layer_stats
+    from petq.layers import model_layer_stats
 
     dynamic = aeq_layer_stats(fp32, "dynamic_wi8_afp32", None, samples[1])
     assert [s.op for s in dynamic] == TINY_INT8_OPS

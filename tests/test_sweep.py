@@ -300,7 +300,7 @@ def test_killed_ray_worker_is_retried_and_the_cache_stays_whole(
 
     def ray_tasks():
         return [p for p in me.children(recursive=True)
-                if " ".join(p.cmdline()).startswith("ray::run_task")]
+                if " ".join(p.cmdline()).startswith("ray::run_variant")]
 
     killed = _kill_once_while_building(tmp_path / "cache", ray_tasks)
     cells = _run(tiny_model, pet_root, tmp_path / "cache", "ray", max_retries=2)
