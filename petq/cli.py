@@ -419,10 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="like --seeds with N seeds: --seed, then 1, 2, ...")
     p.set_defaults(func=cmd_experiments)
 
-    from petq import classify, sweep  # they import petq.cli inside functions: registered here
+    from petq import classify, sweep, tune  # they import petq.cli inside functions
 
     classify.add_parser(sub)
     sweep.add_parser(sub)
+    tune.add_parser(sub)
 
     p = sub.add_parser("recipes", help="list the quantization recipes and their names")
     p.set_defaults(func=cmd_recipes)
