@@ -135,7 +135,7 @@ class TuneConfig:
 
 
 @dataclass(frozen=True)
-class TestSplit:
+class ImageSplit:
     """The test images in two disjoint parts (ids, in the order the results list them)."""
 
     selection: tuple[str, ...]
@@ -152,7 +152,7 @@ class TestSplit:
 
 
 def split_test_images(image_ids: Sequence[str], labels: Sequence[int], fraction: float,
-                      seed: int, class_names: Sequence[str] = ()) -> TestSplit:
+                      seed: int, class_names: Sequence[str] = ()) -> ImageSplit:
     """Split the test images, stratified by breed and seeded: `fraction` of each breed to
     certification, the rest to selection. Every breed needs two test images."""
     from collections import Counter
@@ -175,7 +175,7 @@ def split_test_images(image_ids: Sequence[str], labels: Sequence[int], fraction:
                         f"parts ({len(ids)} images, {len(counts)} breeds, certification "
                         f"fraction {fraction:g}): {exc}") from None
     order = {image_id: i for i, image_id in enumerate(ids)}
-    return TestSplit(tuple(sorted(selection, key=order.__getitem__)),
+    return ImageSplit(tuple(sorted(selection, key=order.__getitem__)),
                      tuple(sorted(certification, key=order.__getitem__)), seed)
 
 
@@ -254,7 +254,7 @@ class TuneOutcome:
     model: str
     dataset: str
     reference: str
-    split: TestSplit | None = None
+    split: ImageSplit | None = None
     reference_selection: float | None = None  # the reference's metric on each part
     reference_certification: float | None = None
     candidates: list[Candidate] = field(default_factory=list)
@@ -474,7 +474,7 @@ class Parts:
     """Per-image correctness of the reference and each candidate, sliced by the split's
     id lists. Every slice read is logged in `outcome.scored`."""
 
-    def __init__(self, ws, reference_key: str, split: TestSplit, outcome: TuneOutcome):
+    def __init__(self, ws, reference_key: str, split: ImageSplit, outcome: TuneOutcome):
         reference = ws.details(reference_key)
         self.ws, self.split, self.outcome = ws, split, outcome
         self.image_ids = reference.image_ids
@@ -599,13 +599,15 @@ def tune(ws, config: TuneConfig, engine: Engine = Engine(),
             if todo:
                 say(f"building {', '.join(s.name for s in todo)}")
                 ready.update(zip(todo, _build(ws, todo, engine), strict=True))
-            for spec, why in batch:
+            stop = False
+            for spec, why in batch:  # a batch built is judged whole: it counts as built
                 tried.add(spec)
-                if _judge(spec, why, ready.pop(spec)):
-                    return True
+                stop = _judge(spec, why, ready.pop(spec), certify=not stop) or stop
+            if stop:
+                return True
         return False
 
-    def _judge(spec: VariantSpec, why: str, built: tuple[Any, str]) -> bool:
+    def _judge(spec: VariantSpec, why: str, built: tuple[Any, str], certify: bool) -> bool:
         result, error = built
         candidate = Candidate(spec, group_of(spec, config.objective), why)
         outcome.candidates.append(candidate)
@@ -626,7 +628,7 @@ def tune(ws, config: TuneConfig, engine: Engine = Engine(),
             candidate.state = State.PASSED
         say(f"{spec.name}: selection {_change(candidate.selection.estimate, config)}, bound "
             f"{_change(candidate.selection.bound, config)}: {candidate.state.value}", candidate)
-        if candidate.state is not State.PASSED:
+        if candidate.state is not State.PASSED or not certify:
             return False
         if outcome.attempts >= config.certify_top:
             outcome.stopped = (f"the {config.certify_top} certification attempt(s) are spent")
@@ -720,14 +722,12 @@ def tune_markdown(outcome: TuneOutcome) -> str:
                   f"{b.n} certification images, one-sided {b.confidence:.2%} lower bound "
                   f"{_change(b.bound, cfg)} ({b.method}; {b.only_reference} image(s) only "
                   f"{outcome.reference} gets right, {b.only_variant} only {chosen.name})."]
-    objective = "Size (bytes)" if cfg.objective == "size" else "Latency p50 (ms)"
+    objective = "Size" if cfg.objective == "size" else "Latency p50"
     lines += ["", "## Candidates (selection part)", "",
               f"| # | variant | why | {objective} | {cfg.metric} | change | bound | "
               "verdict |", "|---|---|---|---|---|---|---|---|"]
     for i, c in enumerate(outcome.candidates, 1):
-        value = c.objective_value(cfg.objective)
-        shown = "" if value is None else (f"{value:,}" if cfg.objective == "size"
-                                          else f"{value:.3f}")
+        shown = _objective(c, cfg.objective)
         verdict = c.state.value + (f": {c.error}" if c.error else "")
         if c.certification is not None:
             verdict += f" (certification bound {_change(c.certification.bound, cfg)})"
@@ -745,14 +745,21 @@ def tune_markdown(outcome: TuneOutcome) -> str:
               "part)", ""]
     front = outcome.pareto()
     if front:
-        lines += [f"- {c.name}: {c.objective_value(cfg.objective):,} , {c.selection_metric:.4f}"
-                  for c in front]
+        lines += [f"- {c.name}: {_objective(c, cfg.objective)}, {cfg.metric} "
+                  f"{c.selection_metric:.4f}" for c in front]
     else:
         lines.append("- no candidate was built")
     lines += ["", f"Reference {outcome.reference}: {cfg.metric} "
               f"{outcome.reference_selection:.4f} on the selection part"
               if outcome.reference_selection is not None else ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _objective(candidate: Candidate, objective: str) -> str:
+    value = candidate.objective_value(objective)
+    if value is None:
+        return ""
+    return f"{value:,} bytes" if objective == "size" else f"{value:.3f} ms"
 
 
 def write_outputs(ws, outcome: TuneOutcome, results_path: Path | str) -> list[Path]:
@@ -795,7 +802,8 @@ def chosen_record(ws, outcome: TuneOutcome) -> dict[str, Any]:
                         "relative": outcome.config.relative,
                         "metric": outcome.config.metric,
                         "confidence": outcome.config.confidence,
-                        **c.certification.to_dict()},
+                        "certification_images": len(outcome.split.certification),
+                        "bound": c.certification.to_dict()},
         "versions": entry.manifest.get("versions", {}),
     }
 
@@ -904,5 +912,5 @@ def run(args: argparse.Namespace) -> int:
     return 0 if outcome.certified else 1
 
 
-__all__ = ["Candidate", "Engine", "State", "TestSplit", "TuneConfig", "TuneError",
+__all__ = ["Candidate", "Engine", "State", "ImageSplit", "TuneConfig", "TuneError",
            "TuneOutcome", "split_test_images", "tune", "write_outputs"]
