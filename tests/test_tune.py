@@ -394,3 +394,46 @@ def test_a_recipe_the_model_cannot_take_is_a_failed_candidate(workspace, tmp_pat
     converter = [c for c in outcome.candidates if c.spec.recipe.backend.value == "tflite"]
     assert len(converter) == 3 and all(c.state is State.FAILED and c.error for c in converter)
     assert states["aeq-wi8-ai8-0.08"] is not State.FAILED
+
+
+# ---------------------------------------------------------------- the dashboard
+
+
+@pytest.mark.slow
+def test_tune_page_runs_in_the_background_and_offers_the_file(workspace, monkeypatch):
+    """The Tune page's run: `petq tune` in its own process, polled through read_run; the
+    page shows the verdict, the Pareto plot and a download of the chosen .tflite, and
+    Compare offers any cached variant's .tflite."""
+    import time
+
+    from streamlit.testing.v1 import AppTest
+
+    from petq.tune import list_runs, read_run, start_run
+
+    config = TuneConfig(max_drop=0.5, objective="latency", budget=2)
+    folder = start_run(workspace, config, backend="serial")
+    deadline = time.monotonic() + 400
+    while read_run(folder).running and time.monotonic() < deadline:
+        time.sleep(1)
+    status = read_run(folder)
+    assert status.state == "done", (status.error, status.lines)
+    assert status.certified and status.chosen_file is not None and status.chosen_file.exists()
+    assert status.built >= 1 and any(row.pareto for row in status.rows)
+    assert list_runs(workspace.cache.root)[0] == folder
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("PETQ_MODEL", str(workspace.model_path))
+    monkeypatch.setenv("PETQ_DATASET_ROOT", str(workspace.dataset.root))
+    monkeypatch.setenv("PETQ_CACHE", str(workspace.cache.root))
+    monkeypatch.setenv("PETQ_THREADS", str(workspace.threads))
+    at = AppTest.from_file(str(root / "dashboard.py"), default_timeout=120).run()
+    at.switch_page("app/tune.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(status.decision == s.value for s in at.success)
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert f"Download {status.chosen_file.name}" in labels
+    assert at.get("plotly_chart")
+    at.switch_page("app/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert any(label.startswith("Download ") and label.endswith(".tflite") for label in labels)
