@@ -270,6 +270,27 @@ def certification_size(counts: PairedCounts, max_drop: float, confidence: float 
     return max(1, math.ceil(n))
 
 
+def agreeing_counts(n: float, reference_accuracy: float) -> PairedCounts:
+    """The table of a variant that agrees with the reference on each of n images."""
+    if not 0 < reference_accuracy <= 1:
+        raise StatsError(f"reference accuracy must be in (0, 1], got {reference_accuracy}")
+    return PairedCounts(n * reference_accuracy, 0.0, 0.0, n * (1 - reference_accuracy))
+
+
+def best_case(n: int, max_drop: float, confidence: float = 0.95, relative: bool = False,
+              reference_accuracy: float = 1.0) -> tuple[float, int]:
+    """What n images can certify at best: the bound of a variant that agrees with the
+    reference on every image (absolute: -z^2 / (n + z^2)), and the images such a
+    variant would need to certify `max_drop`. When the bound is not above -max_drop, no
+    candidate can be certified on n images, whatever the search finds."""
+    counts = agreeing_counts(n, reference_accuracy)
+    bound = ratio_lower_bound(counts, confidence) if relative else \
+        difference_lower_bound(counts, confidence)
+    needed = certification_size(agreeing_counts(1.0, reference_accuracy), max_drop,
+                                confidence, relative, power=0.5)
+    return bound, int(needed)
+
+
 # ---------------------------------------------------------------- G-Mean: bootstrap
 
 

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from petq.certify import METRICS, Bound, needed_images, paired_bound
+from petq.certify import METRICS, Bound, best_case, needed_images, paired_bound
 from petq.errors import PetqError
 from petq.types import RECIPES, Mode, VariantSpec
 
@@ -71,6 +71,7 @@ class State(str, Enum):
     REJECTED = "failed selection"  # its selection bound does not clear max_drop
     GUARDED = "breed hurt on selection"  # --guard-breeds: a breed dropped more than max_drop
     PASSED = "passed selection"  # not sent to certification (search stopped, tries spent)
+    SAME = "same answers as one tested"  # its selection answers equal a tested candidate's
     UNCERTIFIED = "not certified"
     CERTIFIED = "certified"
 
@@ -265,6 +266,9 @@ class TuneOutcome:
     started: float = field(default_factory=time.time)
     seconds: float = 0.0
     stopped: str = ""  # why the search ended
+    # set when max_drop is beyond what the parts can certify even for a variant that
+    # agrees with the reference on every image: (that best bound, images it would need)
+    unreachable: tuple[float, int] | None = None
 
     @property
     def certified(self) -> bool:
@@ -313,6 +317,16 @@ class TuneOutcome:
         if self.chosen is not None:
             return []
         cfg = self.config
+        if self.unreachable is not None:
+            bound, needed = self.unreachable
+            n_cert = len(self.split.certification)
+            return [f"With {n_cert} certification images, the smallest drop certifiable at "
+                    f"{cfg.test_confidence:.1%} is {_amount(-bound, cfg)} even for a variant "
+                    f"that agrees with {self.reference} on every image, so "
+                    f"{_amount(cfg.max_drop, cfg)} cannot be certified and nothing was "
+                    f"built: give more test images (about {needed} certification images, "
+                    f"{math.ceil(needed / cfg.certification_fraction)} test images in "
+                    "all) or relax --max-drop."]
         closest = self.closest()
         if closest is None:
             return [f"No candidate could be built and evaluated ({self.stopped})."]
@@ -354,6 +368,8 @@ class TuneOutcome:
             "reference_certification": self.reference_certification,
             "attempts": self.attempts, "candidates_built": self.built,
             "stopped": self.stopped, "seconds": round(self.seconds, 3),
+            "unreachable": None if self.unreachable is None else
+            {"best_bound": self.unreachable[0], "images_needed": self.unreachable[1]},
             "advice": self.advice(),
             "pareto": [c.name for c in self.pareto()],
             "candidates": [c.to_dict() for c in self.candidates],
@@ -484,6 +500,10 @@ class Parts:
         self.num_classes = len(reference.class_names)
         self.class_names = reference.class_names
         self.reference_top1 = reference.top1
+        missing = [i for i in split.selection + split.certification if i not in self.row]
+        if missing:
+            raise TuneError(f"the reference was evaluated without {len(missing)} test "
+                            f"image(s) of the split ({missing[0]}, ...)")
         self.rows = {name: np.array([self.row[i] for i in split.part(name)], dtype=np.int64)
                      for name in ("selection", "certification")}
 
@@ -516,6 +536,12 @@ class Parts:
                              cfg.relative, cfg.test_confidence, seed=cfg.seed)
         own = float(right_v.mean()) if cfg.metric == "accuracy" else _g_mean(labels, right_v)
         return bound, self._harm(labels, pred_v, pred_r), own
+
+    def answers(self, candidate: Candidate) -> bytes:
+        """The candidate's top-1 answers on the selection part, as a key: two candidates
+        with the same key are not both sent to certification."""
+        self.outcome.scored.append(Scored(candidate.name, "selection", self.split.selection))
+        return self._top1(candidate.result_key)[self.rows["selection"]].tobytes()
 
     def _harm(self, labels: np.ndarray, pred_v: np.ndarray, pred_r: np.ndarray
               ) -> tuple[BreedHarm, ...]:  # fmt: skip
@@ -568,23 +594,39 @@ def tune(ws, config: TuneConfig, engine: Engine = Engine(),
 
     plan = first_candidates(config.objective)
     groups = sorted({group_of(s, config.objective) for s in plan})
+    # the split comes from the test images themselves (those that decode, in the order a
+    # result lists them), so a limit no candidate can meet stops before anything is built
+    _, kept = ws.store("test").rows(ws.dataset.test_samples(1.0))
+    outcome.split = split_test_images([s.image_id for s in kept],
+                                      [ws.label(s) for s in kept],
+                                      config.certification_fraction, config.seed,
+                                      ws.class_names)
+    say(f"test images: {len(outcome.split.selection)} for selection, "
+        f"{len(outcome.split.certification)} for certification (seed {config.seed})")
+    if config.metric == "accuracy":
+        n = min(len(outcome.split.selection), len(outcome.split.certification))
+        # a reference right on every image is the best case for a relative limit too
+        bound, needed = best_case(n, config.max_drop, config.test_confidence,
+                                  config.relative, 1.0)
+        if bound <= -config.max_drop:
+            outcome.unreachable = (bound, needed)
+            outcome.stopped = "max drop is beyond what the certification part can certify"
+            say(outcome.advice()[0])
+            outcome.seconds = time.perf_counter() - start
+            return outcome
     first_batch = plan[: max(engine.batch - 1, 1)]
     say(f"building the reference {reference.name}")
     built = _build(ws, [reference, *first_batch], engine)
     ref_result, ref_error = built[0]
     if ref_result is None:
         raise TuneError(f"the reference {reference.name} could not be evaluated: {ref_error}")
-    details = ws.details(ref_result.result_key)
-    outcome.split = split_test_images(details.image_ids, details.labels,
-                                      config.certification_fraction, config.seed,
-                                      details.class_names)
     parts = Parts(ws, ref_result.result_key, outcome.split, outcome)
     outcome.reference_selection = parts.metric("selection")
-    say(f"test images: {len(outcome.split.selection)} for selection, "
-        f"{len(outcome.split.certification)} for certification (seed {config.seed}); "
-        f"{reference.name} {config.metric} on selection {outcome.reference_selection:.4f}")
+    say(f"{reference.name} {config.metric} on the selection part: "
+        f"{outcome.reference_selection:.4f}")
     ready = dict(zip(first_batch, built[1:], strict=True))
     tried: set[VariantSpec] = set()
+    tested: dict[bytes, str] = {}  # selection answers of the candidates certified -> name
 
     def run(queue: list[tuple[VariantSpec, str]]) -> bool:
         """Build and judge the queue in batches; True when the search must stop."""
@@ -634,6 +676,13 @@ def tune(ws, config: TuneConfig, engine: Engine = Engine(),
         if outcome.attempts >= config.certify_top:
             outcome.stopped = (f"the {config.certify_top} certification attempt(s) are spent")
             return True
+        answers = parts.answers(candidate)
+        if answers in tested:  # e.g. float I/O around the same INT8 model: a wasted test
+            candidate.state = State.SAME
+            candidate.error = f"the same selection answers as {tested[answers]}"
+            say(f"{spec.name}: {candidate.error}: not certified again", candidate)
+            return False
+        tested[answers] = spec.name
         outcome.attempts += 1
         candidate.certification, candidate.certification_harm, _ = \
             parts.score(candidate, "certification")

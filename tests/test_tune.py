@@ -13,6 +13,7 @@ import pytest
 
 from petq.certify import (
     PairedCounts,
+    best_case,
     certification_size,
     contrast_statistic,
     difference_lower_bound,
@@ -437,3 +438,46 @@ def test_tune_page_runs_in_the_background_and_offers_the_file(workspace, monkeyp
     assert not at.exception, [e.value for e in at.exception]
     labels = [b.proto.label for b in at.get("download_button")]
     assert any(label.startswith("Download ") and label.endswith(".tflite") for label in labels)
+
+
+def test_best_case_is_perfect_agreement():
+    bound, needed = best_case(370, 0.02, 0.95)
+    assert bound == pytest.approx(-Z95**2 / (370 + Z95**2))
+    # a variant agreeing on every image certifies max_drop from `needed` images on
+    assert difference_lower_bound(PairedCounts(needed, 0, 0, 0)) > -0.02
+    assert difference_lower_bound(PairedCounts(needed - 2, 0, 0, 0)) < -0.02
+    relative, _ = best_case(370, 0.02, 0.95, relative=True, reference_accuracy=0.5)
+    assert relative < best_case(370, 0.02, 0.95, relative=True, reference_accuracy=0.9)[0]
+
+
+def _bound(estimate, bound, b, c, n=370):
+    from petq.certify import Bound
+
+    return Bound("accuracy", False, estimate, bound, 0.9833, n, n - b - c, c, b, 0,
+                 "Tango score")
+
+
+def test_advice_names_the_closest_candidate_and_the_images_it_needs():
+    outcome = TuneOutcome(TuneConfig(0.015), "m", "d", "tflite-fp32",
+                          split=ImageSplit(tuple(f"s{i}" for i in range(370)),
+                                           tuple(f"c{i}" for i in range(370)), 0))
+    near = Candidate(VariantSpec.int8(0.08), 0, "recipe", State.UNCERTIFIED)
+    near.selection = _bound(0.003, -0.009, 1, 2)
+    near.certification = _bound(-0.005, -0.025, 4, 2)
+    far = Candidate(VariantSpec.of("aeq-wi8-ai8", 0.08), 0, "recipe", State.REJECTED)
+    far.selection = _bound(-0.011, -0.034, 7, 3)
+    outcome.candidates = [far, near]
+    assert outcome.closest() is near
+    assert outcome.decision().startswith("No variant is certified")
+    first, second = outcome.advice()
+    assert "tflite-int8-0.08" in first and "certification bound -2.5 points" in first
+    needed = needed_images(near.certification, 0.015)
+    assert "smallest drop certifiable at 98.3% is 2.5 points" in second
+    assert f"about {needed} certification images, {2 * needed} test images" in second
+    far_only = TuneOutcome(TuneConfig(0.005), "m", "d", "tflite-fp32", split=outcome.split,
+                           candidates=[far])
+    assert "no number of images would certify it" in far_only.advice()[1]
+    gone = TuneOutcome(TuneConfig(0.005), "m", "d", "tflite-fp32", split=outcome.split,
+                       unreachable=best_case(370, 0.005, 0.9833))
+    assert "even for a variant that agrees with tflite-fp32 on every image" in \
+        gone.advice()[0]
