@@ -548,17 +548,27 @@ class Parts:
         cfg = self.outcome.config
         if cfg.guard_breeds is None:
             return ()
-        from petq.stats import per_class_changes
+        return breeds_hurt(labels, pred_v, pred_r, self.class_names, cfg.guard_breeds,
+                           cfg.max_drop, cfg.relative, cfg.confidence)
 
-        guarded = set(cfg.guard_breeds) or set(range(self.num_classes))
-        harms = []
-        for change in per_class_changes(labels, pred_v, pred_r, self.num_classes,
-                                        level=cfg.confidence):
-            limit = cfg.max_drop * (change.reference_recall if cfg.relative else 1.0)
-            if change.class_index in guarded and change.high < -limit:
-                harms.append(BreedHarm(self.class_names[change.class_index], change.n,
-                                       change.difference, change.high))
-        return tuple(harms)
+
+def breeds_hurt(labels: np.ndarray, pred_variant: np.ndarray, pred_reference: np.ndarray,
+                class_names: Sequence[str], guarded: Sequence[int], max_drop: float,
+                relative: bool = False, confidence: float = 0.95) -> tuple[BreedHarm, ...]:
+    """The guarded breeds (all when `guarded` is empty) whose sensitivity change has a
+    paired Newcombe interval (petq.stats.per_class_changes, the one Compare shows)
+    entirely below -max_drop (relative: -max_drop x the breed's reference sensitivity)."""
+    from petq.stats import per_class_changes
+
+    wanted = set(guarded) or set(range(len(class_names)))
+    harms = []
+    for change in per_class_changes(labels, pred_variant, pred_reference, len(class_names),
+                                    level=confidence):
+        limit = max_drop * (change.reference_recall if relative else 1.0)
+        if change.class_index in wanted and change.high < -limit:
+            harms.append(BreedHarm(class_names[change.class_index], change.n,
+                                   change.difference, change.high))
+    return tuple(harms)
 
 
 def _g_mean(labels: np.ndarray, right: np.ndarray) -> float:

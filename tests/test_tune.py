@@ -481,3 +481,20 @@ def test_advice_names_the_closest_candidate_and_the_images_it_needs():
                        unreachable=best_case(370, 0.005, 0.9833))
     assert "even for a variant that agrees with tflite-fp32 on every image" in \
         gone.advice()[0]
+
+
+def test_breed_guard_fails_only_a_breed_hurt_beyond_the_limit():
+    from petq.tune import breeds_hurt
+
+    names = ["Abyssinian", "beagle", "Bengal"]
+    labels = np.repeat([0, 1, 2], 40)
+    reference = labels.copy()
+    variant = labels.copy()
+    variant[40:52] = 0  # beagle: 12 of 40 lost (-30 points)
+    variant[80:81] = 0  # Bengal: 1 of 40 lost
+    hurt = breeds_hurt(labels, variant, reference, names, (), 0.05)
+    assert [h.breed for h in hurt] == ["beagle"]
+    assert hurt[0].difference == pytest.approx(-0.3) and hurt[0].high < -0.05
+    assert breeds_hurt(labels, variant, reference, names, (0, 2), 0.05) == ()  # not guarded
+    assert breeds_hurt(labels, variant, reference, names, (), 0.25) == ()  # within 25 points
+    assert breeds_hurt(labels, reference, reference, names, (), 0.01) == ()
