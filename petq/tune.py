@@ -303,13 +303,15 @@ class TuneOutcome:
     def decision(self) -> str:
         """The decision in one sentence."""
         cfg = self.config
-        what = f"{cfg.metric} drop below {_amount(cfg.max_drop, cfg)}"
+        limit = _limit(cfg)
         if self.chosen is not None:
             c = self.chosen
-            return (f"Ship {c.name}: its {what} against {self.reference} is certified at "
-                    f"{cfg.confidence:.0%} on {c.certification.n} held-out certification "
-                    f"images (lower bound {_change(c.certification.bound, cfg)}).")
-        return f"No variant is certified: none shows a {what} at {cfg.confidence:.0%}."
+            return (f"Ship {c.name}: it is certified at {cfg.confidence:.0%} to lose less "
+                    f"than {limit} against {self.reference}, on {c.certification.n} "
+                    f"held-out certification images (lower bound "
+                    f"{_change(c.certification.bound, cfg)}).")
+        return (f"No variant is certified: none is shown at {cfg.confidence:.0%} to lose "
+                f"less than {limit} against {self.reference}.")
 
     def advice(self) -> list[str]:
         """Why nothing certified and what would: the closest candidate, the smallest drop
@@ -324,8 +326,8 @@ class TuneOutcome:
                     f"{cfg.test_confidence:.1%} is {_amount(-bound, cfg)} even for a variant "
                     f"that agrees with {self.reference} on every image, so "
                     f"{_amount(cfg.max_drop, cfg)} cannot be certified and nothing was "
-                    f"built: give more test images (about {needed} certification images, "
-                    f"{math.ceil(needed / cfg.certification_fraction)} test images in "
+                    f"built: give more test images (about {needed:,} certification images, "
+                    f"{math.ceil(needed / cfg.certification_fraction):,} test images in "
                     "all) or relax --max-drop."]
         closest = self.closest()
         if closest is None:
@@ -347,8 +349,8 @@ class TuneOutcome:
                      "other recipes (a larger --budget)")
         else:
             total = math.ceil(needed / cfg.certification_fraction)
-            text += (f": give more test images (about {needed} certification images, "
-                     f"{total} test images in all, would certify "
+            text += (f": give more test images (about {needed:,} certification images, "
+                     f"{total:,} test images in all, would certify "
                      f"{_amount(cfg.max_drop, cfg)} with {POWER:.0%} power at this "
                      "discordance) or relax --max-drop")
         return lines + [text + "."]
@@ -382,6 +384,13 @@ def _amount(value: float, cfg: TuneConfig) -> str:
     """A drop in the user's units: points, or percent of the reference."""
     return f"{100 * value:.1f}% of the reference" if cfg.relative else \
         f"{100 * value:.1f} points"
+
+
+def _limit(cfg: TuneConfig) -> str:
+    """`2.0 points of accuracy`, `1.0% of the reference's accuracy`."""
+    if cfg.relative:
+        return f"{100 * cfg.max_drop:.1f}% of the reference's {cfg.metric}"
+    return f"{100 * cfg.max_drop:.1f} points of {cfg.metric}"
 
 
 def _change(value: float, cfg: TuneConfig) -> str:
