@@ -473,7 +473,7 @@ def test_advice_names_the_closest_candidate_and_the_images_it_needs():
     assert "tflite-int8-0.08" in first and "certification bound -2.5 points" in first
     needed = needed_images(near.certification, 0.015)
     assert "smallest drop certifiable at 98.3% is 2.5 points" in second
-    assert f"about {needed} certification images, {2 * needed} test images" in second
+    assert f"about {needed:,} certification images, {2 * needed:,} test images" in second
     far_only = TuneOutcome(TuneConfig(0.005), "m", "d", "tflite-fp32", split=outcome.split,
                            candidates=[far])
     assert "no number of images would certify it" in far_only.advice()[1]
