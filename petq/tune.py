@@ -810,6 +810,11 @@ def tune_markdown(outcome: TuneOutcome) -> str:
             f"{'' if c.selection is None else f'{100 * c.selection.estimate:+.1f}{unit}'} | "
             f"{'' if c.selection is None else f'{100 * c.selection.bound:+.1f}{unit}'} | "
             f"{verdict.replace('|', '/')} |")
+    if cfg.objective == "latency":
+        lines += ["", "Latencies are each candidate's median from its own evaluation (pool "
+                  "tasks may run side by side, and the machine may be busy): indicative. "
+                  "The search order comes from the recipe, not from these numbers; Compare "
+                  "times two variants interleaved."]
     lines += ["", f"## Pareto front: {objective.lower()} against {cfg.metric} (selection "
               "part)", ""]
     front = outcome.pareto()
