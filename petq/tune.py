@@ -14,10 +14,14 @@ The protocol, in order:
    at most `certify_top` of them, each at confidence 1 - (1 - confidence) / certify_top
    (Bonferroni over a sequence fixed by the selection part alone, so the chance that
    any certified claim is false stays below 1 - confidence). The first certified one
-   ships. The statistics live in petq.certify.
+   ships. A candidate whose selection answers equal those of one already tested is not
+   tested again (float I/O around the same INT8 model: the same test, a wasted try).
+   The statistics live in petq.certify.
 4. When nothing certifies, the outcome names the closest candidate, its bound (the
    smallest drop it could certify), and how many certification images the observed
-   discordance would need for `max_drop`.
+   discordance would need for `max_drop`. A limit beyond what the certification part
+   can certify even for a variant that agrees with the reference on every image stops
+   the search before anything is built.
 
 The search order puts a cheap likely answer first: candidates are grouped by what
 the objective predicts before building them (size: int4, then int8, then float16
