@@ -18,8 +18,9 @@ correctness (no TensorFlow, no workspace), so it can be tested on its own:
   is on rho - 1.
 - G-Mean: a paired percentile bootstrap (scipy.stats.bootstrap, test images resampled
   once for both models). A large-sample approximation: with few discordant images it
-  is optimistic (no discordant image gives a bound of exactly 0), which the tune
-  report says.
+  is optimistic (no discordant image gives a bound of exactly 0), so the bound is
+  never above the score bound of a variant that agrees with a perfect reference on
+  every image (-z^2 / (n + z^2)); the tune report says so.
 - `certification_size`: how many images the score test needs to certify `max_drop`
   at the observed discordance (Nam 1997's sample size for a score test: normal
   approximation, variance under the null at its restricted estimate and under the
@@ -397,7 +398,13 @@ def paired_bound(labels: np.ndarray, variant_right: np.ndarray, reference_right:
     else:
         estimate, bound = g_mean_bound(labels, variant_right, reference_right, num_classes,
                                        confidence, relative, seed=seed)
-        method = "paired percentile bootstrap"
+        # a bootstrap of two models that agree on every image has no width at all: never
+        # claim more than the score bound of such a variant (reference right everywhere)
+        agreeing = agreeing_counts(counts.n, 1.0)
+        floor = ratio_lower_bound(agreeing, confidence) if relative else \
+            difference_lower_bound(agreeing, confidence)
+        bound = min(bound, floor)
+        method = "paired percentile bootstrap, at most the agreeing-variant score bound"
     return Bound(metric=metric, relative=relative, estimate=float(estimate),
                  bound=float(min(bound, estimate)), confidence=confidence, n=int(counts.n),
                  both=int(counts.both), only_variant=int(counts.only_variant),

@@ -498,3 +498,11 @@ def test_breed_guard_fails_only_a_breed_hurt_beyond_the_limit():
     assert breeds_hurt(labels, variant, reference, names, (0, 2), 0.05) == ()  # not guarded
     assert breeds_hurt(labels, variant, reference, names, (), 0.25) == ()  # within 25 points
     assert breeds_hurt(labels, reference, reference, names, (), 0.01) == ()
+
+
+def test_g_mean_bound_is_never_tighter_than_perfect_agreement_allows():
+    labels = np.repeat(np.arange(4), 25)
+    right = np.ones(100, dtype=bool)
+    bound = paired_bound(labels, right, right, 4, metric="g-mean", confidence=0.95)
+    assert bound.estimate == 0.0
+    assert bound.bound == pytest.approx(-Z95**2 / (100 + Z95**2))
