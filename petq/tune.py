@@ -638,7 +638,7 @@ def tune(ws, config: TuneConfig, engine: Engine = Engine(),
         say(outcome.advice()[0])
         outcome.seconds = time.perf_counter() - start
         return outcome
-    first_batch = plan[: max(engine.batch - 1, 1)]
+    first_batch = plan[: min(max(engine.batch - 1, 1), config.budget)]
     say(f"building the reference {reference.name}")
     built = _build(ws, [reference, *first_batch], engine)
     ref_result, ref_error = built[0]
