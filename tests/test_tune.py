@@ -409,13 +409,16 @@ def test_tune_page_runs_in_the_background_and_offers_the_file(workspace, monkeyp
 
     from streamlit.testing.v1 import AppTest
 
-    from petq.tune import list_runs, read_run, start_run
+    from petq.tune import list_runs, read_run, start_run, stop_run
 
     config = TuneConfig(max_drop=0.5, objective="latency", budget=2)
     folder = start_run(workspace, config, backend="serial")
-    deadline = time.monotonic() + 400
-    while read_run(folder).running and time.monotonic() < deadline:
-        time.sleep(1)
+    try:
+        deadline = time.monotonic() + 400
+        while read_run(folder).running and time.monotonic() < deadline:
+            time.sleep(1)
+    finally:
+        stop_run(folder)  # nothing to do when it is done; bounded when it is not
     status = read_run(folder)
     assert status.state == "done", (status.error, status.lines)
     assert status.certified and status.chosen_file is not None and status.chosen_file.exists()
