@@ -509,3 +509,17 @@ def test_g_mean_bound_is_never_tighter_than_perfect_agreement_allows():
     bound = paired_bound(labels, right, right, 4, metric="g-mean", confidence=0.95)
     assert bound.estimate == 0.0
     assert bound.bound == pytest.approx(-Z95**2 / (100 + Z95**2))
+
+
+@pytest.mark.slow
+def test_a_background_run_can_be_stopped(workspace):
+    import psutil
+
+    from petq.tune import RUN_FILE, read_run, start_run, stop_run
+
+    folder = start_run(workspace, TuneConfig(max_drop=0.5, budget=3), backend="serial")
+    pid = json.loads((folder / RUN_FILE).read_text())["pid"]
+    assert read_run(folder).running
+    stop_run(folder, timeout=10)
+    assert read_run(folder).state == "stopped"
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
