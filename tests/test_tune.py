@@ -523,3 +523,20 @@ def test_a_background_run_can_be_stopped(workspace):
     stop_run(folder, timeout=10)
     assert read_run(folder).state == "stopped"
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_tune_page_renders_on_an_empty_cache(tiny_model, pet_root, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("PETQ_MODEL", str(tiny_model))
+    monkeypatch.setenv("PETQ_DATASET_ROOT", str(pet_root))
+    monkeypatch.setenv("PETQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PETQ_THREADS", "1")
+    at = AppTest.from_file(str(root / "dashboard.py"), default_timeout=120).run()
+    at.switch_page("app/tune.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Tune"
+    assert any("No tune has run" in i.value for i in at.info)
+    assert at.slider(key="tune_drop").value == 2.0
+    assert [o for o in at.radio(key="tune_objective").options] == ["size", "latency"]
