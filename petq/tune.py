@@ -212,6 +212,7 @@ class Candidate:
     result_key: str = ""
     file_size_bytes: int | None = None
     latency_ms: float | None = None
+    calibration_count: int = 0  # trainval images that calibrated it
     selection_metric: float | None = None  # the variant's metric on the selection part
     selection: Bound | None = None
     selection_harm: tuple[BreedHarm, ...] = ()
@@ -234,7 +235,8 @@ class Candidate:
             "variant": self.name, "spec": self.spec.to_dict(), "group": self.group,
             "why": self.why, "state": self.state.value, "error": self.error,
             "result_key": self.result_key, "file_size_bytes": self.file_size_bytes,
-            "latency_p50_ms": self.latency_ms, "selection_metric": self.selection_metric,
+            "latency_p50_ms": self.latency_ms, "calibration_count": self.calibration_count,
+            "selection_metric": self.selection_metric,
             "selection": self.selection.to_dict() if self.selection else None,
             "selection_breeds_hurt": [h.to_dict() for h in self.selection_harm],
             "certification": self.certification.to_dict() if self.certification else None,
@@ -685,6 +687,7 @@ def tune(ws, config: TuneConfig, engine: Engine = Engine(),
         candidate.result_key = result.result_key
         candidate.file_size_bytes = result.file_size_bytes
         candidate.latency_ms = result.latency_p50_ms
+        candidate.calibration_count = result.calibration_count
         candidate.selection, candidate.selection_harm, candidate.selection_metric = \
             parts.score(candidate, "selection")
         if not candidate.selection.certifies(config.max_drop):
@@ -861,6 +864,8 @@ def write_outputs(ws, outcome: TuneOutcome, results_path: Path | str) -> list[Pa
 def chosen_record(ws, outcome: TuneOutcome) -> dict[str, Any]:
     """What the shipped file's sidecar says: recipe, calibration source, kept layers,
     and the certificate."""
+    from petq.workspace import library_versions
+
     c = outcome.chosen
     spec = c.spec
     entry = ws.cached_tflite(spec)
@@ -873,9 +878,8 @@ def chosen_record(ws, outcome: TuneOutcome) -> dict[str, Any]:
         "calibration": {"kind": spec.calibration.kind, "fraction": spec.fraction,
                         "seed": spec.seed if spec.uses_seed else None,
                         "classes": list(spec.classes), "split": "trainval",
-                        "count": entry.manifest["calibration_count"],
-                        "image_ids": calibration},
-        "kept_float_layers": list(entry.manifest.get("kept_float_layers", [])),
+                        "count": c.calibration_count, "image_ids": calibration},
+        "kept_float_layers": list(ws.kept_float_layers(spec)),
         "source_model": str(ws.model_path), "source_sha256": ws.model_sha,
         "file_size_bytes": entry.file("model.tflite").stat().st_size,
         "certificate": {"reference": outcome.reference, "max_drop": outcome.config.max_drop,
@@ -884,7 +888,7 @@ def chosen_record(ws, outcome: TuneOutcome) -> dict[str, Any]:
                         "confidence": outcome.config.confidence,
                         "certification_images": len(outcome.split.certification),
                         "bound": c.certification.to_dict()},
-        "versions": entry.manifest.get("versions", {}),
+        "versions": library_versions(),
     }
 
 
