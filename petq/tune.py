@@ -75,7 +75,7 @@ class State(str, Enum):
     REJECTED = "failed selection"  # its selection bound does not clear max_drop
     GUARDED = "breed hurt on selection"  # --guard-breeds: a breed dropped more than max_drop
     PASSED = "passed selection"  # not sent to certification (search stopped, tries spent)
-    SAME = "same answers as one tested"  # its selection answers equal a tested candidate's
+    SAME = "not tested again"  # its selection answers equal a tested candidate's
     UNCERTIFIED = "not certified"
     CERTIFIED = "certified"
 
@@ -706,7 +706,7 @@ def tune(ws, config: TuneConfig, engine: Engine = Engine(),
         answers = parts.answers(candidate)
         if answers in tested:  # e.g. float I/O around the same INT8 model: a wasted test
             candidate.state = State.SAME
-            candidate.error = f"the same selection answers as {tested[answers]}"
+            candidate.error = f"same selection answers as {tested[answers]}"
             say(f"{spec.name}: {candidate.error}: not certified again", candidate)
             return False
         tested[answers] = spec.name
