@@ -346,7 +346,8 @@ class TuneOutcome:
                  f"only the reference gets right, {bound.only_variant} only the variant)."]
         needed = needed_images(bound, cfg.max_drop, POWER)
         n_cert = len(self.split.certification) if self.split else bound.n
-        text = (f"With {n_cert} certification images and this discordance, the smallest "
+        seen = "this discordance" if tested else "the discordance seen on the selection part"
+        text = (f"With {n_cert} certification images and {seen}, the smallest "
                 f"drop certifiable at {bound.confidence:.1%} is "
                 f"{_amount(bound.smallest_drop, cfg)}")
         if needed is None:
