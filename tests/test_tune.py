@@ -540,3 +540,16 @@ def test_tune_page_renders_on_an_empty_cache(tiny_model, pet_root, tmp_path, mon
     assert any("No tune has run" in i.value for i in at.info)
     assert at.slider(key="tune_drop").value == 2.0
     assert [o for o in at.radio(key="tune_objective").options] == ["size", "latency"]
+
+
+def test_refinements_try_fractions_then_seeds_of_the_best_static_recipes():
+    from petq.tune import refinements
+
+    best = Candidate(VariantSpec.int8(0.08), 0, "recipe", State.REJECTED)
+    second = Candidate(VariantSpec.of("aeq-wi8-ai8", 0.08), 0, "recipe", State.REJECTED)
+    tried = {VariantSpec.int8(0.3)}
+    names = [(s.name, why) for s, why in refinements([best, second], tried)]
+    assert names == [("tflite-int8-0.01", "fraction"), ("aeq-wi8-ai8-0.3", "fraction"),
+                     ("aeq-wi8-ai8-0.01", "fraction"), ("tflite-int8-0.08-s1", "seed"),
+                     ("tflite-int8-0.08-s2", "seed"), ("aeq-wi8-ai8-0.08-s1", "seed"),
+                     ("aeq-wi8-ai8-0.08-s2", "seed")]
