@@ -553,3 +553,17 @@ def test_refinements_try_fractions_then_seeds_of_the_best_static_recipes():
                      ("aeq-wi8-ai8-0.01", "fraction"), ("tflite-int8-0.08-s1", "seed"),
                      ("tflite-int8-0.08-s2", "seed"), ("aeq-wi8-ai8-0.08-s1", "seed"),
                      ("aeq-wi8-ai8-0.08-s2", "seed")]
+
+
+def test_a_test_set_too_small_to_split_is_one_error_line(workspace, tmp_path, capsys):
+    from petq.cli import main
+
+    code = main(["tune", "--max-drop", "0.2", "--certification-fraction", "0.1",
+                 "--model-path", str(workspace.model_path), "--dataset-root",
+                 str(workspace.dataset.root), "--cache-dir", str(workspace.cache.root),
+                 "--results-path", str(tmp_path / "out"), "--serial"])
+    err = capsys.readouterr().err
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("petq: error:")]
+    assert len(errors) == 1 and "too small to split" in errors[0]
+    assert "Traceback" not in err and not (tmp_path / "out" / "tune.json").exists()
