@@ -9,15 +9,8 @@ import streamlit as st
 
 from app import common
 from petq.errors import PetqError
-from petq.tune import (
-    DEFAULT_BUDGET,
-    OBJECTIVES,
-    TuneConfig,
-    list_runs,
-    read_run,
-    start_run,
-    stop_run,
-)
+from petq.tune import DEFAULT_BUDGET, OBJECTIVES, TuneConfig
+from petq.tunefiles import list_runs, read_run, start_run, stop_run
 
 ws = common.workspace_page("Tune")
 st.caption(

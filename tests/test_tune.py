@@ -278,7 +278,8 @@ def test_tune_certifies_on_held_out_images_only(workspace, tmp_path):
     """The whole protocol on the tiny model: the certifier scored exactly the
     certification ids, never a selection image, and its bound recomputed from those ids
     is the one reported; calibration used trainval only; the outputs are written."""
-    from petq.tune import tune, write_outputs
+    from petq.tune import tune
+    from petq.tunefiles import write_outputs
 
     config = TuneConfig(max_drop=0.5, objective="latency", budget=3, certify_top=2)
     outcome = tune(workspace, config, _engine())
@@ -409,7 +410,7 @@ def test_tune_page_runs_in_the_background_and_offers_the_file(workspace, monkeyp
 
     from streamlit.testing.v1 import AppTest
 
-    from petq.tune import list_runs, read_run, start_run, stop_run
+    from petq.tunefiles import list_runs, read_run, start_run, stop_run
 
     config = TuneConfig(max_drop=0.5, objective="latency", budget=2)
     folder = start_run(workspace, config, backend="serial")
@@ -515,7 +516,7 @@ def test_g_mean_bound_is_never_tighter_than_perfect_agreement_allows():
 def test_a_background_run_can_be_stopped(workspace):
     import psutil
 
-    from petq.tune import RUN_FILE, read_run, start_run, stop_run
+    from petq.tunefiles import RUN_FILE, read_run, start_run, stop_run
 
     folder = start_run(workspace, TuneConfig(max_drop=0.5, budget=3), backend="serial")
     pid = json.loads((folder / RUN_FILE).read_text())["pid"]
