@@ -32,6 +32,9 @@ static recipes of the group that failed selection, other calibration fractions a
 seeds, then "keep the N worst layers in float" (`-keep<N>`, ranked by petq's
 per-layer error). The search stops at the first certified candidate, at the budget,
 or when the certification attempts are spent.
+
+petq.tunefiles writes what a tune leaves behind (tune.md, tune.json, the chosen
+`.tflite` and its recipe) and runs it in the background for the Tune page.
 """
 
 from __future__ import annotations
