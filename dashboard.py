@@ -23,6 +23,7 @@ PAGES = {
         st.Page(common.CONVERT, title="Convert", icon=":material/tune:", url_path="convert"),
         st.Page(common.CLASSIFY, title="Classify", icon=":material/pets:",
                 url_path="classify"),
+        st.Page("app/tune.py", title="Tune", icon=":material/verified:", url_path="tune"),
     ],
     "Analysis": [
         st.Page(common.COMPARE, title="Compare", icon=":material/compare_arrows:",

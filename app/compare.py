@@ -84,6 +84,18 @@ with st.expander("Speed against the reference, timed interleaved"):
             else:
                 (st.warning if timing.busy else st.info)(speed_sentence(timing, timed))
 
+with st.expander("Download a variant's .tflite"):
+    files = [n for n in chosen if not by_name[n].spec.is_native]
+    picked = st.selectbox("Variant", files, key="compare_download_variant") if files else None
+    entry = ws.cached_tflite(by_name[picked].spec) if picked else None
+    if entry is not None:
+        st.download_button(f"Download {picked}.tflite", entry.file("model.tflite").read_bytes(),
+                           file_name=f"{picked}.tflite", mime="application/octet-stream",
+                           key="compare_download")
+    else:
+        st.caption("The native model has no .tflite." if not files else
+                   "This variant's .tflite is not in this cache.")
+
 spread = compare.seed_spread_table([by_name[n] for n in chosen])
 if len(spread):
     st.subheader("Spread over calibration seeds")

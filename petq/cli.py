@@ -274,10 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="like --seeds with N seeds: --seed, then 1, 2, ...")
     p.set_defaults(func=cmd_experiments)
 
-    from petq import classify, sweep  # registered here: imported only for their commands
+    from petq import classify, sweep, tunerun  # registered here: imported only for their commands
 
     classify.add_parser(sub)
     sweep.add_parser(sub)
+    tunerun.add_parser(sub)
 
     p = sub.add_parser("recipes", help="list the quantization recipes and their names")
     p.set_defaults(func=cmd_recipes)
