@@ -94,7 +94,7 @@ class Workspace:
         self._keras: KerasRunner | None = None
         self._calibrations: dict[Calibration, list[Sample]] = {}
         self._shared = Profiled(self.model_path, self.cache, self._profile_identity,
-                                self._calibration_ids, self._inputs, self.fp32_tflite,
+                                self.calibration_ids, self._inputs, self.fp32_tflite,
                                 default_threads(),
                                 keras_source=self.model_path.suffix != ".tflite")
         self._test_digests: dict[float, str] = {}
@@ -392,7 +392,7 @@ class Workspace:
             return self._shared.profile(spec)
         return self._shared.ensure(spec, list(ids), _stage(progress, "calibrate"))
 
-    def _calibration_ids(self, spec: VariantSpec) -> list[str]:
+    def calibration_ids(self, spec: VariantSpec) -> list[str]:
         """The ids of a spec's decodable calibration images."""
         store = self.store("trainval")
         return [s.image_id for s in store.rows(self.calibration_samples(spec))[1]]
