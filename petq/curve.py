@@ -309,6 +309,10 @@ def curve_png(sizes: Sequence[SizeSummary], trainval: int) -> bytes:
                 ax.axhline(getattr(full[0].ok[0].result, metric), color=colour, linestyle="--",
                            linewidth=1, label=f"{recipe}, all {trainval}")
         ax.set_xscale("log", base=2)
+        ticks = sorted({s.size for s in sizes if s.size != ALL})
+        if ticks:
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
         ax.set_xlabel("calibration images (log scale)")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
