@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from petq.cache import Cache
-from petq.errors import PetqError
+from petq.errors import ModelError, PetqError
 from petq.profile import Layout, Measured, RangeProfile, digest, profile_key
 from petq.types import Backend, Mode, VariantSpec
 
@@ -353,20 +353,32 @@ class Profiled:
 
     def profile(self, spec: VariantSpec) -> RangeProfile:
         """The range profile a spec's recipe calibrates into (exporting if need be)."""
-        backend = self.backend(spec)
-        return backend.ready_profile() if isinstance(backend, SharedStatic) else backend.profile
+        return self._profiling(spec, None, None)
 
     def ensure(self, spec: VariantSpec, ids: Sequence[str],
                progress: Progress | None = None) -> RangeProfile:
         """Profile the images `ids` in the spec's recipe's profile (those not in it yet)."""
-        backend = self.backend(spec)
-        profile = self.profile(spec)
-        with backend._lock:
-            from petq.convert import captured_output
+        return self._profiling(spec, ids, progress)
 
-            with captured_output():
-                profile.ensure(ids, self._inputs, backend._measure, progress)
-        return profile
+    def _profiling(self, spec: VariantSpec, ids: Sequence[str] | None,
+                   progress: Progress | None) -> RangeProfile:
+        from petq.convert import captured_output
+
+        try:
+            backend = self.backend(spec)
+            with backend._lock, captured_output():
+                if isinstance(backend, SharedStatic):
+                    profile = backend.ready_profile()
+                else:
+                    profile = backend.profile
+                if ids is not None:
+                    profile.ensure(ids, self._inputs, backend._measure, progress)
+            return profile
+        except PetqError:
+            raise
+        except Exception as exc:  # a calibrator that does not behave: say so in one line
+            raise ModelError(f"{spec.recipe.key}: the range profile failed: "
+                             f"{type(exc).__name__}: {exc}") from None
 
     def convert(self, spec: VariantSpec, progress: Progress | None = None) -> bytes | None:
         """The spec's bytes from the profile; None when it does not go through one, or when

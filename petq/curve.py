@@ -235,32 +235,35 @@ def summarize(ws, cells) -> tuple[list[CurvePoint], list[SizeSummary], list[Reco
         mine = [p for p in points if p.spec.recipe.key == recipe]
         for size in dict.fromkeys(p.size for p in mine):
             sizes.append(SizeSummary(recipe, size, tuple(p for p in mine if p.size == size)))
+    return points, sizes, recommend(sizes, set(reference))
+
+
+def recommend(sizes: Sequence[SizeSummary], referenced: set[str]) -> list[Recommendation]:
+    """Per recipe, the smallest size from which on every size passes (`SizeSummary.passes`);
+    `referenced`: the recipes whose all-of-trainval cell has a result."""
     recommendations = []
     for recipe in dict.fromkeys(s.recipe for s in sizes):
         numeric = [s for s in sizes if s.recipe == recipe and s.size != ALL]
-        if recipe not in reference:
+        if recipe not in referenced:
             recommendations.append(Recommendation(recipe, None, "calibration on all of "
                                                   "trainval failed: nothing to compare with"))
             continue
-        chosen = None
-        for i, summary in enumerate(numeric):
-            if all(s.passes for s in numeric[i:]):
-                chosen = summary
-                break
+        chosen = next((summary for i, summary in enumerate(numeric)
+                       if all(s.passes for s in numeric[i:])), None)
         if chosen is None:
             recommendations.append(Recommendation(
                 recipe, ALL, "every size tried has a seed significantly worse than all of "
-                "trainval (or a failed cell): calibrate on all of trainval"))
-        else:
-            worst = chosen.worst
-            d = worst.comparison.accuracy_difference
-            recommendations.append(Recommendation(
-                recipe, chosen.size,
-                f"{chosen.size} images: from this size on, no seed is significantly worse "
-                f"than all of trainval; the worst seed ({worst.spec.seed}) costs "
-                f"{_points(d.estimate)} (95% CI {100 * d.low:+.1f} to {100 * d.high:+.1f}, "
-                f"McNemar p = {worst.comparison.mcnemar.p_value:.2g})"))
-    return points, sizes, recommendations
+                "trainval (or a failed cell) at or above it: calibrate on all of trainval"))
+            continue
+        worst = chosen.worst
+        d = worst.comparison.accuracy_difference
+        recommendations.append(Recommendation(
+            recipe, chosen.size,
+            f"{chosen.size} images: from this size on, no seed is significantly worse "
+            f"than all of trainval; the worst seed ({worst.spec.seed}) costs "
+            f"{_points(d.estimate)} (95% CI {100 * d.low:+.1f} to {100 * d.high:+.1f}, "
+            f"McNemar p = {worst.comparison.mcnemar.p_value:.2g})"))
+    return recommendations
 
 
 def _points(value: float) -> str:
