@@ -563,7 +563,7 @@ def run_outliers(args: argparse.Namespace) -> int:
           file=sys.stderr)
     for im in top:
         print(f"  {im.image_id:32s} stretches {im.layers:3d} tensor(s), most x"
-              f"{im.largest_stretch:.2f}; widest range of {len(im.widest)}")
+              f"{im.largest_stretch:.3f}; widest range of {len(im.widest)}")
     if args.exclude_top:
         exclude = list(dict.fromkeys([*exclude, *(im.image_id for im in
                                                   images[:args.exclude_top])]))
@@ -644,7 +644,7 @@ def outliers_md(ws, tensors, top, labels, calibrated: int, total: int,
     for rank, im in enumerate(top, 1):
         name, ratio = max(im.stretch.items(), key=lambda kv: kv[1], default=("", 1.0))
         lines.append(f"| {rank} | {im.image_id} | {labels.get(im.image_id, '')} | "
-                     f"{im.layers} | x{ratio:.2f} ({short_name(name)}) | {len(im.widest)} |")
+                     f"{im.layers} | x{ratio:.3f} ({short_name(name)}) | {len(im.widest)} |")
     widest = sorted(tensors, key=lambda t: -max(t.stretch.values(), default=1.0))[:15]
     lines += ["", "## Tensors whose range one image stretches most", "",
               "| tensor | range | median image's range | held by (min / max) | stretch |",
@@ -652,7 +652,7 @@ def outliers_md(ws, tensors, top, labels, calibrated: int, total: int,
     for t in widest:
         lines.append(f"| {short_name(t.name)} | {t.low:.4g} to {t.high:.4g} | "
                      f"{t.median_low:.4g} to {t.median_high:.4g} | {t.low_image} / "
-                     f"{t.high_image} | x{max(t.stretch.values(), default=1.0):.2f} |")
+                     f"{t.high_image} | x{max(t.stretch.values(), default=1.0):.3f} |")
     if exclude:
         lines += ["", f"## Calibrated without {len(exclude)} image(s)", "",
                   f"Excluded: {', '.join(exclude)}.", "",
@@ -691,7 +691,7 @@ def gallery_png(ws, images, labels: dict[str, str], columns: int = 4) -> bytes:
         ax.imshow(np.asarray(store.pixels[store.index[im.image_id]]))
         name, ratio = max(im.stretch.items(), key=lambda kv: kv[1], default=("", 1.0))
         ax.set_title(f"{im.image_id} ({labels.get(im.image_id, '')})\n{im.layers} tensor(s), "
-                     f"most x{ratio:.2f}\n{short_name(name, 30)}", fontsize=7)
+                     f"most x{ratio:.3f}\n{short_name(name, 30)}", fontsize=7)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

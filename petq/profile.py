@@ -38,6 +38,7 @@ import numpy as np
 from petq.cache import Cache, key_of
 
 PROFILE_VERSION = 1
+TIED = "(several)"  # an extreme held by more than one image: none of them stretches it
 BATCH = 64  # images per `ranges` entry: a killed run loses at most this many
 Progress = Callable[[int, int], None]
 
@@ -281,8 +282,8 @@ class TensorExtremes:
     median_high: float
     widest: str  # the image whose own range is widest
     widest_vs_median: float  # its width / the median image's width
-    low_image: str  # the image holding the minimum
-    high_image: str  # the image holding the maximum
+    low_image: str  # the image holding the minimum (TIED: several hold it)
+    high_image: str  # the image holding the maximum (TIED: several hold it)
     stretch: dict[str, float]  # image -> merged width / width without that image (> 1 only)
 
     @property
@@ -349,7 +350,9 @@ def outliers(profile: RangeProfile, ids: Sequence[str]
         tensors.append(TensorExtremes(
             name=name, low=float(low), high=float(high), median_low=float(med_lo[t]),
             median_high=float(med_hi[t]), widest=ids[w], widest_vs_median=ratio_w,
-            low_image=ids[int(i_lo)], high_image=ids[int(i_hi)], stretch=stretch))
+            low_image=TIED if lo[order_lo[1, t], t] == low else ids[int(i_lo)],
+            high_image=TIED if hi[order_hi[1, t], t] == high else ids[int(i_hi)],
+            stretch=stretch))
         for image_id, ratio in stretch.items():
             per_image.setdefault(image_id, {})[name] = ratio
         widest_of.setdefault(ids[w], []).append(name)
