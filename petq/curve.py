@@ -483,13 +483,19 @@ def run_curve(args: argparse.Namespace) -> int:
     print(f"calibration-curve: {len(specs)} cell(s); range profile: {profiled_text}",
           file=sys.stderr, flush=True)
 
+    def line(cell, n: int, total: int) -> None:
+        from petq.cli import result_line
+
+        text = result_line(cell.result) if cell.ok else f"failed: {cell.error}"
+        print(f"[{n}/{total}] {cell.spec.name:28s} {text}"
+              + ("  (cached)" if cell.state == "cached" else ""), file=sys.stdout, flush=True)
+
     def progress(status, cell) -> None:
         if cell is not None and cell.finished:
-            from petq.cli import result_line
-
-            text = result_line(cell.result) if cell.ok else f"failed: {cell.error}"
-            print(f"[{status.count('done', 'cached', 'failed')}/{status.total}] "
-                  f"{cell.spec.name:28s} {text}", file=sys.stdout, flush=True)
+            line(cell, status.count("done", "cached", "failed"), status.total)
+        elif cell is None and status.finished is None:  # the start: what the cache holds
+            for n, cached in enumerate((c for c in status.cells if c.state == "cached"), 1):
+                line(cached, n, status.total)
 
     results_path = Path(args.results_path)
     cells = run_cells(ws.model_path, ws.dataset.root, ws.cache.root, specs,
