@@ -473,7 +473,8 @@ def run_curve(args: argparse.Namespace) -> int:
         ws.calibration_samples(spec)  # unknown excluded ids and the like: before any work
     bars = StageBars()
     try:
-        profiled = profile_cells(ws, specs, lambda stage, done, total: bars(
+        todo = [s for s in specs if ws.cached_result(s, args.test_dataset_fraction) is None]
+        profiled = profile_cells(ws, todo, lambda stage, done, total: bars(
             "profiling calibration images", done, total))
     finally:
         bars.close()
