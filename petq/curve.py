@@ -663,15 +663,18 @@ def outliers_md(ws, tensors, top, labels, calibrated: int, total: int,
     if exclude:
         lines += ["", f"## Calibrated without {len(exclude)} image(s)", "",
                   f"Excluded: {', '.join(exclude)}.", "",
-                  "| variant | without them | accuracy | without | Δ accuracy (95% CI) | "
-                  "McNemar b/c, p |", "|---|---|---|---|---|---|"]
+                  "| variant | without them | images left out of its set | accuracy | without | "
+                  "Δ accuracy (95% CI) | McNemar b/c, p |", "|---|---|---|---|---|---|---|"]
         for spec, twin, (original, without, c) in comparisons:
+            removed = (f"{original.calibration_count - without.calibration_count} of "
+                       f"{original.calibration_count}")
             if c is None:
-                lines.append(f"| {spec.name} | {twin.name} | {original.accuracy:.4f} | "
-                             f"{without.accuracy:.4f} | (different test images) | |")
+                lines.append(f"| {spec.name} | {twin.name} | {removed} | "
+                             f"{original.accuracy:.4f} | {without.accuracy:.4f} | "
+                             "(different test images) | |")
                 continue
             d = c.accuracy_difference
-            lines.append(f"| {spec.name} | {twin.name} | {original.accuracy:.4f} | "
+            lines.append(f"| {spec.name} | {twin.name} | {removed} | {original.accuracy:.4f} | "
                          f"{without.accuracy:.4f} | {_points(d.estimate)} ({100 * d.low:+.1f} "
                          f"to {100 * d.high:+.1f}) | {c.mcnemar.b}/{c.mcnemar.c}, "
                          f"{c.mcnemar.p_value:.2g} |")
