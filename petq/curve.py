@@ -422,9 +422,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                   "images, per seed, each size compared with all of trainval")
     p.add_argument("--recipes", nargs="+", default=["tflite-int8"],
                    help="static recipes (default: tflite-int8)")
-    p.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES),
+    p.add_argument("--sizes", nargs="+",
                    help="numbers of calibration images, and `all` (always added; default: "
-                        "%(default)s)")
+                        f"{' '.join(DEFAULT_SIZES)}, those trainval holds)")
     p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS),
                    help="calibration seeds per size (default: %(default)s)")
     p.add_argument("--results-path", type=Path, default=Path("results"),
@@ -462,12 +462,14 @@ def run_curve(args: argparse.Namespace) -> int:
     if args.ray and args.serial:
         raise SweepError("--serial and --ray exclude each other")
     backend = "ray" if args.ray else "serial" if args.serial else "local"
-    sizes = parse_sizes(args.sizes)
+    sizes = parse_sizes(args.sizes or DEFAULT_SIZES)
     exclude = read_exclusions(args.exclude_images, args.exclude_file)
     threads = task_threads(backend, args.workers, args.threads)
     ws = _workspace(args)
     check_writable(ws.cache.root)
     trainval = len(ws.dataset.trainval)
+    if not args.sizes:  # the defaults a small trainval cannot hold are left out
+        sizes = [s for s in sizes if s == ALL or s <= trainval]
     specs = curve_specs(args.recipes, sizes, args.seeds, trainval, exclude)
     for spec in specs:
         ws.calibration_samples(spec)  # unknown excluded ids and the like: before any work

@@ -144,3 +144,19 @@ def test_outliers_and_a_variant_without_them_against_the_original(tiny_model, pe
                  str(pet_root), "--cache-dir", str(cache), "--exclude-images", "nope_1",
                  "--compare", "tflite-int8-0.5", "--results-path", str(out)]) == 1
     assert "petq: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--sizes", "0"], "calibration size '0'"),
+    (["--sizes", "41"], "more than trainval's 40"),
+    (["--recipes", "tflite-fp16"], "takes no calibration"),
+    (["--exclude-images", "nope_1"], "not trainval images"),
+    (["--serial", "--ray", "local"], "exclude each other"),
+])
+def test_a_bad_curve_is_one_error_line_before_any_work(args, says, tiny_model, pet_root,
+                                                       tmp_path, capsys):
+    code = main(["calibration-curve", "--model-path", str(tiny_model), "--dataset-root",
+                 str(pet_root), "--cache-dir", str(tmp_path / "cache"), *args])
+    err = capsys.readouterr().err
+    assert code == 1 and "petq: error:" in err and says in err and "Traceback" not in err
+    assert not (tmp_path / "cache" / "variants").exists()  # nothing was converted
