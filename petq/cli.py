@@ -420,11 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="like --seeds with N seeds: --seed, then 1, 2, ...")
     p.set_defaults(func=cmd_experiments)
 
-    from petq import classify, curve, sweep  # they import petq.cli inside functions
+    from petq import classify, curve, outliers, sweep  # they import petq.cli in functions
 
     classify.add_parser(sub)
     sweep.add_parser(sub)
     curve.add_parser(sub)
+    outliers.add_parser(sub)
 
     p = sub.add_parser("recipes", help="list the quantization recipes and their names")
     p.set_defaults(func=cmd_recipes)
