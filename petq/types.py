@@ -181,11 +181,14 @@ class Calibration:
             if self.classes:
                 raise SpecError("calibrate on a fraction or on classes, not both")
         if self.count is not None:
-            if isinstance(self.count, bool) or not float(self.count).is_integer() \
-                    or int(self.count) < 1:
+            try:
+                whole = not isinstance(self.count, bool) and float(self.count).is_integer()
+            except (TypeError, ValueError):
+                whole = False
+            if not whole or int(float(self.count)) < 1:
                 raise SpecError(f"calibration image count must be a whole number >= 1, got "
                                 f"{self.count!r}")
-            object.__setattr__(self, "count", int(self.count))
+            object.__setattr__(self, "count", int(float(self.count)))
             if self.fraction is not None or self.classes:
                 raise SpecError("calibrate on a fraction, a number of images or classes: "
                                 "one of them")

@@ -29,6 +29,29 @@ def test_only_static_recipes_without_kept_layers_go_through_the_profile():
         SharedStatic("m.keras", VariantSpec.of("aeq-wi8-ai8", 0.1), None, list)
 
 
+def test_count_and_exclusion_names_round_trip_and_leave_older_keys_alone():
+    import re
+
+    from petq.types import Calibration
+
+    n16 = VariantSpec.of("tflite-int8", count=16, seed=3)
+    assert n16.name == "tflite-int8-n16-s3" and VariantSpec.from_name(n16.name) == n16
+    assert VariantSpec.from_name("aeq-wi8-ai8-n4") == VariantSpec.of("aeq-wi8-ai8", count=4)
+    assert VariantSpec.int8(0.08).to_dict()["calibration"] == {
+        "fraction": 0.08, "classes": [], "seed": 1234}  # cache keys made before stay valid
+    without = VariantSpec.of("tflite-int8-pertensor", 0.3, exclude=("b_1", "a_2"))
+    assert re.fullmatch(r"tflite-int8-0\.3-ex2-[0-9a-f]{6}-pertensor", without.name)
+    assert VariantSpec.from_dict(without.to_dict()) == without
+    assert without.name != VariantSpec.of("tflite-int8-pertensor", 0.3, exclude=("c_1",
+                                                                                   "a_2")).name
+    with pytest.raises(SpecError, match="does not list the images"):
+        VariantSpec.from_name(without.name)
+    for bad in (dict(count=0), dict(count="many"), dict(count=2.5),
+                dict(fraction=0.1, count=3), dict(exclude=("a_1",))):
+        with pytest.raises(SpecError):
+            Calibration(**bad)
+
+
 def _measured(lo: list[float], hi: list[float]) -> Measured:
     layout = Layout(("a", "b"), ((1,), (1,)))
     return Measured(layout, [(np.array([lo[0]], np.float32), np.array([hi[0]], np.float32)),
