@@ -185,16 +185,16 @@ def lab_set(model_path: Path, dataset: PetDataset, contract, store, k: int, batc
 
 def piece_cost(model_path: Path, x: np.ndarray, counts=(1, 5, 50, 200), repeats: int = 3
                ) -> None:
-    """What one calibrator costs besides its images, on the shared export (the cost that
-    petq.calibration.PIECE_COST_IMAGES stands for): the best of `repeats` calibrations of
-    each count of images, and the line through them."""
+    """What one calibrator costs besides its images, on the shared export (what the range
+    profile pays per image, since it runs each image alone): the best of `repeats`
+    calibrations of each count of images, and the line through them."""
     from tensorflow.lite.python.optimize import calibrator
 
     from petq.calibration import SharedStatic
     from petq.types import VariantSpec
 
     spec = VariantSpec.int8(0.01)
-    prepared = SharedStatic(model_path, {spec: ["x"]}, list)._exported(spec).prepared
+    prepared = SharedStatic(model_path, spec, None, list)._exported(spec).prepared
     best = []
     for n in counts:
         times = []

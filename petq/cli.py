@@ -150,7 +150,8 @@ def resolve_specs(ws, args: argparse.Namespace) -> list[VariantSpec]:
                  if s.calibration.kind == "classes" else s for s in specs]
     if args.seeds or args.seed_count or args.seed != DEFAULT_CALIBRATION_SEED:
         seeds = calibration_seeds(args)  # given seeds replace a task name's own
-        specs = [s.with_calibration(Calibration(s.fraction, seed=seed)) if s.uses_seed else s
+        specs = [s.with_calibration(Calibration(s.fraction, seed=seed, count=s.calibration.count))
+                 if s.uses_seed else s
                  for s in specs for seed in (seeds if s.uses_seed else [None])]
     specs = list(dict.fromkeys(specs))
     for spec in specs:
@@ -274,11 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="like --seeds with N seeds: --seed, then 1, 2, ...")
     p.set_defaults(func=cmd_experiments)
 
-    from petq import classify, sweep, tunerun  # registered here: imported only for their commands
+    from petq import classify, curve, outliers, sweep, tunerun  # registered here
 
     classify.add_parser(sub)
     sweep.add_parser(sub)
     tunerun.add_parser(sub)
+    curve.add_parser(sub)
+    outliers.add_parser(sub)
 
     p = sub.add_parser("recipes", help="list the quantization recipes and their names")
     p.set_defaults(func=cmd_recipes)

@@ -191,16 +191,21 @@ def stratified_fraction(samples: Sequence[Sample], fraction: float, seed: int) -
     Uses scikit-learn's stratified split as the lab does; when the fraction is too
     small to hold every class, falls back to a plain seeded random pick.
     """
-    from sklearn.model_selection import train_test_split
-
     if not 0.0 < fraction <= 1.0:
         raise SpecError(f"fraction must be in (0, 1], got {fraction}")
     if fraction == 1.0:
         return list(samples)
-    labels = [s.label for s in samples]
-    n_pick = max(1, int(np.ceil(fraction * len(samples))))
+    return stratified_count(samples, max(1, int(np.ceil(fraction * len(samples)))), seed)
+
+
+def stratified_count(samples: Sequence[Sample], n_pick: int, seed: int) -> list[Sample]:
+    """Pick `n_pick` of the samples as `stratified_fraction` does (all of them when there
+    are no more)."""
+    from sklearn.model_selection import train_test_split
+
     if n_pick >= len(samples):
         return list(samples)
+    labels = [s.label for s in samples]
     try:
         _, picked = train_test_split(
             list(samples), test_size=n_pick, random_state=seed, shuffle=True, stratify=labels

@@ -98,7 +98,6 @@ class VariantTask:
     where: Where
     spec: VariantSpec
     test_fraction: float = 1.0
-    shared: tuple[VariantSpec, ...] = ()  # the run's specs that may share calibration
 
 
 @dataclass(frozen=True)
@@ -120,7 +119,6 @@ def run_variant(task: VariantTask) -> VariantOutcome:
     worker = f"{socket.gethostname()}:{os.getpid()}"
     try:
         ws = workspace_for(task.where)
-        ws.share_calibration(task.shared)
         result, computed = ws.evaluate(task.spec, task.test_fraction)
     except Exception as exc:  # a PetqError, or a bug reported on the variant
         return VariantOutcome(error=portable(exc), seconds=time.perf_counter() - start,
@@ -331,13 +329,11 @@ class ConvertTask:
 
     where: Where
     spec: VariantSpec
-    run: tuple[VariantSpec, ...] = ()  # static ones share calibration (petq.calibration)
 
 
 def convert_task(task: ConvertTask) -> None:
     """Convert one variant into the cache, unless another process is converting it now."""
     ws = workspace_for(task.where)
-    ws.share_calibration(task.run)  # once: same run
     if not ws.cache.held("variants", ws.variant_key(task.spec)):
         ws.tflite(task.spec, reporter(task.spec.name))
 
@@ -452,7 +448,6 @@ class ConvertAhead:
         self.conversions: dict[VariantSpec, Future] = {}  # in the converter process's order
         self.calibrates = False  # whether the converter process needs the trainval images
         specs = list(dict.fromkeys(specs))
-        ws.share_calibration(specs)  # here and in the converter process
         todo = [s for s in specs if not s.is_native and not s.keep_float
                 and _to_convert(ws, s)]
         if (os.cpu_count() or 1) < 2 or not _spawn_can_start() or len(todo) < (
@@ -466,7 +461,7 @@ class ConvertAhead:
         self._process = started or ConverterProcess(Where.of(ws))
         for spec in todo:
             self.conversions[spec] = self._process.submit(
-                convert_task, ConvertTask(self._process.where, spec, tuple(specs)))
+                convert_task, ConvertTask(self._process.where, spec))
 
     @property
     def process(self) -> ConverterProcess | None:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from petq.cache import Cache
-from petq.calibration import shares
 from petq.engine import (
     VariantOutcome,
     VariantTask,
@@ -315,9 +314,8 @@ def run_sweep(
             notify(cell)
 
         run = secrets.token_hex(8)  # a worker keeps one workspace for the sweep's tasks
-        shared = tuple(spec for spec in specs if shares(spec))
         tasks = {i: VariantTask(Where(cells[i].model, dataset, cache, preprocessing, threads,
-                                      run), cells[i].spec, test_fraction, shared)
+                                      run), cells[i].spec, test_fraction)
                  for i in todo}
         for i in todo:
             cells[i].state = "queued"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -154,15 +155,20 @@ LAB_IMBALANCED_STEM = "tflite-imbint8"  # the lab's name for tflite-int8 calibra
 @dataclass(frozen=True)
 class Calibration:
     """Where a static recipe's calibration images come from (trainval only): nothing, a
-    stratified seeded fraction, or every image of chosen classes."""
+    stratified seeded fraction, a stratified seeded number of images (`count`), or every
+    image of chosen classes; `exclude` drops chosen images from that set (a new source:
+    its name and cache key say so)."""
 
     fraction: float | None = None
     classes: tuple[int, ...] = ()
     seed: int = DEFAULT_CALIBRATION_SEED
+    count: int | None = None
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(sorted({int(c) for c in self.classes})))
         object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "exclude", tuple(sorted({str(i) for i in self.exclude})))
         if self.fraction is not None:
             try:
                 fraction = float(self.fraction)
@@ -174,25 +180,78 @@ class Calibration:
             object.__setattr__(self, "fraction", fraction)
             if self.classes:
                 raise SpecError("calibrate on a fraction or on classes, not both")
+        if self.count is not None:
+            try:
+                whole = not isinstance(self.count, bool) and float(self.count).is_integer()
+            except (TypeError, ValueError):
+                whole = False
+            if not whole or int(float(self.count)) < 1:
+                raise SpecError(f"calibration image count must be a whole number >= 1, got "
+                                f"{self.count!r}")
+            object.__setattr__(self, "count", int(float(self.count)))
+            if self.fraction is not None or self.classes:
+                raise SpecError("calibrate on a fraction, a number of images or classes: "
+                                "one of them")
         if self.classes and min(self.classes) < 0:
             raise SpecError(f"class indices must be >= 0, got {self.classes}")
+        if self.exclude and self.kind == "none":
+            raise SpecError("images can be excluded only from a calibration set")
 
     @property
     def kind(self) -> str:
-        return "fraction" if self.fraction is not None else "classes" if self.classes else "none"
+        if self.fraction is not None:
+            return "fraction"
+        if self.count is not None:
+            return "count"
+        return "classes" if self.classes else "none"
+
+    @property
+    def seeded(self) -> bool:
+        """Whether the seed picks the images (fractions and counts)."""
+        return self.kind in ("fraction", "count")
+
+    @property
+    def exclusion_token(self) -> str:
+        """`ex<n>-<6 hex>`: how many images are excluded and a digest of which (names stay
+        short and unique), or `` with none."""
+        if not self.exclude:
+            return ""
+        digest = hashlib.sha256("\n".join(self.exclude).encode()).hexdigest()[:6]
+        return f"ex{len(self.exclude)}-{digest}"
 
     @property
     def token(self) -> str:
-        """The calibration's part of a variant name: `0.08`, `c3+5`, or ``."""
+        """The calibration's part of a variant name: `0.08`, `n16`, `c3+5`, or ``."""
         if self.fraction is not None:
             return f"{self.fraction:g}"
+        if self.count is not None:
+            return f"n{self.count}"
         return "c" + "+".join(str(c) for c in self.classes) if self.classes else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Cache keys use it: a count and exclusions appear only when set, so the keys of
+        fraction and class calibrations are what they were before these existed."""
+        data: dict[str, Any] = {"fraction": self.fraction, "classes": list(self.classes),
+                                "seed": self.seed}
+        if self.count is not None:
+            data["count"] = self.count
+        if self.exclude:
+            data["exclude"] = list(self.exclude)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Calibration:
+        data = data or {}
+        return cls(data.get("fraction"), tuple(data.get("classes") or ()),
+                   int(data.get("seed", DEFAULT_CALIBRATION_SEED)), data.get("count"),
+                   tuple(data.get("exclude") or ()))
 
 
 NO_CALIBRATION = Calibration()
 _NAME_TAIL = re.compile(
-    r"(?:-(?P<fraction>[0-9.]+(?:e[-+]?\d+)?)|-c(?P<classes>\d+(?:\+\d+)*))?"
-    r"(?:-s(?P<seed>\d+))?(?:-(?P<tag>[a-z]+))?(?:-keep(?P<keep>\d+))?"
+    r"(?:-(?P<fraction>[0-9.]+(?:e[-+]?\d+)?)|-n(?P<count>\d+)|-c(?P<classes>\d+(?:\+\d+)*))?"
+    r"(?:-s(?P<seed>\d+))?(?P<exclude>-ex\d+-[0-9a-f]{6})?(?:-(?P<tag>[a-z]+))?"
+    r"(?:-keep(?P<keep>\d+))?"
 )
 
 
@@ -226,8 +285,10 @@ class VariantSpec:
     @classmethod
     def of(cls, recipe: str | Recipe, fraction: float | None = None,
            classes: tuple[int, ...] = (), seed: int = DEFAULT_CALIBRATION_SEED,
-           keep_float: int = 0) -> VariantSpec:
-        return cls(recipe, Calibration(fraction, tuple(classes), seed), keep_float)
+           keep_float: int = 0, count: int | None = None,
+           exclude: tuple[str, ...] = ()) -> VariantSpec:
+        return cls(recipe, Calibration(fraction, tuple(classes), seed, count, tuple(exclude)),
+                   keep_float)
 
     @classmethod
     def native(cls) -> VariantSpec:
@@ -266,7 +327,7 @@ class VariantSpec:
 
     @property
     def uses_seed(self) -> bool:
-        return self.calibration.kind == "fraction"
+        return self.calibration.seeded
 
     @property
     def is_native(self) -> bool:
@@ -297,6 +358,8 @@ class VariantSpec:
             parts.append(token)
         if self.uses_seed and self.seed != DEFAULT_CALIBRATION_SEED:
             parts.append(f"s{self.seed}")
+        if self.calibration.exclude:
+            parts.append(self.calibration.exclusion_token)
         if self.recipe.tag:
             parts.append(self.recipe.tag)
         if self.keep_float:
@@ -309,9 +372,14 @@ class VariantSpec:
         cal = self.calibration
         if cal.kind == "fraction":
             text += f" Calibrated on {cal.fraction:.0%} of trainval (stratified, seed {cal.seed})."
+        elif cal.kind == "count":
+            text += f" Calibrated on {cal.count} trainval images (stratified, seed {cal.seed})."
         elif cal.kind == "classes":
             names = [class_names[c] if c < len(class_names) else str(c) for c in cal.classes]
             text += f" Calibrated only on trainval images of {', '.join(names)}."
+        if cal.exclude:
+            text += (f" Without {len(cal.exclude)} chosen image(s): "
+                     f"{', '.join(cal.exclude[:5])}{'...' if len(cal.exclude) > 5 else ''}.")
         if self.keep_float:
             text += f" The {self.keep_float} layers with the largest quantization error stay float."
         return text
@@ -340,10 +408,16 @@ class VariantSpec:
             elif classes and recipe_stem == "tflite-int8":
                 continue  # the lab's spelling is tflite-imbint8-c<i>
             seed = int(m["seed"]) if m["seed"] else DEFAULT_CALIBRATION_SEED
-            if m["seed"] and not m["fraction"]:
+            if m["seed"] and not (m["fraction"] or m["count"]):
                 continue
+            if m["count"] and stem == LAB_IMBALANCED_STEM:
+                continue
+            if m["exclude"]:
+                raise SpecError(f"{text}: a name with -ex<n>-<digest> does not list the images "
+                                "it excludes; give them as --exclude-images or a file")
             fraction = float(m["fraction"]) if m["fraction"] else None
-            spec = cls.of(key, fraction, classes, seed, int(m["keep"] or 0))
+            spec = cls.of(key, fraction, classes, seed, int(m["keep"] or 0),
+                          count=int(m["count"]) if m["count"] else None)
             if spec.name != text and VariantSpec.from_name(spec.name) != spec:
                 continue
             return spec
@@ -357,20 +431,14 @@ class VariantSpec:
         return {
             "name": self.name,
             "recipe": self.recipe.to_dict(),
-            "calibration": {"fraction": self.fraction, "classes": list(self.classes),
-                            "seed": self.seed},
+            "calibration": self.calibration.to_dict(),
             "keep_float": self.keep_float,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VariantSpec:
-        cal = data.get("calibration") or {}
-        return cls(
-            Recipe.from_dict(data["recipe"]),
-            Calibration(cal.get("fraction"), tuple(cal.get("classes") or ()),
-                        int(cal.get("seed", DEFAULT_CALIBRATION_SEED))),
-            int(data.get("keep_float", 0)),
-        )
+        return cls(Recipe.from_dict(data["recipe"]), Calibration.from_dict(data.get("calibration")),
+                   int(data.get("keep_float", 0)))
 
 
 def lab_tasks() -> list[VariantSpec]:

@@ -23,8 +23,8 @@ import numpy as np
 
 from petq import __version__ as petq_version
 from petq.cache import Cache, Entry, key_of, sha256_file, write_bytes_atomic
-from petq.calibration import SharedGroups
-from petq.data import PetDataset, Sample, Split, class_index, preprocess
+from petq.calibration import Profiled
+from petq.data import PetDataset, Sample, Split, class_index, preprocess, stratified_count
 from petq.errors import ModelError, PetqError, SpecError
 from petq.evaluate import QUIET, compute_metrics, measure_latency, predict_all
 from petq.results import Details, Result, top_k
@@ -93,7 +93,10 @@ class Workspace:
         self._stores: dict[Split, DecodedStore] = {}
         self._keras: KerasRunner | None = None
         self._calibrations: dict[Calibration, list[Sample]] = {}
-        self._shared = SharedGroups(self.model_path, self._calibration_ids, self._inputs)
+        self._shared = Profiled(self.model_path, self.cache, self._profile_identity,
+                                self.calibration_ids, self._inputs, self.fp32_tflite,
+                                default_threads(),
+                                keras_source=self.model_path.suffix != ".tflite")
         self._test_digests: dict[float, str] = {}
         self._preprocessing_given = bool(preprocessing)
         self.contract_source = "sidecar" if sidecar_path(self.model_path).exists() else "model"
@@ -256,17 +259,36 @@ class Workspace:
         return self._calibrations[spec.calibration]
 
     def _pick_calibration(self, spec: VariantSpec) -> list[Sample]:
-        if spec.calibration.kind == "fraction":
-            return self.dataset.calibration_samples(spec.fraction, spec.seed)
-        if spec.calibration.kind == "classes":
+        cal = spec.calibration
+        if cal.kind == "fraction":
+            samples = self.dataset.calibration_samples(spec.fraction, spec.seed)
+        elif cal.kind == "count":
+            trainval = self.dataset.trainval
+            if cal.count > len(trainval):
+                raise SpecError(f"{spec.name}: {cal.count} calibration images asked for, "
+                                f"trainval has {len(trainval)}")
+            samples = stratified_count(trainval, cal.count, cal.seed)
+        elif cal.kind == "classes":
             for c in spec.classes:
                 self.class_index(c)  # raises SpecError when out of range
             wanted = set(spec.classes)
             samples = [s for s in self.dataset.trainval if self.label(s) in wanted]
             if not samples:
                 raise SpecError(f"{spec.name}: no trainval images of classes {spec.classes}")
-            return samples
-        return []
+        else:
+            return []
+        if cal.exclude:
+            known = {s.image_id for s in self.dataset.trainval}
+            unknown = [i for i in cal.exclude if i not in known]
+            if unknown:
+                raise SpecError(f"{spec.name}: excluded image(s) {', '.join(unknown[:5])} are "
+                                f"not trainval images of {self.dataset.root}")
+            dropped = set(cal.exclude)
+            samples = [s for s in samples if s.image_id not in dropped]
+            if not samples:
+                raise SpecError(f"{spec.name}: excluding {len(dropped)} image(s) leaves no "
+                                "calibration image")
+        return samples
 
     def calibration_histogram(self, spec: VariantSpec) -> dict[str, int]:
         counts = Counter(self.label(s) for s in self.calibration_samples(spec))
@@ -343,17 +365,29 @@ class Workspace:
             progress("convert", 0, 1)  # another process converts it (petq.engine): wait
         return self.cache.get_or_build("variants", key, build)
 
-    def share_calibration(self, specs: Iterable[VariantSpec]) -> None:
-        """Let the run's static 8-bit variants of one recipe convert from one export and
-        calibrate each image once (petq.calibration): same bytes, less work. Replaces
-        the groups of an earlier run."""
-        if not self.source_is_tflite:
-            self._shared.register(specs)
-
     def shares_calibration(self, spec: VariantSpec) -> bool:
+        """Whether the spec's calibration comes from the range profile (petq.calibration):
+        converter static 8-bit recipes of a Keras model and AEQ static recipes, no layers
+        kept in float. Same bytes as a plain conversion; each image calibrated once."""
         return spec in self._shared
 
-    def _calibration_ids(self, spec: VariantSpec) -> list[str]:
+    def _profile_identity(self) -> dict[str, Any]:
+        """What a range profile's numbers depend on besides the calibrator's own model."""
+        return {"contract": self.contract.to_dict() | {"info": None},
+                "images": self.dataset.images_stamp, "versions": library_versions()}
+
+    def range_profile(self, spec: VariantSpec, ids: Iterable[str] | None = None,
+                      progress: Stage | None = None):
+        """The range profile of a static spec's recipe (petq.profile), with the images
+        `ids` (default: none more) profiled first; calibrates only those it lacks."""
+        if spec not in self._shared:
+            raise SpecError(f"{spec.recipe.key}: no range profile (a static recipe without "
+                            "kept layers; converter recipes need a Keras model)")
+        if ids is None:
+            return self._shared.profile(spec)
+        return self._shared.ensure(spec, list(ids), _stage(progress, "calibrate"))
+
+    def calibration_ids(self, spec: VariantSpec) -> list[str]:
         """The ids of a spec's decodable calibration images."""
         store = self.store("trainval")
         return [s.image_id for s in store.rows(self.calibration_samples(spec))[1]]
