@@ -13,7 +13,7 @@ from petq.results import Result
 
 COLOURS = ("#1f77b4", "#ef8a17")
 # label, printf format and help of the layer table's columns (metric columns come from the
-# metrics registry through petq.compare.column)
+# metrics registry through petq.tables.column)
 LAYER_COLUMNS = {
     "index": ("#", "%d", "Position of the op in the float graph"),
     "layer": ("Layer", None, "The op's output tensor name (what a denylist matches)"),

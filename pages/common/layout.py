@@ -1,0 +1,85 @@
+"""The parts every page lays out alike: the page paths, the page's top (title, workspace,
+synthetic-data note) and tables labelled and formatted from the metric registry."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import streamlit as st
+
+from pages.common.settings import current, open_workspace
+from petq import demo, tables
+from petq.errors import PetqError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# The pages, by file: dashboard.py registers them with st.navigation; links use these paths.
+HOME = "pages/home.py"
+CONVERT = "pages/convert.py"
+CLASSIFY = "pages/classify.py"
+COMPARE = "pages/compare.py"
+LAYERS = "pages/layers.py"
+REPORT = "pages/report.py"
+
+MISSING = "—"  # a table cell with no value (e.g. the reference's own McNemar p)
+
+
+def page_header(title: str) -> None:
+    st.set_page_config(page_title=f"petq · {title}")
+    st.title(title)
+
+
+def workspace_page(title: str):
+    """The top of a page that shows a workspace: its title, the workspace (or an error and
+    a stop) and the synthetic-data note. Returns the workspace."""
+    page_header(title)
+    try:
+        ws = open_workspace()
+    except PetqError as exc:
+        st.error(f"Cannot open the workspace: {exc}")
+        if current().model is None and not demo.DEMO_MODEL.exists():
+            st.info("The demo model is missing: train it with `python -m petq train`, or pick "
+                    "a model in **Settings** (sidebar).")
+        else:
+            st.info("Point **Settings** (sidebar) at a model and an Oxford-IIIT-Pet-layout "
+                    "dataset.")
+        st.stop()
+    synthetic_note(ws)
+    return ws
+
+
+def synthetic_note(ws) -> None:
+    """Say so whenever what is shown comes from synthetic data."""
+    if ws.dataset.synthetic or ws.contract.synthetic:
+        st.warning(
+            "**Synthetic data.** "
+            + ("The model was trained on synthetic pet images. " if ws.contract.synthetic else "")
+            + ("The dataset is synthetic. " if ws.dataset.synthetic else "")
+            + "The numbers show how petq works, not how a model behaves on real pets.",
+            icon=":material/science:",
+        )
+
+
+def column_config(keys) -> dict[str, Any]:
+    """`st.column_config` for a table's columns, from `tables.columns_for` (the metric
+    registry's labels and formats)."""
+    config: dict[str, Any] = {}
+    for key, col in tables.columns_for(keys).items():
+        if col.format:
+            config[key] = st.column_config.NumberColumn(col.label, format=col.format,
+                                                        help=col.help or None)
+        else:
+            config[key] = st.column_config.TextColumn(col.label, help=col.help or None)
+    return config
+
+
+def table(frame: pd.DataFrame, **kwargs: Any) -> None:
+    """A dataframe with registry labels and formats for its columns and its named index,
+    as tall as its rows (no inner scrolling)."""
+    config = column_config(frame.columns)
+    if frame.index.name:
+        config["_index"] = column_config([frame.index.name])[frame.index.name]
+    kwargs.setdefault("height", "content")
+    kwargs.setdefault("placeholder", MISSING)
+    st.dataframe(frame, column_config=config, **kwargs)
