@@ -12,8 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from petq.tables import LEVEL, human_size, label, pareto_front, per_class_delta
 from petq.results import QUALITY, Details
+from petq.tables import LEVEL, human_size, label, pareto_front, per_class_delta
 
 
 def seed_spread_figure(table: pd.DataFrame, metric: str = "accuracy") -> go.Figure:
