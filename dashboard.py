@@ -15,25 +15,7 @@ import streamlit as st
 from pages.common import layout, settings
 
 st.set_page_config(page_title="petq", page_icon="🐾", layout="wide")
-
-PAGES = {
-    "": [
-        st.Page(layout.HOME, title="Home", icon=":material/home:", default=True),
-    ],
-    "Variants": [
-        st.Page(layout.CONVERT, title="Convert", icon=":material/tune:", url_path="convert"),
-        st.Page(layout.CLASSIFY, title="Classify", icon=":material/pets:",
-                url_path="classify"),
-    ],
-    "Analysis": [
-        st.Page(layout.COMPARE, title="Compare", icon=":material/compare_arrows:",
-                url_path="compare"),
-        st.Page(layout.LAYERS, title="Layers", icon=":material/layers:", url_path="layers"),
-        st.Page(layout.REPORT, title="Report", icon=":material/description:",
-                url_path="report"),
-    ],
-}
-
-page = st.navigation(PAGES)
+page = st.navigation(layout.navigation())
+st.session_state[layout.FRAME_KEY] = True
 settings.settings_form()
 page.run()

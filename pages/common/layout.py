@@ -23,9 +23,36 @@ LAYERS = "pages/layers.py"
 REPORT = "pages/report.py"
 
 MISSING = "—"  # a table cell with no value (e.g. the reference's own McNemar p)
+FRAME_KEY = "petq_frame"  # set by dashboard.py's frame in every session it runs in
+
+
+def navigation() -> dict[str, list[st.Page]]:
+    """The pages by section, for st.navigation; the URL paths are the bookmarks'."""
+    return {
+        "": [st.Page(HOME, title="Home", icon=":material/home:", default=True)],
+        "Variants": [
+            st.Page(CONVERT, title="Convert", icon=":material/tune:", url_path="convert"),
+            st.Page(CLASSIFY, title="Classify", icon=":material/pets:", url_path="classify"),
+        ],
+        "Analysis": [
+            st.Page(COMPARE, title="Compare", icon=":material/compare_arrows:",
+                    url_path="compare"),
+            st.Page(LAYERS, title="Layers", icon=":material/layers:", url_path="layers"),
+            st.Page(REPORT, title="Report", icon=":material/description:", url_path="report"),
+        ],
+    }
 
 
 def page_header(title: str) -> None:
+    """The page's title. A page run without dashboard.py's frame first reruns through it.
+
+    Until some script run calls st.navigation, a Streamlit server treats a `pages/` folder
+    beside the main script the legacy way and runs a requested page's file alone. Calling
+    st.navigation turns that off for the whole server process, and the rerun then goes
+    through dashboard.py to the same URL path."""
+    if not st.session_state.get(FRAME_KEY):
+        st.navigation(navigation(), position="hidden")
+        st.rerun()
     st.set_page_config(page_title=f"petq · {title}")
     st.title(title)
 
