@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from pages.common.job_panel import JOBS_KEY
+from pages.common.settings import SETTINGS_OPEN_KEY
 from petq import figures, stats, tables
 from petq.cache import write_json_atomic
 from petq.classify import Answer, classify_image, disagreement
@@ -474,8 +475,16 @@ def submit_settings(at):
     return at
 
 
+def open_settings(at):
+    """Open the sidebar's Settings, as a click on the expander does (closed, it holds no
+    widgets: a fresh tab loads none)."""
+    assert not at.sidebar.selectbox and not at.sidebar.text_input
+    at.session_state[SETTINGS_OPEN_KEY] = True
+    return at.run()
+
+
 def test_settings_list_the_models_folder_and_reject_a_bad_path(filled, tmp_path):
-    at = app()
+    at = open_settings(app())
     model = at.selectbox(key="settings_model")
     assert "petq-demo.keras" in model.options  # shown by name
     assert model.options[-1] == "Other path…" and model.value == "Other path…"  # the fixture
@@ -497,7 +506,7 @@ def test_settings_switch_to_another_dataset(filled, tmp_path):
     from conftest import write_pet_tree
 
     other = write_pet_tree(tmp_path / "other", seed=5)
-    at = app()
+    at = open_settings(app())
     at.text_input(key="settings_dataset").set_value(str(other))
     submit_settings(at)
     assert_clean(at)
@@ -508,7 +517,7 @@ def test_settings_switch_to_another_dataset(filled, tmp_path):
 
 
 def test_settings_preprocessing_defaults_to_the_sidecar_and_can_be_changed(filled):
-    at = app()
+    at = open_settings(app())
     choice = at.selectbox(key="settings_preprocessing")
     assert choice.value is None
     assert "the model's own (torch)" in choice.options[0]

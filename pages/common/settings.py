@@ -17,6 +17,7 @@ from petq.tables import fraction_text
 from petq.types import PREPROCESSING, load_contract
 
 SETTINGS_KEY = "petq_settings"
+SETTINGS_OPEN_KEY = "settings_open"  # the Settings expander, open or not
 MODELS_DIR = demo.DEMO_MODEL.parent
 MODEL_SUFFIXES = (".keras", ".h5", ".tflite")
 OTHER_MODEL = "Other path…"
@@ -147,11 +148,23 @@ def settings_form() -> None:
         problem = None
     except PetqError as exc:
         ws, problem = None, exc
+    expander = st.sidebar.expander("Settings", expanded=problem is not None,
+                                   key=SETTINGS_OPEN_KEY, on_change="rerun")
+    if expander.open:  # built only when opened: a fresh tab loads no form widgets
+        _form(expander, now)
+    if st.sidebar.button("Back to the defaults", key="settings_reset",
+                         help="PETQ_* environment variables, else the embedded demo"):
+        set_settings(Settings.from_env())
+        st.rerun()
+    if ws is not None:
+        workspace_line(ws, now)
+
+
+def _form(expander, now: Settings) -> None:
     models = model_files()
     in_list = now.model_path in models
     options = [*models, OTHER_MODEL]
-    with st.sidebar.expander("Settings", expanded=problem is not None), \
-            st.form("settings_form", border=False):
+    with expander, st.form("settings_form", border=False):
         choice = st.selectbox(
             "Model", options, index=options.index(now.model_path if in_list else OTHER_MODEL),
             format_func=lambda p: p if p == OTHER_MODEL else Path(p).name, key="settings_model",
@@ -200,12 +213,6 @@ def settings_form() -> None:
             else:
                 set_settings(proposed)
                 st.rerun()
-    if st.sidebar.button("Back to the defaults", key="settings_reset",
-                         help="PETQ_* environment variables, else the embedded demo"):
-        set_settings(Settings.from_env())
-        st.rerun()
-    if ws is not None:
-        workspace_line(ws, now)
 
 
 def workspace_line(ws, shown: Settings) -> None:
