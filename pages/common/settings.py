@@ -152,10 +152,10 @@ def settings_form() -> None:
                                    key=SETTINGS_OPEN_KEY, on_change="rerun")
     if expander.open:  # built only when opened: a fresh tab loads no form widgets
         _form(expander, now)
-    if st.sidebar.button("Back to the defaults", key="settings_reset",
-                         help="PETQ_* environment variables, else the embedded demo"):
-        set_settings(Settings.from_env())
-        st.rerun()
+        if expander.button("Back to the defaults", key="settings_reset",
+                           help="PETQ_* environment variables, else the embedded demo"):
+            set_settings(Settings.from_env())
+            st.rerun()
     if ws is not None:
         workspace_line(ws, now)
 
