@@ -63,12 +63,12 @@ layout.table(tables.view(shown, tables.COMPARE_VIEW, tables.paired_table(paired)
              width="stretch")
 
 quality, latency = st.columns(2)
-quality.plotly_chart(figures.metric_bars(shown), width="stretch", key="compare_bars")
+quality.plotly_chart(layout.figure(figures.metric_bars, shown), width="stretch", key="compare_bars")
 latency.plotly_chart(
-    figures.metric_bars(shown, LATENCY, "Latency per image (ms)"),
+    layout.figure(figures.metric_bars, shown, LATENCY, "Latency per image (ms)"),
     width="stretch", key="compare_latency",
 )
-st.plotly_chart(figures.pareto_scatter(shown), width="stretch", key="compare_pareto")
+st.plotly_chart(layout.figure(figures.pareto_scatter, shown), width="stretch", key="compare_pareto")
 with st.expander("Speed against the reference, timed interleaved"):
     st.caption("Latencies above come from separate runs: on a busy machine they drift. This "
                "times a variant and the reference in one measurement (A, B, B, A...), with an "
@@ -89,7 +89,8 @@ if len(spread):
     st.subheader("Spread over calibration seeds")
     st.caption("Variants that differ only by their calibration seed (same recipe and "
                "fraction): how much the pick of calibration images alone moves accuracy.")
-    st.plotly_chart(figures.seed_spread_figure(spread), width="stretch", key="compare_seeds")
+    st.plotly_chart(layout.figure(figures.seed_spread_figure, spread), width="stretch",
+                    key="compare_seeds")
     layout.table(spread.drop(columns=["values"]), hide_index=True, width="stretch")
 
 # ------------------------------------------------------------------ one detail at a time
@@ -143,13 +144,12 @@ def per_breed() -> None:
         [by_name[n] for n in chosen] + [by_name[reference]], details)
     others = [n for n in chosen if n != reference]
     if not others:
-        st.plotly_chart(figures.per_class_heatmap(sensitivity), width="stretch",
+        st.plotly_chart(layout.figure(figures.per_class_heatmap, sensitivity), width="stretch",
                         key="compare_per_class")
     else:
         st.plotly_chart(
-            figures.per_class_heatmap(sensitivity, reference,
-                                      f"Change in per-breed sensitivity from {reference} "
-                                      "(red: lower)"),
+            layout.figure(figures.per_class_heatmap, sensitivity, reference,
+                          f"Change in per-breed sensitivity from {reference} (red: lower)"),
             width="stretch", key="compare_per_class",
         )
         changes = {n: c for n in others

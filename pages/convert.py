@@ -92,8 +92,8 @@ def _one_recipe() -> list:
                    + (f"; shown for seed {first.seed}, the other seeds pick other images in the "
                       "same proportions." if len(specs) > 1 else "."))
         st.plotly_chart(
-            figures.calibration_histogram(ws.calibration_histogram(first),
-                                          "Calibration images per breed"),
+            layout.figure(figures.calibration_histogram, ws.calibration_histogram(first),
+                          "Calibration images per breed"),
             width="stretch", key="convert_histogram",
         )
     return specs

@@ -58,7 +58,8 @@ else:
     st.caption(f"Evaluated on {tables.fraction_text(test_fraction)}"
                + (f"; {others} more on other test fractions (see **Compare**)." if others > 0
                   else "."))
-    st.plotly_chart(figures.pareto_scatter(table), width="stretch", key="home_bubbles")
+    st.plotly_chart(layout.figure(figures.pareto_scatter, table), width="stretch",
+                    key="home_bubbles")
 
 # ------------------------------------------------------------------ the lab's task set
 

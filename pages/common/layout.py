@@ -3,6 +3,7 @@ synthetic-data note) and tables labelled and formatted from the metric registry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import streamlit as st
@@ -13,6 +14,7 @@ from petq.errors import PetqError
 
 if TYPE_CHECKING:
     import pandas as pd
+    import plotly.graph_objects as go
 
 # The pages, by file: dashboard.py registers them with st.navigation; links use these paths.
 HOME = "pages/home.py"
@@ -110,3 +112,16 @@ def table(frame: pd.DataFrame, **kwargs: Any) -> None:
     kwargs.setdefault("height", "content")
     kwargs.setdefault("placeholder", MISSING)
     st.dataframe(frame, column_config=config, **kwargs)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _figure(_draw: Callable[..., go.Figure], name: str, *args: Any) -> go.Figure:
+    # Shared, never changed: st.plotly_chart serializes a copy (Figure.to_dict).
+    return _draw(*args)
+
+
+def figure(draw: Callable[..., go.Figure], *args: Any) -> go.Figure:
+    """`draw(*args)`, a petq.figures function, drawn once per distinct arguments (tables,
+    names, numbers) for every session: building a Plotly figure costs a page more than
+    finding it again."""
+    return _figure(draw, f"{draw.__module__}.{draw.__qualname__}", *args)
