@@ -86,8 +86,9 @@ class JobVariant:
             except (PetqError, KeyError, TypeError, ValueError) as exc:
                 error = error or f"unreadable spec: {exc}"
         return cls(name=str(data.get("name") or (spec.name if spec else "?")), spec=spec,
-                   status=Status(data.get("status") or Status.QUEUED), cached=bool(
-                       data.get("cached")), result_key=data.get("result_key"), error=error)
+                   status=Status(data.get("status") or Status.QUEUED),
+                   cached=bool(data.get("cached")), result_key=data.get("result_key"),
+                   error=error)
 
 
 @dataclass
