@@ -128,4 +128,5 @@ def dashboard_navigation(monkeypatch):
         init(self, *args, **kwargs)
         PagesManager.uses_pages_directory = False
 
+    init_with_navigation.__wrapped__ = init  # Streamlit's own, for a test of the first run
     monkeypatch.setattr(PagesManager, "__init__", init_with_navigation)

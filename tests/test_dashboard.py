@@ -426,6 +426,22 @@ def test_navigation_registers_every_page(empty):
     assert sorted(pages) == sorted(str(p) for p in (ROOT / "pages").glob("*.py"))
 
 
+def test_a_page_opened_first_runs_inside_the_frame(monkeypatch, empty):
+    """A server's first run, before any st.navigation call, finds pages/ the legacy way and
+    runs the requested page's file alone; the page then reruns through dashboard.py."""
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setattr(PagesManager, "__init__", PagesManager.__init__.__wrapped__)
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
+    at.switch_page("pages/compare.py").run()  # a bookmark of /compare: the session's first run
+    assert_clean(at)
+    assert at.title[0].value == "Compare"
+    assert "**Model**" in "\n".join(c.value for c in at.sidebar.caption)  # the frame ran
+    titles = {info["page_name"] for info in at._registered_pages.values()}
+    assert titles == {"Home", "Convert", "Classify", "Compare", "Layers", "Report"}
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_on_an_empty_cache(empty, page):
     at = app(page)
