@@ -63,11 +63,7 @@ if missing:
 st.plotly_chart(layerviews.error_figure([(n, s) for n, s in stats.items()], worst),
                 width="stretch", key="layers_error")
 tabs = st.tabs([f"Table: {n}" for n in stats] + [f"Ranges: {n}" for n in stats])
-layer_columns = {
-    key: st.column_config.NumberColumn(label, format=fmt, help=text) if fmt
-    else st.column_config.TextColumn(label, help=text)
-    for key, (label, fmt, text) in layerviews.LAYER_COLUMNS.items()
-}
+layer_columns = layout.config_of(layerviews.LAYER_COLUMNS)
 for tab, layer_stats in zip(tabs, stats.values(), strict=False):
     table = layerviews.layer_table(layer_stats, worst)
     tab.dataframe(table.sort_values("rank", na_position="last"), hide_index=True,

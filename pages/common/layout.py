@@ -3,7 +3,7 @@ synthetic-data note) and tables labelled and formatted from the metric registry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import streamlit as st
@@ -93,8 +93,13 @@ def synthetic_note(ws) -> None:
 def column_config(keys) -> dict[str, Any]:
     """`st.column_config` for a table's columns, from `tables.columns_for` (the metric
     registry's labels and formats)."""
+    return config_of(tables.columns_for(keys))
+
+
+def config_of(columns: Mapping[str, tables.Column]) -> dict[str, Any]:
+    """`st.column_config` for columns described as `tables.Column`."""
     config: dict[str, Any] = {}
-    for key, col in tables.columns_for(keys).items():
+    for key, col in columns.items():
         if col.format:
             config[key] = st.column_config.NumberColumn(col.label, format=col.format,
                                                         help=col.help or None)
