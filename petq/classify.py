@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,11 +33,17 @@ DEFAULT_TASKS = ("tflite-fp32",)
 
 @dataclass(frozen=True)
 class Answer:
-    """One variant's top-5 breeds for one photo, most probable first."""
+    """One variant's top-5 breeds for one photo, most probable first; `latency_ms`: the time
+    of its predict call."""
 
     file: str
     variant: str
     top5: tuple[tuple[str, float], ...]
+    latency_ms: float = 0.0
+
+    @property
+    def top1(self) -> str:
+        return self.top5[0][0]
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "variant": self.variant,
@@ -75,7 +82,7 @@ def classify_files(
     (converted when not cached; `progress` reports it) at the first readable file,
     so a run on unreadable files alone converts nothing.
     """
-    runners: list[tuple[str, Runner]] | None = None
+    runners: dict[str, Runner] | None = None
     contract = workspace.contract
     for file in files:
         label = str(file)
@@ -86,9 +93,26 @@ def classify_files(
             continue
         x = preprocess(decode(image, contract.input_size), contract)
         if runners is None:
-            runners = [(spec.name, workspace.runner(spec, progress)) for spec in specs]
-        for name, runner in runners:
-            yield Answer(label, name, top_k(runner.predict(x), workspace.class_names))
+            runners = {spec.name: workspace.runner(spec, progress) for spec in specs}
+        yield from classify_image(runners, x, workspace.class_names, label)
+
+
+def classify_image(runners: Mapping[str, Runner], x: np.ndarray, class_names: Sequence[str],
+                   file: str = "", k: int = TOP_K) -> list[Answer]:
+    """Every runner's top-k classes for one preprocessed image `x`, in `runners` order,
+    each with the time of its predict call (the Classify page shows it)."""
+    answers = []
+    for name, runner in runners.items():
+        start = time.perf_counter()
+        scores = runner.predict(x)
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        answers.append(Answer(file, name, top_k(scores, class_names, k), latency_ms))
+    return answers
+
+
+def disagreement(answers: Sequence[Answer]) -> bool:
+    """Whether the variants' top-1 classes differ."""
+    return len({a.top1 for a in answers}) > 1
 
 
 def _without_prefix(message: str, label: str) -> str:

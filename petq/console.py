@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from petq.errors import ModelError
-from petq.types import PREPROCESSING
+from petq.types import PREPROCESSING, Stage
 
 _TERMINAL: dict[int, object] = {}  # id(sys.stderr) -> its copy
 
@@ -32,9 +32,6 @@ class StageBars:
     """Progress for progress(stage, done, total): a tqdm bar per stage on a terminal; on a
     pipe or a CI log, one plain line per stage instead of thousands of carriage returns."""
 
-    LABELS = {"decode": "decoding images", "calibrate": "calibrating", "convert": "converting",
-              "evaluate": "evaluating", "latency": "timing latency",
-              "layers": "per-layer statistics"}
 
     def __init__(self, prefix: str = ""):
         self.prefix = prefix
@@ -44,7 +41,7 @@ class StageBars:
         self.interactive = self.out.isatty()
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        label = f"{self.prefix}{self.LABELS.get(stage, stage)}"
+        label = f"{self.prefix}{Stage.label_of(stage)}"
         if not self.interactive:
             if stage != self.stage:
                 self.stage = stage

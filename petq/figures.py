@@ -1,6 +1,6 @@
 """Plotly figures of the dashboard: metric bars, the size/latency/accuracy scatter,
 confusion and per-breed heatmaps, seed spread and calibration histograms. Pure
-functions over the tables and records of petq.compare; no streamlit here."""
+functions over the tables and records of petq.tables; no streamlit here."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from petq.compare import LEVEL, human_size, label, pareto_front, per_class_delta
 from petq.results import QUALITY, Details
+from petq.tables import LEVEL, human_size, label, pareto_front, per_class_delta
 
 
 def seed_spread_figure(table: pd.DataFrame, metric: str = "accuracy") -> go.Figure:

@@ -1,14 +1,15 @@
 """Background jobs: convert and evaluate variants in a detached worker process.
 
 The dashboard starts a job and returns at once; the worker (petq.worker, `python -m
-petq.worker <job.json>`) calls `Workspace.evaluate` for each variant and writes its progress
-atomically to `<cache>/jobs/<job_id>.json`, so any page, session or process can
-follow it. A job outlives the page that started it; specs already cached are
-reported done without starting a process. No streamlit here.
+petq.worker <job.json>`) converts and evaluates each variant and writes its progress
+atomically to `<cache>/jobs/<job_id>.json`, so any page, session or process can follow it.
+That file is a `Job` (`Job.to_dict`); it is written and read only through `Job`. A job
+outlives the page that started it; specs already cached are reported done without starting
+a process. No streamlit here.
 
 One worker converts/evaluates per cache at a time: a worker holds
 `<cache>/jobs/.worker.lock` while it works, and a job whose worker waits for it stays
-"queued". A job is alive while a process with its worker's pid AND psutil create time
+queued. A job is alive while a process with its worker's pid AND psutil create time
 exists (a reused pid is not the worker); a dead worker's job is marked failed on read.
 Finished jobs' files are pruned (older than a week, beyond the newest 50).
 """
@@ -24,6 +25,8 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +35,8 @@ from filelock import FileLock
 
 from petq.cache import write_json_atomic
 from petq.errors import PetqError
-from petq.types import VariantSpec
+from petq.types import Stage, VariantSpec
 
-ACTIVE = ("queued", "running")
-FINISHED = ("done", "failed", "cancelled")
 START_GRACE = 120.0  # a queued job whose worker never reported is failed after this
 CREATE_TIME_TOLERANCE = 1.5  # s; psutil's create time is epoch-based: the boot time may shift
 WORKER_LOCK = ".worker.lock"
@@ -43,6 +44,178 @@ PRUNE_AGE = 7 * 24 * 3600.0  # finished jobs older than this (seconds) are prune
 KEEP_FINISHED = 50  # at most this many finished jobs are kept, newest first
 STALE_WRITE_AGE = 3600.0  # a write_json_atomic temp file this old was left by a killed writer
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Status(str, Enum):
+    """Where a job, or one variant of it, stands."""
+
+    QUEUED = "queued"  # waiting for its worker, or for its turn on the cache
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def active(self) -> bool:
+        return self in (Status.QUEUED, Status.RUNNING)
+
+
+@dataclass
+class JobVariant:
+    """One variant of a job. `spec` is None when the record holds none (or an unreadable one:
+    `error` says why); `cached`: it was in the cache when the job started."""
+
+    name: str
+    spec: VariantSpec | None
+    status: Status = Status.QUEUED
+    cached: bool = False
+    result_key: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "spec": self.spec.to_dict() if self.spec else None,
+                "status": self.status.value, "cached": self.cached,
+                "result_key": self.result_key, "error": self.error}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobVariant:
+        spec, error = None, data.get("error")
+        if data.get("spec"):
+            try:
+                spec = VariantSpec.from_dict(data["spec"])
+            except (PetqError, KeyError, TypeError, ValueError) as exc:
+                error = error or f"unreadable spec: {exc}"
+        return cls(name=str(data.get("name") or (spec.name if spec else "?")), spec=spec,
+                   status=Status(data.get("status") or Status.QUEUED),
+                   cached=bool(data.get("cached")), result_key=data.get("result_key"),
+                   error=error)
+
+
+@dataclass
+class Job:
+    """A background job's record: what it converts and evaluates, where, and how far it got.
+
+    `stage` is what the worker does now (for `current`, the variant(s) at work), with
+    `stage_done` of `stage_total` steps; `stage_note` adds what the stage alone cannot say
+    (the job waited for, the Ray slots). `pid` and `create_time` name the worker process.
+    """
+
+    id: str
+    model_path: str
+    dataset_root: str
+    cache_root: str
+    threads: int | None
+    test_fraction: float = 1.0
+    variants: list[JobVariant] = field(default_factory=list)
+    state: Status = Status.QUEUED
+    created: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+    updated: float | None = None
+    preprocessing: str | None = None
+    layers: bool = False
+    ray: str | None = None
+    restart_of: str | None = None
+    current: str | None = None
+    stage: Stage | None = None
+    stage_note: str | None = None
+    stage_done: int = 0
+    stage_total: int = 0
+    error: str | None = None
+    pid: int | None = None
+    create_time: float | None = None
+
+    @property
+    def total(self) -> int:
+        return len(self.variants)
+
+    @property
+    def done(self) -> int:
+        """Variants done (evaluated, or in the cache already)."""
+        return sum(v.status is Status.DONE for v in self.variants)
+
+    @property
+    def active(self) -> bool:
+        return self.state.active
+
+    @property
+    def fraction(self) -> float:
+        """Overall progress in [0, 1]: the share of variants finished (never goes back)."""
+        if self.state is Status.DONE:
+            return 1.0
+        return sum(not v.status.active for v in self.variants) / max(1, self.total)
+
+    @property
+    def stage_fraction(self) -> float:
+        """Progress of the current stage (decode, calibrate, evaluate...) in [0, 1]."""
+        return min(1.0, self.stage_done / self.stage_total) if self.stage_total else 0.0
+
+    @property
+    def stage_text(self) -> str:
+        """`tflite-int8-0.3: calibrating 3/12`, `waiting for job <id>`..."""
+        if self.stage is Stage.WAITING and self.stage_note:
+            return f"waiting for job {self.stage_note}"
+        stage = self.stage or Stage.START
+        text = stage.label
+        if stage.counted and self.stage_total:
+            text += f" {self.stage_done}/{self.stage_total}"
+        if self.stage_note:
+            text += f", {self.stage_note}"
+        return f"{self.current}: {text}" if self.current else text
+
+    def todo(self) -> list[JobVariant]:
+        """The variants not done yet."""
+        return [v for v in self.variants if v.status is not Status.DONE]
+
+    def finish(self, state: Status, error: str | None = None) -> None:
+        """End the job in `state`: its unfinished variants end so too (keeping their own
+        errors), with `error` where they have none."""
+        now = time.time()
+        for variant in self.variants:
+            if variant.status.active:
+                variant.status = state
+                if state is Status.FAILED:
+                    variant.error = variant.error or error
+        self.state, self.finished, self.updated = state, now, now
+        self.error = self.error or error
+        self.current, self.stage, self.stage_note = None, None, None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.update(variants=[v.to_dict() for v in self.variants], state=self.state.value,
+                   stage=self.stage.value if self.stage else None)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        """A record as written by `to_dict` (older records' missing fields take defaults)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["variants"] = [JobVariant.from_dict(v) for v in data.get("variants") or []]
+        values["state"] = Status(data.get("state") or Status.QUEUED)
+        values["stage"] = Stage(data["stage"]) if data.get("stage") else None
+        return cls(**{"model_path": "", "dataset_root": "", "cache_root": "", "threads": None,
+                      **values})
+
+
+class PlanStatus(str, Enum):
+    """What a job on a spec would do (`plan`)."""
+
+    CACHED = "cached"
+    RUNNING = "running"  # in an active job already
+    TODO = "to do"
+    SKIPPED = "skipped"  # does not fit the dataset: `PlanItem.reason` says why
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    spec: VariantSpec
+    status: PlanStatus
+    reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
 
 class JobError(PetqError):
@@ -70,41 +243,30 @@ def _new_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
-def _result_key(result: Any) -> str | None:
-    """A result's cache key, from a result record (attribute) or a plain dict."""
-    if result is None:
-        return None
-    if isinstance(result, dict):
-        return result.get("result_key")
-    return getattr(result, "result_key", None)
-
-
-def plan(ws: Any, specs: Sequence[VariantSpec], test_fraction: float = 1.0
-         ) -> list[dict[str, Any]]:
-    """What a job on `specs` would do: per spec, `cached`, `running` (in an active job),
-    `to do`, or `skipped` with the reason (a spec that does not fit the dataset, e.g. a
-    class index out of range).
-    """
+def plan(ws: Any, specs: Sequence[VariantSpec], test_fraction: float = 1.0) -> list[PlanItem]:
+    """What a job on `specs` would do with each: cached, running (in an active job), to do,
+    or skipped with the reason (a spec that does not fit the dataset, e.g. a class index out
+    of range)."""
+    model, dataset = str(Path(ws.model_path).resolve()), str(Path(ws.dataset.root).resolve())
     running = {
-        v["name"]
+        v.name
         for job in list_jobs(ws.cache.root, active_only=True)
-        if job.get("test_fraction") == test_fraction
-        and job.get("model_path") == str(Path(ws.model_path).resolve())
-        and job.get("dataset_root") == str(Path(ws.dataset.root).resolve())
-        for v in job["variants"] if v["status"] in ACTIVE
+        if job.test_fraction == test_fraction and job.model_path == model
+        and job.dataset_root == dataset
+        for v in job.variants if v.status.active
     }
     out = []
     for spec in dict.fromkeys(specs):
-        item: dict[str, Any] = {"spec": spec, "name": spec.name, "reason": None}
         try:
             ws.calibration_samples(spec)
-            if ws.cached_result(spec, test_fraction) is not None:
-                item["status"] = "cached"
-            else:
-                item["status"] = "running" if spec.name in running else "to do"
         except PetqError as exc:
-            item.update(status="skipped", reason=str(exc))
-        out.append(item)
+            out.append(PlanItem(spec, PlanStatus.SKIPPED, str(exc)))
+            continue
+        if ws.cached_result(spec, test_fraction) is not None:
+            out.append(PlanItem(spec, PlanStatus.CACHED))
+        else:
+            out.append(PlanItem(spec, PlanStatus.RUNNING if spec.name in running
+                                else PlanStatus.TODO))
     return out
 
 
@@ -126,7 +288,7 @@ def start_job(
     error too); return the job id at once. With `ray` (`local`, `auto` or host:port) the
     job sends them to Ray as a sweep (one task per variant, `petq.sweep.run_sweep`).
 
-    The job stays "queued" while another job's worker holds the cache. Raises PetqError
+    The job stays queued while another job's worker holds the cache. Raises PetqError
     when the workspace or a spec is invalid (nothing started). Pass `workspace` to reuse
     an open Workspace on the same paths; `restart_of` names the job this one repeats.
     """
@@ -149,32 +311,23 @@ def start_job(
         ws.calibration_samples(spec)  # raises SpecError for a class out of range
         cached = ws.cached_result(spec, test_fraction)
         done = cached is not None and (not layers or ws.cached_layer_stats(spec) is not None)
-        variants.append({
-            "name": spec.name, "spec": spec.to_dict(),
-            "status": "done" if done else "queued", "cached": done,
-            "result_key": _result_key(cached), "error": None,
-        })
+        variants.append(JobVariant(spec.name, spec, Status.DONE if done else Status.QUEUED,
+                                   cached=done, result_key=cached.result_key if cached else None))
     prune_jobs(cache_root)
-    job_id = _new_id()
     now = time.time()
-    record: dict[str, Any] = {
-        "id": job_id, "state": "queued", "created": now, "started": None, "finished": None,
-        "updated": now, "model_path": str(Path(model_path).resolve()),
-        "dataset_root": str(Path(dataset_root).resolve()),
-        "cache_root": str(Path(cache_root).resolve()), "threads": ws.threads,
-        "preprocessing": ws.contract.preprocessing, "layers": layers,
-        "test_fraction": test_fraction, "variants": variants,
-        "total": len(variants), "done": sum(v["status"] == "done" for v in variants),
-        "current": None, "stage": None, "stage_done": 0, "stage_total": 0,
-        "error": None, "pid": None, "create_time": None, "restart_of": restart_of,
-        "ray": ray,
-    }
-    path = job_path(cache_root, job_id)
-    if record["done"] == record["total"]:
-        record.update(state="done", finished=now)
-        write_json_atomic(path, record)
-        return job_id
-    write_json_atomic(path, record)
+    job = Job(
+        id=_new_id(), model_path=str(Path(model_path).resolve()),
+        dataset_root=str(Path(dataset_root).resolve()),
+        cache_root=str(Path(cache_root).resolve()), threads=ws.threads,
+        test_fraction=test_fraction, variants=variants, created=now, updated=now,
+        preprocessing=ws.contract.preprocessing, layers=layers, ray=ray, restart_of=restart_of,
+    )
+    path = job_path(cache_root, job.id)
+    if not job.todo():
+        job.finish(Status.DONE)
+        write_job(path, job)
+        return job.id
+    write_job(path, job)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p
@@ -191,7 +344,7 @@ def start_job(
     # Reap the worker when it ends, so a crashed one does not linger as a zombie.
     threading.Thread(target=process.wait, daemon=True).start()
     write_json_atomic(path.with_suffix(".pid"), {"pid": process.pid, "create_time": create_time})
-    return job_id
+    return job.id
 
 
 def restart_job(cache_root: Path | str, job_id: str, *, workspace: Any = None) -> str:
@@ -201,41 +354,52 @@ def restart_job(cache_root: Path | str, job_id: str, *, workspace: Any = None) -
     Raises JobError for an unknown job, a job still queued or running, or one with nothing
     left to do.
     """
-    record = job_status(cache_root, job_id)
-    if record is None:
+    job = job_status(cache_root, job_id)
+    if job is None:
         raise JobError(f"{job_path(cache_root, job_id)}: no such job")
-    if record["state"] in ACTIVE:
-        raise JobError(f"job {job_id} is still {record['state']}: cancel it or let it finish "
+    if job.active:
+        raise JobError(f"job {job_id} is still {job.state.value}: cancel it or let it finish "
                        "before restarting it")
-    todo = [v for v in record.get("variants", []) if v.get("status") != "done"]
-    if record["state"] == "done" or not todo:
+    todo = job.todo()
+    if job.state is Status.DONE or not todo:
         raise JobError(f"job {job_id} finished every variant: nothing to restart")
-    missing = [v.get("name", "?") for v in todo if not v.get("spec")]
+    missing = [v.name for v in todo if v.spec is None]
     if missing:
         raise JobError(f"job {job_id}: no spec recorded for {', '.join(missing)}")
-    specs = [VariantSpec.from_dict(v["spec"]) for v in todo]
-    return start_job(record["model_path"], record["dataset_root"], cache_root,
-                     record.get("threads"), specs, record.get("test_fraction", 1.0),
-                     workspace=workspace, restart_of=job_id, layers=bool(record.get("layers")),
-                     preprocessing=record.get("preprocessing"), ray=record.get("ray"))
+    return start_job(job.model_path, job.dataset_root, cache_root, job.threads,
+                     [v.spec for v in todo], job.test_fraction, workspace=workspace,
+                     restart_of=job_id, layers=job.layers, preprocessing=job.preprocessing,
+                     ray=job.ray)
 
 
-def read_job(path: Path) -> dict[str, Any] | None:
+def write_job(path: Path, job: Job) -> None:
+    """Write the record atomically (readers never see half of it)."""
+    write_json_atomic(path, job.to_dict())
+
+
+def read_job(path: Path) -> Job | None:
+    """The record at `path` as written (no liveness check), or None when there is none or
+    it cannot be read."""
     for _ in range(3):
         try:
-            return json.loads(path.read_text())
+            data = json.loads(path.read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
             time.sleep(0.05)
+            continue
+        try:
+            return Job.from_dict(data)
+        except (KeyError, TypeError, ValueError):  # not a job record petq wrote
+            return None
     return None
 
 
-def _worker_of(path: Path, record: dict[str, Any]) -> tuple[int | None, float | None]:
+def _worker_of(path: Path, job: Job) -> tuple[int | None, float | None]:
     """(pid, create time) of the job's worker: the worker's own record, else the .pid file
     start_job wrote (a bare pid in files of older versions)."""
-    if record.get("pid"):
-        return int(record["pid"]), record.get("create_time")
+    if job.pid:
+        return int(job.pid), job.create_time
     try:
         text = path.with_suffix(".pid").read_text()
     except OSError:
@@ -281,76 +445,66 @@ def pid_alive(pid: int) -> bool:
     return process_alive(pid)
 
 
-def worker_alive(record: dict[str, Any]) -> bool:
-    pid = record.get("pid")
-    if pid:
-        return process_alive(pid, record.get("create_time"))
-    return time.time() - record.get("created", 0) <= START_GRACE
+def worker_alive(job: Job) -> bool:
+    if job.pid:
+        return process_alive(job.pid, job.create_time)
+    return time.time() - job.created <= START_GRACE
 
 
-def _mark_dead(path: Path) -> dict[str, Any] | None:
+def _mark_dead(path: Path) -> Job | None:
     """Record that the job's worker died: the job and its unfinished variants failed."""
-    record = read_job(path)  # it may have finished just now
-    if record is None or record["state"] not in ACTIVE:
-        return record
-    error = "the worker process ended unexpectedly; see " + str(path.with_suffix(".log"))
-    for variant in record.get("variants", []):
-        if variant.get("status") in ACTIVE:
-            variant.update(status="failed", error=variant.get("error") or error)
-    now = time.time()
-    record.update(state="failed", error=record.get("error") or error, finished=now,
-                  updated=now, current=None, stage=None)
+    job = read_job(path)  # it may have finished just now
+    if job is None or not job.active:
+        return job
+    job.finish(Status.FAILED, "the worker process ended unexpectedly; see "
+               + str(path.with_suffix(".log")))
     try:
-        write_json_atomic(path, record)
+        write_job(path, job)
     except OSError:  # a read-only jobs folder: report the failure all the same
         pass
-    return record
+    return job
 
 
-def job_status(cache_root: Path | str, job_id: str) -> dict[str, Any] | None:
+def job_status(cache_root: Path | str, job_id: str) -> Job | None:
     """The job's record, or None. An active job whose worker died is marked failed."""
     path = job_path(cache_root, job_id)
-    record = read_job(path)
-    if record is None:
+    job = read_job(path)
+    if job is None:
         return None
-    record["pid"], record["create_time"] = _worker_of(path, record)
-    if record["state"] in ACTIVE and not worker_alive(record):
+    job.pid, job.create_time = _worker_of(path, job)
+    if job.active and not worker_alive(job):
         dead = _mark_dead(path)
         if dead is not None:
-            dead["pid"], dead["create_time"] = record["pid"], record["create_time"]
-            record = dead
-    record["fraction"] = progress_fraction(record)
-    record["stage_fraction"] = stage_fraction(record)
-    return record
+            dead.pid, dead.create_time = job.pid, job.create_time
+            job = dead
+    return job
 
 
-def _statuses(cache_root: Path | str) -> list[dict[str, Any]]:
+def _statuses(cache_root: Path | str) -> list[Job]:
     folder = jobs_dir(cache_root)
     if not folder.is_dir():
         return []
-    records = []
+    jobs = []
     for path in folder.glob("*.json"):
         if path.name.startswith("."):
             continue
-        record = job_status(cache_root, path.stem)
-        if record is not None:
-            records.append(record)
-    records.sort(key=lambda r: r.get("created", 0), reverse=True)
-    return records
+        job = job_status(cache_root, path.stem)
+        if job is not None:
+            jobs.append(job)
+    jobs.sort(key=lambda j: j.created, reverse=True)
+    return jobs
 
 
-def _prune(cache_root: Path | str, records: list[dict[str, Any]], max_age: float, keep: int
-           ) -> set[str]:
+def _prune(cache_root: Path | str, jobs: list[Job], max_age: float, keep: int) -> set[str]:
     """Delete the files of finished jobs beyond the newest `keep` or older than `max_age`,
     files of no job older than `max_age`, and temp files of killed writes."""
     folder = jobs_dir(cache_root)
     now = time.time()
-    finished = [r for r in records if r["state"] in FINISHED]  # records: newest first
-    gone = {r["id"] for r in finished[keep:]}
-    gone |= {r["id"] for r in finished
-             if now - (r.get("finished") or r.get("updated") or r.get("created") or now)
-             > max_age}
-    known = {r["id"] for r in records} - gone
+    finished = [j for j in jobs if not j.active]  # jobs: newest first
+    gone = {j.id for j in finished[keep:]}
+    gone |= {j.id for j in finished
+             if now - (j.finished or j.updated or j.created or now) > max_age}
+    known = {j.id for j in jobs} - gone
     for job_id in gone:
         for suffix in (".json", ".log", ".pid"):
             job_path(cache_root, job_id).with_suffix(suffix).unlink(missing_ok=True)
@@ -379,39 +533,21 @@ def prune_jobs(cache_root: Path | str, max_age: float = PRUNE_AGE, keep: int = K
     return sorted(_prune(cache_root, _statuses(cache_root), max_age, keep))
 
 
-def list_jobs(cache_root: Path | str, active_only: bool = False) -> list[dict[str, Any]]:
+def list_jobs(cache_root: Path | str, active_only: bool = False) -> list[Job]:
     """Every job under the cache, newest first (old finished jobs are pruned first)."""
-    records = _statuses(cache_root)
-    gone = _prune(cache_root, records, PRUNE_AGE, KEEP_FINISHED)
-    return [r for r in records
-            if r["id"] not in gone and (not active_only or r["state"] in ACTIVE)]
+    jobs = _statuses(cache_root)
+    gone = _prune(cache_root, jobs, PRUNE_AGE, KEEP_FINISHED)
+    return [j for j in jobs if j.id not in gone and (not active_only or j.active)]
 
 
-def find_active(
-    cache_root: Path | str, variant: str, test_fraction: float,
-    model_path: Path | str | None = None, dataset_root: Path | str | None = None,
-) -> dict[str, Any] | None:
-    """A running or queued job that is converting/evaluating `variant`, if any."""
-    for job in list_jobs(cache_root, active_only=True):
-        if job.get("test_fraction") != test_fraction:
-            continue
-        if model_path and job.get("model_path") != str(Path(model_path).resolve()):
-            continue
-        if dataset_root and job.get("dataset_root") != str(Path(dataset_root).resolve()):
-            continue
-        if any(v["name"] == variant and v["status"] in ACTIVE for v in job["variants"]):
-            return job
-    return None
-
-
-def cancel_job(cache_root: Path | str, job_id: str, wait: float = 5.0) -> dict[str, Any] | None:
+def cancel_job(cache_root: Path | str, job_id: str, wait: float = 5.0) -> Job | None:
     """Stop a job's worker (its whole process group), running or waiting for its turn, and
     mark the job cancelled."""
     path = job_path(cache_root, job_id)
-    record = job_status(cache_root, job_id)
-    if record is None or record["state"] not in ACTIVE:
-        return record
-    pid, create_time = record.get("pid"), record.get("create_time")
+    job = job_status(cache_root, job_id)
+    if job is None or not job.active:
+        return job
+    pid, create_time = job.pid, job.create_time
     if pid and process_alive(pid, create_time):
         for sig, patience in ((signal.SIGTERM, wait), (signal.SIGKILL, 2.0)):
             try:
@@ -423,26 +559,8 @@ def cancel_job(cache_root: Path | str, job_id: str, wait: float = 5.0) -> dict[s
                 time.sleep(0.05)
             if not process_alive(pid, create_time):
                 break
-    record = read_job(path) or record
-    if record["state"] in ACTIVE:
-        for variant in record["variants"]:
-            if variant["status"] in ACTIVE:
-                variant["status"] = "cancelled"
-        now = time.time()
-        record.update(state="cancelled", finished=now, updated=now, current=None, stage=None)
-        write_json_atomic(path, record)
+    job = read_job(path) or job
+    if job.active:
+        job.finish(Status.CANCELLED)
+        write_job(path, job)
     return job_status(cache_root, job_id)
-
-
-def progress_fraction(record: dict[str, Any]) -> float:
-    """Overall progress in [0, 1]: the share of variants finished (never goes back)."""
-    if record.get("state") == "done":
-        return 1.0
-    total = max(1, int(record.get("total") or 0))
-    return sum(v["status"] in FINISHED for v in record.get("variants", [])) / total
-
-
-def stage_fraction(record: dict[str, Any]) -> float:
-    """Progress of the current stage (decode, calibrate, evaluate...) in [0, 1]."""
-    total = record.get("stage_total") or 0
-    return min(1.0, (record.get("stage_done") or 0) / total) if total else 0.0

@@ -10,26 +10,26 @@ import plotly.graph_objects as go
 
 from petq.layers import LayerStat
 from petq.results import Result
+from petq.tables import Column
 
 COLOURS = ("#1f77b4", "#ef8a17")
-# label, printf format and help of the layer table's columns (metric columns come from the
-# metrics registry through petq.compare.column)
-LAYER_COLUMNS = {
-    "index": ("#", "%d", "Position of the op in the float graph"),
-    "layer": ("Layer", None, "The op's output tensor name (what a denylist matches)"),
-    "op": ("Op", None, "TFLite builtin op"),
-    "error": ("Error (steps)", "%.3f", "RMSE / scale: error in quantization steps (rounding "
-              "alone: 0.29)"),
-    "rank": ("Rank", "%d", "1: the largest error"),
-    "worst": ("Worst", None, "Among the marked worst layers"),
-    "rmse": ("RMSE", "%.4g", "Root mean square error, in the tensor's float units"),
-    "max_abs_error": ("Max abs error", "%.4g", "Largest absolute error on the sample"),
-    "scale": ("Scale", "%.4g", "Quantization step of the tensor"),
-    "used_min": ("Used min", "%.4g", "Lowest float value the quantized tensor can hold"),
-    "used_max": ("Used max", "%.4g", "Highest float value the quantized tensor can hold"),
-    "seen_min": ("Seen min", "%.4g", "Lowest value of the float model on the sample"),
-    "seen_max": ("Seen max", "%.4g", "Highest value of the float model on the sample"),
-    "keep_float": ("Kept in float", "%d", "Layers kept in float (the worst first)"),
+# how the layer table's columns are shown (the other tables' come from petq.tables.column)
+LAYER_COLUMNS: dict[str, Column] = {
+    "index": Column("#", "%d", "Position of the op in the float graph"),
+    "layer": Column("Layer", None, "The op's output tensor name (what a denylist matches)"),
+    "op": Column("Op", None, "TFLite builtin op"),
+    "error": Column("Error (steps)", "%.3f",
+                    "RMSE / scale: error in quantization steps (rounding alone: 0.29)"),
+    "rank": Column("Rank", "%d", "1: the largest error"),
+    "worst": Column("Worst", None, "Among the marked worst layers"),
+    "rmse": Column("RMSE", "%.4g", "Root mean square error, in the tensor's float units"),
+    "max_abs_error": Column("Max abs error", "%.4g", "Largest absolute error on the sample"),
+    "scale": Column("Scale", "%.4g", "Quantization step of the tensor"),
+    "used_min": Column("Used min", "%.4g", "Lowest float value the quantized tensor can hold"),
+    "used_max": Column("Used max", "%.4g", "Highest float value the quantized tensor can hold"),
+    "seen_min": Column("Seen min", "%.4g", "Lowest value of the float model on the sample"),
+    "seen_max": Column("Seen max", "%.4g", "Highest value of the float model on the sample"),
+    "keep_float": Column("Kept in float", "%d", "Layers kept in float (the worst first)"),
 }
 
 

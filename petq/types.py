@@ -49,6 +49,44 @@ class Mode(str, Enum):
 IO_TYPES = ("float", "int8", "int16")
 
 
+class Stage(str, Enum):
+    """A step of work that reports progress as `progress(stage, done, total)`: the value is
+    what the library passes, the label what the CLI's bars and the dashboard's job panel
+    show (written here once). `counted` steps show `done/total`; the others are one step."""
+
+    label: str
+    counted: bool
+
+    def __new__(cls, value: str, label: str, counted: bool = True) -> Stage:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.label = label
+        member.counted = counted
+        return member
+
+    WAITING = "waiting", "waiting for another job's worker (one per cache)", False
+    START = "start", "starting", False
+    DECODE = "decode", "decoding images"
+    CALIBRATE = "calibrate", "calibrating"
+    CONVERT = "convert", "converting", False
+    EVALUATE = "evaluate", "evaluating"
+    LATENCY = "latency", "measuring latency", False
+    FIGURES = "figures", "drawing the confusion matrix", False
+    TIMING = "timing", "timing against the reference (interleaved)", False
+    STATISTICS = "statistics", "paired statistics against the reference", False
+    LAYERS = "layers", "per-layer statistics", False
+    RAY = "ray", "tasks finished on Ray"
+
+    @classmethod
+    def label_of(cls, value: str) -> str:
+        """The label of a stage's value; a value no member has (a caller's own step) as is."""
+        try:
+            return cls(value).label
+        except ValueError:
+            return value
+
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How one variant is quantized, as data. `petq.convert` is the one place that turns it

@@ -17,10 +17,18 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from petq.cache import write_json_atomic
 from petq.errors import PetqError
-from petq.jobs import WORKER_LOCK, process_create_time, read_job, worker_alive
-from petq.types import VariantSpec
+from petq.jobs import (
+    WORKER_LOCK,
+    Job,
+    JobVariant,
+    Status,
+    process_create_time,
+    read_job,
+    worker_alive,
+    write_job,
+)
+from petq.types import Stage, VariantSpec
 
 WRITE_INTERVAL = 0.25  # seconds between progress writes within one stage
 LOCK_POLL = 1.0  # seconds between checks of who holds the worker lock, while waiting
@@ -28,22 +36,32 @@ LOCK_POLL = 1.0  # seconds between checks of who holds the worker lock, while wa
 class _Reporter:
     """Writes the job record: at once on a stage change, else at most every WRITE_INTERVAL."""
 
-    def __init__(self, path: Path, record: dict[str, Any]):
-        self.path, self.record = path, record
+    def __init__(self, path: Path, job: Job):
+        self.path, self.job = path, job
         self.last = 0.0
 
     def write(self, **changes: Any) -> None:
+        """Set these fields of the job (`Job`'s names) and write the record."""
         now = time.time()
-        self.record.update(changes, updated=now)
-        self.record["done"] = sum(v["status"] == "done" for v in self.record["variants"])
-        write_json_atomic(self.path, self.record)
+        for name, value in changes.items():
+            setattr(self.job, name, value)
+        self.job.updated = now
+        write_job(self.path, self.job)
         self.last = now
 
     def progress(self, stage: str, done: int, total: int) -> None:
-        changed = stage != self.record.get("stage")
-        self.record.update(stage=stage, stage_done=done, stage_total=total)
+        """A progress(stage, done, total) callback for the library (stage: a `Stage` value)."""
+        stage = Stage(stage)
+        changed = stage is not self.job.stage
+        self.job.stage, self.job.stage_note = stage, None
+        self.job.stage_done, self.job.stage_total = done, total
         if changed or done >= total or time.time() - self.last >= WRITE_INTERVAL:
             self.write()
+
+    def fail(self, variant: JobVariant, error: str, errors: list[str]) -> None:
+        """Record a variant's failure; `errors` collects the job's."""
+        variant.status, variant.error = Status.FAILED, error
+        errors.append(f"{variant.name}: {error}")
 
 
 def _running_job(folder: Path, own_id: str) -> str | None:
@@ -51,8 +69,8 @@ def _running_job(folder: Path, own_id: str) -> str | None:
     for path in folder.glob("*.json"):
         if path.stem == own_id or path.name.startswith("."):
             continue
-        record = read_job(path)
-        if record and record.get("state") == "running" and worker_alive(record):
+        job = read_job(path)
+        if job and job.state is Status.RUNNING and worker_alive(job):
             return path.stem
     return None
 
@@ -66,10 +84,9 @@ def _wait_for_turn(lock: FileLock, reporter: _Reporter) -> None:
             return
         except Timeout:
             timeout = LOCK_POLL
-            holder = _running_job(reporter.path.parent, reporter.record["id"])
-            stage = f"waiting for job {holder}" if holder else "waiting for another job"
-            if stage != reporter.record.get("stage"):
-                reporter.write(stage=stage)
+            holder = _running_job(reporter.path.parent, reporter.job.id)
+            if (Stage.WAITING, holder) != (reporter.job.stage, reporter.job.stage_note):
+                reporter.write(stage=Stage.WAITING, stage_note=holder)
 
 
 def run_job(path: Path | str) -> int:
@@ -78,14 +95,14 @@ def run_job(path: Path | str) -> int:
     It waits for the cache's worker lock first, so jobs on one cache run one at a time.
     """
     path = Path(path)
-    record = read_job(path)
-    if record is None:
+    job = read_job(path)
+    if job is None:
         print(f"{path}: no such job", file=sys.stderr)
         return 2
-    if record.get("state") != "queued":  # cancelled (or failed) before the worker began
-        print(f"{path}: job is {record.get('state')}, not queued", file=sys.stderr)
+    if job.state is not Status.QUEUED:  # cancelled (or failed) before the worker began
+        print(f"{path}: job is {job.state.value}, not queued", file=sys.stderr)
         return 2
-    reporter = _Reporter(path, record)
+    reporter = _Reporter(path, job)
     reporter.write(pid=os.getpid(), create_time=process_create_time())
     lock = FileLock(str(path.parent / WORKER_LOCK))
     _wait_for_turn(lock, reporter)
@@ -96,105 +113,96 @@ def run_job(path: Path | str) -> int:
 
 
 def _work(reporter: _Reporter) -> int:
-    record = reporter.record
-    reporter.write(state="running", started=time.time(), stage="start")
+    job = reporter.job
+    reporter.write(state=Status.RUNNING, started=time.time(), stage=Stage.START,
+                   stage_note=None)
     from petq.engine import evaluate_run  # after the first write: imports take seconds
     from petq.workspace import Workspace
 
     try:
-        ws = Workspace(record["model_path"], record["dataset_root"], record["cache_root"],
-                       record["threads"], preprocessing=record.get("preprocessing"))
+        ws = Workspace(job.model_path, job.dataset_root, job.cache_root, job.threads,
+                       preprocessing=job.preprocessing)
     except PetqError as exc:
-        for variant in record["variants"]:
-            if variant["status"] != "done":
-                variant.update(status="failed", error=str(exc))
-        reporter.write(state="failed", error=str(exc), current=None, stage=None,
-                       finished=time.time())
+        job.finish(Status.FAILED, str(exc))
+        reporter.write()
         return 1
     errors: list[str] = []
-    todo: dict[VariantSpec, dict[str, Any]] = {}  # the job's specs are distinct (petq.jobs)
-    for variant in record["variants"]:
-        if variant["status"] != "done":
-            try:
-                todo[VariantSpec.from_dict(variant["spec"])] = variant
-            except PetqError as exc:
-                variant.update(status="failed", error=str(exc))
-                errors.append(f"{variant['name']}: {exc}")
-    if record.get("ray"):
+    todo: dict[VariantSpec, JobVariant] = {}  # the job's specs are distinct (petq.jobs)
+    for variant in job.todo():
+        if variant.spec is None:
+            reporter.fail(variant, variant.error or "no spec recorded", errors)
+        else:
+            todo[variant.spec] = variant
+    if job.ray:
         _work_on_ray(ws, reporter, todo, errors)
     else:
         def progress_for(running):  # one variant, or two side by side
             for spec in running:
-                todo[spec]["status"] = "running"
-            reporter.write(current=" + ".join(spec.name for spec in running), stage="start",
-                           stage_done=0, stage_total=0)
+                todo[spec].status = Status.RUNNING
+            reporter.write(current=" + ".join(spec.name for spec in running),
+                           stage=Stage.START, stage_note=None, stage_done=0, stage_total=0)
             return reporter.progress
 
-        for spec, outcome, _ in evaluate_run(ws, todo, record["test_fraction"], progress_for):
+        for spec, outcome, _ in evaluate_run(ws, todo, job.test_fraction, progress_for):
             _work_on(ws, reporter, todo[spec], outcome, errors)
-    reporter.write(state="failed" if errors else "done", error="; ".join(errors) or None,
-                   current=None, stage=None, finished=time.time())
+    job.finish(Status.FAILED if errors else Status.DONE, "; ".join(errors) or None)
+    reporter.write()
     return 1 if errors else 0
 
 
-def _work_on(ws, reporter: _Reporter, variant: dict[str, Any], outcome,
+def _work_on(ws, reporter: _Reporter, variant: JobVariant, outcome,
              errors: list[str]) -> None:
     """Record one evaluated variant of the job (`outcome`: its Result or PetqError), and
     make what its reports and Compare read (`petq.engine.after_variant`)."""
     from petq.engine import AfterVariant, after_variant  # imported after the first write
 
-    reporter.write(current=variant["name"])
+    reporter.write(current=variant.name)
     try:
         if isinstance(outcome, PetqError):
             raise outcome
-        what = AfterVariant(timing=True, against_native=True,
-                            layers=bool(reporter.record.get("layers")))
+        what = AfterVariant(timing=True, against_native=True, layers=reporter.job.layers)
         # compared with FP32 (native for FP32) and native, whichever the cache holds
         after_variant(ws, outcome, (VariantSpec.fp32(), VariantSpec.native()), what,
                       reporter.progress)
-        variant.update(status="done", result_key=outcome.result_key)
+        variant.status, variant.result_key = Status.DONE, outcome.result_key
     except PetqError as exc:
-        variant.update(status="failed", error=str(exc))
-        errors.append(f"{variant['name']}: {exc}")
+        reporter.fail(variant, str(exc), errors)
     except Exception as exc:  # a bug: keep the traceback in the log, report the gist
         traceback.print_exc()
-        variant.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        errors.append(f"{variant['name']}: {type(exc).__name__}: {exc}")
+        reporter.fail(variant, f"{type(exc).__name__}: {exc}", errors)
     reporter.write()
 
 
-def _work_on_ray(ws, reporter: _Reporter, todo: dict[VariantSpec, dict[str, Any]],
+def _work_on_ray(ws, reporter: _Reporter, todo: dict[VariantSpec, JobVariant],
                  errors: list[str]) -> None:
     """The job's variants as a sweep on Ray; each variant's record follows its cell."""
     from petq.report import cached_confusion_png
     from petq.sweep import run_sweep
 
-    record = reporter.record
+    job = reporter.job
 
     def progress(status, cell) -> None:
         if cell is not None:
             variant = todo[cell.spec]
             if cell.ok:
-                variant.update(status="done", result_key=cell.result.result_key)
+                variant.status, variant.result_key = Status.DONE, cell.result.result_key
                 cached_confusion_png(ws.cache, cell.result.result_key, cell.spec.name)
             else:
-                variant.update(status="failed", error=cell.error)
-                errors.append(f"{cell.spec.name}: {cell.error}")
-        finished = status.count("done", "cached", "failed")
-        reporter.write(current=None, stage=f"on Ray: {finished} of {status.total} task(s) "
-                                           f"finished, {status.workers} slot(s)")
+                reporter.fail(variant, cell.error, errors)
+        reporter.write(current=None, stage=Stage.RAY,
+                       stage_done=status.count("done", "cached", "failed"),
+                       stage_total=status.total, stage_note=f"{status.workers} slot(s)")
 
-    address = None if record["ray"] == "local" else record["ray"]
+    address = None if job.ray == "local" else job.ray
     try:
-        run_sweep(ws.model_path, ws.dataset.root, ws.cache.root, list(todo),
-                  record["test_fraction"],
+        run_sweep(ws.model_path, ws.dataset.root, ws.cache.root, list(todo), job.test_fraction,
                   backend="ray", address=address, progress=progress,
-                  threads=record["threads"],  # the session's: its results, its latencies
-                  preprocessing=record.get("preprocessing"))
+                  threads=job.threads,  # the session's: its results, its latencies
+                  preprocessing=job.preprocessing)
     except PetqError as exc:
         for variant in todo.values():
-            if variant["status"] != "done":
-                variant.update(status="failed", error=str(exc))
+            if variant.status is not Status.DONE:
+                variant.status, variant.error = Status.FAILED, str(exc)
         errors.append(str(exc))
 
 

@@ -220,7 +220,7 @@ class Workspace:
         When a store is still to come (a cold run), the model is read in a thread
         (TensorFlow's import alone takes seconds), and for the native variant its runner
         made, while this thread decodes: with `calibration_first`, the trainval images
-        first (a converter process waits for them to calibrate: petq.ahead), then the
+        first (a converter process waits for them to calibrate: petq.engine), then the
         test images, counted as one "decode" stage. `read`: what reads the model's facts
         instead (petq.engine has its converter process read them).
         """

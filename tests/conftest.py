@@ -110,3 +110,23 @@ def workspace(tiny_model, pet_root, shared_cache):
     from petq.workspace import Workspace
 
     return Workspace(tiny_model, pet_root, shared_cache, threads=1)
+
+
+@pytest.fixture()
+def dashboard_navigation(monkeypatch):
+    """AppTest runs of dashboard.py as the server runs them once st.navigation has run.
+
+    A `pages/` folder beside the main script turns Streamlit's legacy page discovery on
+    until the first st.navigation call turns it off for the process. AppTest resets that
+    flag before every run, so without this each rerun would execute a page file bare,
+    without dashboard.py's frame."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    init = PagesManager.__init__
+
+    def init_with_navigation(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    init_with_navigation.__wrapped__ = init  # Streamlit's own, for a test of the first run
+    monkeypatch.setattr(PagesManager, "__init__", init_with_navigation)

@@ -31,7 +31,7 @@ import pytest
 from PIL import Image
 
 from petq.cache import Cache
-from petq.jobs import list_jobs
+from petq.jobs import Status, list_jobs
 from petq.types import VariantSpec
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -351,10 +351,10 @@ def test_every_page_renders_in_chromium(server, browser, screenshots, tmp_path):
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         jobs = list_jobs(server["cache"])
-        if jobs and all(j["state"] not in ("queued", "running") for j in jobs):
+        if jobs and not any(j.active for j in jobs):
             break
         time.sleep(1)
-    assert jobs and all(j["state"] == "done" for j in jobs), jobs
+    assert jobs and all(j.state is Status.DONE for j in jobs), jobs
     time.sleep(2.5)  # the job panel notices the end and reruns the page
     browser.wait_idle()
 

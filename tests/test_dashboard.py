@@ -1,4 +1,4 @@
-"""The dashboard: petq.compare on hand-made records, and every page through Streamlit's
+"""The dashboard: petq.tables on hand-made records, and every page through Streamlit's
 AppTest on the tiny fixtures (real library calls: conversion, evaluation, classification).
 """
 
@@ -19,16 +19,29 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from petq import compare, figures
+from pages.common.job_panel import JOBS_KEY
+from pages.common.settings import SETTINGS_OPEN_KEY
+from petq import figures, stats, tables
 from petq.cache import write_json_atomic
+from petq.classify import Answer, classify_image, disagreement
 from petq.errors import SpecError
-from petq.jobs import job_path, list_jobs
+from petq.jobs import (
+    Job,
+    JobVariant,
+    PlanItem,
+    PlanStatus,
+    Status,
+    job_path,
+    list_jobs,
+    process_create_time,
+)
 from petq.results import METRICS, Details, Result
-from petq.types import RECIPES, Backend, VariantSpec
+from petq.types import RECIPES, Backend, Stage, VariantSpec
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ["app/home.py", "app/convert.py", "app/compare.py", "app/classify.py",
-         "app/report.py"]
+pytestmark = pytest.mark.usefixtures("dashboard_navigation")
+PAGES = ["pages/home.py", "pages/convert.py", "pages/compare.py", "pages/classify.py",
+         "pages/report.py"]
 NAMES = ["Abyssinian", "beagle"]
 
 # ---------------------------------------------------------------- hand-made records
@@ -77,12 +90,12 @@ DETAILS = {
 
 
 def test_columns_come_from_the_metric_registry():
-    columns = compare.columns_for(["accuracy", "accuracy_delta", "file_size_bytes",
+    columns = tables.columns_for(["accuracy", "accuracy_delta", "file_size_bytes",
                                    "latency_p50_ms_delta", "accuracy_mean", "scheme"])
     assert columns["accuracy"].label == METRICS["accuracy"].label
     assert columns["accuracy"].format == "%.4f"
     assert columns["accuracy"].help == METRICS["accuracy"].help
-    assert columns["accuracy_delta"] == compare.Column(
+    assert columns["accuracy_delta"] == tables.Column(
         f"Δ {METRICS['accuracy'].label}", "%+.4f", f"{METRICS['accuracy'].label} minus the "
         "reference's")
     assert columns["file_size_bytes"].format == "%,d"
@@ -90,9 +103,9 @@ def test_columns_come_from_the_metric_registry():
     assert columns["accuracy_mean"].label == f"{METRICS['accuracy'].label} mean"
     assert columns["scheme"].label == "Scheme" and columns["scheme"].format is None
     for metric in METRICS.values():  # every registry format has a printf twin
-        assert compare.printf_format(metric.fmt).startswith("%")
+        assert tables.printf_format(metric.fmt).startswith("%")
     with pytest.raises(ValueError, match="no printf equivalent"):
-        compare.printf_format("%")
+        tables.printf_format("%")
 
 
 def test_pages_take_labels_and_formats_from_the_registry():
@@ -106,7 +119,7 @@ def test_pages_take_labels_and_formats_from_the_registry():
 
 
 def test_comparison_table_has_deltas_compression_and_agreement():
-    table = compare.comparison_table(ROWS, DETAILS, "native").set_index("variant")
+    table = tables.comparison_table(ROWS, DETAILS, "native").set_index("variant")
     assert table.loc["tflite-int8-0.5", "accuracy_delta"] == pytest.approx(-0.25)
     assert table.loc["native", "accuracy_delta"] == 0.0
     assert table.loc["tflite-int8-0.5", "latency_p50_ms_delta"] == pytest.approx(-15.0)
@@ -118,24 +131,24 @@ def test_comparison_table_has_deltas_compression_and_agreement():
     assert table.loc["native", "backend"] == "Keras"
     # evaluated on other test images: no agreement is claimed
     assert math.isnan(table.loc["tflite-imbint8", "agreement"])
-    shown = compare.view(table.reset_index(), compare.HOME_VIEW)
-    assert list(shown.columns) == list(compare.HOME_VIEW[1:])
+    shown = tables.view(table.reset_index(), tables.HOME_VIEW)
+    assert list(shown.columns) == list(tables.HOME_VIEW[1:])
     assert shown.index.name == "variant"
 
 
 def test_comparison_table_without_reference_or_fp32():
-    table = compare.comparison_table(ROWS[2:], DETAILS, "native")
+    table = tables.comparison_table(ROWS[2:], DETAILS, "native")
     assert table["accuracy_delta"].isna().all()
     assert table["compression_ratio"].isna().all()
-    assert compare.comparison_table([], {}, "native").empty
+    assert tables.comparison_table([], {}, "native").empty
 
 
 def test_latest_per_variant_and_test_fractions():
     older = result("native", 0.1, 1.0, 1, "old", created=1.0)
     newer = result("native", 0.9, 1.0, 1, "new", created=2.0)
-    assert [r.result_key for r in compare.latest_per_variant([older, newer])] == ["new"]
+    assert [r.result_key for r in tables.latest_per_variant([older, newer])] == ["new"]
     halves = [result("native", 1, 1, 1, "a", test_fraction=0.5), result("native", 1, 1, 1, "b")]
-    assert compare.test_fractions(halves) == [1.0, 0.5]
+    assert tables.test_fractions(halves) == [1.0, 0.5]
 
 
 def paired_details(b: int, c: int, both: int = 20, neither: int = 0):
@@ -148,24 +161,33 @@ def paired_details(b: int, c: int, both: int = 20, neither: int = 0):
     return details(labels, variant), details(labels, reference)
 
 
+def paired_comparison(variant: Details, reference: Details) -> stats.PairedComparison:
+    """As `Workspace.paired` computes it for the pages: at the tables' level."""
+    return stats.compare_details(variant, reference, resamples=tables.RESAMPLES, seed=0,
+                                 level=tables.LEVEL)
+
+
+def breed_changes(variant: Details, reference: Details) -> pd.DataFrame:
+    return tables.breed_table(stats.class_changes_of(variant, reference, level=tables.LEVEL),
+                              variant.class_names)
+
+
 def test_paired_statistics_mark_only_real_differences():
     many_v, many_r = paired_details(b=12, c=0)
     few_v, few_r = paired_details(b=2, c=1)
-    many = compare.paired_comparison(many_v, many_r, seed=0)
-    few = compare.paired_comparison(few_v, few_r, seed=0)
+    many = paired_comparison(many_v, many_r)
+    few = paired_comparison(few_v, few_r)
     assert (many.mcnemar.b, many.mcnemar.c) == (12, 0) and many.significant
     assert many.accuracy_difference.high < 0  # the interval excludes zero
     assert not few.significant and few.accuracy_difference.low < 0 < few.accuracy_difference.high
-    table = compare.paired_table({"ref": None, "many": many, "few": few})
+    table = tables.paired_table({"ref": None, "many": many, "few": few})
     assert table.loc["many", "significant"] == "✱" and table.loc["few", "significant"] == ""
     assert table.loc["many", "mcnemar_bc"] == "12 / 0"
     assert table.loc["many", "accuracy_ci"].startswith(f"{-12 / 32:+.4f} [")
     assert table.loc["ref", "accuracy_ci"] == "" and math.isnan(table.loc["ref", "mcnemar_p"])
-    assert compare.column("accuracy_ci").label == "Δ accuracy [95% CI]"
-    assert "a real difference" in compare.paired_verdict("many", "ref", many)
-    assert "within chance" in compare.paired_verdict("few", "ref", few)
+    assert tables.column("accuracy_ci").label == "Δ accuracy [95% CI]"
     with pytest.raises(ValueError, match="different test images"):
-        compare.paired_comparison(DETAILS["kb"], DETAILS["kn"])
+        paired_comparison(DETAILS["kb"], DETAILS["kn"])
 
 
 def test_a_breed_is_hurt_only_when_its_interval_excludes_zero():
@@ -175,38 +197,38 @@ def test_a_breed_is_hurt_only_when_its_interval_excludes_zero():
     variant = labels.copy()
     variant[:12] = 1
     variant[20] = 0
-    changes = compare.breed_changes(details(labels, variant), details(labels, reference))
+    changes = breed_changes(details(labels, variant), details(labels, reference))
     assert list(changes.index) == NAMES
     assert changes.loc["beagle", "difference"] == pytest.approx(-0.05)  # a drop ...
     assert not changes.loc["beagle", "hurt"]  # ... within chance: not called hurt
     assert changes.loc["Abyssinian", "hurt"] and changes.loc["Abyssinian", "b"] == 12
-    assert list(compare.hurt_breeds(changes).index) == ["Abyssinian"]
-    small = compare.breed_changes(details(labels, reference), details(labels, reference))
-    assert compare.hurt_breeds(small).empty
-    assert compare.most_hurt({"same": small, "worse": changes}) == "worse"
-    assert compare.most_hurt({}) is None
+    assert list(tables.hurt_breeds(changes).index) == ["Abyssinian"]
+    small = breed_changes(details(labels, reference), details(labels, reference))
+    assert tables.hurt_breeds(small).empty
+    assert tables.most_hurt({"same": small, "worse": changes}) == "worse"
+    assert tables.most_hurt({}) is None
 
 
 def test_seeds_parse_to_one_spec_each():
-    assert compare.parse_seeds("1234") == (1234,)
-    assert compare.parse_seeds("1, 2 3,2") == (1, 2, 3)
-    assert compare.parse_seeds("1-3, 7") == (1, 2, 3, 7)
+    assert tables.parse_seeds("1234") == (1234,)
+    assert tables.parse_seeds("1, 2 3,2") == (1, 2, 3)
+    assert tables.parse_seeds("1-3, 7") == (1, 2, 3, 7)
     for bad, message in (("x", "not a seed"), ("5-1", "backwards"), ("1-100", "at most"),
                          ("", "at least one")):
         with pytest.raises(SpecError, match=message):
-            compare.parse_seeds(bad)
-    specs = compare.requested_specs("tflite-int8", 0.3, (1234, 7))
+            tables.parse_seeds(bad)
+    specs = tables.requested_specs("tflite-int8", 0.3, (1234, 7))
     assert [s.name for s in specs] == ["tflite-int8-0.3", "tflite-int8-0.3-s7"]
-    assert [s.name for s in compare.requested_specs("aeq-wi8-ai8", classes=(0, 2))] == [
+    assert [s.name for s in tables.requested_specs("aeq-wi8-ai8", classes=(0, 2))] == [
         "aeq-wi8-ai8-c0+2"]
-    assert [s.name for s in compare.requested_specs("tflite-fp16", 0.3, (1, 2))] == [
+    assert [s.name for s in tables.requested_specs("tflite-fp16", 0.3, (1, 2))] == [
         "tflite-fp16"]  # no calibration: one spec, whatever the seeds
     with pytest.raises(SpecError, match="needs a calibration"):
-        compare.requested_specs("tflite-int8")
+        tables.requested_specs("tflite-int8")
 
 
 def test_recipes_are_grouped_by_backend():
-    groups = compare.recipe_groups()
+    groups = tables.recipe_groups()
     assert list(groups) == ["Keras", "TFLite converter", "AI Edge Quantizer"]
     assert sum(len(g) for g in groups.values()) == len(RECIPES)
     assert all(r.backend is Backend.AEQ for r in groups["AI Edge Quantizer"])
@@ -217,7 +239,7 @@ def test_seed_spread_per_fraction():
     runs = [result(name, accuracy, 1, 1, name) for name, accuracy in (
         ("tflite-int8-0.3", 0.80), ("tflite-int8-0.3-s7", 0.84), ("tflite-int8-0.3-s8", 0.82),
         ("tflite-int8-0.8", 0.9), ("aeq-wi8-ai8-0.3", 0.7), ("native", 0.9))]
-    table = compare.seed_spread_table(runs)
+    table = tables.seed_spread_table(runs)
     assert list(table["recipe"]) == ["tflite-int8"]  # one seed elsewhere: no spread
     row = table.iloc[0]
     assert row["seeds"] == 3 and row["fraction"] == 0.3
@@ -228,23 +250,24 @@ def test_seed_spread_per_fraction():
     bars = fig.data[0].error_y
     assert bars.array[0] == pytest.approx(row["accuracy_high"] - 0.82)
     assert sorted(fig.data[1].y) == pytest.approx([0.80, 0.82, 0.84])  # each seed's dot
-    assert compare.seed_spread_table(runs[3:]).empty
+    assert tables.seed_spread_table(runs[3:]).empty
 
 
 def test_plan_table_shows_status_and_cached_figures():
-    tasks = [{"name": "native", "status": "cached", "reason": None},
-             {"name": "tflite-imbint8", "status": "skipped", "reason": "class 5 out of range"}]
-    table = compare.plan_table(tasks, {"native": ROWS[0]})
+    tasks = [PlanItem(VariantSpec.native(), PlanStatus.CACHED),
+             PlanItem(VariantSpec.imbint8((5,)), PlanStatus.SKIPPED, "class 5 out of range")]
+    table = tables.plan_table(tasks, {"native": ROWS[0]})
     assert table.loc["native", "accuracy"] == 1.0
     assert math.isnan(table.loc["tflite-imbint8", "accuracy"])
     assert table.loc["tflite-imbint8", "reason"] == "class 5 out of range"
-    assert "reason" not in compare.plan_table(tasks[:1], {}).columns  # nothing skipped
-    assert compare.column("status").label == "Status"
+    assert table.loc["native", "status"] == "cached"
+    assert "reason" not in tables.plan_table(tasks[:1], {}).columns  # nothing skipped
+    assert tables.column("status").label == "Status"
 
 
 def test_pareto_front_keeps_only_undominated_variants():
-    table = compare.comparison_table(ROWS, DETAILS, "native")
-    assert set(compare.pareto_front(table)) == {"tflite-int8-0.5", "tflite-fp32"}
+    table = tables.comparison_table(ROWS, DETAILS, "native")
+    assert set(tables.pareto_front(table)) == {"tflite-int8-0.5", "tflite-fp32"}
     fig = figures.pareto_scatter(table)
     assert any(trace.name == "Pareto front" for trace in fig.data)
     assert {t.name for t in fig.data} >= {r.variant for r in ROWS}
@@ -253,9 +276,9 @@ def test_pareto_front_keeps_only_undominated_variants():
 
 
 def test_per_class_views():
-    sensitivity = compare.per_class_sensitivity(ROWS, DETAILS)
+    sensitivity = tables.per_class_sensitivity(ROWS, DETAILS)
     assert list(sensitivity.index) == NAMES
-    delta = compare.per_class_delta(sensitivity, "native")
+    delta = tables.per_class_delta(sensitivity, "native")
     assert "native" not in delta.columns
     assert delta.loc["Abyssinian", "tflite-int8-0.5"] == pytest.approx(-0.5)
     fig = figures.per_class_heatmap(sensitivity, "native")
@@ -266,29 +289,29 @@ def test_confusion_heatmaps_and_difference():
     fig = figures.confusion_heatmap(DETAILS["ki"], "tflite-int8-0.5")
     hover = fig.data[0].hovertemplate
     assert "true: %{y}" in hover and "predicted: %{x}" in hover and "count: %{z}" in hover
-    diff = compare.confusion_difference(DETAILS["ki"], DETAILS["kn"])
+    diff = tables.confusion_difference(DETAILS["ki"], DETAILS["kn"])
     assert diff.tolist() == [[-1, 1], [0, 0]]
     assert figures.difference_heatmap(diff, ["a", "b"], "d").data[0].zmid == 0
     with pytest.raises(ValueError, match="different test images"):
-        compare.confusion_difference(DETAILS["kb"], DETAILS["kn"])
-    assert compare.max_count(DETAILS["kn"], DETAILS["ki"]) == 2
-    table = compare.comparison_table(ROWS[:3], DETAILS, "native")
-    assert compare.default_pair(table, "native") == "tflite-int8-0.5"
+        tables.confusion_difference(DETAILS["kb"], DETAILS["kn"])
+    assert tables.max_count(DETAILS["kn"], DETAILS["ki"]) == 2
+    table = tables.comparison_table(ROWS[:3], DETAILS, "native")
+    assert tables.default_pair(table, "native") == "tflite-int8-0.5"
 
 
 def test_bars_histogram_and_sizes():
-    table = compare.comparison_table(ROWS, DETAILS, "native")
+    table = tables.comparison_table(ROWS, DETAILS, "native")
     fig = figures.metric_bars(table)
     assert [t.name for t in fig.data] == [METRICS[m].label for m in
                                           ("accuracy", "mean_precision", "mean_sensitivity",
                                            "g_mean", "top5")]
     assert list(fig.data[0].x) == [r.variant for r in ROWS]
     assert figures.calibration_histogram({"a": 3, "b": 0}, "t").data[0].y == (3, 0)
-    assert compare.human_size(8_748) == "8.75 kB"
-    assert compare.human_size(14_000_000) == "14.0 MB"
-    assert compare.human_size(512) == "512 B"
-    assert compare.fraction_text(1.0) == "the whole test split"
-    assert compare.fraction_text(0.3) == "30% of the test split"
+    assert tables.human_size(8_748) == "8.75 kB"
+    assert tables.human_size(14_000_000) == "14.0 MB"
+    assert tables.human_size(512) == "512 B"
+    assert tables.fraction_text(1.0) == "the whole test split"
+    assert tables.fraction_text(0.3) == "30% of the test split"
 
 
 class FakeRunner:
@@ -303,14 +326,15 @@ class FakeRunner:
 
 def test_classify_gives_top_k_probabilities_and_disagreement():
     names = ["a", "b", "c"]
-    out = compare.classify({"one": FakeRunner([0.0, 5.0, 1.0]),
-                            "two": FakeRunner([3.0, 0.0, 0.0])}, np.zeros((1, 2, 2, 3)), names,
-                           k=2)
-    assert [p["top1"] for p in out] == ["b", "a"]
-    assert [b for b, _ in out[0]["top"]] == ["b", "c"]
-    assert sum(p for _, p in out[0]["top"]) < 1.0 and 0 <= out[0]["latency_ms"] < 1000
-    assert compare.disagreement(out)
-    assert not compare.disagreement(out[:1])
+    out = classify_image({"one": FakeRunner([0.0, 5.0, 1.0]),
+                          "two": FakeRunner([3.0, 0.0, 0.0])}, np.zeros((1, 2, 2, 3)), names,
+                         "photo.jpg", k=2)
+    assert all(isinstance(a, Answer) and a.file == "photo.jpg" for a in out)
+    assert [(a.variant, a.top1) for a in out] == [("one", "b"), ("two", "a")]
+    assert [b for b, _ in out[0].top5] == ["b", "c"]
+    assert sum(p for _, p in out[0].top5) < 1.0 and 0 <= out[0].latency_ms < 1000
+    assert disagreement(out)
+    assert not disagreement(out[:1])
 
 
 # ---------------------------------------------------------------- the pages, through AppTest
@@ -356,12 +380,12 @@ def empty(monkeypatch, tiny_model, pet_root, tmp_path):
     return tmp_path / "cache"
 
 
-def app(page: str = "app/home.py"):
+def app(page: str = "pages/home.py"):
     """The dashboard as `streamlit run dashboard.py` serves it, switched to `page`."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
-    if page != "app/home.py":
+    if page != "pages/home.py":
         at.switch_page(page).run()
     return at
 
@@ -385,21 +409,37 @@ def column_labels(frame) -> dict[str, str]:
 
 
 def test_navigation_registers_every_page(empty):
-    """st.navigation, not the legacy pages/ folder: each page file registered once, Home
-    at the root; Streamlit's own sidebar navigation is on."""
-    assert not (ROOT / "pages").exists()  # a pages/ folder would be discovered as legacy
+    """The pages in pages/, registered with st.navigation (which turns the folder's legacy
+    discovery off): each page file once, Home at the root, the same URL paths as ever;
+    Streamlit's own sidebar navigation is on."""
     assert "showSidebarNavigation" not in (ROOT / ".streamlit" / "config.toml").read_text()
     at = app()
     pages = {info["script_path"]: (info["page_name"], info["url_pathname"])
              for info in at._registered_pages.values()}
-    mine = {str(ROOT / "app/home.py"): ("Home", ""),
-            str(ROOT / "app/convert.py"): ("Convert", "convert"),
-            str(ROOT / "app/compare.py"): ("Compare", "compare"),
-            str(ROOT / "app/classify.py"): ("Classify", "classify"),
-            str(ROOT / "app/report.py"): ("Report", "report")}
+    mine = {str(ROOT / "pages/home.py"): ("Home", ""),
+            str(ROOT / "pages/convert.py"): ("Convert", "convert"),
+            str(ROOT / "pages/compare.py"): ("Compare", "compare"),
+            str(ROOT / "pages/classify.py"): ("Classify", "classify"),
+            str(ROOT / "pages/report.py"): ("Report", "report")}
     assert {k: v for k, v in pages.items() if k in mine} == mine
-    for script in pages:  # other pages (Layers) are files in app/ too
-        assert Path(script).parent == ROOT / "app", script
+    assert pages[str(ROOT / "pages/layers.py")] == ("Layers", "layers")
+    assert sorted(pages) == sorted(str(p) for p in (ROOT / "pages").glob("*.py"))
+
+
+def test_a_page_opened_first_runs_inside_the_frame(monkeypatch, empty):
+    """A server's first run, before any st.navigation call, finds pages/ the legacy way and
+    runs the requested page's file alone; the page then reruns through dashboard.py."""
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setattr(PagesManager, "__init__", PagesManager.__init__.__wrapped__)
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
+    at.switch_page("pages/compare.py").run()  # a bookmark of /compare: the session's first run
+    assert_clean(at)
+    assert at.title[0].value == "Compare"
+    assert "**Model**" in "\n".join(c.value for c in at.sidebar.caption)  # the frame ran
+    titles = {info["page_name"] for info in at._registered_pages.values()}
+    assert titles == {"Home", "Convert", "Classify", "Tune", "Compare", "Layers", "Report"}
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -451,8 +491,16 @@ def submit_settings(at):
     return at
 
 
+def open_settings(at):
+    """Open the sidebar's Settings, as a click on the expander does (closed, it holds no
+    widgets: a fresh tab loads none)."""
+    assert not at.sidebar.selectbox and not at.sidebar.text_input
+    at.session_state[SETTINGS_OPEN_KEY] = True
+    return at.run()
+
+
 def test_settings_list_the_models_folder_and_reject_a_bad_path(filled, tmp_path):
-    at = app()
+    at = open_settings(app())
     model = at.selectbox(key="settings_model")
     assert "petq-demo.keras" in model.options  # shown by name
     assert model.options[-1] == "Other path…" and model.value == "Other path…"  # the fixture
@@ -474,18 +522,18 @@ def test_settings_switch_to_another_dataset(filled, tmp_path):
     from conftest import write_pet_tree
 
     other = write_pet_tree(tmp_path / "other", seed=5)
-    at = app()
+    at = open_settings(app())
     at.text_input(key="settings_dataset").set_value(str(other))
     submit_settings(at)
     assert_clean(at)
     assert str(other) in texts(at)
-    at.switch_page("app/compare.py").run()  # the setting holds on every page
+    at.switch_page("pages/compare.py").run()  # the setting holds on every page
     assert_clean(at)
     assert "`other`" in "\n".join(c.value for c in at.sidebar.caption)
 
 
 def test_settings_preprocessing_defaults_to_the_sidecar_and_can_be_changed(filled):
-    at = app()
+    at = open_settings(app())
     choice = at.selectbox(key="settings_preprocessing")
     assert choice.value is None
     assert "the model's own (torch)" in choice.options[0]
@@ -530,17 +578,14 @@ def test_a_model_replaced_at_the_same_path_is_noticed(monkeypatch, tiny_model, p
 
 
 def test_a_running_job_shows_progress(filled):
-    record = {
-        "id": "20990101-000000-aaaaaa", "state": "running", "created": time.time(),
-        "model_path": "m", "dataset_root": "d", "cache_root": str(filled), "threads": 1,
-        "test_fraction": 1.0, "total": 2, "done": 1, "current": "tflite-int8-0.3",
-        "stage": "calibrate", "stage_done": 3, "stage_total": 12, "error": None,
-        "pid": os.getpid(),
-        "variants": [{"name": "tflite-fp32", "status": "done", "cached": True},
-                     {"name": "tflite-int8-0.3", "status": "running", "cached": False}],
-    }
-    path = job_path(filled, record["id"])
-    write_json_atomic(path, record)
+    job = Job(id="20990101-000000-aaaaaa", model_path="m", dataset_root="d",
+              cache_root=str(filled), threads=1, state=Status.RUNNING, created=time.time(),
+              current="tflite-int8-0.3", stage=Stage.CALIBRATE, stage_done=3, stage_total=12,
+              pid=os.getpid(), create_time=process_create_time(),
+              variants=[JobVariant("tflite-fp32", VariantSpec.fp32(), Status.DONE, cached=True),
+                        JobVariant("tflite-int8-0.3", VariantSpec.int8(0.3), Status.RUNNING)])
+    path = job_path(filled, job.id)
+    write_json_atomic(path, job.to_dict())
     try:
         at = app()
         assert_clean(at)
@@ -556,7 +601,7 @@ def convert_plan(at) -> pd.DataFrame:
 
 
 def test_convert_fraction_and_seeds_give_one_spec_per_seed(filled):
-    at = app("app/convert.py")
+    at = app("pages/convert.py")
     assert at.radio(key="convert_backend").value == "TFLite converter"
     assert at.selectbox(key="convert_recipe_TFLite converter").value == "tflite-int8"
     assert RECIPES["tflite-int8"].summary in texts(at)
@@ -581,7 +626,7 @@ def test_convert_fraction_and_seeds_give_one_spec_per_seed(filled):
 
 
 def test_convert_recipes_by_backend_calibrate_only_when_static(filled):
-    at = app("app/convert.py")
+    at = app("pages/convert.py")
     at.radio(key="convert_backend").set_value("AI Edge Quantizer").run()
     recipe = at.selectbox(key="convert_recipe_AI Edge Quantizer")
     assert set(recipe.options) == {f"{k} · {r.scheme}" for k, r in RECIPES.items()
@@ -606,7 +651,7 @@ def test_convert_recipes_by_backend_calibrate_only_when_static(filled):
 
 
 def test_convert_breeds_picker_and_shortcut(filled):
-    at = app("app/convert.py")
+    at = app("pages/convert.py")
     at.radio(key="convert_calibration").set_value("chosen breeds only").run()
     assert_clean(at)
     picker = at.multiselect(key="convert_classes")
@@ -627,7 +672,7 @@ def test_convert_button_starts_one_job_for_every_seed(monkeypatch, tiny_model, p
                                                       tmp_path):
     cache = tmp_path / "cache"
     point_at(monkeypatch, tiny_model, pet_root, cache)
-    at = app("app/convert.py")
+    at = app("pages/convert.py")
     at.slider(key="convert_fraction").set_value(0.5).run()
     at.text_input(key="convert_seeds").set_value("1, 2").run()
     button = at.button(key="convert_start")
@@ -636,22 +681,21 @@ def test_convert_button_starts_one_job_for_every_seed(monkeypatch, tiny_model, p
     button.click().run()
     assert time.perf_counter() - start < 20  # the page does not wait for the conversion
     assert_clean(at)
-    assert len(at.session_state["petq_jobs"]) == 1
+    assert len(at.session_state[JOBS_KEY]) == 1
     assert any("variants done" in p.proto.text for p in at.get("progress"))
     deadline = time.monotonic() + 240
     while list_jobs(cache, active_only=True) and time.monotonic() < deadline:
         time.sleep(0.5)
     jobs = list_jobs(cache)
-    assert [j["state"] for j in jobs] == ["done"]
-    assert [v["name"] for v in jobs[0]["variants"]] == ["tflite-int8-0.5-s1",
-                                                         "tflite-int8-0.5-s2"]
+    assert [j.state for j in jobs] == [Status.DONE]
+    assert [v.name for v in jobs[0].variants] == ["tflite-int8-0.5-s1", "tflite-int8-0.5-s2"]
     at.run()
     assert_clean(at)
     assert list(convert_plan(at)["status"]) == ["cached", "cached"]
 
 
 def test_compare_table_paired_statistics_and_reference(filled):
-    at = app("app/compare.py")
+    at = app("pages/compare.py")
     assert_clean(at)
     table = at.dataframe[0].value
     assert list(table.index) == FILLED_NAMES
@@ -682,7 +726,7 @@ def test_compare_table_paired_statistics_and_reference(filled):
 
 
 def test_compare_shows_the_spread_over_seeds(filled):
-    at = app("app/compare.py")
+    at = app("pages/compare.py")
     figures = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     spread = next(f for f in figures if "over calibration seeds" in f["layout"]["title"]["text"])
     assert spread["data"][0]["x"] == [0.5]
@@ -736,14 +780,14 @@ def bomb() -> bytes:
 def test_classify_accepts_what_the_decoder_reads(filled):
     from petq.data import UPLOAD_TYPES
 
-    at = app("app/classify.py")
+    at = app("pages/classify.py")
     accepted = list(at.get("file_uploader")[0].proto.type)
     assert accepted == [f".{t}" for t in UPLOAD_TYPES]
     assert {".gif", ".bmp", ".tiff", ".heic", ".heif"} <= set(accepted)
 
 
 def test_classify_good_uploads_of_every_kind(filled):
-    at = app("app/classify.py")
+    at = app("pages/classify.py")
     variants = at.multiselect(key="classify_variants").value
     assert variants[0] == "native" and {"tflite-fp32", "aeq-wi8-afp32"} <= set(variants)
     files = good_files()
@@ -779,7 +823,7 @@ def test_classify_bad_uploads_get_a_clear_message(filled, name, data, message):
         data = bomb()
     elif name == "huge.jpg":
         data = b"\xff\xd8" + bytes(int(st.get_option("server.maxUploadSize")) * 1024 * 1024)
-    at = app("app/classify.py")
+    at = app("pages/classify.py")
     at.file_uploader(key="classify_upload").set_value(
         [(name, data, "image/jpeg"), good_files()[0]]).run()
     assert not at.exception
@@ -789,7 +833,7 @@ def test_classify_bad_uploads_get_a_clear_message(filled, name, data, message):
 
 
 def test_classify_camera_photo(filled):
-    at = app("app/classify.py")
+    at = app("pages/classify.py")
     at.toggle(key="classify_use_camera").set_value(True).run()
     at.camera_input(key="classify_camera").set_value(good_files()[0][:2] + ("image/jpeg",))
     at.run()
@@ -804,14 +848,14 @@ def test_classify_says_when_the_model_is_synthetic(monkeypatch, tiny_model, pet_
     sidecar = json.loads(tiny_model.with_suffix(".json").read_text())
     model.with_suffix(".json").write_text(json.dumps({**sidecar, "synthetic": True}))
     point_at(monkeypatch, model, pet_root, tmp_path / "cache")
-    at = app("app/classify.py")
+    at = app("pages/classify.py")
     at.file_uploader(key="classify_upload").set_value(good_files()[:1]).run()
     assert_clean(at)
     assert "trained on synthetic data" in texts(at)
 
 
 def test_report_shows_the_summary_and_offers_downloads(filled):
-    at = app("app/report.py")
+    at = app("pages/report.py")
     assert_clean(at)
     body = texts(at)
     assert "How does the TFLite FP32 model perform compared to the native model?" in body
@@ -842,7 +886,7 @@ def test_report_redraws_no_confusion_matrix(monkeypatch, tiny_model, pet_root, t
 
     monkeypatch.setattr(report, "confusion_png", counting)
     point_at(monkeypatch, tiny_model, pet_root, cache)
-    at = app("app/report.py")
+    at = app("pages/report.py")
     assert_clean(at)
     assert at.selectbox(key="report_variant").value == rows[0].variant
     assert drawn == []  # the page showed the worker's PNG
@@ -882,9 +926,9 @@ def test_comparison_table_from_real_results(filled_cache, tiny_model, pet_root):
 
     ws = Workspace(tiny_model, pet_root, filled_cache, threads=1)
     rows = ws.results()
-    table = compare.comparison_table(rows, {r.result_key: ws.details(r.result_key)
+    table = tables.comparison_table(rows, {r.result_key: ws.details(r.result_key)
                                             for r in rows}, "native")
     assert isinstance(table, pd.DataFrame) and len(table) == len(FILLED)
     assert table["agreement"].notna().all()
-    names = [spec.name for spec, _ in compare.available_variants(ws)]
+    names = [spec.name for spec, _ in tables.available_variants(ws)]
     assert names == FILLED_NAMES

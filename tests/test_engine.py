@@ -538,7 +538,7 @@ def test_a_dashboard_job_survives_its_converter_process_killed_mid_conversion(
         tiny_model, pet_root, shared_cache, tmp_path):
     import time
 
-    from petq.jobs import job_status, start_job
+    from petq.jobs import Status, job_status, start_job
 
     cache = tmp_path / "cache"
     specs = [VariantSpec.native(), VariantSpec.int8(0.5, seed=19),
@@ -546,19 +546,19 @@ def test_a_dashboard_job_survives_its_converter_process_killed_mid_conversion(
     job = start_job(tiny_model, pet_root, cache, 2, specs)
 
     def converter():
-        pid = job_status(cache, job)["pid"]
+        pid = job_status(cache, job).pid
         return the_converter_under(pid) if pid else None
 
     killer = KillMidConversion(cache, converter)
     deadline = time.monotonic() + 600
     record = job_status(cache, job)
-    while record["state"] in ("queued", "running") and time.monotonic() < deadline:
+    while record.state in (Status.QUEUED, Status.RUNNING) and time.monotonic() < deadline:
         time.sleep(0.2)
         record = job_status(cache, job)
     log = (cache / "jobs" / f"{job}.log").read_text()
     assert killer.killed, log
-    assert record["state"] == "done", (record, log)
-    assert all(v["status"] == "done" for v in record["variants"]), record
+    assert record.state is Status.DONE, (record, log)
+    assert all(v.status is Status.DONE for v in record.variants), record
     assert "Traceback" not in log
     ws = Workspace(tiny_model, pet_root, cache, threads=2)
     alone = Workspace(tiny_model, pet_root, shared_cache, threads=2)

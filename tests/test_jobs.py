@@ -18,7 +18,10 @@ import pytest
 from petq.cache import write_json_atomic
 from petq.errors import SpecError
 from petq.jobs import (
+    Job,
     JobError,
+    JobVariant,
+    Status,
     cancel_job,
     job_path,
     job_status,
@@ -26,14 +29,13 @@ from petq.jobs import (
     pid_alive,
     process_alive,
     process_create_time,
-    progress_fraction,
     prune_jobs,
+    read_job,
     restart_job,
-    stage_fraction,
     start_job,
     worker_lock,
 )
-from petq.types import VariantSpec
+from petq.types import Stage, VariantSpec
 from petq.worker import run_job
 from petq.workspace import Workspace
 
@@ -42,22 +44,13 @@ def wait_for(cache, job_id, timeout=180.0):
     deadline = time.monotonic() + timeout
     seen_stages = set()
     while time.monotonic() < deadline:
-        record = job_status(cache, job_id)
-        if record["stage"]:
-            seen_stages.add(record["stage"])
-        if record["state"] not in ("queued", "running"):
-            return record, seen_stages
+        job = job_status(cache, job_id)
+        if job.stage:
+            seen_stages.add(job.stage)
+        if not job.active:
+            return job, seen_stages
         time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still {record['state']} after {timeout} s")
-
-
-def variant_of(result):
-    """A result's variant name, from a result record or a plain dict (both exist)."""
-    return result["variant"] if isinstance(result, dict) else result.spec.name
-
-
-def key_of_result(result):
-    return result["result_key"] if isinstance(result, dict) else result.result_key
+    raise AssertionError(f"job {job_id} still {job.state.value} after {timeout} s")
 
 
 def poll(check, timeout=30.0, what="the condition"):
@@ -73,33 +66,26 @@ def poll(check, timeout=30.0, what="the condition"):
 
 def raw(cache, job_id):
     """The job file as the worker wrote it (no liveness check)."""
-    return json.loads(job_path(cache, job_id).read_text())
+    return read_job(job_path(cache, job_id))
 
 
-def fake_job(cache, job_id, state="running", age=0.0, **fields):
+def fake_job(cache, job_id, state=Status.RUNNING, age=0.0, **fields):
     """Write a job record by hand, as a worker of `fields['pid']` would have."""
     created = time.time() - age
-    record = {
-        "id": job_id, "state": state, "created": created, "updated": created,
-        "finished": created if state in ("done", "failed", "cancelled") else None,
-        "model_path": "m", "dataset_root": "d", "cache_root": str(cache), "threads": 1,
-        "test_fraction": 1.0, "total": 1, "done": int(state == "done"),
-        "variants": [{"name": "tflite-fp32", "spec": VariantSpec.fp32().to_dict(),
-                      "status": "running" if state == "running" else state}],
-        "current": None, "stage": None, "stage_done": 0, "stage_total": 0,
-        "error": None, "pid": None, "create_time": None, **fields,
-    }
+    job = Job(id=job_id, model_path="m", dataset_root="d", cache_root=str(cache), threads=1,
+              variants=[JobVariant("tflite-fp32", VariantSpec.fp32(), state)], state=state,
+              created=created, updated=created,
+              finished=None if state.active else created, **fields)
     path = job_path(cache, job_id)
-    write_json_atomic(path, record)
+    write_json_atomic(path, job.to_dict())
     return path
 
 
 def waiting_worker(cache, job_id):
     """The job's record once its worker has reported and waits for the worker lock."""
     def check():
-        record = raw(cache, job_id)
-        return record if record.get("pid") and (record.get("stage") or "").startswith(
-            "waiting") else None
+        job = raw(cache, job_id)
+        return job if job.pid and job.stage is Stage.WAITING else None
     return poll(check, what=f"job {job_id} waiting for its turn")
 
 
@@ -108,43 +94,46 @@ def test_job_converts_evaluates_and_caches(tiny_model, pet_root, tmp_path):
     cache = tmp_path / "cache"
     specs = [VariantSpec.fp32(), VariantSpec.int8(0.5, seed=7)]
     job_id = start_job(tiny_model, pet_root, cache, 1, specs, test_fraction=1.0)
-    record, stages = wait_for(cache, job_id)
-    assert record["state"] == "done", record
-    assert [v["status"] for v in record["variants"]] == ["done", "done"]
-    assert record["done"] == record["total"] == 2
-    assert record["fraction"] == 1.0
-    assert "convert" in stages  # seen while it ran: the converter takes a second or more
-    assert record["stage"] is None and record["current"] is None
+    job, stages = wait_for(cache, job_id)
+    assert job.state is Status.DONE, job
+    assert [v.status for v in job.variants] == [Status.DONE, Status.DONE]
+    assert job.done == job.total == 2
+    assert job.fraction == 1.0
+    assert Stage.CONVERT in stages  # seen while it ran: the converter takes a second or more
+    assert job.stage is None and job.current is None
     ws = Workspace(tiny_model, pet_root, cache, threads=1)
-    names = {variant_of(r) for r in ws.results()}
+    names = {r.spec.name for r in ws.results()}
     assert {"tflite-fp32", "tflite-int8-0.5-s7"} <= names
-    assert {v["result_key"] for v in record["variants"]} == {
-        key_of_result(r) for r in ws.results()}
+    assert {v.result_key for v in job.variants} == {r.result_key for r in ws.results()}
     assert len(list((cache / "figures").rglob("confusion.png"))) == 2  # the report's, drawn
+    on_disk = json.loads(job_path(cache, job_id).read_text())  # what other processes read
+    assert on_disk["state"] == "done" and on_disk["variants"][0]["status"] == "done"
+    assert Job.from_dict(on_disk).variants == job.variants
 
     # Asking again: every spec is cached, reported done at once, no worker started.
     again = start_job(tiny_model, pet_root, cache, 1, specs, test_fraction=1.0)
     status = job_status(cache, again)
-    assert status["state"] == "done" and status["pid"] is None
-    assert all(v["cached"] for v in status["variants"])
-    assert [j["id"] for j in list_jobs(cache)][:2] == [again, job_id]
+    assert status.state is Status.DONE and status.pid is None
+    assert all(v.cached for v in status.variants)
+    assert [j.id for j in list_jobs(cache)][:2] == [again, job_id]
     assert list_jobs(cache, active_only=True) == []
 
 
 @pytest.mark.slow
 def test_two_real_jobs_run_one_after_the_other(tiny_model, pet_root, tmp_path):
     first = start_job(tiny_model, pet_root, tmp_path, 1, [VariantSpec.fp32()])
-    poll(lambda: raw(tmp_path, first)["state"] == "running", what="the first job running")
+    poll(lambda: raw(tmp_path, first).state is Status.RUNNING, what="the first job running")
     second = start_job(tiny_model, pet_root, tmp_path, 1, [VariantSpec.int8(0.5, seed=1)])
-    record = waiting_worker(tmp_path, second)
-    assert record["stage"] == f"waiting for job {first}"
-    assert job_status(tmp_path, second)["state"] == "queued"
+    job = poll(lambda: (j := raw(tmp_path, second)).stage_note == first and j,
+               what="the second job naming the first")
+    assert job.stage is Stage.WAITING and job.stage_text == f"waiting for job {first}"
+    assert job_status(tmp_path, second).state is Status.QUEUED
     done_first, _ = wait_for(tmp_path, first)
     done_second, stages = wait_for(tmp_path, second)
-    assert (done_first["state"], done_second["state"]) == ("done", "done")
-    assert done_first["finished"] <= done_second["started"]  # never both at work
-    assert done_second["started"] - done_second["created"] > 1.0  # it did wait
-    assert "convert" in stages
+    assert (done_first.state, done_second.state) == (Status.DONE, Status.DONE)
+    assert done_first.finished <= done_second.started  # never both at work
+    assert done_second.started - done_second.created > 1.0  # it did wait
+    assert Stage.CONVERT in stages
 
 
 def test_a_spec_that_does_not_fit_starts_nothing(tiny_model, pet_root, tmp_path):
@@ -155,10 +144,10 @@ def test_a_spec_that_does_not_fit_starts_nothing(tiny_model, pet_root, tmp_path)
 
 def test_cancel_stops_the_worker(tiny_model, pet_root, tmp_path):
     job_id = start_job(tiny_model, pet_root, tmp_path, 1, [VariantSpec.fp32()])
-    pid = job_status(tmp_path, job_id)["pid"]
+    pid = job_status(tmp_path, job_id).pid
     assert pid and pid_alive(pid)
-    record = cancel_job(tmp_path, job_id)
-    assert record["state"] == "cancelled"
+    job = cancel_job(tmp_path, job_id)
+    assert job.state is Status.CANCELLED
     assert not pid_alive(pid)
     assert list_jobs(tmp_path, active_only=True) == []
 
@@ -168,9 +157,9 @@ def test_the_pid_file_names_the_worker_by_pid_and_create_time(tiny_model, pet_ro
         job_id = start_job(tiny_model, pet_root, tmp_path, 1, [VariantSpec.fp32()])
         side = json.loads(job_path(tmp_path, job_id).with_suffix(".pid").read_text())
         assert side["create_time"] == process_create_time(side["pid"])
-        assert job_status(tmp_path, job_id)["pid"] == side["pid"]
-        record = waiting_worker(tmp_path, job_id)
-        assert (record["pid"], record["create_time"]) == (side["pid"], side["create_time"])
+        assert job_status(tmp_path, job_id).pid == side["pid"]
+        job = waiting_worker(tmp_path, job_id)
+        assert (job.pid, job.create_time) == (side["pid"], side["create_time"])
         cancel_job(tmp_path, job_id)
 
 
@@ -179,16 +168,16 @@ def test_a_reused_pid_is_not_the_worker(tmp_path):
     assert process_alive(me, started)
     assert not process_alive(me, started - 3600.0)
     fake_job(tmp_path, "20000101-000000-000010", pid=me, create_time=started)
-    assert job_status(tmp_path, "20000101-000000-000010")["state"] == "running"
+    assert job_status(tmp_path, "20000101-000000-000010").state is Status.RUNNING
     # The same live pid, but created at another time: another process got the pid.
     fake_job(tmp_path, "20000101-000000-000011", pid=me, create_time=started - 3600.0)
-    record = job_status(tmp_path, "20000101-000000-000011")
-    assert record["state"] == "failed"
-    assert "ended unexpectedly" in record["error"]
+    job = job_status(tmp_path, "20000101-000000-000011")
+    assert job.state is Status.FAILED
+    assert "ended unexpectedly" in job.error
     saved = raw(tmp_path, "20000101-000000-000011")  # written down, not only reported
-    assert saved["state"] == "failed" and saved["finished"]
-    assert [v["status"] for v in saved["variants"]] == ["failed"]
-    assert [j["id"] for j in list_jobs(tmp_path, active_only=True)] == ["20000101-000000-000010"]
+    assert saved.state is Status.FAILED and saved.finished
+    assert [v.status for v in saved.variants] == [Status.FAILED]
+    assert [j.id for j in list_jobs(tmp_path, active_only=True)] == ["20000101-000000-000010"]
 
 
 def test_a_zombie_worker_is_dead(tmp_path):
@@ -206,33 +195,32 @@ def test_a_killed_worker_is_failed_within_seconds_and_restarts(tiny_model, pet_r
     with worker_lock(tmp_path):  # the worker waits for its turn: nothing is converted
         job_id = start_job(tiny_model, pet_root, tmp_path, 1,
                            [VariantSpec.fp32(), VariantSpec.int8(0.5, seed=3)])
-        pid = waiting_worker(tmp_path, job_id)["pid"]
-        assert job_status(tmp_path, job_id)["state"] == "queued"
+        pid = waiting_worker(tmp_path, job_id).pid
+        assert job_status(tmp_path, job_id).state is Status.QUEUED
         with pytest.raises(JobError, match="still queued"):
             restart_job(tmp_path, job_id)
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
-        record = poll(lambda: (r := job_status(tmp_path, job_id))["state"] == "failed" and r,
-                      timeout=5.0, what="the killed job reported failed")
+        job = poll(lambda: (j := job_status(tmp_path, job_id)).state is Status.FAILED and j,
+                   timeout=5.0, what="the killed job reported failed")
         assert time.monotonic() - killed < 5.0
-        assert "ended unexpectedly" in record["error"]
-        assert [v["status"] for v in record["variants"]] == ["failed", "failed"]
+        assert "ended unexpectedly" in job.error
+        assert [v.status for v in job.variants] == [Status.FAILED, Status.FAILED]
 
         again = restart_job(tmp_path, job_id)
         assert again != job_id
         fresh = job_status(tmp_path, again)
-        assert fresh["state"] == "queued" and fresh["restart_of"] == job_id
-        assert [v["name"] for v in fresh["variants"]] == ["tflite-fp32", "tflite-int8-0.5-s3"]
-        assert [v["status"] for v in fresh["variants"]] == ["queued", "queued"]
-        assert (fresh["model_path"], fresh["dataset_root"], fresh["threads"],
-                fresh["test_fraction"]) == (record["model_path"], record["dataset_root"],
-                                            record["threads"], record["test_fraction"])
+        assert fresh.state is Status.QUEUED and fresh.restart_of == job_id
+        assert [v.name for v in fresh.variants] == ["tflite-fp32", "tflite-int8-0.5-s3"]
+        assert [v.status for v in fresh.variants] == [Status.QUEUED, Status.QUEUED]
+        assert (fresh.model_path, fresh.dataset_root, fresh.threads, fresh.test_fraction) == (
+            job.model_path, job.dataset_root, job.threads, job.test_fraction)
         # A waiting worker can be cancelled too, and a cancelled job restarts.
-        new_pid = waiting_worker(tmp_path, again)["pid"]
+        new_pid = waiting_worker(tmp_path, again).pid
         cancelled = cancel_job(tmp_path, again)
-        assert cancelled["state"] == "cancelled"
+        assert cancelled.state is Status.CANCELLED
         assert not process_alive(new_pid)
-        assert [v["status"] for v in cancelled["variants"]] == ["cancelled", "cancelled"]
+        assert [v.status for v in cancelled.variants] == [Status.CANCELLED, Status.CANCELLED]
         third = restart_job(tmp_path, again)
         cancel_job(tmp_path, third)
 
@@ -240,7 +228,7 @@ def test_a_killed_worker_is_failed_within_seconds_and_restarts(tiny_model, pet_r
 def test_restart_refuses_unknown_and_finished_jobs(tmp_path):
     with pytest.raises(JobError, match="no such job"):
         restart_job(tmp_path, "20000101-000000-000020")
-    fake_job(tmp_path, "20000101-000000-000021", state="done")
+    fake_job(tmp_path, "20000101-000000-000021", state=Status.DONE)
     with pytest.raises(JobError, match="nothing to restart"):
         restart_job(tmp_path, "20000101-000000-000021")
 
@@ -248,23 +236,23 @@ def test_restart_refuses_unknown_and_finished_jobs(tmp_path):
 def test_a_second_job_waits_while_the_first_runs(tiny_model, pet_root, tmp_path):
     # The first job: this process, running, holding the cache's worker lock.
     fake_job(tmp_path, "20000101-000000-000030", pid=os.getpid(),
-             create_time=process_create_time(), stage="convert")
+             create_time=process_create_time(), stage=Stage.CONVERT)
     lock = worker_lock(tmp_path)
     lock.acquire()
     try:
         second = start_job(tiny_model, pet_root, tmp_path, 1, [VariantSpec.fp32()])
-        record = waiting_worker(tmp_path, second)
-        assert record["stage"] == "waiting for job 20000101-000000-000030"
+        job = waiting_worker(tmp_path, second)
+        assert job.stage_text == "waiting for job 20000101-000000-000030"
         time.sleep(1.5)  # a few lock polls later, still waiting, still alive
         status = job_status(tmp_path, second)
-        assert status["state"] == "queued" and process_alive(status["pid"])
-        assert status["started"] is None
-        assert [j["state"] for j in list_jobs(tmp_path)] == ["queued", "running"]
+        assert status.state is Status.QUEUED and process_alive(status.pid)
+        assert status.started is None
+        assert [j.state for j in list_jobs(tmp_path)] == [Status.QUEUED, Status.RUNNING]
     finally:
         lock.release()
-    poll(lambda: raw(tmp_path, second)["state"] == "running", what="its turn after release")
-    assert raw(tmp_path, second)["started"] is not None
-    assert cancel_job(tmp_path, second)["state"] == "cancelled"
+    poll(lambda: raw(tmp_path, second).state is Status.RUNNING, what="its turn after release")
+    assert raw(tmp_path, second).started is not None
+    assert cancel_job(tmp_path, second).state is Status.CANCELLED
 
 
 def test_finished_jobs_are_pruned_active_ones_kept(tmp_path):
@@ -272,11 +260,11 @@ def test_finished_jobs_are_pruned_active_ones_kept(tmp_path):
     old = [f"20000101-000000-{n:06d}" for n in range(3)]
     recent = [f"20000102-000000-{n:06d}" for n in range(55)]
     for job_id in old:
-        fake_job(tmp_path, job_id, state="done", age=8 * day)
+        fake_job(tmp_path, job_id, state=Status.DONE, age=8 * day)
         job_path(tmp_path, job_id).with_suffix(".log").write_text("log")
         job_path(tmp_path, job_id).with_suffix(".pid").write_text("{}")
     for n, job_id in enumerate(recent):  # the first is the oldest
-        fake_job(tmp_path, job_id, state="failed" if n % 2 else "done", age=day - n)
+        fake_job(tmp_path, job_id, state=Status.FAILED if n % 2 else Status.DONE, age=day - n)
     active = "20000101-000000-999999"  # older than any, but running: never pruned
     fake_job(tmp_path, active, age=9 * day, pid=os.getpid(), create_time=process_create_time())
     orphan_old = job_path(tmp_path, "20000101-000000-aaaaaa").with_suffix(".log")
@@ -287,7 +275,7 @@ def test_finished_jobs_are_pruned_active_ones_kept(tmp_path):
     for path in (orphan_old, killed_write):
         os.utime(path, (time.time() - 8 * day,) * 2)
 
-    ids = [j["id"] for j in list_jobs(tmp_path)]
+    ids = [j.id for j in list_jobs(tmp_path)]
     assert ids == recent[:4:-1] + [active]  # newest first: the 50 newest finished, the active
     left = {p.name for p in (tmp_path / "jobs").iterdir()}
     for job_id in old + recent[:5]:
@@ -296,7 +284,7 @@ def test_finished_jobs_are_pruned_active_ones_kept(tmp_path):
     assert orphan_old.name not in left and killed_write.name not in left
     assert prune_jobs(tmp_path) == []  # nothing more to prune
     assert prune_jobs(tmp_path, keep=10) == sorted(recent[5:45])
-    assert {j["id"] for j in list_jobs(tmp_path)} == {active, *recent[45:]}
+    assert {j.id for j in list_jobs(tmp_path)} == {active, *recent[45:]}
 
 
 def test_a_dead_worker_is_reported_failed(tmp_path):
@@ -309,9 +297,11 @@ def test_a_dead_worker_is_reported_failed(tmp_path):
         "current": "tflite-fp32", "stage": "convert", "stage_done": 0, "stage_total": 1,
         "error": None, "pid": dead.pid,
     })
-    record = job_status(tmp_path, "20000101-000000-abcdef")
-    assert record["state"] == "failed"
-    assert "ended unexpectedly" in record["error"]
+    job = job_status(tmp_path, "20000101-000000-abcdef")  # a record without specs, too
+    assert job.state is Status.FAILED
+    assert "ended unexpectedly" in job.error
+    assert [(v.name, v.status, v.spec) for v in job.variants] == [
+        ("tflite-fp32", Status.FAILED, None)]
     assert list_jobs(tmp_path, active_only=True) == []
 
 
@@ -326,19 +316,41 @@ def test_worker_reports_the_petq_error(tmp_path, pet_root):
         "total": 1, "current": None, "stage": None, "error": None, "pid": None,
     })
     assert run_job(path) == 1
-    record = job_status(tmp_path, "20000101-000000-000001")
-    assert record["state"] == "failed"
-    assert "missing.keras: model file not found" in record["error"]
+    job = job_status(tmp_path, "20000101-000000-000001")
+    assert job.state is Status.FAILED
+    assert "missing.keras: model file not found" in job.error
+    assert [v.status for v in job.variants] == [Status.FAILED]
 
 
 def test_progress_counts_variants_and_the_current_stage():
-    record = {"state": "running", "total": 4, "current": "x", "stage_done": 5,
-              "stage_total": 10, "variants": [{"status": "done"}, {"status": "running"},
-                                              {"status": "queued"}, {"status": "queued"}]}
-    assert progress_fraction(record) == 0.25
-    assert stage_fraction(record) == 0.5
-    assert stage_fraction({**record, "stage_total": 0}) == 0.0
-    assert progress_fraction({**record, "state": "done"}) == 1.0
+    job = Job(id="x", model_path="m", dataset_root="d", cache_root="c", threads=1,
+              variants=[JobVariant(n, VariantSpec.fp32(), s) for n, s in (
+                  ("a", Status.DONE), ("b", Status.RUNNING), ("c", Status.FAILED),
+                  ("d", Status.QUEUED))],
+              state=Status.RUNNING, current="b", stage=Stage.CALIBRATE, stage_done=5,
+              stage_total=10)
+    assert (job.done, job.total) == (1, 4)
+    assert job.fraction == 0.5  # done and failed are both finished
+    assert job.stage_fraction == 0.5
+    assert job.stage_text == "b: calibrating 5/10"
+    job.stage = Stage.CONVERT  # one step: no count
+    assert job.stage_text == "b: converting"
+    job.stage_total = 0
+    assert job.stage_fraction == 0.0
+    job.stage, job.stage_note, job.current = Stage.RAY, "2 slot(s)", None
+    job.stage_done, job.stage_total = 1, 4
+    assert job.stage_text == "tasks finished on Ray 1/4, 2 slot(s)"
+    job.finish(Status.CANCELLED)
+    assert job.fraction == 1.0 and job.stage is None
+    assert [v.status for v in job.variants] == [Status.DONE, Status.CANCELLED, Status.FAILED,
+                                                Status.CANCELLED]
+    assert Job.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+
+
+def test_every_stage_has_one_label():
+    labels = [stage.label for stage in Stage]
+    assert len(set(labels)) == len(labels) and all(labels)
+    assert Stage("latency") is Stage.LATENCY and Stage.LATENCY.label == "measuring latency"
 
 
 def test_bad_job_ids_are_refused(tmp_path):

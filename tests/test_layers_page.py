@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from petq import layerviews
-from petq.jobs import list_jobs
+from petq.jobs import Status, list_jobs
 from petq.types import VariantSpec
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("dashboard_navigation")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def layers_page():
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
-    return at.switch_page("app/layers.py").run()
+    return at.switch_page("pages/layers.py").run()
 
 
 def test_views_mark_the_worst_layers_and_draw_each_variant(layered):
@@ -82,17 +83,17 @@ def test_missing_statistics_start_one_background_job(monkeypatch, layered):
     at = layers_page()
     at.selectbox(key="layers_a").set_value("tflite-imbint8-c1").run()
     assert any("not yet" in i.value for i in at.info)
-    before = {j["id"] for j in list_jobs(layered.cache.root)}
+    before = {j.id for j in list_jobs(layered.cache.root)}
     at.button(key="layers_compute").click().run()
-    jobs = [j for j in list_jobs(layered.cache.root) if j["id"] not in before]
-    assert len(jobs) == 1 and jobs[0]["layers"] is True
+    jobs = [j for j in list_jobs(layered.cache.root) if j.id not in before]
+    assert len(jobs) == 1 and jobs[0].layers is True
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        job = next(j for j in list_jobs(layered.cache.root) if j["id"] == jobs[0]["id"])
-        if job["state"] not in ("queued", "running"):
+        job = next(j for j in list_jobs(layered.cache.root) if j.id == jobs[0].id)
+        if not job.active:
             break
         time.sleep(0.5)
-    assert job["state"] == "done", job
+    assert job.state is Status.DONE, job
     assert layered.cached_layer_stats(VariantSpec.imbint8((1,))) is not None
 
 
@@ -110,29 +111,29 @@ def test_a_killed_worker_shows_failed_and_restarts_from_the_page(monkeypatch, la
     job_id = start_job(layered.model_path, layered.dataset.root, layered.cache.root, 1, [spec],
                        workspace=layered)
     deadline = time.monotonic() + 60
-    while not (job_status(layered.cache.root, job_id) or {}).get("create_time"):
+    while not job_status(layered.cache.root, job_id).create_time:
         assert time.monotonic() < deadline, "the worker never reported"
         time.sleep(0.1)
-    os.kill(job_status(layered.cache.root, job_id)["pid"], signal.SIGKILL)
+    os.kill(job_status(layered.cache.root, job_id).pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while job_status(layered.cache.root, job_id)["state"] != "failed":
+    while job_status(layered.cache.root, job_id).state is not Status.FAILED:
         assert time.monotonic() < deadline, "a killed worker still shows as alive"
         time.sleep(0.1)
     at = layers_page()
-    from app.common import JOBS_KEY
+    from pages.common.job_panel import JOBS_KEY
 
     at.session_state[JOBS_KEY] = [job_id]
     at.run()
     at.button(key=f"layers_restart_{job_id}").click().run()
-    restarted = [j for j in list_jobs(layered.cache.root) if j.get("restart_of") == job_id]
+    restarted = [j for j in list_jobs(layered.cache.root) if j.restart_of == job_id]
     assert len(restarted) == 1
-    assert restarted[0]["preprocessing"] == layered.contract.preprocessing
-    assert [v["name"] for v in restarted[0]["variants"]] == [spec.name]
+    assert restarted[0].preprocessing == layered.contract.preprocessing
+    assert [v.name for v in restarted[0].variants] == [spec.name]
     deadline = time.monotonic() + 120
-    while job_status(layered.cache.root, restarted[0]["id"])["state"] in ("queued", "running"):
+    while job_status(layered.cache.root, restarted[0].id).active:
         assert time.monotonic() < deadline
         time.sleep(0.5)
-    assert job_status(layered.cache.root, restarted[0]["id"])["state"] == "done"
+    assert job_status(layered.cache.root, restarted[0].id).state is Status.DONE
 
 
 @pytest.mark.slow
@@ -141,7 +142,7 @@ def test_compare_times_a_variant_against_the_reference_interleaved(monkeypatch, 
 
     point_at(monkeypatch, layered)
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
-    at.switch_page("app/compare.py").run()
+    at.switch_page("pages/compare.py").run()
     at.selectbox(key="compare_reference").set_value("tflite-fp32").run()
     at.selectbox(key="compare_timed").set_value("tflite-int8-0.5").run()
     at.button(key="compare_time").click().run()
@@ -160,22 +161,22 @@ def test_convert_takes_a_sweep_grid_as_one_job(monkeypatch, layered):
 
     point_at(monkeypatch, layered)
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
-    at.switch_page("app/convert.py").run()
+    at.switch_page("pages/convert.py").run()
     at.toggle(key="convert_grid").set_value(True).run()
     at.multiselect(key="convert_grid_recipes").set_value(["tflite-int8", "aeq-wi8-afp32"]).run()
     at.text_input(key="convert_grid_fractions").set_value("0.3, 0.5").run()
     at.text_input(key="convert_grid_seeds").set_value("1, 2").run()
     assert not at.error, [e.value for e in at.error]
     assert any("**5 variants**" in m.value for m in at.markdown)
-    before = {j["id"] for j in list_jobs(layered.cache.root)}
+    before = {j.id for j in list_jobs(layered.cache.root)}
     at.button(key="convert_start").click().run()
-    jobs = [j for j in list_jobs(layered.cache.root) if j["id"] not in before]
+    jobs = [j for j in list_jobs(layered.cache.root) if j.id not in before]
     assert len(jobs) == 1
-    assert sorted(v["name"] for v in jobs[0]["variants"]) == sorted([
+    assert sorted(v.name for v in jobs[0].variants) == sorted([
         "tflite-int8-0.3-s1", "tflite-int8-0.3-s2", "tflite-int8-0.5-s1", "tflite-int8-0.5-s2",
         "aeq-wi8-afp32"])
-    assert jobs[0]["ray"] is None  # this machine, unless Ray is chosen
-    cancel_job(layered.cache.root, jobs[0]["id"])
+    assert jobs[0].ray is None  # this machine, unless Ray is chosen
+    cancel_job(layered.cache.root, jobs[0].id)
     at.radio(key="convert_grid_where").set_value("Ray").run()
     at.text_input(key="convert_grid_ray").set_value("127.0.0.1:1").run()
     at.button(key="convert_start").click().run()

@@ -373,19 +373,19 @@ def test_a_grid_over_two_models(tiny_model, pet_root, tmp_path, capsys):
 def test_a_dashboard_job_sends_its_grid_to_ray(local_ray, tiny_model, pet_root, tmp_path):
     """The Convert page's grid on Ray: a background job runs the sweep there, each variant's
     record follows its cell, and the results join the session's (same thread count)."""
-    from petq.jobs import job_status, start_job
+    from petq.jobs import Status, job_status, start_job
 
     cache = tmp_path / "cache"
     address = local_ray.get_runtime_context().gcs_address
     specs = expand_grid(["tflite-fp32", "tflite-int8"], [0.5], [1234])
     job_id = start_job(tiny_model, pet_root, cache, 1, specs, ray=address)
     deadline = time.monotonic() + 240
-    while (record := job_status(cache, job_id))["state"] in ("queued", "running"):
-        assert time.monotonic() < deadline, record
+    while (job := job_status(cache, job_id)).active:
+        assert time.monotonic() < deadline, job
         time.sleep(0.5)
-    assert record["state"] == "done", record
-    assert record["ray"] == address
-    assert [v["status"] for v in record["variants"]] == ["done", "done"]
+    assert job.state is Status.DONE, job
+    assert job.ray == address
+    assert [v.status for v in job.variants] == [Status.DONE, Status.DONE]
     ws = Workspace(tiny_model, pet_root, cache, threads=1)
     assert all(ws.cached_result(spec) is not None for spec in specs)
     with pytest.raises(PetqError, match="no Ray cluster answers"):

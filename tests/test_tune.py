@@ -432,13 +432,13 @@ def test_tune_page_runs_in_the_background_and_offers_the_file(workspace, monkeyp
     monkeypatch.setenv("PETQ_CACHE", str(workspace.cache.root))
     monkeypatch.setenv("PETQ_THREADS", str(workspace.threads))
     at = AppTest.from_file(str(root / "dashboard.py"), default_timeout=120).run()
-    at.switch_page("app/tune.py").run()
+    at.switch_page("pages/tune.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert any(status.decision == s.value for s in at.success)
     labels = [b.proto.label for b in at.get("download_button")]
     assert f"Download {status.chosen_file.name}" in labels
     assert at.get("plotly_chart")
-    at.switch_page("app/compare.py").run()
+    at.switch_page("pages/compare.py").run()
     assert not at.exception, [e.value for e in at.exception]
     labels = [b.proto.label for b in at.get("download_button")]
     assert any(label.startswith("Download ") and label.endswith(".tflite") for label in labels)
@@ -535,7 +535,7 @@ def test_tune_page_renders_on_an_empty_cache(tiny_model, pet_root, tmp_path, mon
     monkeypatch.setenv("PETQ_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PETQ_THREADS", "1")
     at = AppTest.from_file(str(root / "dashboard.py"), default_timeout=120).run()
-    at.switch_page("app/tune.py").run()
+    at.switch_page("pages/tune.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == "Tune"
     assert any("No tune has run" in i.value for i in at.info)

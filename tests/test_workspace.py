@@ -127,7 +127,7 @@ def test_results_of_other_thread_counts_are_listed_on_request(tiny_model, pet_ro
                                                                shared_cache):
     """A sweep's tasks run with their own thread count: the dashboard lists them too, and
     prefers this workspace's own result of a variant when it has one."""
-    from petq.compare import latest_per_variant
+    from petq.tables import latest_per_variant
 
     one = Workspace(tiny_model, pet_root, shared_cache, threads=1)
     three = Workspace(tiny_model, pet_root, shared_cache, threads=3)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import common
-from petq import compare, figures
+from pages.common import job_panel, layout, reads, settings
+from petq import figures, tables
 from petq.errors import PetqError
-from petq.jobs import plan, start_job
+from petq.jobs import PlanStatus, plan, start_job
 from petq.types import lab_tasks
 
-ws = common.workspace_page("petq: post-training quantization lab")
-settings = common.settings()
-info = common.model_info(ws)
+ws = layout.workspace_page("petq: post-training quantization lab")
+test_fraction = settings.current().test_fraction
+info = reads.model_info(ws)
 
 st.caption("Convert a Keras image classifier to TFLite variants (converter and AI Edge "
            "Quantizer recipes), evaluate every variant on the same test images, and compare "
@@ -27,7 +27,7 @@ with model_col:
              help=f"{count:,} parameters")
     b.metric("Input", f"{ws.contract.input_size[0]}×{ws.contract.input_size[1]}")
     size = info.get("file_size_bytes")
-    c.metric("Size on disk", compare.human_size(size) if size else "folder")
+    c.metric("Size on disk", tables.human_size(size) if size else "folder")
     st.caption(f"`{ws.model_path}` · {len(ws.class_names)} classes · preprocessing "
                f"`{ws.contract.preprocessing}`"
                + (" · trained on synthetic data" if ws.contract.synthetic else ""))
@@ -44,46 +44,49 @@ with data_col:
 # ------------------------------------------------------------------ cached variants
 
 st.subheader("Cached variants")
-every = common.results(ws)
-shown = compare.latest_per_variant(
-    [r for r in every if r.test_fraction == settings.test_fraction], ws.threads)
+every = reads.results(ws)
+shown = tables.latest_per_variant(
+    [r for r in every if r.test_fraction == test_fraction], ws.threads)
 if not shown:
     st.info("Nothing evaluated on "
-            f"{compare.fraction_text(settings.test_fraction)} yet. Run the lab's task set "
+            f"{tables.fraction_text(test_fraction)} yet. Run the lab's task set "
             "below, or convert a variant on the **Convert** page.")
 else:
-    table = compare.comparison_table(shown, {}, None)
-    common.table(compare.view(table, compare.HOME_VIEW), width="stretch")
-    others = len(compare.latest_per_variant(every)) - len(shown)
-    st.caption(f"Evaluated on {compare.fraction_text(settings.test_fraction)}"
+    table = tables.comparison_table(shown, {}, None)
+    layout.table(tables.view(table, tables.HOME_VIEW), width="stretch")
+    others = len(tables.latest_per_variant(every)) - len(shown)
+    st.caption(f"Evaluated on {tables.fraction_text(test_fraction)}"
                + (f"; {others} more on other test fractions (see **Compare**)." if others > 0
                   else "."))
-    st.plotly_chart(figures.pareto_scatter(table), width="stretch", key="home_bubbles")
+    st.plotly_chart(layout.figure(figures.pareto_scatter, table), width="stretch",
+                    key="home_bubbles")
 
 # ------------------------------------------------------------------ the lab's task set
 
 st.subheader("The lab's task set")
 st.caption("native, tflite-fp32, tflite-int8 at 0.01 / 0.08 / 0.3 / 0.8 of trainval, and "
            "tflite-imbint8 (calibrated on one class), evaluated on "
-           f"{compare.fraction_text(settings.test_fraction)}.")
-tasks = plan(ws, lab_tasks(), settings.test_fraction)
+           f"{tables.fraction_text(test_fraction)}.")
+tasks = plan(ws, lab_tasks(), test_fraction)
+skipped = any(t.reason for t in tasks)
 st.dataframe(
-    [{"Variant": t["name"], "Status": t["status"], "Why": t["reason"] or ""} for t in tasks],
+    [{"Variant": t.name, "Status": t.status.value} | ({"Why": t.reason or ""} if skipped else {})
+     for t in tasks],
     hide_index=True, width="stretch",
 )
-to_run = [t["spec"] for t in tasks if t["status"] == "to do"]
+to_run = [t.spec for t in tasks if t.status is PlanStatus.TODO]
 if to_run:
     action = f"Run the lab's task set ({len(to_run)} to do)"
-elif any(t["status"] == "running" for t in tasks):
+elif any(t.status is PlanStatus.RUNNING for t in tasks):
     action = "The lab's task set is running…"
 else:
     action = "The lab's task set is done"
 if st.button(action, type="primary", disabled=not to_run, key="home_run_lab"):
     try:
-        common.remember_job(start_job(ws.model_path, ws.dataset.root, ws.cache.root,
-                                      ws.threads, to_run, settings.test_fraction, workspace=ws))
+        job_panel.remember_job(start_job(ws.model_path, ws.dataset.root, ws.cache.root,
+                                      ws.threads, to_run, test_fraction, workspace=ws))
     except PetqError as exc:
         st.error(str(exc))
     else:
         st.rerun()
-common.job_panel(ws, "home")
+job_panel.job_panel(ws, "home")

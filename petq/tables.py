@@ -1,5 +1,7 @@
-"""Comparing variants: tables with deltas and paired statistics, per-breed views and seed
-spread (their Plotly figures are in petq.figures).
+"""The dashboard's table layer: the tables its pages show (variants with deltas and paired
+statistics, per-breed changes, seed spread, the plan of a job), their columns' labels and
+formats, and the small texts around them. Their Plotly figures are in petq.figures; the
+statistics themselves in petq.stats.
 
 Pure functions over `Workspace.results()` (`Result`) and `Workspace.details()`
 (`Details`) records, so the dashboard pages only lay them out. Column labels and
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +20,10 @@ import numpy as np
 import pandas as pd
 
 from petq import stats
-from petq.classify import top_k
 from petq.errors import PetqError, SpecError
 from petq.evaluate import agreement
+from petq.jobs import PlanItem
 from petq.results import METRICS, Details, Result
-from petq.runtime import Runner
 from petq.types import DEFAULT_CALIBRATION_SEED, RECIPES, Backend, Recipe, VariantSpec
 
 LEVEL = 0.95  # confidence level of every interval shown; McNemar's test at 1 - LEVEL
@@ -231,14 +231,6 @@ def view(table: pd.DataFrame, keys: Sequence[str] = HOME_VIEW,
 # ---------------------------------------------------------------- paired statistics
 
 
-def paired_comparison(details: Details, reference: Details, resamples: int = RESAMPLES,
-                      seed: int = 0) -> stats.PairedComparison:
-    """Variant against reference on the same test images, at the page's level
-    (`petq.stats.compare_details`)."""
-    return stats.compare_details(details, reference, resamples=resamples, seed=seed,
-                                 level=LEVEL)
-
-
 def interval_text(interval: stats.Interval, fmt: str) -> str:
     """`-0.0135 [-0.0270, +0.0000]` in a registry format, signed."""
     def signed(v: float) -> str:
@@ -271,24 +263,8 @@ def paired_table(comparisons: Mapping[str, stats.PairedComparison | None]) -> pd
     return pd.DataFrame.from_records(records).set_index("variant")[columns]
 
 
-def paired_verdict(variant: str, reference: str, pc: stats.PairedComparison) -> str:
-    """One sentence: the accuracy difference, its interval and whether it is real."""
-    d, m = pc.accuracy_difference, pc.mcnemar
-    text = (f"`{variant}` − `{reference}`: accuracy {interval_text(d, '.4f')} "
-            f"({LEVEL:.0%} CI); McNemar b = {m.b}, c = {m.c}, p = {m.p_value:.3g}")
-    if pc.significant:
-        return text + f": a real difference at {1 - LEVEL:.0%}."
-    return text + ": within chance."
-
-
 BREED_VIEW = ("reference_recall", "variant_recall", "difference_ci", "b", "c", "p_value",
               "p_adjusted")
-
-
-def breed_changes(details: Details, reference: Details) -> pd.DataFrame:
-    """`breed_table` of two results' per-breed changes (`petq.stats.class_changes_of`)."""
-    return breed_table(stats.class_changes_of(details, reference, level=LEVEL),
-                       details.class_names)
 
 
 def breed_table(changes: Sequence[stats.ClassChange], names: Sequence[str]) -> pd.DataFrame:
@@ -385,15 +361,14 @@ def requested_specs(recipe: str | Recipe, fraction: float | None = None,
 PLAN_METRICS = ("accuracy", "g_mean", "latency_p50_ms", "file_size_bytes", "calibration_count")
 
 
-def plan_table(tasks: Sequence[Mapping[str, Any]], cached: Mapping[str, Result]
-               ) -> pd.DataFrame:
+def plan_table(tasks: Sequence[PlanItem], cached: Mapping[str, Result]) -> pd.DataFrame:
     """`petq.jobs.plan` entries as a table: status, why skipped, and the figures of those
     already cached (`cached`: variant name -> result)."""
     records = []
     for task in tasks:
-        result = cached.get(task["name"])
-        records.append({"variant": task["name"], "status": task["status"],
-                        "reason": task["reason"] or "",
+        result = cached.get(task.name)
+        records.append({"variant": task.name, "status": task.status.value,
+                        "reason": task.reason or "",
                         **{m: getattr(result, m) if result else math.nan for m in PLAN_METRICS}})
     columns = ["status", "reason", *PLAN_METRICS]
     if not any(r["reason"] for r in records):  # nothing skipped: no empty column
@@ -506,26 +481,6 @@ def available_variants(ws: Any) -> list[tuple[VariantSpec, str]]:
     keys = list(RECIPES)
     return sorted(out, key=lambda item: (keys.index(item[0].recipe.key), item[0].fraction or 0.0,
                                          item[0].classes, item[0].seed, item[0].keep_float))
-
-
-def classify(
-    runners: Mapping[str, Runner], x: np.ndarray, class_names: Sequence[str], k: int = 5
-) -> list[dict[str, Any]]:
-    """Every runner's top-k classes with probabilities, and the time of its predict (ms)."""
-    out = []
-    for name, runner in runners.items():
-        start = time.perf_counter()
-        scores = runner.predict(x)
-        latency_ms = (time.perf_counter() - start) * 1000.0
-        top = top_k(scores, class_names, k)  # ranked as `petq classify` ranks them
-        out.append({"variant": name, "top": list(top), "top1": top[0][0],
-                    "latency_ms": latency_ms})
-    return out
-
-
-def disagreement(predictions: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether the variants' top-1 classes differ."""
-    return len({p["top1"] for p in predictions}) > 1
 
 
 # ---------------------------------------------------------------- figures

@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import common
-from petq import compare, layerviews
+from pages.common import job_panel, layout, reads, settings
+from petq import layerviews, tables
 from petq.errors import PetqError
 from petq.jobs import start_job
 from petq.types import VariantSpec
 
-ws = common.workspace_page("Layers")
-test_fraction = common.settings().test_fraction
-every = compare.latest_per_variant(
-    [r for r in common.results(ws) if r.test_fraction == test_fraction], ws.threads)
+ws = layout.workspace_page("Layers")
+test_fraction = settings.current().test_fraction
+every = tables.latest_per_variant(
+    [r for r in reads.results(ws) if r.test_fraction == test_fraction], ws.threads)
 quantized = {r.variant: r for r in every
              if r.spec.recipe.quantized and not r.spec.is_native and not r.spec.keep_float}
 if not quantized:
     st.info("No quantized variant evaluated yet: convert one (for example tflite-int8-0.08) "
             "first.")
-    st.page_link(common.CONVERT, label="Convert a variant", icon=":material/tune:")
+    st.page_link(layout.CONVERT, label="Convert a variant", icon=":material/tune:")
     st.stop()
 
 st.caption(
@@ -50,28 +50,24 @@ if missing:
             + ", ".join(f"`{r.variant}`" for r in missing) + " not yet.")
     if st.button("Compute per-layer error", type="primary", key="layers_compute"):
         try:
-            common.remember_job(start_job(
+            job_panel.remember_job(start_job(
                 ws.model_path, ws.dataset.root, ws.cache.root, ws.threads,
                 [r.spec for r in missing], test_fraction, workspace=ws, layers=True))
         except PetqError as exc:
             st.error(str(exc))
         else:
             st.rerun()
-    common.job_panel(ws, "layers")
+    job_panel.job_panel(ws, "layers")
     st.stop()
 
 st.plotly_chart(layerviews.error_figure([(n, s) for n, s in stats.items()], worst),
                 width="stretch", key="layers_error")
 tabs = st.tabs([f"Table: {n}" for n in stats] + [f"Ranges: {n}" for n in stats])
-layer_columns = {
-    key: st.column_config.NumberColumn(label, format=fmt, help=text) if fmt
-    else st.column_config.TextColumn(label, help=text)
-    for key, (label, fmt, text) in layerviews.LAYER_COLUMNS.items()
-}
+layer_columns = layout.config_of(layerviews.LAYER_COLUMNS)
 for tab, layer_stats in zip(tabs, stats.values(), strict=False):
     table = layerviews.layer_table(layer_stats, worst)
     tab.dataframe(table.sort_values("rank", na_position="last"), hide_index=True,
-                  width="stretch", column_config=layer_columns, placeholder=common.MISSING)
+                  width="stretch", column_config=layer_columns, placeholder=layout.MISSING)
 for tab, (name, layer_stats) in zip(tabs[len(stats):], stats.items(), strict=False):
     tab.plotly_chart(layerviews.range_figure(layer_stats, name), width="stretch",
                      key=f"layers_range_{name}")
@@ -94,7 +90,7 @@ kept = [r for r in every if r.spec.recipe == base.spec.recipe
 if ws.cached_result(spec, test_fraction) is None:
     if st.button(f"Convert and evaluate {spec.name}", key="layers_keep_start"):
         try:
-            common.remember_job(start_job(ws.model_path, ws.dataset.root, ws.cache.root,
+            job_panel.remember_job(start_job(ws.model_path, ws.dataset.root, ws.cache.root,
                                           ws.threads, [spec], test_fraction, workspace=ws))
         except PetqError as exc:
             st.error(str(exc))
@@ -105,5 +101,5 @@ if kept:
     st.caption("What keeping layers in float recovers (accuracy) and costs (size, latency), "
                f"against `{base.variant}`. Compare gives paired tests of any two of these.")
     recovery = layerviews.recovery_table(base, kept, fp32).set_index("variant")
-    common.table(recovery, width="stretch")
-common.job_panel(ws, "layers")
+    layout.table(recovery, width="stretch")
+job_panel.job_panel(ws, "layers")

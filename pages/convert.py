@@ -7,17 +7,17 @@ import re
 
 import streamlit as st
 
-from app import common
-from petq import compare, figures
+from pages.common import job_panel, layout, settings
+from petq import figures, tables
 from petq.errors import PetqError
-from petq.jobs import plan, start_job
+from petq.jobs import PlanStatus, plan, start_job
 from petq.sweep import expand_grid
 from petq.types import DEFAULT_CALIBRATION_SEED, LAB_IMBALANCED_CLASSES, RECIPES
 
-ws = common.workspace_page("Convert")
-test_fraction = common.settings().test_fraction
+ws = layout.workspace_page("Convert")
+test_fraction = settings.current().test_fraction
 names = list(ws.class_names)
-groups = compare.recipe_groups()
+groups = tables.recipe_groups()
 
 def _one_class() -> None:
     if st.session_state.get("convert_one_class"):
@@ -45,7 +45,7 @@ def _one_recipe() -> list:
 
     try:
         if not recipe.calibrates:
-            specs = compare.requested_specs(recipe)
+            specs = tables.requested_specs(recipe)
         elif st.radio("Calibrate on", ["a fraction of trainval", "chosen breeds only"],
                       horizontal=True, key="convert_calibration") == "a fraction of trainval":
             left, right = st.columns([3, 1])
@@ -54,10 +54,10 @@ def _one_recipe() -> list:
             seeds = right.text_input(
                 "Seeds", value=str(DEFAULT_CALIBRATION_SEED), key="convert_seeds",
                 help="One variant per seed: `1234`, `1, 2, 3` or a range `1-5` "
-                     f"(at most {compare.MAX_SEEDS}). Several seeds show how much the pick of "
+                     f"(at most {tables.MAX_SEEDS}). Several seeds show how much the pick of "
                      "calibration images moves the results.")
-            specs = compare.requested_specs(recipe, round(fraction, 4),
-                                            compare.parse_seeds(seeds))
+            specs = tables.requested_specs(recipe, round(fraction, 4),
+                                            tables.parse_seeds(seeds))
         else:
             default_breeds = ([names[c] for c in LAB_IMBALANCED_CLASSES if c < len(names)]
                               or names[:1])
@@ -70,7 +70,7 @@ def _one_recipe() -> list:
             if not chosen:
                 st.warning("Pick at least one breed to calibrate on.")
                 st.stop()
-            specs = compare.requested_specs(recipe, classes=[ws.class_index(n) for n in chosen])
+            specs = tables.requested_specs(recipe, classes=[ws.class_index(n) for n in chosen])
     except PetqError as exc:
         st.error(str(exc))
         st.stop()
@@ -92,8 +92,8 @@ def _one_recipe() -> list:
                    + (f"; shown for seed {first.seed}, the other seeds pick other images in the "
                       "same proportions." if len(specs) > 1 else "."))
         st.plotly_chart(
-            figures.calibration_histogram(ws.calibration_histogram(first),
-                                          "Calibration images per breed"),
+            layout.figure(figures.calibration_histogram, ws.calibration_histogram(first),
+                          "Calibration images per breed"),
             width="stretch", key="convert_histogram",
         )
     return specs
@@ -119,7 +119,7 @@ def _grid() -> tuple[list, str | None]:
         st.error(f"Calibration fractions must be numbers, got {fractions!r}.")
         st.stop()
     try:
-        specs = expand_grid(chosen, values, compare.parse_seeds(seeds))
+        specs = expand_grid(chosen, values, tables.parse_seeds(seeds))
     except PetqError as exc:
         st.error(str(exc))
         st.stop()
@@ -146,12 +146,12 @@ first = specs[0]
 # ------------------------------------------------------------------ what is cached
 
 tasks = plan(ws, specs, test_fraction)
-cached = {t["name"]: ws.cached_result(t["spec"], test_fraction) for t in tasks
-          if t["status"] == "cached"}
+cached = {t.name: ws.cached_result(t.spec, test_fraction) for t in tasks
+          if t.status is PlanStatus.CACHED}
 st.subheader("Variants")
-common.table(compare.plan_table(tasks, cached), width="stretch")
-to_do = [t["spec"] for t in tasks if t["status"] == "to do"]
-running = [t["name"] for t in tasks if t["status"] == "running"]
+layout.table(tables.plan_table(tasks, cached), width="stretch")
+to_do = [t.spec for t in tasks if t.status is PlanStatus.TODO]
+running = [t.name for t in tasks if t.status is PlanStatus.RUNNING]
 if to_do:
     action = ("Evaluate" if first.is_native else "Convert and evaluate") + (
         f" {to_do[0].name}" if len(to_do) == 1 else f" {len(to_do)} variants")
@@ -162,14 +162,14 @@ if to_do:
         except PetqError as exc:
             st.error(str(exc))
         else:
-            common.remember_job(job_id)
+            job_panel.remember_job(job_id)
             st.rerun()
 elif running:
     st.info(f"Being converted and evaluated now: {', '.join(running)}.")
 elif cached:
     st.success(f"Everything asked for is in the cache (evaluated on "
-               f"{compare.fraction_text(test_fraction)}): nothing to convert.")
-    st.page_link(common.COMPARE, label="Compare with the other variants",
+               f"{tables.fraction_text(test_fraction)}): nothing to convert.")
+    st.page_link(layout.COMPARE, label="Compare with the other variants",
                  icon=":material/compare_arrows:")
 
-common.job_panel(ws, "convert")
+job_panel.job_panel(ws, "convert")

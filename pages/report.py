@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import common
+from pages.common import layout, reads
 from petq import report
 
-ws = common.workspace_page("Report")
+ws = layout.workspace_page("Report")
 
-fraction, rows = common.results_for_one_test_set(
+fraction, rows = reads.results_for_one_test_set(
     ws, "report_test_fraction", "No evaluated variants yet: run the lab's task set on Home first.",
-    (common.HOME, "Home", ":material/home:"),
+    (layout.HOME, "Home", ":material/home:"),
 )
-summary = common.report_summary(ws, rows)
+summary = reads.report_summary(ws, rows)
 
 left, right, _ = st.columns([1, 1, 2])
 left.download_button(

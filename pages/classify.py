@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import common
-from petq import compare
+from pages.common import layout, reads
+from petq.classify import classify_image, disagreement
 from petq.data import UPLOAD_TYPES, decode, open_image, preprocess
 from petq.errors import ImageError, PetqError
 
 PER_ROW = 3  # variant cards per row next to a photo
 
-ws = common.workspace_page("Classify")
+ws = layout.workspace_page("Classify")
 
-variants = common.available_variants(ws)
+variants = reads.available_variants(ws)
 st.session_state["classify_variants"] = [
     n for n in st.session_state.get("classify_variants", list(variants)) if n in variants
 ]
@@ -39,7 +39,7 @@ if not chosen:
 
 try:
     with st.spinner("Loading the variants (first time only)…"):
-        runners = {name: common.runner(ws, *variants[name]) for name in chosen}
+        runners = {name: reads.runner(ws, *variants[name]) for name in chosen}
 except PetqError as exc:
     st.error(f"Cannot load a variant: {exc}")
     st.stop()
@@ -57,12 +57,12 @@ for name, data in inputs:
         except ImageError as exc:
             st.error(str(exc))
             continue
-        predictions = compare.classify(runners, x, ws.class_names)
+        predictions = classify_image(runners, x, ws.class_names, name)
         photo, cards = st.columns([1, 3])
         thumbnail = image.copy()
         thumbnail.thumbnail((480, 480))
         photo.image(thumbnail, caption=f"{name} · {image.width}×{image.height}")
-        if compare.disagreement(predictions):
+        if disagreement(predictions):
             photo.badge("Variants disagree", icon=":material/warning:", color="orange")
         else:
             photo.badge("All variants agree", icon=":material/check:", color="green")
@@ -74,8 +74,8 @@ for name, data in inputs:
             for col, p in zip(cards.columns(PER_ROW), predictions[start:start + PER_ROW],
                               strict=False):
                 with col:
-                    differs = (f" :orange-badge[differs from {first['variant']}]"
-                               if p["top1"] != first["top1"] else "")
-                    st.markdown(f"**{p['variant']}** · {p['latency_ms']:.1f} ms{differs}")
-                    for breed, probability in p["top"]:
+                    differs = (f" :orange-badge[differs from {first.variant}]"
+                               if p.top1 != first.top1 else "")
+                    st.markdown(f"**{p.variant}** · {p.latency_ms:.1f} ms{differs}")
+                    for breed, probability in p.top5:
                         st.progress(probability, text=f"{probability:.1%} · {breed}")

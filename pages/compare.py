@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import common
-from petq import compare, figures
+from pages.common import layout, reads
+from petq import figures, tables
 from petq.errors import PetqError
 from petq.report import speed_sentence
 from petq.results import LATENCY
 
-ws = common.workspace_page("Compare")
+ws = layout.workspace_page("Compare")
 
-_, rows = common.results_for_one_test_set(
+_, rows = reads.results_for_one_test_set(
     ws, "compare_test_fraction", "No evaluated variants yet: run some on Home or Convert first.",
-    (common.CONVERT, "Convert a variant", ":material/tune:"),
+    (layout.CONVERT, "Convert a variant", ":material/tune:"),
 )
 names = [r.variant for r in rows]
 by_name = {r.variant: r for r in rows}
@@ -37,15 +37,15 @@ reference = right.selectbox(
     key="compare_reference", on_change=_new_reference,
 )
 if not chosen:
-    st.info("Pick at least one variant to compare.")
+    st.info("Pick at least one variant to tables.")
     st.stop()
 selected = [r for r in rows if r.variant in set(chosen) | {reference}]
-details = {r.result_key: common.details(ws, r.result_key) for r in selected}
-table = compare.comparison_table(selected, details, reference)
+details = {r.result_key: reads.details(ws, r.result_key) for r in selected}
+table = tables.comparison_table(selected, details, reference)
 shown = table[table["variant"].isin(chosen)]
 ref_key = by_name[reference].result_key
 paired = {
-    name: None if name == reference else common.paired(ws, by_name[name].result_key, ref_key)
+    name: None if name == reference else reads.paired(ws, by_name[name].result_key, ref_key)
     for name in shown["variant"]
 }
 
@@ -54,21 +54,21 @@ paired = {
 st.subheader("Metrics")
 st.caption(
     f"Against the reference, `{reference}`, on the same {rows[0].n_images} test images: "
-    f"Δ accuracy with a paired bootstrap {compare.LEVEL:.0%} interval; ✱ when McNemar's exact "
-    f"test finds the difference significant at {1 - compare.LEVEL:.0%} (b: images only the "
+    f"Δ accuracy with a paired bootstrap {tables.LEVEL:.0%} interval; ✱ when McNemar's exact "
+    f"test finds the difference significant at {1 - tables.LEVEL:.0%} (b: images only the "
     "reference gets right, c: only the variant). Compression: FP32 file size over the "
     "variant's. Agreement: share of images where the variant's top-1 breed equals the "
     "reference's.")
-common.table(compare.view(shown, compare.COMPARE_VIEW, compare.paired_table(paired)),
+layout.table(tables.view(shown, tables.COMPARE_VIEW, tables.paired_table(paired)),
              width="stretch")
 
 quality, latency = st.columns(2)
-quality.plotly_chart(figures.metric_bars(shown), width="stretch", key="compare_bars")
+quality.plotly_chart(layout.figure(figures.metric_bars, shown), width="stretch", key="compare_bars")
 latency.plotly_chart(
-    figures.metric_bars(shown, LATENCY, "Latency per image (ms)"),
+    layout.figure(figures.metric_bars, shown, LATENCY, "Latency per image (ms)"),
     width="stretch", key="compare_latency",
 )
-st.plotly_chart(figures.pareto_scatter(shown), width="stretch", key="compare_pareto")
+st.plotly_chart(layout.figure(figures.pareto_scatter, shown), width="stretch", key="compare_pareto")
 with st.expander("Speed against the reference, timed interleaved"):
     st.caption("Latencies above come from separate runs: on a busy machine they drift. This "
                "times a variant and the reference in one measurement (A, B, B, A...), with an "
@@ -96,13 +96,14 @@ with st.expander("Download a variant's .tflite"):
         st.caption("The native model has no .tflite." if not files else
                    "This variant's .tflite is not in this cache.")
 
-spread = compare.seed_spread_table([by_name[n] for n in chosen])
+spread = tables.seed_spread_table([by_name[n] for n in chosen])
 if len(spread):
     st.subheader("Spread over calibration seeds")
     st.caption("Variants that differ only by their calibration seed (same recipe and "
                "fraction): how much the pick of calibration images alone moves accuracy.")
-    st.plotly_chart(figures.seed_spread_figure(spread), width="stretch", key="compare_seeds")
-    common.table(spread.drop(columns=["values"]), hide_index=True, width="stretch")
+    st.plotly_chart(layout.figure(figures.seed_spread_figure, spread), width="stretch",
+                    key="compare_seeds")
+    layout.table(spread.drop(columns=["values"]), hide_index=True, width="stretch")
 
 # ------------------------------------------------------------------ one detail at a time
 
@@ -115,7 +116,7 @@ shown_detail = st.segmented_control("Detail", DETAILS, default=DETAILS[0], key="
 
 def confusion_matrices() -> None:
     st.subheader("Confusion matrices")
-    pair = compare.default_pair(table, reference)
+    pair = tables.default_pair(table, reference)
     listed = [r.variant for r in selected]
     a, b = st.columns(2)
     left_name = a.selectbox("Left", listed, index=listed.index(reference), key="compare_cm_left")
@@ -123,8 +124,8 @@ def confusion_matrices() -> None:
                              help="Default: the variant that agrees least with the reference.")
     left_details = details[by_name[left_name].result_key]
     right_details = details[by_name[right_name].result_key]
-    zmax = compare.max_count(left_details, right_details)
-    side_by_side = len(left_details.class_names) <= compare.SIDE_BY_SIDE_CLASSES
+    zmax = tables.max_count(left_details, right_details)
+    side_by_side = len(left_details.class_names) <= tables.SIDE_BY_SIDE_CLASSES
     if not side_by_side:  # too many breeds for half a page: one above the other, full width
         a, b = st.container(), st.container()
     a.plotly_chart(figures.confusion_heatmap(left_details, left_name, zmax,
@@ -138,7 +139,7 @@ def confusion_matrices() -> None:
     elif not right_details.same_images(left_details):
         st.caption("These two were evaluated on different test images: no difference to show.")
     else:
-        diff = compare.confusion_difference(right_details, left_details)
+        diff = tables.confusion_difference(right_details, left_details)
         if not diff.any():
             st.success(f"`{right_name}` and `{left_name}` have identical confusion matrices.")
         else:
@@ -151,41 +152,40 @@ def confusion_matrices() -> None:
 
 def per_breed() -> None:
     st.subheader("Per breed")
-    sensitivity = compare.per_class_sensitivity(
+    sensitivity = tables.per_class_sensitivity(
         [by_name[n] for n in chosen] + [by_name[reference]], details)
     others = [n for n in chosen if n != reference]
     if not others:
-        st.plotly_chart(figures.per_class_heatmap(sensitivity), width="stretch",
+        st.plotly_chart(layout.figure(figures.per_class_heatmap, sensitivity), width="stretch",
                         key="compare_per_class")
     else:
         st.plotly_chart(
-            figures.per_class_heatmap(sensitivity, reference,
-                                      f"Change in per-breed sensitivity from {reference} "
-                                      "(red: lower)"),
+            layout.figure(figures.per_class_heatmap, sensitivity, reference,
+                          f"Change in per-breed sensitivity from {reference} (red: lower)"),
             width="stretch", key="compare_per_class",
         )
         changes = {n: c for n in others
-                   if (c := common.breed_changes(ws, by_name[n].result_key, ref_key)) is not None}
+                   if (c := reads.breed_changes(ws, by_name[n].result_key, ref_key)) is not None}
         if changes:
             victims = list(changes)
             victim = st.selectbox("Breeds a variant hurts", victims,
-                                  index=victims.index(compare.most_hurt(changes)),
+                                  index=victims.index(tables.most_hurt(changes)),
                                   key="compare_victim")
-            hurt = compare.hurt_breeds(changes[victim])
+            hurt = tables.hurt_breeds(changes[victim])
             lower = int((changes[victim]["difference"] < 0).sum())
             st.caption(
-                f"A breed is hurt when its sensitivity's paired {compare.LEVEL:.0%} interval "
+                f"A breed is hurt when its sensitivity's paired {tables.LEVEL:.0%} interval "
                 f"(Newcombe) lies entirely below zero. `{victim}` lowers {lower} breed(s) against "
                 f"`{reference}`; {len(hurt)} of them beyond chance.")
             if hurt.empty:
                 st.success(f"`{victim}` hurts no breed beyond chance against `{reference}`.")
             else:
-                common.table(hurt.reindex(columns=compare.BREED_VIEW), width="stretch")
+                layout.table(hurt.reindex(columns=tables.BREED_VIEW), width="stretch")
             every = st.expander(f"Every breed, {victim} against {reference}",
                                 key="compare_every_breed", on_change="rerun")
             if every.open:  # built only when opened: the page loads without it
                 with every:
-                    common.table(changes[victim].reindex(columns=compare.BREED_VIEW),
+                    layout.table(changes[victim].reindex(columns=tables.BREED_VIEW),
                                  width="stretch")
         else:
             st.caption("The chosen variants were evaluated on other test images than the "

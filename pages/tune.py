@@ -7,12 +7,12 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from app import common
+from pages.common import layout
 from petq.errors import PetqError
 from petq.tune import DEFAULT_BUDGET, OBJECTIVES, TuneConfig
 from petq.tunerun import list_runs, read_run, start_run, stop_run
 
-ws = common.workspace_page("Tune")
+ws = layout.workspace_page("Tune")
 st.caption(
     "Finds the smallest (or fastest) variant whose drop against FP32 is certified below "
     "your limit: candidates are ranked on one half of the test images and the chosen one "
