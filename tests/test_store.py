@@ -20,6 +20,7 @@ from PIL import Image
 import petq.store as store
 from petq.cache import Cache
 from petq.data import PetDataset, decode, open_image
+from petq.errors import PetqError
 from petq.store import decode_into, load_store
 
 SIZE = (24, 20)
@@ -278,6 +279,19 @@ def test_a_full_disk_is_one_clear_error_and_the_cache_stays_whole(pet_root, smal
     assert cache.get("decoded", store.store_key(dataset, BIG, "trainval")) is None
     again = cache.get("decoded", store.store_key(dataset, SIZE, "test"))  # verified: sha256
     assert again is not None and again.file("pixels.npy").read_bytes() == small_bytes
+
+
+def test_any_cache_entry_that_finds_the_disk_full_is_one_clear_error(small_disk):
+    cache = Cache(small_disk / "cache")
+
+    def build(tmp: Path) -> dict:
+        (tmp / "big.bin").write_bytes(bytes(3 * 1024 * 1024))
+        return {}
+
+    with pytest.raises(PetqError, match=f"no space left in {small_disk / 'cache' / 'variants'} "
+                                        "for a variants entry"):
+        cache.get_or_build("variants", "k", build)
+    assert list((small_disk / "cache" / "variants").iterdir()) == []
 
 
 def test_a_dead_writers_temp_folder_is_cleared_when_the_store_opens(pet_root, tmp_path):
