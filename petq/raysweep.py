@@ -9,6 +9,8 @@ imported only here, and only when a sweep asks for it.
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +19,7 @@ from petq.sweep import SweepError, SweepTask, probe_paths, run_task, worker_envi
 
 RAY_CONNECT_TIMEOUT = 5.0  # seconds for the TCP check of a Ray address
 RAY_PROBE_TIMEOUT = 120.0  # seconds for every Ray node to answer the pre-flight probe
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def resolve_ray_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT
@@ -52,6 +55,41 @@ def resolve_ray_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOU
     return resolved
 
 
+def join_with_local_token(address: str | None) -> bool:
+    """Before joining a Ray cluster that runs on this machine, turn on Ray's token
+    authentication when its token is here; return whether it is on.
+
+    `ray start --head` turns token authentication on when a token is found
+    (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, or ~/.ray/auth_token, which any
+    local `ray.init()` writes), but a driver joining by address turns it on only when
+    RAY_AUTH_MODE=token is set. So for a cluster started on this machine, petq does what
+    Ray does for `ray.init("auto")`: it joins with that token, and a cluster without
+    authentication takes the token too. A remote cluster's address is never sent this
+    machine's token unless RAY_AUTH_MODE says so; an explicit RAY_AUTH_MODE always wins.
+    """
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None or address is None:  # set by hand, or a new local Ray sets it up
+        return (mode or "").lower() == "token"
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+        from ray._private.services import find_gcs_addresses
+    except ImportError:  # a Ray without token authentication, or one that moved it
+        return False
+    host, port = _split_address(address)
+    local = {_split_address(found) for found in find_gcs_addresses()}
+    if (host, port) not in local and not (host in LOOPBACK and port in {p for _, p in local}):
+        return False
+    quiet = logging.getLogger(maybe_enable_token_auth_if_token_available.__module__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its "enabled for this cluster" notice is for `ray start`
+    try:
+        return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        quiet.setLevel(level)
+
+
 def _split_address(address: str) -> tuple[str, int]:
     text = address.strip()
     client = text.startswith("ray://")
@@ -72,14 +110,13 @@ class RaySession:
 
     def __init__(self, address: str | None, workers: int | None, threads: int,
                  max_retries: int):
-        import logging
-
         import ray
 
         self.ray = ray
         self.threads, self.workers, self.max_retries = threads, workers, max_retries
         self.started = False
         if not ray.is_initialized():
+            join_with_local_token(address)
             kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
             if address is None:
                 kwargs.update(include_dashboard=False,
@@ -88,9 +125,9 @@ class RaySession:
                 ray.init(address=address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise SweepError(
-                    f"cannot join the Ray cluster at {address}: {exc} (a cluster with token "
-                    "authentication, Ray's default, needs RAY_AUTH_MODE=token here and its "
-                    "token in ~/.ray/auth_token)") from None
+                    f"cannot join the Ray cluster at {address}: {exc} (a remote cluster with "
+                    "token authentication, Ray's default, needs RAY_AUTH_MODE=token here and "
+                    "its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
             self.started = True
         self.env = {"env_vars": worker_environment(threads)}
         self.slots = 0
