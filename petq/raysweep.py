@@ -19,7 +19,6 @@ from petq.sweep import SweepError, SweepTask, probe_paths, run_task, worker_envi
 
 RAY_CONNECT_TIMEOUT = 5.0  # seconds for the TCP check of a Ray address
 RAY_PROBE_TIMEOUT = 120.0  # seconds for every Ray node to answer the pre-flight probe
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def resolve_ray_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT
@@ -70,16 +69,13 @@ def join_with_local_token(address: str | None) -> bool:
     mode = os.environ.get("RAY_AUTH_MODE")
     if mode is not None or address is None:  # set by hand, or a new local Ray sets it up
         return (mode or "").lower() == "token"
+    if address.startswith("ray://") or not _on_this_machine(_split_address(address)[0]):
+        return False
     try:
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available,
         )
-        from ray._private.services import find_gcs_addresses
     except ImportError:  # a Ray without token authentication, or one that moved it
-        return False
-    host, port = _split_address(address)
-    local = {_split_address(found) for found in find_gcs_addresses()}
-    if (host, port) not in local and not (host in LOOPBACK and port in {p for _, p in local}):
         return False
     quiet = logging.getLogger(maybe_enable_token_auth_if_token_available.__module__)
     level = quiet.level
@@ -88,6 +84,20 @@ def join_with_local_token(address: str | None) -> bool:
         return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     finally:
         quiet.setLevel(level)
+
+
+def _on_this_machine(host: str) -> bool:
+    """Is `host` this machine: a loopback address or one of its interfaces' addresses?"""
+    import ipaddress
+
+    import psutil
+
+    try:
+        ips = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    mine = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    return all(ipaddress.ip_address(ip).is_loopback or ip in mine for ip in ips)
 
 
 def _split_address(address: str) -> tuple[str, int]:
