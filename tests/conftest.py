@@ -1,4 +1,10 @@
-"""Tiny fixtures built in code: an Oxford-layout tree and a small Keras model."""
+"""Tiny fixtures built in code: an Oxford-layout tree and a small Keras model, each built
+once per session.
+
+A test that waits for something (a process, a file, a job) uses the one bounded wait,
+`from waiting import wait_until` (benchmarks/waiting.py, on pytest's pythonpath), not a
+loop of its own around a deadline.
+"""
 
 from __future__ import annotations
 
