@@ -23,3 +23,8 @@ class SpecError(PetqError, ValueError):
 
 class DownloadError(PetqError):
     """A download failed; nothing half-written was left behind."""
+
+
+class DiskFullError(PetqError):
+    """The cache's disk has no room for an entry: nothing half-written is left. Every
+    variant after it would fail alike, so a run stops at the first."""

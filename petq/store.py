@@ -25,7 +25,7 @@ from PIL import Image
 
 from petq.cache import Cache, key_of
 from petq.data import PetDataset, Sample, Split, decode, open_image
-from petq.errors import ImageError, PetqError
+from petq.errors import DiskFullError, ImageError
 
 STORE_VERSION = 2  # 2: one store per split
 Progress = Callable[[int, int], None]
@@ -111,7 +111,7 @@ def reserve_pixels(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 
     A page of a memory-mapped file that the disk has no room for kills the process with
     SIGBUS when it is written, with no message. Reserving every block first
-    (`posix_fallocate`) turns a full disk into one PetqError here, naming the folder, the
+    (`posix_fallocate`) turns a full disk into one DiskFullError here, naming the folder, the
     bytes needed and the bytes free, before any image is decoded.
     """
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
@@ -127,7 +127,7 @@ def reserve_pixels(path: Path, shape: tuple[int, ...]) -> np.ndarray:
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise
-            raise PetqError(
+            raise DiskFullError(
                 f"no room for the decoded images in {path.parent.parent}: the store needs "
                 f"{_size(total)} ({total:,} bytes) and {_size(free)} ({free:,} bytes) is "
                 f"free there ({exc.strerror}); free some space there, or give a cache folder on "

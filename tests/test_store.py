@@ -20,7 +20,7 @@ from PIL import Image
 import petq.store as store
 from petq.cache import Cache
 from petq.data import PetDataset, decode, open_image
-from petq.errors import PetqError
+from petq.errors import DiskFullError
 from petq.store import decode_into, load_store
 
 SIZE = (24, 20)
@@ -257,12 +257,12 @@ def test_a_full_disk_is_one_clear_error_and_the_cache_stays_whole(pet_root, smal
         from pathlib import Path
         from petq.cache import Cache
         from petq.data import PetDataset
-        from petq.errors import PetqError
+        from petq.errors import DiskFullError
         from petq.store import load_store
         try:
             load_store(PetDataset.load(Path(sys.argv[1])), (224, 224), Cache(sys.argv[2]),
                        "trainval")
-        except PetqError as exc:
+        except DiskFullError as exc:
             print(exc)
             sys.exit(3)
         """, str(pet_root), str(cache.root))
@@ -288,7 +288,7 @@ def test_any_cache_entry_that_finds_the_disk_full_is_one_clear_error(small_disk)
         (tmp / "big.bin").write_bytes(bytes(3 * 1024 * 1024))
         return {}
 
-    with pytest.raises(PetqError, match=f"no space left in {small_disk / 'cache' / 'variants'} "
+    with pytest.raises(DiskFullError, match=f"no space left in {small_disk / 'cache' / 'variants'} "
                                         "for a variants entry"):
         cache.get_or_build("variants", "k", build)
     assert list((small_disk / "cache" / "variants").iterdir()) == []
