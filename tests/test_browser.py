@@ -3,9 +3,10 @@ headless Chromium through Playwright (benchmarks/browser.py, shared with bench_p
 
 Every page is reached through the sidebar's st.navigation links, then opened by its URL in
 the same tab and in a new tab; any Streamlit exception or error element fails the test.
-Every load is timed and held within PAGE_LOAD_LIMIT_MS (the median of its rounds);
-the times go to tests/artifacts/page_times.json; screenshots to PETQ_SCREENSHOTS
-(default: tests/artifacts, git-ignored).
+Every load is timed, each way in ROUNDS rounds; a page whose median is over
+PAGE_LOAD_LIMIT_MS is named in a warning (measured, not asserted: a loaded 2-core machine
+cannot hold a 1 s limit). The times go to tests/artifacts/page_times.json, screenshots to
+PETQ_SCREENSHOTS (default: tests/artifacts, git-ignored).
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ PAGES = [("Home", ""), ("Convert", "convert"), ("Classify", "classify"),
          ("Compare", "compare"), ("Report", "report")]
 PAGE_LOAD_LIMIT_MS = 1000.0  # every page, navigated and in a fresh tab (median of rounds)
 ROUNDS = 3
-
-
 ARTIFACTS = ROOT / "tests" / "artifacts"
 # Cached before the server starts (the lab's task set, run from Home's button, adds more):
 # three calibration seeds of one fraction, a class-calibrated INT8, an AI Edge Quantizer one.
@@ -185,7 +184,7 @@ def test_every_page_renders_in_chromium(server, browser, screenshots, tmp_path):
         "medians": medians, "pages": times,
     }, indent=2) + "\n")
     print(json.dumps(medians))
-    if over:  # measured, not asserted: a loaded 2-core machine cannot hold a 1 s limit
+    if over:
         warnings.warn(f"page loads over {PAGE_LOAD_LIMIT_MS:g} ms (median of {ROUNDS}): "
                       + ", ".join(f"{k} {v:.0f}" for k, v in over.items()), stacklevel=1)
 
