@@ -200,11 +200,10 @@ def decode_into(
 
 def prefetch(paths: Sequence[Path | str]) -> None:
     """Ask the kernel to read `paths` into the page cache now, all at once (Linux's
-    POSIX_FADV_WILLNEED starts the reads and returns). Files not in the page cache are
-    read one at a time otherwise, by whichever thread decodes them: the read-ahead took
-    the 7,400 decodes from 11.9-14.3 s to 9.7-10.6 s with a cold page cache (`python
-    benchmarks/bench_lab.py --read-ahead`). A file that cannot be opened is left to the
-    decoder, which reports it."""
+    POSIX_FADV_WILLNEED starts the reads and returns). Otherwise files not in the page
+    cache are read one at a time, by whichever thread decodes them, and a cold store
+    waits on the disk (measured in benchmarks/README.md). A file that cannot be opened is
+    left to the decoder, which reports it."""
     advise = getattr(os, "posix_fadvise", None)
     if advise is None:
         return
