@@ -4,7 +4,9 @@ Calibration reads the trainval store, evaluation the test store: uint8 pixels
 instead of decoding JPEGs again for every variant, and a run that only evaluates
 decodes only the test images. A large store is decoded by a few
 threads at once: Pillow releases the GIL while it decodes and resizes, so the
-threads run in parallel, and the bytes are the same as one thread's.
+threads run in parallel, and the bytes are the same as one thread's. A store's disk
+space is reserved before a pixel is written (`reserve_pixels`), and what dead writers
+left is cleared when a store opens.
 """
 
 from __future__ import annotations
