@@ -6,6 +6,7 @@ needs it (conversion, the native Keras runner, training).
 
 from petq.errors import (
     DatasetError,
+    DiskFullError,
     DownloadError,
     ImageError,
     ModelError,
@@ -33,6 +34,7 @@ __all__ = [
     "Mode",
     "Recipe",
     "DatasetError",
+    "DiskFullError",
     "DownloadError",
     "ImageError",
     "ModelContract",

@@ -6,11 +6,13 @@ It is built in a temporary folder, manifest last, then renamed into place under
 a file lock: two processes asking for one key build it once, a killed build
 leaves nothing at the key, and an entry whose files do not match its manifest
 is rebuilt, never served. The temp folder of a killed build (`<kind>/.tmp-<key>-*`)
-is cleared when a Cache opens, once no builder holds the key's lock.
+is cleared when a Cache opens, once no builder holds the key's lock. A build that
+finds the disk full ends in one DiskFullError naming the folder, and leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
+
+from petq.errors import DiskFullError
 
 MANIFEST = "manifest.json"
 HASHED_FILE_LIMIT = 64 * 1024 * 1024  # files above this are checked by size alone
@@ -179,8 +183,13 @@ class Cache:
                 os.replace(target, trash)
                 shutil.rmtree(trash, ignore_errors=True)
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"no space left in {parent} for a {kind} entry "
+                                f"({shutil.disk_usage(parent).free:,} bytes free once its "
+                                "partial files went); free some space there, or give a cache "
+                                "folder on a larger disk (--cache-dir, PETQ_CACHE)") from None
             raise
         return Entry(target, manifest)
 

@@ -22,7 +22,7 @@ from petq.console import (
     open_workspace,
     result_line,
 )
-from petq.errors import PetqError
+from petq.errors import DiskFullError, PetqError
 from petq.types import DEFAULT_CALIBRATION_SEED, Calibration, VariantSpec, parse_tasks
 
 
@@ -69,6 +69,8 @@ def _experiments(args: argparse.Namespace, ws, started) -> int:
                                                     progress_for, scored=scored,
                                                     started=started):
             bars.close()
+            if isinstance(outcome, DiskFullError):  # every variant after it would fail alike
+                raise outcome
             if isinstance(outcome, PetqError):  # a recipe the model cannot take: go on
                 named = str(outcome) if spec.name in str(outcome) else f"{spec.name}: {outcome}"
                 print(f"petq: error: {named}", file=sys.stderr)

@@ -27,3 +27,8 @@ class DownloadError(PetqError):
 
 class SweepError(PetqError):
     """A sweep cannot start: its grid, its paths, its cache or its Ray cluster."""
+
+
+class DiskFullError(PetqError):
+    """The cache's disk has no room for an entry: nothing half-written is left. Every
+    variant after it would fail alike, so a run stops at the first."""

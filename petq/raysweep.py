@@ -10,6 +10,8 @@ imported only here, and only when a sweep asks for it.
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 from typing import Any
 
@@ -60,6 +62,52 @@ def resolve_ray_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOU
     return resolved
 
 
+def join_with_local_token(address: str | None) -> bool:
+    """Before joining a Ray cluster that runs on this machine, turn on Ray's token
+    authentication when its token is here; return whether it is on.
+
+    `ray start --head` turns token authentication on when a token is found
+    (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, or ~/.ray/auth_token, which any
+    local `ray.init()` writes), but a driver joining by address turns it on only when
+    RAY_AUTH_MODE=token is set. So for a cluster started on this machine, petq does what
+    Ray does for `ray.init("auto")`: it joins with that token, and a cluster without
+    authentication takes the token too. A remote cluster's address is never sent this
+    machine's token unless RAY_AUTH_MODE says so; an explicit RAY_AUTH_MODE always wins.
+    """
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None or address is None:  # set by hand, or a new local Ray sets it up
+        return (mode or "").lower() == "token"
+    if address.startswith("ray://") or not _on_this_machine(_split_address(address)[0]):
+        return False
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication, or one that moved it
+        return False
+    quiet = logging.getLogger(maybe_enable_token_auth_if_token_available.__module__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its "enabled for this cluster" notice is for `ray start`
+    try:
+        return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        quiet.setLevel(level)
+
+
+def _on_this_machine(host: str) -> bool:
+    """Is `host` this machine: a loopback address or one of its interfaces' addresses?"""
+    import ipaddress
+
+    import psutil
+
+    try:
+        ips = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    mine = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    return all(ipaddress.ip_address(ip).is_loopback or ip in mine for ip in ips)
+
+
 def _split_address(address: str) -> tuple[str, int]:
     text = address.strip()
     client = text.startswith("ray://")
@@ -80,14 +128,13 @@ class RaySession:
 
     def __init__(self, address: str | None, workers: int | None, threads: int,
                  max_retries: int):
-        import logging
-
         import ray
 
         self.ray = ray
         self.threads, self.workers, self.max_retries = threads, workers, max_retries
         self.started = False
         if not ray.is_initialized():
+            join_with_local_token(address)
             kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
             if address is None:
                 kwargs.update(include_dashboard=False,
@@ -96,9 +143,9 @@ class RaySession:
                 ray.init(address=address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise SweepError(
-                    f"cannot join the Ray cluster at {address}: {exc} (a cluster with token "
-                    "authentication, Ray's default, needs RAY_AUTH_MODE=token here and its "
-                    "token in ~/.ray/auth_token)") from None
+                    f"cannot join the Ray cluster at {address}: {exc} (a remote cluster with "
+                    "token authentication, Ray's default, needs RAY_AUTH_MODE=token here and "
+                    "its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
             self.started = True
         self.env = {"env_vars": worker_environment(threads)}
         self.slots = 0

@@ -4,13 +4,17 @@ Calibration reads the trainval store, evaluation the test store: uint8 pixels
 instead of decoding JPEGs again for every variant, and a run that only evaluates
 decodes only the test images. A large store is decoded by a few
 threads at once: Pillow releases the GIL while it decodes and resizes, so the
-threads run in parallel, and the bytes are the same as one thread's.
+threads run in parallel, and the bytes are the same as one thread's. A store's disk
+space is reserved before a pixel is written (`reserve_pixels`), and what dead writers
+left is cleared when a store opens.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,7 +27,7 @@ from PIL import Image
 
 from petq.cache import Cache, key_of
 from petq.data import PetDataset, Sample, Split, decode, open_image
-from petq.errors import ImageError
+from petq.errors import DiskFullError, ImageError
 
 STORE_VERSION = 2  # 2: one store per split
 Progress = Callable[[int, int], None]
@@ -78,9 +82,7 @@ def load_store(
     def build(tmp: Path) -> dict:
         samples = list(dict.fromkeys(dataset.split(split)))
         height, width = size
-        pixels = np.lib.format.open_memmap(
-            tmp / "pixels.npy", mode="w+", dtype=np.uint8, shape=(len(samples), height, width, 3)
-        )
+        pixels = reserve_pixels(tmp / "pixels.npy", (len(samples), height, width, 3))
         failed = decode_into(pixels, [dataset.image_path(s.image_id) for s in samples], size,
                              progress, workers)
         bad = {samples[row].image_id: reason for row, reason in failed.items()}
@@ -91,6 +93,7 @@ def load_store(
         return {"dataset": str(dataset.root), "split": split, "size": list(size),
                 "count": len(samples), "bad": len(bad)}
 
+    cache.clear_stale_temp(max_age=0)  # what dead writers left; a live one holds its lock
     entry, _ = cache.get_or_build("decoded", store_key(dataset, size, split), build)
     meta = json.loads(entry.file("index.json").read_text())
     if meta["bad"]:
@@ -102,6 +105,40 @@ def load_store(
         )
     pixels = np.load(entry.file("pixels.npy"), mmap_mode="r")
     return DecodedStore(pixels=pixels, index=meta["index"], bad=meta["bad"])
+
+
+def reserve_pixels(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A new uint8 `.npy` file of `shape` at `path`, its disk space reserved, memory-mapped
+    for writing.
+
+    A page of a memory-mapped file that the disk has no room for kills the process with
+    SIGBUS when it is written, with no message. Reserving every block first
+    (`posix_fallocate`) turns a full disk into one DiskFullError here, naming the folder, the
+    bytes needed and the bytes free, before any image is decoded.
+    """
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+              "fortran_order": False, "shape": tuple(shape)}
+    needed = int(np.prod(shape))
+    free = shutil.disk_usage(path.parent).free
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        handle.flush()
+        total = handle.tell() + needed
+        try:
+            os.posix_fallocate(handle.fileno(), 0, total)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            raise DiskFullError(
+                f"no room for the decoded images in {path.parent.parent}: the store needs "
+                f"{_size(total)} ({total:,} bytes) and {_size(free)} ({free:,} bytes) is "
+                f"free there ({exc.strerror}); free some space there, or give a cache folder on "
+                "a larger disk (--cache-dir, PETQ_CACHE)") from None
+    return np.lib.format.open_memmap(path, mode="r+")
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:.2f} GB" if count >= 1e8 else f"{count / 1e6:.1f} MB"
 
 
 def decode_workers() -> int:
@@ -165,11 +202,10 @@ def decode_into(
 
 def prefetch(paths: Sequence[Path | str]) -> None:
     """Ask the kernel to read `paths` into the page cache now, all at once (Linux's
-    POSIX_FADV_WILLNEED starts the reads and returns). Files not in the page cache are
-    read one at a time otherwise, by whichever thread decodes them: the read-ahead took
-    the 7,400 decodes from 11.9-14.3 s to 9.7-10.6 s with a cold page cache (`python
-    benchmarks/bench_lab.py --read-ahead`). A file that cannot be opened is left to the
-    decoder, which reports it."""
+    POSIX_FADV_WILLNEED starts the reads and returns). Otherwise files not in the page
+    cache are read one at a time, by whichever thread decodes them, and a cold store
+    waits on the disk (measured in benchmarks/README.md). A file that cannot be opened is
+    left to the decoder, which reports it."""
     advise = getattr(os, "posix_fadvise", None)
     if advise is None:
         return

@@ -1,8 +1,17 @@
-"""Tiny fixtures built in code: an Oxford-layout tree and a small Keras model."""
+"""Tiny fixtures built in code: an Oxford-layout tree and a small Keras model, each built
+once per session.
+
+A test that waits for something (a process, a file, a job) uses the one bounded wait,
+`from waiting import wait_until` (benchmarks/waiting.py, on pytest's pythonpath), not a
+loop of its own around a deadline.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +104,38 @@ def pet_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(pet_root, tmp_path_factory) -> Path:
-    return train_tiny_model(pet_root, tmp_path_factory.mktemp("models") / "tiny.keras")
+def tiny_model(pet_root, tmp_path_factory, request) -> Path:
+    """The trained tiny model, copied into this session's temp folder. Its training is
+    seeded, so it is kept between runs in pytest's cache folder (.pytest_cache), under a
+    key of the code that trains it (this file, petq/data.py, petq/types.py) and the Keras
+    and TensorFlow versions (a model of another key is dropped). With the cache plugin off
+    (`-p no:cacheprovider`), it is trained every session."""
+    models = tmp_path_factory.mktemp("models")
+    cache = getattr(request.config, "cache", None)
+    if cache is None:
+        return train_tiny_model(pet_root, models / "tiny.keras")
+    from importlib.metadata import version
+
+    import petq.data
+    import petq.types
+
+    code = b"".join(Path(m.__file__).read_bytes() for m in (petq.data, petq.types))
+    stamp = Path(__file__).read_bytes() + code + \
+        f"{version('keras')} {version('tensorflow')}".encode()
+    kept = Path(cache.mkdir("petq-tiny-model")) / hashlib.sha256(stamp).hexdigest()[:16]
+    if not (kept / "tiny.json").exists():  # the sidecar, written last
+        partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=kept.parent))
+        train_tiny_model(pet_root, partial / "tiny.keras")
+        try:
+            os.replace(partial, kept)
+        except OSError:  # another session kept one first
+            shutil.rmtree(partial, ignore_errors=True)
+        for old in kept.parent.iterdir():
+            if old != kept and not old.name.startswith("."):
+                shutil.rmtree(old, ignore_errors=True)
+    for name in ("tiny.keras", "tiny.json"):
+        shutil.copy2(kept / name, models / name)
+    return models / "tiny.keras"
 
 
 @pytest.fixture(scope="session")

@@ -231,27 +231,64 @@ def test_seed_spread_one_value_has_no_interval_and_no_warning():
         stats.seed_spread([])
 
 
-def sleeper(seconds: float):
-    return lambda: time.sleep(seconds)
+class WorkClock:
+    """A nanosecond clock that only the timed callables move: `work(ms, spread)` is a
+    callable that advances it by `ms` times a seeded log-normal factor (0 spread: exactly
+    `ms`). Verdicts on 1 ms against 3 ms then hold on a machine of any load."""
+
+    def __init__(self, seed: int = 0):
+        self.ns = 0
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self) -> int:
+        return self.ns
+
+    def work(self, ms: float, spread: float = 0.1):
+        def run() -> None:
+            self.ns += round(ms * 1e6 * self.rng.lognormal(0.0, spread))
+        return run
 
 
 def test_interleaved_latency_finds_the_faster_callable():
-    result = stats.interleaved_latency(sleeper(0.001), sleeper(0.003), rounds=30, warmup=2)
+    clock = WorkClock()
+    result = stats.interleaved_latency(clock.work(1.0), clock.work(3.0), rounds=30, warmup=2,
+                                       clock=clock)
     assert result.faster == "a faster"
-    assert 1.0 <= result.median_a_ms < result.median_b_ms
-    assert result.ratio_b_over_a.low > 1.5
+    assert 0.9 < result.median_a_ms < 1.1 and 2.7 < result.median_b_ms < 3.3
+    assert 2.7 < result.ratio_b_over_a.low <= result.ratio_b_over_a.estimate \
+        <= result.ratio_b_over_a.high < 3.3
     assert len(result.times_a_ms) == len(result.times_b_ms) == 30
-    assert 0 <= result.cpu_percent <= 100 and result.cpu_count >= 1
+    assert 0 <= result.cpu_percent <= 100 and result.cpu_count >= 1  # the machine's, real
     assert len(result.loadavg_before) == 3 and isinstance(result.busy, bool)
-    swapped = stats.interleaved_latency(sleeper(0.003), sleeper(0.001), rounds=30, warmup=2)
-    assert swapped.faster == "b faster" and swapped.ratio_b_over_a.high < 1 / 1.5
+    swapped = stats.interleaved_latency(clock.work(3.0), clock.work(1.0), rounds=30, warmup=2,
+                                        clock=clock)
+    assert swapped.faster == "b faster" and swapped.ratio_b_over_a.high < 1 / 2.7
 
 
 def test_interleaved_latency_identical_callables_no_clear_difference():
-    same = sleeper(0.002)
-    result = stats.interleaved_latency(same, same, rounds=30, warmup=2)
+    clock = WorkClock(seed=1)
+    same = clock.work(2.0)
+    result = stats.interleaved_latency(same, same, rounds=30, warmup=2, clock=clock)
     assert result.faster == "no clear difference"
+    assert result.ratio_b_over_a.low < 1 < result.ratio_b_over_a.high
     assert 0.9 < result.ratio_b_over_a.estimate < 1.1
+
+
+def test_interleaved_latency_needs_the_difference_beyond_its_tolerance():
+    clock = WorkClock()
+    result = stats.interleaved_latency(clock.work(1.0, 0), clock.work(1.04, 0), rounds=10,
+                                       warmup=0, clock=clock)
+    assert result.ratio_b_over_a.low == pytest.approx(1.04)  # no spread: a sure 4%
+    assert result.faster == "no clear difference"  # within the 5% tolerance
+    strict = stats.interleaved_latency(clock.work(1.0, 0), clock.work(1.04, 0), rounds=10,
+                                       warmup=0, tolerance=0.0, clock=clock)
+    assert strict.faster == "a faster"
+
+
+def test_interleaved_latency_times_real_calls_by_default():
+    result = stats.interleaved_latency(lambda: sum(range(1000)), lambda: None, rounds=5,
+                                       warmup=0)
+    assert all(t > 0 for t in result.times_a_ms + result.times_b_ms)
 
 
 def test_interleaved_latency_alternates_the_order_every_round():

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import warnings
 from pathlib import Path
@@ -14,6 +20,7 @@ from PIL import Image
 import petq.store as store
 from petq.cache import Cache
 from petq.data import PetDataset, decode, open_image
+from petq.errors import DiskFullError
 from petq.store import decode_into, load_store
 
 SIZE = (24, 20)
@@ -207,3 +214,137 @@ def test_prefetch_reads_files_and_leaves_missing_ones_to_the_decoder(pet_root, t
     failed = decode_into(pixels, paths, (8, 8), workers=1)
     assert list(failed) == [3] and "not found" in failed[3]
     assert np.array_equal(pixels[0], decode(open_image(paths[0]), (8, 8)))
+
+
+ROOT = Path(__file__).resolve().parent.parent
+BIG = (224, 224)  # 40 trainval images at 224x224: 6 MB, more than the 2 MB disk below
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter: a SIGBUS or SIGKILL there fails a test, not pytest."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture()
+def small_disk(tmp_path) -> Path:
+    """A 2 MB tmpfs mounted on a fresh folder (root only; skipped where mounting is not
+    permitted), unmounted at the end."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small filesystem needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
+                             capture_output=True, text=True, timeout=30)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], capture_output=True, timeout=30)
+
+
+def test_a_full_disk_is_one_clear_error_and_the_cache_stays_whole(pet_root, small_disk):
+    dataset = PetDataset.load(pet_root)
+    cache = Cache(small_disk / "cache")
+    small = load_store(dataset, SIZE, cache, "test")  # 20 small images: fits
+    small_bytes = cache.get("decoded", store.store_key(dataset, SIZE, "test")
+                            ).file("pixels.npy").read_bytes()
+    del small
+    # In another process: before the space was reserved, this died of SIGBUS with no message.
+    outcome = run_python("""
+        import sys
+        from pathlib import Path
+        from petq.cache import Cache
+        from petq.data import PetDataset
+        from petq.errors import DiskFullError
+        from petq.store import load_store
+        try:
+            load_store(PetDataset.load(Path(sys.argv[1])), (224, 224), Cache(sys.argv[2]),
+                       "trainval")
+        except DiskFullError as exc:
+            print(exc)
+            sys.exit(3)
+        """, str(pet_root), str(cache.root))
+    assert outcome.returncode == 3, (outcome.returncode, outcome.stderr[-2000:])
+    message = outcome.stdout.strip()
+    needed = 40 * BIG[0] * BIG[1] * 3
+    assert f"in {cache.root / 'decoded'}:" in message, message
+    numbers = [int(n.replace(",", "")) for n in re.findall(r"\(([\d,]+) bytes\)", message)]
+    assert len(numbers) == 2, message
+    assert needed <= numbers[0] < needed + 4096  # the pixels and the .npy header
+    assert 0 < numbers[1] < 2 * 1024 * 1024  # what the 2 MB disk has left
+    decoded = cache.root / "decoded"
+    assert not [p.name for p in decoded.iterdir() if p.name.startswith(".tmp-")]
+    assert cache.get("decoded", store.store_key(dataset, BIG, "trainval")) is None
+    again = cache.get("decoded", store.store_key(dataset, SIZE, "test"))  # verified: sha256
+    assert again is not None and again.file("pixels.npy").read_bytes() == small_bytes
+
+
+def test_any_cache_entry_that_finds_the_disk_full_is_one_clear_error(small_disk):
+    cache = Cache(small_disk / "cache")
+
+    def build(tmp: Path) -> dict:
+        (tmp / "big.bin").write_bytes(bytes(3 * 1024 * 1024))
+        return {}
+
+    with pytest.raises(DiskFullError, match=f"no space left in {small_disk / 'cache' / 'variants'} "
+                                        "for a variants entry"):
+        cache.get_or_build("variants", "k", build)
+    assert list((small_disk / "cache" / "variants").iterdir()) == []
+
+
+def test_a_dead_writers_temp_folder_is_cleared_when_the_store_opens(pet_root, tmp_path):
+    dataset = PetDataset.load(pet_root)
+    root = tmp_path / "cache"
+    # A writer killed after its first chunk of images leaves its temp folder behind.
+    killed = run_python("""
+        import os, signal, sys
+        from pathlib import Path
+        from petq.cache import Cache
+        from petq.data import PetDataset
+        from petq.store import load_store
+
+        def die(done, total):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        load_store(PetDataset.load(Path(sys.argv[1])), (24, 20), Cache(sys.argv[2]),
+                   "trainval", progress=die, workers=1)
+        """, str(pet_root), str(root))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    decoded = root / "decoded"
+    left = [p for p in decoded.iterdir() if p.name.startswith(".tmp-")]
+    assert len(left) == 1 and (left[0] / "pixels.npy").exists()
+    # A live writer's folder (its key's lock held) of another store, as young.
+    cache = Cache(root)
+    assert left[0].exists()  # younger than Cache's own age limit: opening the cache keeps it
+    live_key = store.store_key(dataset, SIZE, "test")
+    live = decoded / f".tmp-{live_key}-0000abcd"
+    live.mkdir()
+    with cache.lock("decoded", live_key):
+        trainval = load_store(dataset, SIZE, cache, "trainval")
+        assert not left[0].exists()
+        assert live.exists()
+    sample = dataset.trainval[-1]
+    np.testing.assert_array_equal(trainval.pixels[trainval.index[sample.image_id]],
+                                  decode(open_image(dataset.image_path(sample.image_id)), SIZE))
+
+
+@pytest.mark.slow
+def test_the_cli_on_a_full_disk_says_so_once(pet_root, tiny_model, small_disk, tmp_path):
+    """`petq experiments` with its cache on a full disk: one `petq: error:` line naming the
+    folder, exit status 1, no traceback, and no second line for every variant after it."""
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(bytes(free - 64 * 1024))  # 64 KB left: too little
+    run = subprocess.run(
+        [sys.executable, "-m", "petq", "experiments", "--model-path", str(tiny_model),
+         "--dataset-root", str(pet_root), "--cache-dir", str(small_disk / "cache"),
+         "--results-path", str(tmp_path / "results"), "--tasks", "tflite-fp32",
+         "tflite-int8-0.5"],
+        capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("petq: error:")]
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert len(errors) == 1, run.stderr
+    assert re.search(r"no (room|space left)", errors[0]), errors[0]
+    assert str(small_disk / "cache") in errors[0]
+    assert "Traceback" not in run.stderr

@@ -139,10 +139,16 @@ def test_marker_and_is_synthetic(dataset: Path, tmp_path: Path):
     assert not synth.is_synthetic(tmp_path / "missing")
 
 
-def test_same_seed_same_bytes_other_seed_other_bytes(dataset: Path, tmp_path: Path):
+@pytest.mark.slow  # a spawned process pool
+def test_same_seed_same_bytes_in_parallel(dataset: Path, tmp_path: Path):
     again = synth.generate(tmp_path / "again", trainval_per_class=TV, test_per_class=TE,
                            workers=2)  # fmt: skip
     assert _files(again) == _files(dataset)  # in parallel or not, byte for byte
+
+
+def test_other_seed_other_bytes(dataset: Path, tmp_path: Path):
+    # The same seed gives the same bytes: test_render_image_is_deterministic, and in a
+    # process pool test_same_seed_same_bytes_in_parallel.
     other = synth.generate(tmp_path / "other", trainval_per_class=1, test_per_class=1,
                            seed=1, workers=1)  # fmt: skip
     a, b = _files(dataset), _files(other)
@@ -152,6 +158,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(dataset: Path, tmp_path: Pa
     assert a[synth.MARKER_NAME] != b[synth.MARKER_NAME]
 
 
+@pytest.mark.slow  # a spawned process pool
 def test_a_killed_worker_costs_time_not_images(dataset: Path, tmp_path: Path):
     def kill_the_workers(done: int, total: int) -> None:
         for child in multiprocessing.active_children():  # the pool's spawned workers
@@ -206,6 +213,7 @@ def test_interrupted_run_leaves_no_dataset(tmp_path: Path):
     assert synth.is_synthetic(root) and not (tmp_path / "pets.partial").exists()
 
 
+@pytest.mark.slow  # a spawned process pool
 def test_interrupted_parallel_run_leaves_no_dataset(tmp_path: Path):
     root = tmp_path / "pets"
 

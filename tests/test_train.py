@@ -83,6 +83,7 @@ def test_build_model_rejects_unknown_weights():
         build_model(3, alpha=0.35, input_size=(32, 32), weights="places365")
 
 
+@pytest.mark.slow  # model training
 def test_train_writes_loadable_model_and_sidecar(tmp_path, capsys):
     root = write_tiny_dataset(tmp_path / "pets")
     out = tmp_path / "models" / "tiny.keras"
@@ -218,6 +219,7 @@ def test_mobilenetv2_working_size_resizes_inside_the_model():
     assert model.name == "petq_mobilenetv2_0.35_48_224"
 
 
+@pytest.mark.slow  # model training
 def test_two_stage_training_freezes_the_backbone_for_the_head(tmp_path):
     root = write_tiny_dataset(tmp_path / "pets")
     out = tmp_path / "two-stage.keras"

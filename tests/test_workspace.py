@@ -9,6 +9,7 @@ import pytest
 
 from conftest import CLASSES
 from petq.errors import ModelError, SpecError
+from petq.evaluate import MIN_LATENCY_RUNS
 from petq.runtime import LiteRTRunner
 from petq.types import RECIPES, VariantSpec
 from petq.workspace import Workspace
@@ -28,7 +29,8 @@ def test_every_kind_evaluates_and_is_cached(workspace, spec):
     assert row.accuracy >= 0.75  # the fixture classes are separable by colour
     for key in ("mean_precision", "mean_sensitivity", "g_mean", "top5"):
         assert 0.0 <= row.value(key) <= 1.0
-    assert row.latency_p50_ms > 0 and row.latency_runs == 100
+    # 100 runs, or fewer once the time budget is spent (a busy machine; see test_evaluate)
+    assert row.latency_p50_ms > 0 and MIN_LATENCY_RUNS <= row.latency_runs <= 100
     again, computed = workspace.evaluate(spec)
     assert not computed and again.accuracy == row.accuracy
     details = workspace.details(row.result_key)
