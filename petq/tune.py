@@ -600,17 +600,12 @@ def _g_mean(labels: np.ndarray, right: np.ndarray) -> float:
 # ---------------------------------------------------------------- the search
 
 
-def reference_spec(ws) -> VariantSpec:
-    """What every candidate is held against: the FP32 .tflite (for a float .tflite
-    source, the source file itself, its native form)."""
-    return VariantSpec.fp32()
-
-
 def tune(ws, config: TuneConfig, engine: Engine = Engine(),
          progress: Progress | None = None) -> TuneOutcome:
     """Search, select and certify (the module docstring has the protocol)."""
     start = time.perf_counter()
-    reference = reference_spec(ws)
+    # every candidate is held against the FP32 .tflite (a float .tflite source: that file)
+    reference = VariantSpec.fp32()
     outcome = TuneOutcome(config=config, model=str(ws.model_path), dataset=str(ws.dataset.root),
                           reference=reference.name)
 
