@@ -293,8 +293,9 @@ def breed_changes(details: Details, reference: Details) -> pd.DataFrame:
 
 def breed_table(changes: Sequence[stats.ClassChange], names: Sequence[str]) -> pd.DataFrame:
     """Per breed present in the test images: both sensitivities, the change (variant −
-    reference) with Newcombe's paired interval, McNemar's b/c/p, Holm-adjusted p, and
-    `hurt` / `helped` when the interval excludes zero (`petq.stats.per_class_changes`)."""
+    reference) with its exact paired interval, McNemar's b/c/p, Holm-adjusted p, and
+    `hurt` / `helped` when the interval excludes zero, that is when p < 5%
+    (`petq.stats.per_class_changes`)."""
     records = [{
         "breed": names[ch.class_index] if ch.class_index < len(names) else str(ch.class_index),
         "n": ch.n, "reference_recall": ch.reference_recall, "variant_recall": ch.variant_recall,

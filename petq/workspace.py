@@ -661,7 +661,8 @@ class Workspace:
         them as they evaluate, so Compare and the report read them. None when the two were
         evaluated on different images. `early`: the two results' details (`scored`), when
         this is computed before the results are cached; else they are read from them."""
-        key = key_of({"v": 1, "result": result_key, "reference": reference_key,
+        # v2: the accuracy interval is the exact McNemar test inverted
+        key = key_of({"v": 2, "result": result_key, "reference": reference_key,
                       "versions": library_versions()})
         entry = self.cache.get("paired", key, verify=False)
         if entry is None:
