@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from petq.data import decode, open_image, preprocess
+from petq.data import model_pixels, open_image, preprocess
 from petq.errors import ImageError
 from petq.runtime import Runner, softmax
 from petq.types import VariantSpec, parse_tasks
@@ -84,7 +84,7 @@ def classify_files(
         except ImageError as exc:
             yield Failure(label, _without_prefix(str(exc), label))
             continue
-        x = preprocess(decode(image, contract.input_size), contract)
+        x = preprocess(model_pixels(image, contract), contract)
         if runners is None:
             runners = [(spec.name, workspace.runner(spec, progress)) for spec in specs]
         for name, runner in runners:

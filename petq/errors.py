@@ -1,5 +1,7 @@
 """Errors petq raises for bad input. Each message names the file or value and the problem."""
 
+import warnings
+
 
 class PetqError(Exception):
     """Base class: a clear, user-facing problem with the input, not a bug."""
@@ -23,3 +25,21 @@ class SpecError(PetqError, ValueError):
 
 class DownloadError(PetqError):
     """A download failed; nothing half-written was left behind."""
+
+
+class PetqWarning(UserWarning):
+    """Something the user should know that does not stop the work (skipped images, a
+    list line whose CLASS-ID disagrees with its file name). Shown as one
+    `petq: warning: ...` line, not with Python's warning source line."""
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    if isinstance(category, type) and issubclass(category, PetqWarning):
+        return f"petq: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+# Every process that imports petq (the CLI, the converter process, workers, the
+# dashboard) prints PetqWarning as one plain line; other warnings keep Python's format.
+_python_format_warning = warnings.formatwarning
+warnings.formatwarning = _format_warning

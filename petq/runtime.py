@@ -169,8 +169,9 @@ def model_io(path: Path | str, model: Any = None) -> dict[str, Any]:
         params = int(model.count_params())
         shape = [int(d) if d else 0 for d in model.inputs[0].shape[1:]]
         classes = int(model.outputs[0].shape[-1])
-    if len(shape) != 3 or shape[-1] != 3 or not shape[0] or not shape[1]:
-        raise ModelError(f"{path}: expected an RGB image input (H, W, 3), got {shape}")
+    if len(shape) != 3 or shape[-1] not in (1, 3) or not shape[0] or not shape[1]:
+        raise ModelError(f"{path}: expected an image input of fixed size, (H, W, 3) for RGB "
+                         f"or (H, W, 1) for grayscale, got {shape}")
     return {"param_count": params, "input_shape": shape, "num_classes": classes,
             "file_size_bytes": size}
 

@@ -408,21 +408,45 @@ class ModelContract:
     """What a model expects: input size, normalisation, class names.
 
     Read from the sidecar JSON next to the model (`model.keras` -> `model.json`);
-    without one, the lab's values (224x224, ImageNet mean/std) apply.
+    without one, the lab's values (224x224, ImageNet mean/std) apply. `channels`: 3 (RGB)
+    or 1 (grayscale: images are decoded to one channel, and `torch` uses the mean of the
+    three ImageNet means and stds unless `mean`/`std` give one value each, as timm does
+    for one-channel models).
     """
 
     input_size: tuple[int, int] = (224, 224)  # (height, width)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     class_names: tuple[str, ...] = ()
     synthetic: bool = False
     preprocessing: str = "torch"
+    channels: int = 3
     info: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.preprocessing not in PREPROCESSING:
             raise ModelError(f"unknown preprocessing {self.preprocessing!r}: expected one of "
                              f"{', '.join(PREPROCESSING)}")
+        if self.channels not in (1, 3):
+            raise ModelError(f"a model input has 1 (grayscale) or 3 (RGB) channels, got "
+                             f"{self.channels}")
+        if self.channels == 1 and self.preprocessing == "caffe":
+            raise ModelError("caffe preprocessing reorders RGB to BGR: a one-channel "
+                             "(grayscale) model has no colour order; choose torch, tf, unit "
+                             "or raw")
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) not in ({3} if self.channels == 3 else {1, 3}):
+                raise ModelError(f"{name} needs {self.channels} value(s) for a "
+                                 f"{self.channels}-channel model, got {getattr(self, name)}")
+
+    @property
+    def channel_mean(self) -> tuple[float, ...]:
+        """`mean` per input channel (one for a grayscale model)."""
+        return _per_channel(self.mean, self.channels)
+
+    @property
+    def channel_std(self) -> tuple[float, ...]:
+        return _per_channel(self.std, self.channels)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -430,6 +454,8 @@ class ModelContract:
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
         data["class_names"] = list(self.class_names)
+        if self.channels == 3:  # the default: RGB contracts keep their cache keys
+            del data["channels"]
         return data
 
     @classmethod
@@ -444,8 +470,15 @@ class ModelContract:
             class_names=tuple(data.get("class_names", ())),
             synthetic=bool(data.get("synthetic", False)),
             preprocessing=str(data.get("preprocessing", "torch")),
+            channels=int(data.get("channels", 3)),
             info=dict(data.get("info", {})),
         )
+
+
+def _per_channel(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    if len(values) == channels:
+        return tuple(values)
+    return (sum(values) / len(values),) if channels == 1 else tuple(values) * channels
 
 
 def sidecar_path(model_path: Path) -> Path:

@@ -106,7 +106,7 @@ class Workspace:
         contract = load_contract(self.model_path)
         if self.contract_source == "model":
             info = self.model_info(check_classes=False)
-            height, width = (int(d) for d in info["input_shape"][:2])
+            height, width, channels = (int(d) for d in info["input_shape"])
             names = self.dataset.class_names
             if len(names) > info["num_classes"]:
                 raise ModelError(
@@ -115,7 +115,8 @@ class Workspace:
                     f"class names in a sidecar JSON, {sidecar_path(self.model_path)}: "
                     '{"class_names": [...], "preprocessing": "torch"}')
             names += tuple(f"class_{i + 1}" for i in range(len(names), info["num_classes"]))
-            contract = replace(contract, input_size=(height, width), class_names=names)
+            contract = replace(contract, input_size=(height, width), class_names=names,
+                               channels=channels)
         elif not contract.class_names:
             contract = replace(contract, class_names=self.dataset.class_names)
         if preprocessing:
@@ -192,6 +193,12 @@ class Workspace:
             raise ModelError(
                 f"{self.model_path}: the model outputs {info['num_classes']} classes, its "
                 f"contract names {len(self.class_names)}")
+        channels = info["input_shape"][-1]
+        if check_classes and channels != self.contract.channels:
+            raise ModelError(
+                f"{self.model_path}: the model takes {channels}-channel images, its sidecar "
+                f"{sidecar_path(self.model_path)} says {self.contract.channels}: write "
+                f'"channels": {channels} in it')
         return info
 
     def model_info_cached(self) -> bool:
@@ -205,7 +212,8 @@ class Workspace:
         """One split's decoded images: trainval calibrates, test evaluates."""
         if split not in self._stores:
             self._stores[split] = load_store(self.dataset, self.contract.input_size,
-                                             self.cache, split, _stage(progress, "decode"))
+                                             self.cache, split, _stage(progress, "decode"),
+                                             channels=self.contract.channels)
         return self._stores[split]
 
     def prepare(self, spec: VariantSpec, progress: Stage | None = None,
