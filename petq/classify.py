@@ -104,10 +104,17 @@ def format_text(item: Answer | Failure) -> str:
     return f"{item.file}  {item.variant}  {shown}"
 
 
-def format_json(item: Answer | Failure) -> str:
+def provenance(workspace: Workspace) -> dict[str, Any]:
+    """Where the answers come from, for each JSON line: the model file and whether it was
+    trained on synthetic pets (its answers on real photos then mean nothing)."""
+    return {"model": str(workspace.model_path),
+            "model_trained_on_synthetic_data": bool(workspace.contract.synthetic)}
+
+
+def format_json(item: Answer | Failure, origin: dict[str, Any] | None = None) -> str:
     """One JSON object per line: {"file", "variant", "top5": [[breed, p], ...]} or
-    {"file", "error"}."""
-    return json.dumps(item.to_dict(), ensure_ascii=False)
+    {"file", "error"}, then `origin`'s fields (`provenance`): every line stands alone."""
+    return json.dumps(item.to_dict() | (origin or {}), ensure_ascii=False)
 
 
 # ---------------------------------------------------------------- command line
@@ -124,7 +131,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="variants to run: native tflite-fp32 tflite-int8-<fraction> "
                         "tflite-imbint8 ... | all | tflite-int8-all (default: %(default)s)")
     p.add_argument("--json", action="store_true",
-                   help="one JSON object per line and variant, errors included, on stdout")
+                   help="one JSON object per line and variant, errors included, on stdout; "
+                        "each says its model and model_trained_on_synthetic_data")
     _common(p)
     p.set_defaults(func=run)
     return p
@@ -140,15 +148,16 @@ def run(args: argparse.Namespace) -> int:
         print("petq: note: this model was trained on synthetic pets; its answers on real "
               "photos mean nothing", file=sys.stderr)
     read: set[str] = set()
+    origin = provenance(workspace)
     bars = StageBars()
     try:
         for item in classify_files(workspace, specs, args.files, progress=bars):
             bars.close()
             if isinstance(item, Answer):
                 read.add(item.file)
-                print(format_json(item) if args.json else format_text(item), flush=True)
+                print(format_json(item, origin) if args.json else format_text(item), flush=True)
             elif args.json:
-                print(format_json(item), flush=True)
+                print(format_json(item, origin), flush=True)
             else:
                 print(f"petq: {format_text(item)}", file=sys.stderr, flush=True)
     finally:

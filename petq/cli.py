@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from petq.errors import ModelError, PetqError
+from petq.errors import ModelDatasetMismatch, PetqError
 from petq.types import (
     DEFAULT_CALIBRATION_SEED,
     PREPROCESSING,
@@ -89,10 +89,10 @@ def _workspace(args: argparse.Namespace):
             args.model_path, args.dataset_root, args.cache_dir, args.threads,
             progress=lambda done, total: bars("generating synthetic pets", done, total),
             preprocessing=args.preprocessing)
-    except ModelError as exc:
+    except ModelDatasetMismatch as exc:  # where the dataset can be the cause
         if args.model_path and not args.dataset_root:
-            raise ModelError(f"{exc} (the synthetic demo dataset was used: --dataset-root was "
-                             "not given)") from None
+            raise ModelDatasetMismatch(f"{exc} (the synthetic demo dataset was used: "
+                                       "--dataset-root was not given)") from None
         raise
     finally:
         bars.close()
@@ -120,11 +120,15 @@ def _experiments(args: argparse.Namespace, ws, started) -> int:
 
     from petq.ahead import evaluate_run
 
-    specs = resolve_specs(ws, args)
+    specs, refused = resolve_specs(ws, args)
+    for error in refused.values():  # each fails alone, before anything is decoded
+        print(f"petq: error: {error}", file=sys.stderr)
+    if not specs:
+        raise PetqError(f"no variant could be evaluated ({', '.join(refused)})")
     data_note = " (synthetic demo data)" if ws.dataset.synthetic else ""
     print(f"model {ws.model_path}, dataset {ws.dataset.root}{data_note}, "
           f"{len(specs)} task(s), {ws.threads} thread(s)", file=sys.stderr)
-    results, failures = [], []
+    results, failures = [], list(refused)
     bars = StageBars()
 
     def progress_for(running) -> StageBars:  # one spec, or two side by side
@@ -171,6 +175,7 @@ def _experiments(args: argparse.Namespace, ws, started) -> int:
         "cache_dir": str(ws.cache.root), "synthetic": ws.dataset.synthetic,
         "contract": ws.contract.to_dict() | {"info": None},
         "contract_source": ws.contract_source, "seeds": calibration_seeds(args),
+        "test_images": results[0].images.to_dict(), "failed_tasks": failures,
     }
     (Path(args.results_path) / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     print(f"wrote {len(written)} report files and config.json to {args.results_path}")
@@ -254,9 +259,11 @@ def calibration_seeds(args: argparse.Namespace) -> list[int]:
     return [args.seed]
 
 
-def resolve_specs(ws, args: argparse.Namespace) -> list[VariantSpec]:
-    """The run's specs from --tasks, with --calibration-classes and --seed applied; fails
-    before any work on a spec the dataset cannot serve."""
+def resolve_specs(ws, args: argparse.Namespace
+                  ) -> tuple[list[VariantSpec], dict[str, PetqError]]:  # fmt: skip
+    """The run's specs from --tasks, with --calibration-classes and --seed applied, and
+    those this model or dataset cannot serve (by name, with the reason: `Workspace.check`),
+    found before any image is decoded: each of those fails alone."""
     specs = parse_tasks(args.tasks)
     if args.calibration_classes:
         classes = tuple(ws.class_index(c) for c in args.calibration_classes)
@@ -267,9 +274,13 @@ def resolve_specs(ws, args: argparse.Namespace) -> list[VariantSpec]:
         specs = [s.with_calibration(Calibration(s.fraction, seed=seed)) if s.uses_seed else s
                  for s in specs for seed in (seeds if s.uses_seed else [None])]
     specs = list(dict.fromkeys(specs))
+    refused: dict[str, PetqError] = {}
     for spec in specs:
-        ws.calibration_samples(spec)
-    return specs
+        try:
+            ws.check(spec)
+        except PetqError as exc:
+            refused[spec.name] = exc
+    return [s for s in specs if s.name not in refused], refused
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -19,6 +19,11 @@ class ModelError(PetqError):
     """A model file is missing, not a Keras/TFLite model, or breaks its contract."""
 
 
+class ModelDatasetMismatch(ModelError):
+    """The model and the dataset do not fit together (class counts, breed names): the
+    dataset may be the cause as much as the model."""
+
+
 class SpecError(PetqError, ValueError):
     """A variant spec or its parameters are invalid (fraction, classes, name)."""
 

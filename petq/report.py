@@ -119,7 +119,8 @@ def metrics_markdown(row: Result, comparison: PairedComparison | None = None,
         "after warm-up)",
         f"* File size: {row.file_size_bytes:,} bytes",
         f"* Parameters: {row.param_count:,}",
-        f"* Test images: {row.n_images} (fraction {row.test_fraction:g} of the test split)",
+        f"* Test images: {row.images.text()} (fraction {row.test_fraction:g} of the test "
+        "split)",
     ]
     if row.calibration_count:
         lines.append(f"* Calibration images (trainval only): {row.calibration_count}")
@@ -233,8 +234,9 @@ def summary_markdown(workspace, rows: list[Result]) -> str:
     c = workspace.contract
     out.append(
         f"Model `{first.model}` on the {data_kind} (`{first.dataset}`), "
-        f"{first.n_images} test images (fraction {first.test_fraction:g} of the test "
-        f"split), latency on {first.threads} thread(s). Input {c.input_size[0]}x"
+        f"{first.n_images} test images evaluated (fraction {first.test_fraction:g} of the "
+        f"test split: {first.images.text()}), latency on {first.threads} thread(s). Input "
+        f"{c.input_size[0]}x"
         f"{c.input_size[1]}, preprocessing `{c.preprocessing}`, {len(c.class_names)} classes."
     )
     if first.synthetic:

@@ -28,9 +28,11 @@ PREPROCESSING = {
 
 
 class Backend(str, Enum):
-    """What makes a variant: the source model itself, TFLite's converter, or AI Edge Quantizer."""
+    """What makes a variant: the source Keras model itself, a source .tflite file as it is,
+    TFLite's converter, or AI Edge Quantizer."""
 
     KERAS = "keras"
+    SOURCE = "source"
     TFLITE = "tflite"
     AEQ = "aeq"
 
@@ -45,7 +47,7 @@ class Mode(str, Enum):
     STATIC = "static"  # int weights and activations: needs calibration data
 
 
-IO_TYPES = ("float", "int8", "int16")
+IO_TYPES = ("float", "int8", "int16", "uint8")
 
 
 @dataclass(frozen=True)
@@ -79,12 +81,16 @@ class Recipe:
 
     @property
     def scheme(self) -> str:
-        """Weights/activations precision, AI Edge Quantizer style: `wi8_ai8`, `wf16_afp32`."""
+        """Weights/activations precision, AI Edge Quantizer style: `wi8_ai8`, `wf16_afp32`
+        (`read from the file` for the registry's `source`, before a file is read)."""
+        if not self.weights:
+            return "read from the file"
         return f"w{self.weights}_a{self.activations}"
 
     @property
     def calibrates(self) -> bool:
-        return self.mode is Mode.STATIC
+        """Needs calibration images to be made (a source file was calibrated already)."""
+        return self.mode is Mode.STATIC and self.backend is not Backend.SOURCE
 
     @property
     def quantized(self) -> bool:
@@ -101,7 +107,28 @@ class Recipe:
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
         recipe = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
         known = RECIPES.get(recipe.key)
-        return known if known is not None and known.to_dict() == recipe.to_dict() else recipe
+        if known is not None and known.to_dict() == recipe.to_dict():
+            return known
+        if recipe.backend is Backend.SOURCE and recipe.weights:  # a file's, read earlier
+            return source_recipe(recipe.mode, recipe.weights, recipe.activations, recipe.io,
+                                 recipe.per_channel)
+        return recipe
+
+
+def source_recipe(mode: Mode, weights: str, activations: str, io: str = "float",
+                  per_channel: bool = True) -> Recipe:
+    """The `source` recipe of a .tflite file as it is, with the precision read from its
+    tensors (`petq.runtime.read_source_recipe`): its scheme is the file's own."""
+    mode = Mode(mode)
+    what = {Mode.FLOAT: "float32 throughout", Mode.FLOAT16: "float16 weights, float compute",
+            Mode.DYNAMIC: "integer weights, activations quantized at run time",
+            Mode.WEIGHT_ONLY: "integer weights dequantized for float compute",
+            Mode.STATIC: "integer weights and activations"}[mode]
+    io_text = "float" if io == "float" else io
+    return Recipe("source", Backend.SOURCE, mode, weights, activations, per_channel, io,
+                  summary=f"The source .tflite file as it is: {what} (w{weights}_a"
+                          f"{activations}, {io_text} input and output, read from its "
+                          "tensors); nothing converted.")
 
 
 def _recipes(*recipes: Recipe) -> dict[str, Recipe]:
@@ -111,6 +138,11 @@ def _recipes(*recipes: Recipe) -> dict[str, Recipe]:
 RECIPES: dict[str, Recipe] = _recipes(
     Recipe("native", Backend.KERAS, Mode.FLOAT, "fp32", "fp32",
            summary="The Keras model itself, float32: the reference."),
+    # a .tflite source model run as it is; its precision is read from the file
+    # (Workspace.source_recipe), so weights and activations are left blank here
+    Recipe("source", Backend.SOURCE, Mode.FLOAT, "", "",
+           summary="A .tflite source model as it is, in its own scheme (read from its "
+                   "tensors: an already-quantized file stays quantized); nothing converted."),
     Recipe("tflite-fp32", Backend.TFLITE, Mode.FLOAT, "fp32", "fp32",
            summary="TFLite converter, float32 weights and activations, no optimization."),
     Recipe("tflite-fp16", Backend.TFLITE, Mode.FLOAT16, "f16", "fp32",
@@ -394,9 +426,9 @@ def parse_tasks(tasks: list[str]) -> list[VariantSpec]:
             expanded = lab_tasks()
         elif task == "tflite-int8-all":
             expanded = [VariantSpec.int8(f) for f in LAB_INT8_FRACTIONS]
-        elif task == "recipes":
+        elif task == "recipes":  # what converts: not `source`, the file itself
             expanded = [VariantSpec.of(r, 0.08 if r.calibrates else None)
-                        for r in RECIPES.values()]
+                        for r in RECIPES.values() if r.backend is not Backend.SOURCE]
         else:
             expanded = [VariantSpec.from_name(task)]
         specs.extend(s for s in expanded if s not in specs)
