@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from petq.errors import ModelDatasetMismatch, PetqError
+from petq.errors import ModelDatasetMismatch, PetqError, SkippedImagesWarning
 from petq.types import (
     DEFAULT_CALIBRATION_SEED,
     PREPROCESSING,
@@ -165,6 +165,13 @@ def _experiments(args: argparse.Namespace, ws, started) -> int:
         raise PetqError(f"no variant could be evaluated ({', '.join(failures)})")
     from petq.report import write_reports
 
+    counts = {"test": results[0].images} | {  # trainval: when this run opened it
+        split: c for split, c in ws.image_counts(args.test_dataset_fraction).items()
+        if split == "trainval"}
+    skipped = [f"{split}: {c.text()}" for split, c in sorted(counts.items()) if c.skipped]
+    if skipped:  # one line for the run, whether its images were decoded now or before
+        print(f"petq: warning: {ws.dataset.root}: images skipped: " + "; ".join(skipped)
+              + " (see summary.md)", file=sys.stderr)
     written = write_reports(ws, results, args.results_path)
     if args.layers:
         written += write_layer_reports(ws, results, Path(args.results_path), failures)
@@ -481,7 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out
+    # skipped images are said once per run, with the counts the reports record
+    warnings.filterwarnings("ignore", category=SkippedImagesWarning)
     args = build_parser().parse_args(argv)
     if getattr(args, "command", None) == "synth" and args.output is None:
         from petq.demo import demo_dataset_root

@@ -330,7 +330,7 @@ class ImageCounts:
     def of(cls, listed: Sequence[Sample], bad: dict[str, str]) -> ImageCounts:
         """`listed` samples, `bad`: image id -> why it could not be decoded (a store's)."""
         reasons = Counter(skip_reason(bad[s.image_id]) for s in listed if s.image_id in bad)
-        return cls(len(listed), tuple(reasons.most_common()))
+        return cls(len(listed), tuple(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))))
 
     @property
     def skipped_count(self) -> int:

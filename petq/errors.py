@@ -38,6 +38,11 @@ class PetqWarning(UserWarning):
     `petq: warning: ...` line, not with Python's warning source line."""
 
 
+class SkippedImagesWarning(PetqWarning):
+    """Images of a split could not be decoded and are skipped (said when they are decoded;
+    the CLI says it once per run instead, with the counts its reports record)."""
+
+
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     if isinstance(category, type) and issubclass(category, PetqWarning):
         return f"petq: warning: {message}\n"

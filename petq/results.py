@@ -103,7 +103,7 @@ class Result:
         reasons = self.skipped_by_reason or (
             {"unreadable": self.skipped_images} if self.skipped_images else {})
         return ImageCounts(self.n_images + self.skipped_images,
-                           tuple(sorted(reasons.items(), key=lambda kv: -kv[1])))
+                           tuple(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))))
 
     @property
     def scheme(self) -> str:

@@ -142,8 +142,10 @@ MAX_REASON = 300  # characters of a library's error message quoted in ours
 
 
 def _reason(exc: Exception) -> str:
-    """The first line of a library's error, cut at a word boundary when it is long."""
+    """The first line of a library's error, without Keras' dump of the object's config,
+    cut at a word boundary when it is still long."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = text.split(" Full object config:")[0].strip()
     if len(text) > MAX_REASON:
         text = text[:MAX_REASON].rsplit(" ", 1)[0].rstrip(" ,;:(") + " ..."
     return text
@@ -183,8 +185,12 @@ def load_keras_model(path: Path | str):
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a bad file
-        raise ModelError(f"{path}: not a loadable Keras model ({type(exc).__name__}: "
-                         f"{_reason(exc)})") from None
+        custom = "Could not locate" in str(exc) or "Unknown layer" in str(exc)
+        raise ModelError(
+            f"{path}: not a loadable Keras model ({type(exc).__name__}: {_reason(exc)})"
+            + ("; petq cannot import your own classes: save the model as a functional or "
+               "Sequential model of Keras layers, or convert it to .tflite yourself and pass "
+               "that" if custom else "")) from None
     inputs, outputs = list(getattr(model, "inputs", None) or []), list(
         getattr(model, "outputs", None) or [])
     if len(inputs) != 1 or len(outputs) != 1:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from petq.cache import Cache, key_of
 from petq.data import ImageCounts, PetDataset, Sample, Split, decode, open_image
-from petq.errors import ImageError, PetqWarning
+from petq.errors import ImageError, SkippedImagesWarning
 
 STORE_VERSION = 2  # 2: one store per split
 Progress = Callable[[int, int], None]
@@ -77,9 +77,9 @@ def load_store(
     """Open the store of one split for (dataset, size, channels), decoding its images first
     if needed.
 
-    Images that cannot be decoded are skipped with one counted warning (a PetqWarning:
-    one `petq: warning:` line); their ids and reasons are kept in `bad`. `workers`:
-    decoding threads (see `decode_into`).
+    Images that cannot be decoded are skipped with one counted warning when they are
+    decoded (a SkippedImagesWarning: one `petq: warning:` line); their ids and reasons
+    are kept in `bad`. `workers`: decoding threads (see `decode_into`).
     """
 
     def build(tmp: Path) -> dict:
@@ -98,14 +98,15 @@ def load_store(
         return {"dataset": str(dataset.root), "split": split, "size": list(size),
                 "count": len(samples), "bad": len(bad)}
 
-    entry, _ = cache.get_or_build("decoded", store_key(dataset, size, split, channels), build)
+    entry, built = cache.get_or_build("decoded", store_key(dataset, size, split, channels),
+                                      build)
     meta = json.loads(entry.file("index.json").read_text())
-    if meta["bad"]:
+    if meta["bad"] and built:
         counts = ImageCounts.of(dataset.split(split), meta["bad"])
         first = next(iter(meta["bad"].values()))
         warnings.warn(
             f"{dataset.root}: {split} split: {counts.text()}; first: {first}",
-            PetqWarning, stacklevel=2,
+            SkippedImagesWarning, stacklevel=2,
         )
     pixels = np.load(entry.file("pixels.npy"), mmap_mode="r")
     return DecodedStore(pixels=pixels, index=meta["index"], bad=meta["bad"])

@@ -224,6 +224,14 @@ class Workspace:
                                              channels=self.contract.channels)
         return self._stores[split]
 
+    def image_counts(self, test_fraction: float = 1.0) -> dict[Split, ImageCounts]:
+        """Listed and skipped images of the splits this workspace has opened: the test
+        images of `test_fraction`, and all of trainval (calibration picks from it)."""
+        listed = {"test": self.dataset.test_samples(test_fraction),
+                  "trainval": self.dataset.trainval}
+        return {split: ImageCounts.of(listed[split], store.bad)
+                for split, store in self._stores.items()}
+
     def prepare(self, spec: VariantSpec, progress: Stage | None = None,
                 calibration_first: bool = False,
                 read: Callable[[], dict[str, Any]] | None = None,
