@@ -55,7 +55,8 @@ else:
     table = compare.comparison_table(shown, {}, None)
     common.table(compare.view(table, compare.HOME_VIEW), width="stretch")
     others = len(compare.latest_per_variant(every)) - len(shown)
-    st.caption(f"Evaluated on {compare.fraction_text(settings.test_fraction)}"
+    st.caption(f"Evaluated on {compare.fraction_text(settings.test_fraction)}: test images "
+               f"{shown[0].images.text()}"  # skipped: missing or undecodable, by reason
                + (f"; {others} more on other test fractions (see **Compare**)." if others > 0
                   else "."))
     st.plotly_chart(figures.pareto_scatter(table), width="stretch", key="home_bubbles")

@@ -433,6 +433,7 @@ def test_home_shows_the_workspace_the_variants_and_the_task_plan(filled):
     labels = column_labels(cached)
     assert labels["scheme"] == "Scheme" and labels["file_size_bytes"] == "Size (bytes)"
     assert "Precision" not in labels.values()
+    assert "test images 20 listed, 20 evaluated, 0 skipped" in texts(at)
     plan = at.dataframe[-1].value
     status = dict(zip(plan["Variant"], plan["Status"], strict=True))
     assert status["native"] == "cached" and status["tflite-fp32"] == "cached"
