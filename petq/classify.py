@@ -127,9 +127,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser("classify", help="top-5 breeds of your photos, by every variant")
     p.add_argument("files", nargs="+", type=Path, metavar="PHOTO",
                    help="image files (JPEG, PNG, GIF, BMP, TIFF, WebP, HEIC...; 16-bit too)")
-    p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS),
+    p.add_argument("--tasks", nargs="+", default=None,
                    help="variants to run: native tflite-fp32 tflite-int8-<fraction> "
-                        "tflite-imbint8 ... | all | tflite-int8-all (default: %(default)s)")
+                        "tflite-imbint8 ... | all | tflite-int8-all | source (default: "
+                        f"{' '.join(DEFAULT_TASKS)}; for a .tflite source, source)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line and variant, errors included, on stdout; "
                         "each says its model and model_trained_on_synthetic_data")
@@ -142,8 +143,13 @@ def run(args: argparse.Namespace) -> int:
     """`petq classify`: exit status 1 only when no file could be read."""
     from petq.cli import StageBars, _workspace
 
-    specs = parse_tasks(args.tasks)
+    if args.tasks is not None:
+        parse_tasks(args.tasks)  # a bad name is said before the model is read
     workspace = _workspace(args)
+    tasks = args.tasks or (["source"] if workspace.source_is_tflite else list(DEFAULT_TASKS))
+    specs = parse_tasks(tasks)
+    for spec in specs:
+        workspace.check(spec)  # what this model cannot run, said before anything is decoded
     if workspace.contract.synthetic:
         print("petq: note: this model was trained on synthetic pets; its answers on real "
               "photos mean nothing", file=sys.stderr)

@@ -105,6 +105,8 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     from petq.ahead import start_converter
 
     ws = _workspace(args)
+    if args.tasks is None:  # a .tflite file brought as it is: evaluate it as it is
+        args.tasks = ["source"] if ws.source_is_tflite else ["all"]
     # on a first run, the converter process starts before the calibration picks
     # (scikit-learn's import alone takes a second); evaluate_run takes it, or stops it
     started = start_converter(ws, parse_tasks(args.tasks))
@@ -121,6 +123,8 @@ def _experiments(args: argparse.Namespace, ws, started) -> int:
     from petq.ahead import evaluate_run
 
     specs, refused = resolve_specs(ws, args)
+    if not specs and len(refused) == 1:
+        raise next(iter(refused.values()))  # the run's one task: its error is the run's
     for error in refused.values():  # each fails alone, before anything is decoded
         print(f"petq: error: {error}", file=sys.stderr)
     if not specs:
@@ -418,10 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where <prefix>-metrics.md, confusion PNGs and summary.md go")
     p.add_argument("--test-dataset-fraction", type=fraction, default=1.0,
                    help="stratified fraction of the test split to evaluate on (0, 1]")
-    p.add_argument("--tasks", nargs="+", default=["all"],
+    p.add_argument("--tasks", nargs="+", default=None,
                    help="variant names (native tflite-fp32 tflite-int8-<fraction> "
                         "tflite-imbint8 aeq-wi8-ai8-<fraction> ...; `petq recipes` lists them) "
-                        "| all (the lab's seven) | tflite-int8-all | recipes (every recipe once)")
+                        "| all (the lab's seven) | tflite-int8-all | recipes (every recipe once) "
+                        "| source (a .tflite source as it is). Default: all; for a .tflite "
+                        "source, source")
     p.add_argument("--calibration-classes", nargs="+",
                    help="breed names or indices calibrating tflite-imbint8 (default: index 5)")
     p.add_argument("--seed", type=int, default=DEFAULT_CALIBRATION_SEED,

@@ -170,7 +170,13 @@ def _archive_problem(path: Path) -> str | None:
 
 
 def _shapes(tensors) -> str:
-    return ", ".join(f"{getattr(t, 'name', '?')} {tuple(t.shape)}" for t in tensors) or "none"
+    """`name (None, 16, 16, 3), ...`: each Keras tensor by the layer that makes it."""
+
+    def name(t) -> str:
+        made_by = getattr(getattr(t, "_keras_history", None), "operation", None)
+        return getattr(made_by, "name", None) or getattr(t, "name", "?")
+
+    return ", ".join(f"{name(t)} {tuple(t.shape)}" for t in tensors) or "none"
 
 
 def load_keras_model(path: Path | str):
