@@ -237,7 +237,8 @@ def summary_markdown(workspace, rows: list[Result]) -> str:
         f"{first.n_images} test images evaluated (fraction {first.test_fraction:g} of the "
         f"test split: {first.images.text()}), latency on {first.threads} thread(s). Input "
         f"{c.input_size[0]}x"
-        f"{c.input_size[1]}, preprocessing `{c.preprocessing}`, {len(c.class_names)} classes."
+        f"{c.input_size[1]}{' grayscale' if c.channels == 1 else ''}, preprocessing "
+        f"`{c.preprocessing}`, {len(c.class_names)} classes."
     )
     if first.synthetic:
         out.append("")

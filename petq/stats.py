@@ -200,7 +200,7 @@ def accuracy_difference_intervals(b: np.ndarray, c: np.ndarray, n: np.ndarray,
                                        method="beta")
     low, high = np.nan_to_num(low, nan=0.0), np.nan_to_num(high, nan=1.0)
     share = np.divide(discordant, n, out=np.zeros_like(discordant), where=n > 0)
-    return share * (2 * low - 1), share * (2 * high - 1)
+    return share * (2 * low - 1) + 0.0, share * (2 * high - 1) + 0.0  # + 0.0: no -0.0
 
 
 def _mcnemar_counts(b: int, c: int, n: int) -> McNemar:
