@@ -172,7 +172,8 @@ def _experiments(args: argparse.Namespace, ws, started) -> int:
     counts = {"test": results[0].images} | {  # trainval: when this run opened it
         split: c for split, c in ws.image_counts(args.test_dataset_fraction).items()
         if split == "trainval"}
-    skipped = [f"{split}: {c.text()}" for split, c in sorted(counts.items()) if c.skipped]
+    skipped = [f"{split}: {c.text('evaluated' if split == 'test' else 'decoded')}"
+               for split, c in sorted(counts.items()) if c.skipped]
     if skipped:  # one line for the run, whether its images were decoded now or before
         print(f"petq: warning: {ws.dataset.root}: images skipped: " + "; ".join(skipped)
               + " (see summary.md)", file=sys.stderr)

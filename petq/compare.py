@@ -29,7 +29,7 @@ from petq.types import DEFAULT_CALIBRATION_SEED, RECIPES, Backend, Recipe, Varia
 LEVEL = 0.95  # confidence level of every interval shown; McNemar's test at 1 - LEVEL
 RESAMPLES = 2000  # bootstrap resamples of the paired accuracy interval
 BACKEND_LABELS = {Backend.KERAS: "Keras", Backend.TFLITE: "TFLite converter",
-                  Backend.AEQ: "AI Edge Quantizer"}
+                  Backend.AEQ: "AI Edge Quantizer", Backend.SOURCE: "The .tflite as it is"}
 MAX_SEEDS = 20  # calibration seeds one request may ask for
 SIDE_BY_SIDE_CLASSES = 16  # confusion matrices with more classes need a page's full width
 

@@ -340,9 +340,10 @@ class ImageCounts:
     def evaluated(self) -> int:
         return self.listed - self.skipped_count
 
-    def text(self) -> str:
-        """`149 listed, 147 evaluated, 2 skipped (1 missing, 1 truncated or corrupt)`."""
-        text = f"{self.listed} listed, {self.evaluated} evaluated, {self.skipped_count} skipped"
+    def text(self, kept: str = "evaluated") -> str:
+        """`149 listed, 147 evaluated, 2 skipped (1 missing, 1 truncated or corrupt)`;
+        `kept`: what the images not skipped are (`decoded`, for a split's store)."""
+        text = f"{self.listed} listed, {self.evaluated} {kept}, {self.skipped_count} skipped"
         if self.skipped:
             text += " (" + ", ".join(f"{n} {reason}" for reason, n in self.skipped) + ")"
         return text

@@ -105,7 +105,7 @@ def load_store(
         counts = ImageCounts.of(dataset.split(split), meta["bad"])
         first = next(iter(meta["bad"].values()))
         warnings.warn(
-            f"{dataset.root}: {split} split: {counts.text()}; first: {first}",
+            f"{dataset.root}: {split} split: {counts.text('decoded')}; first: {first}",
             SkippedImagesWarning, stacklevel=2,
         )
     pixels = np.load(entry.file("pixels.npy"), mmap_mode="r")
