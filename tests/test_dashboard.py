@@ -207,7 +207,9 @@ def test_seeds_parse_to_one_spec_each():
 
 def test_recipes_are_grouped_by_backend():
     groups = compare.recipe_groups()
-    assert list(groups) == ["Keras", "TFLite converter", "AI Edge Quantizer"]
+    assert list(groups) == ["Keras", "TFLite converter", "AI Edge Quantizer",
+                            "The .tflite as it is"]
+    assert [r.key for r in groups["The .tflite as it is"]] == ["source"]
     assert sum(len(g) for g in groups.values()) == len(RECIPES)
     assert all(r.backend is Backend.AEQ for r in groups["AI Edge Quantizer"])
     assert [r.key for r in groups["Keras"]] == ["native"]
