@@ -6,7 +6,7 @@ import streamlit as st
 
 from pages.common import layout, reads
 from petq.classify import classify_image, disagreement
-from petq.data import UPLOAD_TYPES, decode, open_image, preprocess
+from petq.data import UPLOAD_TYPES, model_pixels, open_image, preprocess
 from petq.errors import ImageError, PetqError
 
 PER_ROW = 3  # variant cards per row next to a photo
@@ -53,15 +53,17 @@ for name, data in inputs:
             continue
         try:
             image = open_image(data, name=name)
-            x = preprocess(decode(image, ws.contract.input_size), ws.contract)
+            x = preprocess(model_pixels(image, ws.contract), ws.contract)
         except ImageError as exc:
             st.error(str(exc))
             continue
         predictions = classify_image(runners, x, ws.class_names, name)
         photo, cards = st.columns([1, 3])
-        thumbnail = image.copy()
+        gray = ws.contract.channels == 1  # shown as the model sees it: in one channel
+        thumbnail = image.convert("L") if gray else image.copy()
         thumbnail.thumbnail((480, 480))
-        photo.image(thumbnail, caption=f"{name} · {image.width}×{image.height}")
+        photo.image(thumbnail, caption=f"{name} · {image.width}×{image.height}"
+                    + (" · grayscale, as the model sees it" if gray else ""))
         if disagreement(predictions):
             photo.badge("Variants disagree", icon=":material/warning:", color="orange")
         else:

@@ -54,8 +54,9 @@ paired = {
 st.subheader("Metrics")
 st.caption(
     f"Against the reference, `{reference}`, on the same {rows[0].n_images} test images: "
-    f"Δ accuracy with a paired bootstrap {tables.LEVEL:.0%} interval; ✱ when McNemar's exact "
-    f"test finds the difference significant at {1 - tables.LEVEL:.0%} (b: images only the "
+    f"Δ accuracy with its {tables.LEVEL:.0%} interval, McNemar's exact test inverted; ✱ when "
+    f"that test finds the difference significant at {1 - tables.LEVEL:.0%}, exactly when the "
+    "interval excludes zero (b: images only the "
     "reference gets right, c: only the variant). Compression: FP32 file size over the "
     "variant's. Agreement: share of images where the variant's top-1 breed equals the "
     "reference's.")

@@ -55,7 +55,8 @@ else:
     table = tables.comparison_table(shown, {}, None)
     layout.table(tables.view(table, tables.HOME_VIEW), width="stretch")
     others = len(tables.latest_per_variant(every)) - len(shown)
-    st.caption(f"Evaluated on {tables.fraction_text(test_fraction)}"
+    st.caption(f"Evaluated on {tables.fraction_text(test_fraction)}: test images "
+               f"{shown[0].images.text()}"  # skipped: missing or undecodable, by reason
                + (f"; {others} more on other test fractions (see **Compare**)." if others > 0
                   else "."))
     st.plotly_chart(layout.figure(figures.pareto_scatter, table), width="stretch",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from petq.data import decode, open_image, preprocess
+from petq.data import model_pixels, open_image, preprocess
 from petq.errors import ImageError
 from petq.runtime import Runner, softmax
 from petq.types import VariantSpec, parse_tasks
@@ -91,7 +91,7 @@ def classify_files(
         except ImageError as exc:
             yield Failure(label, _without_prefix(str(exc), label))
             continue
-        x = preprocess(decode(image, contract.input_size), contract)
+        x = preprocess(model_pixels(image, contract), contract)
         if runners is None:
             runners = {spec.name: workspace.runner(spec, progress) for spec in specs}
         yield from classify_image(runners, x, workspace.class_names, label)
@@ -128,10 +128,17 @@ def format_text(item: Answer | Failure) -> str:
     return f"{item.file}  {item.variant}  {shown}"
 
 
-def format_json(item: Answer | Failure) -> str:
+def provenance(workspace: Workspace) -> dict[str, Any]:
+    """Where the answers come from, for each JSON line: the model file and whether it was
+    trained on synthetic pets (its answers on real photos then mean nothing)."""
+    return {"model": str(workspace.model_path),
+            "model_trained_on_synthetic_data": bool(workspace.contract.synthetic)}
+
+
+def format_json(item: Answer | Failure, origin: dict[str, Any] | None = None) -> str:
     """One JSON object per line: {"file", "variant", "top5": [[breed, p], ...]} or
-    {"file", "error"}."""
-    return json.dumps(item.to_dict(), ensure_ascii=False)
+    {"file", "error"}, then `origin`'s fields (`provenance`): every line stands alone."""
+    return json.dumps(item.to_dict() | (origin or {}), ensure_ascii=False)
 
 
 # ---------------------------------------------------------------- command line
@@ -144,11 +151,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser("classify", help="top-5 breeds of your photos, by every variant")
     p.add_argument("files", nargs="+", type=Path, metavar="PHOTO",
                    help="image files (JPEG, PNG, GIF, BMP, TIFF, WebP, HEIC...; 16-bit too)")
-    p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS),
+    p.add_argument("--tasks", nargs="+", default=None,
                    help="variants to run: native tflite-fp32 tflite-int8-<fraction> "
-                        "tflite-imbint8 ... | all | tflite-int8-all (default: %(default)s)")
+                        "tflite-imbint8 ... | all | tflite-int8-all | source (default: "
+                        f"{' '.join(DEFAULT_TASKS)}; for a .tflite source, source)")
     p.add_argument("--json", action="store_true",
-                   help="one JSON object per line and variant, errors included, on stdout")
+                   help="one JSON object per line and variant, errors included, on stdout; "
+                        "each says its model and model_trained_on_synthetic_data")
     add_common_options(p)
     p.set_defaults(func=run)
     return p
@@ -158,21 +167,27 @@ def run(args: argparse.Namespace) -> int:
     """`petq classify`: exit status 1 only when no file could be read."""
     from petq.console import StageBars, open_workspace
 
-    specs = parse_tasks(args.tasks)
+    if args.tasks is not None:
+        parse_tasks(args.tasks)  # a bad name is said before the model is read
     workspace = open_workspace(args)
+    tasks = args.tasks or (["source"] if workspace.source_is_tflite else list(DEFAULT_TASKS))
+    specs = parse_tasks(tasks)
+    for spec in specs:
+        workspace.check(spec)  # what this model cannot run, said before anything is decoded
     if workspace.contract.synthetic:
         print("petq: note: this model was trained on synthetic pets; its answers on real "
               "photos mean nothing", file=sys.stderr)
     read: set[str] = set()
+    origin = provenance(workspace)
     bars = StageBars()
     try:
         for item in classify_files(workspace, specs, args.files, progress=bars):
             bars.close()
             if isinstance(item, Answer):
                 read.add(item.file)
-                print(format_json(item) if args.json else format_text(item), flush=True)
+                print(format_json(item, origin) if args.json else format_text(item), flush=True)
             elif args.json:
-                print(format_json(item), flush=True)
+                print(format_json(item, origin), flush=True)
             else:
                 print(f"petq: {format_text(item)}", file=sys.stderr, flush=True)
     finally:

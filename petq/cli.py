@@ -22,7 +22,7 @@ from petq.console import (
     open_workspace,
     result_line,
 )
-from petq.errors import DiskFullError, PetqError
+from petq.errors import DiskFullError, PetqError, SkippedImagesWarning
 from petq.types import DEFAULT_CALIBRATION_SEED, Calibration, VariantSpec, parse_tasks
 
 
@@ -30,6 +30,8 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     from petq.engine import start_converter
 
     ws = open_workspace(args)
+    if args.tasks is None:  # a .tflite file brought as it is: evaluate it as it is
+        args.tasks = ["source"] if ws.source_is_tflite else ["all"]
     # on a first run, the converter process starts before the calibration picks
     # (scikit-learn's import alone takes a second); evaluate_run takes it, or stops it
     started = start_converter(ws, parse_tasks(args.tasks))
@@ -45,11 +47,17 @@ def _experiments(args: argparse.Namespace, ws, started) -> int:
 
     from petq.engine import after_pass, after_variant, evaluate_run
 
-    specs = resolve_specs(ws, args)
+    specs, refused = resolve_specs(ws, args)
+    if not specs and len(refused) == 1:
+        raise next(iter(refused.values()))  # the run's one task: its error is the run's
+    for error in refused.values():  # each fails alone, before anything is decoded
+        print(f"petq: error: {error}", file=sys.stderr)
+    if not specs:
+        raise PetqError(f"no variant could be evaluated ({', '.join(refused)})")
     data_note = " (synthetic demo data)" if ws.dataset.synthetic else ""
     print(f"model {ws.model_path}, dataset {ws.dataset.root}{data_note}, "
           f"{len(specs)} task(s), {ws.threads} thread(s)", file=sys.stderr)
-    results, failures = [], []
+    results, failures = [], list(refused)
     bars = StageBars()
 
     def progress_for(running) -> StageBars:  # one spec, or two side by side
@@ -88,6 +96,14 @@ def _experiments(args: argparse.Namespace, ws, started) -> int:
         raise PetqError(f"no variant could be evaluated ({', '.join(failures)})")
     from petq.report import write_reports
 
+    counts = {"test": results[0].images} | {  # trainval: when this run opened it
+        split: c for split, c in ws.image_counts(args.test_dataset_fraction).items()
+        if split == "trainval"}
+    skipped = [f"{split}: {c.text('evaluated' if split == 'test' else 'decoded')}"
+               for split, c in sorted(counts.items()) if c.skipped]
+    if skipped:  # one line for the run, whether its images were decoded now or before
+        print(f"petq: warning: {ws.dataset.root}: images skipped: " + "; ".join(skipped)
+              + " (see summary.md)", file=sys.stderr)
     written = write_reports(ws, results, args.results_path)
     if args.layers:
         written += write_layer_reports(ws, results, Path(args.results_path), failures)
@@ -98,6 +114,7 @@ def _experiments(args: argparse.Namespace, ws, started) -> int:
         "cache_dir": str(ws.cache.root), "synthetic": ws.dataset.synthetic,
         "contract": ws.contract.to_dict() | {"info": None},
         "contract_source": ws.contract_source, "seeds": calibration_seeds(args),
+        "test_images": results[0].images.to_dict(), "failed_tasks": failures,
     }
     (Path(args.results_path) / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     print(f"wrote {len(written)} report files and config.json to {args.results_path}")
@@ -142,9 +159,11 @@ def calibration_seeds(args: argparse.Namespace) -> list[int]:
     return [args.seed]
 
 
-def resolve_specs(ws, args: argparse.Namespace) -> list[VariantSpec]:
-    """The run's specs from --tasks, with --calibration-classes and --seed applied; fails
-    before any work on a spec the dataset cannot serve."""
+def resolve_specs(ws, args: argparse.Namespace
+                  ) -> tuple[list[VariantSpec], dict[str, PetqError]]:  # fmt: skip
+    """The run's specs from --tasks, with --calibration-classes and --seed applied, and
+    those this model or dataset cannot serve (by name, with the reason: `Workspace.check`),
+    found before any image is decoded: each of those fails alone."""
     specs = parse_tasks(args.tasks)
     if args.calibration_classes:
         classes = tuple(ws.class_index(c) for c in args.calibration_classes)
@@ -156,9 +175,13 @@ def resolve_specs(ws, args: argparse.Namespace) -> list[VariantSpec]:
                  if s.uses_seed else s
                  for s in specs for seed in (seeds if s.uses_seed else [None])]
     specs = list(dict.fromkeys(specs))
+    refused: dict[str, PetqError] = {}
     for spec in specs:
-        ws.calibration_samples(spec)
-    return specs
+        try:
+            ws.check(spec)
+        except PetqError as exc:
+            refused[spec.name] = exc
+    return [s for s in specs if s.name not in refused], refused
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -258,10 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where <prefix>-metrics.md, confusion PNGs and summary.md go")
     p.add_argument("--test-dataset-fraction", type=fraction, default=1.0,
                    help="stratified fraction of the test split to evaluate on (0, 1]")
-    p.add_argument("--tasks", nargs="+", default=["all"],
+    p.add_argument("--tasks", nargs="+", default=None,
                    help="variant names (native tflite-fp32 tflite-int8-<fraction> "
                         "tflite-imbint8 aeq-wi8-ai8-<fraction> ...; `petq recipes` lists them) "
-                        "| all (the lab's seven) | tflite-int8-all | recipes (every recipe once)")
+                        "| all (the lab's seven) | tflite-int8-all | recipes (every recipe once) "
+                        "| source (a .tflite source as it is). Default: all; for a .tflite "
+                        "source, source")
     p.add_argument("--calibration-classes", nargs="+",
                    help="breed names or indices calibrating tflite-imbint8 (default: index 5)")
     p.add_argument("--seed", type=int, default=DEFAULT_CALIBRATION_SEED,
@@ -319,7 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out
+    # skipped images are said once per run, with the counts the reports record
+    warnings.filterwarnings("ignore", category=SkippedImagesWarning)
     args = build_parser().parse_args(argv)
     if getattr(args, "command", None) == "synth" and args.output is None:
         from petq.demo import demo_dataset_root

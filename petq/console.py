@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from petq.errors import ModelError
+from petq.errors import ModelDatasetMismatch
 from petq.types import PREPROCESSING, Stage
 
 _TERMINAL: dict[int, object] = {}  # id(sys.stderr) -> its copy
@@ -75,10 +75,10 @@ def open_workspace(args: argparse.Namespace):
             args.model_path, args.dataset_root, args.cache_dir, args.threads,
             progress=lambda done, total: bars("generating synthetic pets", done, total),
             preprocessing=args.preprocessing)
-    except ModelError as exc:
+    except ModelDatasetMismatch as exc:  # where the dataset can be the cause
         if args.model_path and not args.dataset_root:
-            raise ModelError(f"{exc} (the synthetic demo dataset was used: --dataset-root was "
-                             "not given)") from None
+            raise ModelDatasetMismatch(f"{exc} (the synthetic demo dataset was used: "
+                                       "--dataset-root was not given)") from None
         raise
     finally:
         bars.close()

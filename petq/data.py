@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import io
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from petq.errors import DatasetError, ImageError, SpecError
+from petq.errors import DatasetError, ImageError, PetqWarning, SpecError
 from petq.types import ModelContract
 
 TEST_SPLIT_SEED = 12345  # the lab's seed for --test-dataset-fraction
@@ -31,11 +32,30 @@ class Sample:
     label: int  # 0-based class index (CLASS-ID - 1)
 
 
-def parse_list_file(path: Path) -> list[tuple[Sample, int, int]]:
+OXFORD_RULE = ("the Oxford-IIIT Pet rule: CLASS-ID counts breeds from 1, SPECIES is 1 (cat) "
+               "or 2 (dog), BREED-ID counts from 1 within the species")
+
+
+@dataclass(frozen=True)
+class ListLine:
+    """One line of a list file: its sample, the Oxford ids, and where it is."""
+
+    sample: Sample
+    species: int
+    breed_id: int
+    path: Path
+    lineno: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.lineno}"
+
+
+def parse_list_file(path: Path) -> list[ListLine]:
     """Parse `Image CLASS-ID SPECIES BREED-ID` lines; `#` lines are comments.
 
-    Returns (sample, species, breed_id) per line. A malformed line raises
-    DatasetError naming the file and line number.
+    A malformed line raises DatasetError naming the file and line number; ids out of
+    range (e.g. TensorFlow Datasets' 0-based ids) are named with the Oxford rule.
     """
     if not path.is_file():
         raise DatasetError(f"{path}: list file not found")
@@ -54,9 +74,39 @@ def parse_list_file(path: Path) -> list[tuple[Sample, int, int]]:
         except ValueError:
             raise DatasetError(f"{path}:{lineno}: non-integer id in {raw!r}") from None
         if class_id < 1 or species not in (1, 2) or breed < 1:
-            raise DatasetError(f"{path}:{lineno}: id out of range in {raw!r}")
-        rows.append((Sample(fields[0], class_id - 1), species, breed))
+            zero_based = " (0-based ids, as TensorFlow Datasets writes them?)" if (
+                0 in (class_id, species, breed)) else ""
+            raise DatasetError(f"{path}:{lineno}: {raw.strip()!r} breaks {OXFORD_RULE}"
+                               f"{zero_based}")
+        rows.append(ListLine(Sample(fields[0], class_id - 1), species, breed, path, lineno))
     return rows
+
+
+def _label_by_name(lines: list[ListLine]) -> list[ListLine]:
+    """Each file name's breed gets one CLASS-ID: the one most of its lines give (ties: the
+    first). A line whose CLASS-ID disagrees is labelled by its name's breed, with one
+    warning naming the first such line: petq matches breeds to a model by name, and one
+    mislabelled line should not stop an evaluation, nor be followed silently."""
+    ids: dict[str, Counter] = {}
+    for line in lines:
+        ids.setdefault(class_name_of(line.sample.image_id), Counter())[line.sample.label] += 1
+    chosen = {name: counts.most_common(1)[0][0] for name, counts in ids.items()}
+    wrong = [line for line in lines
+             if line.sample.label != chosen[class_name_of(line.sample.image_id)]]
+    if not wrong:
+        return lines
+    first = wrong[0]
+    name = class_name_of(first.sample.image_id)
+    more = f" ({len(wrong) - 1} more such line(s))" if len(wrong) > 1 else ""
+    warnings.warn(
+        f"{first.where}: CLASS-ID {first.sample.label + 1} on {first.sample.image_id} "
+        f"disagrees with its file name's breed {name!r} (CLASS-ID {chosen[name] + 1} on "
+        f"{ids[name][chosen[name]]} line(s)); labelled as CLASS-ID {chosen[name] + 1}{more}",
+        PetqWarning, stacklevel=3)
+    fixed = {(line.path, line.lineno) for line in wrong}
+    return [ListLine(Sample(line.sample.image_id, chosen[class_name_of(line.sample.image_id)]),
+                     line.species, line.breed_id, line.path, line.lineno)
+            if (line.path, line.lineno) in fixed else line for line in lines]
 
 
 def class_name_of(image_id: str) -> str:
@@ -97,20 +147,24 @@ class PetDataset:
         splits = {}
         digest = hashlib.sha256()
         names: dict[int, str] = {}
+        lines: dict[str, list[ListLine]] = {}
         for split in ("trainval", "test"):
             path = ann / f"{split}.txt"
-            rows = parse_list_file(path)
-            if not rows:
+            lines[split] = parse_list_file(path)
+            if not lines[split]:
                 raise DatasetError(f"{path}: no samples listed")
             digest.update(path.read_bytes())
-            for sample, _, _ in rows:
-                name = class_name_of(sample.image_id)
-                known = names.setdefault(sample.label, name)
+        labelled = _label_by_name(lines["trainval"] + lines["test"])
+        for split in ("trainval", "test"):
+            rows, labelled = labelled[:len(lines[split])], labelled[len(lines[split]):]
+            for row in rows:
+                name = class_name_of(row.sample.image_id)
+                known = names.setdefault(row.sample.label, name)
                 if known != name:
                     raise DatasetError(
-                        f"{path}: class id {sample.label + 1} is both {known!r} and {name!r}"
-                    )
-            splits[split] = tuple(r[0] for r in rows)
+                        f"{row.where}: class id {row.sample.label + 1} is both {known!r} and "
+                        f"{name!r}")
+            splits[split] = tuple(r.sample for r in rows)
         marker = root / "SYNTHETIC"  # generator version and parameters of a synthetic set
         if marker.exists():
             digest.update(marker.read_bytes())
@@ -258,6 +312,52 @@ def _looks_like_heif(source: Path | str | bytes) -> bool:
     return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
 
 
+# Why an image is skipped, by the words open_image's errors use: (phrase, short reason)
+_SKIP_REASONS = (("file not found", "missing"), ("image too large", "too large"),
+                 ("not an image", "not an image"), ("HEIC/HEIF", "HEIC without pillow-heif"),
+                 ("cannot decode", "truncated or corrupt"))
+
+
+def skip_reason(message: str) -> str:
+    """The short reason ("missing", "too large", "truncated or corrupt"...) of an
+    `open_image` error message, for the counts reports show."""
+    return next((reason for phrase, reason in _SKIP_REASONS if phrase in message), "unreadable")
+
+
+@dataclass(frozen=True)
+class ImageCounts:
+    """Images listed for an evaluation, and those skipped (not decodable) by reason."""
+
+    listed: int
+    skipped: tuple[tuple[str, int], ...] = ()  # (reason, count), most first
+
+    @classmethod
+    def of(cls, listed: Sequence[Sample], bad: dict[str, str]) -> ImageCounts:
+        """`listed` samples, `bad`: image id -> why it could not be decoded (a store's)."""
+        reasons = Counter(skip_reason(bad[s.image_id]) for s in listed if s.image_id in bad)
+        return cls(len(listed), tuple(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))))
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(count for _, count in self.skipped)
+
+    @property
+    def evaluated(self) -> int:
+        return self.listed - self.skipped_count
+
+    def text(self, kept: str = "evaluated") -> str:
+        """`149 listed, 147 evaluated, 2 skipped (1 missing, 1 truncated or corrupt)`;
+        `kept`: what the images not skipped are (`decoded`, for a split's store)."""
+        text = f"{self.listed} listed, {self.evaluated} {kept}, {self.skipped_count} skipped"
+        if self.skipped:
+            text += " (" + ", ".join(f"{n} {reason}" for reason, n in self.skipped) + ")"
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        return {"listed": self.listed, "evaluated": self.evaluated,
+                "skipped": self.skipped_count, "skipped_by_reason": dict(self.skipped)}
+
+
 def open_image(source: Path | str | bytes, name: str | None = None) -> Image.Image:
     """Decode an image to 8-bit RGB: EXIF orientation applied, alpha composited on white.
 
@@ -331,25 +431,39 @@ def to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(eight))
 
 
-def decode(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """Resize to (height, width) with Pillow's default filter, as the lab does: uint8 HxWx3."""
+def decode(image: Image.Image, size: tuple[int, int], channels: int = 3) -> np.ndarray:
+    """The one decoding to model pixels: resize to (height, width) with Pillow's default
+    filter, as the lab does: uint8 HxWx3; with `channels` 1, the image is first converted
+    to Pillow's grayscale (`L`, ITU-R 601-2 luma): uint8 HxWx1."""
     height, width = size
+    if channels == 1:
+        gray = image.convert("L").resize((width, height))
+        return np.asarray(gray, dtype=np.uint8)[..., None]
     return np.asarray(image.resize((width, height)), dtype=np.uint8)
 
 
-def channel_order(contract: ModelContract) -> tuple[int, int, int]:
-    """The RGB channel each channel of `preprocess`'s output reads: (2, 1, 0) for caffe (BGR).
+def model_pixels(image: Image.Image, contract: ModelContract) -> np.ndarray:
+    """A decoded photo as the model sees it before scaling: `decode` at the contract's
+    input size and channel count (what Classify shows and classifies)."""
+    return decode(image, contract.input_size, contract.channels)
+
+
+def channel_order(contract: ModelContract) -> tuple[int, ...]:
+    """The channel of the decoded pixels each channel of `preprocess`'s output reads:
+    (2, 1, 0) for caffe (BGR), (0,) for a grayscale model.
 
     A per-channel lookup table built from `preprocess` (evaluate.input_lut) must be
     applied to `pixels[..., channel_order(contract)]`.
     """
+    if contract.channels == 1:
+        return (0,)
     return (2, 1, 0) if contract.preprocessing == "caffe" else (0, 1, 2)
 
 
 def _torch(rows: np.ndarray, width: int, contract: ModelContract) -> None:
     rows /= np.float32(255.0)
-    rows -= np.tile(np.asarray(contract.mean, np.float32), width)
-    rows /= np.tile(np.asarray(contract.std, np.float32), width)
+    rows -= np.tile(np.asarray(contract.channel_mean, np.float32), width)
+    rows /= np.tile(np.asarray(contract.channel_std, np.float32), width)
 
 
 def _tf(rows: np.ndarray, width: int, contract: ModelContract) -> None:
@@ -369,14 +483,16 @@ def _raw(rows: np.ndarray, width: int, contract: ModelContract) -> None:
     pass
 
 
-# One in-place function per types.PREPROCESSING mode, on rows of (width * 3) float32 values.
+# One in-place function per types.PREPROCESSING mode, on rows of (width * channels) float32
+# values.
 _MODES: dict[str, Callable[[np.ndarray, int, ModelContract], None]] = {
     "torch": _torch, "tf": _tf, "caffe": _caffe, "unit": _unit, "raw": _raw,
 }
 
 
 def preprocess(pixels: np.ndarray, contract: ModelContract) -> np.ndarray:
-    """uint8 HxWx3 (or NxHxWx3) -> float32 NHWC, in the contract's preprocessing mode.
+    """uint8 HxWxC (or NxHxWxC) -> float32 NHWC, in the contract's preprocessing mode (C:
+    the contract's channels, as `decode` made them).
 
     The modes are Keras' `imagenet_utils.preprocess_input` ones, to float32 precision:
     `torch` (the lab's) /255 then the contract's mean/std; `tf` /127.5 - 1; `caffe`
@@ -385,8 +501,11 @@ def preprocess(pixels: np.ndarray, contract: ModelContract) -> np.ndarray:
     classification (the lab's `prepare_input_sample`).
     """
     pixels = np.asarray(pixels)
+    if pixels.shape[-1] != contract.channels:
+        raise SpecError(f"preprocess: {pixels.shape[-1]}-channel pixels for a "
+                        f"{contract.channels}-channel model")
     order = channel_order(contract)
-    if order == (0, 1, 2):
+    if order == tuple(range(len(order))):
         x = pixels.astype(np.float32)  # a new C-ordered array, changed in place
     else:  # reorder while converting: twice as fast as converting a reversed view
         x = np.empty(pixels.shape, np.float32)
@@ -400,4 +519,4 @@ def preprocess(pixels: np.ndarray, contract: ModelContract) -> np.ndarray:
 
 def prepare_image(source: Path | str | bytes, contract: ModelContract) -> np.ndarray:
     """File or bytes -> a model-ready batch of one."""
-    return preprocess(decode(open_image(source), contract.input_size), contract)
+    return preprocess(model_pixels(open_image(source), contract), contract)

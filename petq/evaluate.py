@@ -149,24 +149,27 @@ def input_maker(
 
 
 def input_lut(runner: LiteRTRunner, contract: ModelContract) -> np.ndarray:
-    """(3, 256) table: uint8 value per channel -> the model's input tensor value.
+    """(C, 256) table: uint8 value per channel -> the model's input tensor value (C: the
+    contract's channels).
 
     Exactly `runner.quantize(preprocess(pixel))`, computed once for all 256 values.
     """
-    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)[None]  # (1,256,3)
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], contract.channels,
+                       axis=1)[None]  # (1, 256, C)
     return np.ascontiguousarray(runner.quantize(preprocess(values, contract))[0, 0].T)
 
 
 def apply_lut(pixels: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """uint8 images (N, H, W, 3) through a per-channel (3, 256) table `lut`.
+    """uint8 images (N, H, W, C) through a per-channel (C, 256) table `lut` (C: 3 or 1).
 
     One-byte tables (int8/uint8 inputs) go through Pillow's per-band `point`, a
     plain C loop several times faster than NumPy's fancy indexing; others index.
     """
     if lut.dtype.itemsize == 1 and pixels.size:
-        n, h, w, _ = pixels.shape
+        n, h, w, c = pixels.shape
         table = lut.view(np.uint8).reshape(-1).tolist()
-        tall = Image.fromarray(np.ascontiguousarray(pixels).reshape(n * h, w, 3))
+        rows = np.ascontiguousarray(pixels).reshape((n * h, w, c) if c == 3 else (n * h, w))
+        tall = Image.fromarray(rows)
         mapped = np.asarray(tall.point(table)).reshape(pixels.shape)
         return mapped.view(lut.dtype)
     out = np.empty(pixels.shape, dtype=lut.dtype)

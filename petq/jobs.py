@@ -258,7 +258,7 @@ def plan(ws: Any, specs: Sequence[VariantSpec], test_fraction: float = 1.0) -> l
     out = []
     for spec in dict.fromkeys(specs):
         try:
-            ws.calibration_samples(spec)
+            ws.check(spec)
         except PetqError as exc:
             out.append(PlanItem(spec, PlanStatus.SKIPPED, str(exc)))
             continue
@@ -308,7 +308,7 @@ def start_job(
             resolve_ray_address(ray)  # an address that does not answer fails here, at once
     variants = []
     for spec in specs:
-        ws.calibration_samples(spec)  # raises SpecError for a class out of range
+        ws.check(spec)  # a SpecError for what this model or dataset cannot make
         cached = ws.cached_result(spec, test_fraction)
         done = cached is not None and (not layers or ws.cached_layer_stats(spec) is not None)
         variants.append(JobVariant(spec.name, spec, Status.DONE if done else Status.QUEUED,

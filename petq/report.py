@@ -99,7 +99,7 @@ def _verdict(comparison: PairedComparison, what: str = "accuracy") -> str:
     if comparison.significant:
         direction = "lower" if comparison.accuracy_difference.estimate < 0 else "higher"
         return f"The {what} is significantly {direction} at 5% ({counts})."
-    return f"The difference is within noise: not significant at 5% ({counts})."
+    return f"The {what} difference is within noise: not significant at 5% ({counts})."
 
 
 def metrics_markdown(row: Result, comparison: PairedComparison | None = None,
@@ -119,15 +119,17 @@ def metrics_markdown(row: Result, comparison: PairedComparison | None = None,
         "after warm-up)",
         f"* File size: {row.file_size_bytes:,} bytes",
         f"* Parameters: {row.param_count:,}",
-        f"* Test images: {row.n_images} (fraction {row.test_fraction:g} of the test split)",
+        f"* Test images: {row.images.text()} (fraction {row.test_fraction:g} of the test "
+        "split)",
     ]
     if row.calibration_count:
         lines.append(f"* Calibration images (trainval only): {row.calibration_count}")
     if comparison is not None and reference:
         acc, gm = comparison.accuracy_difference, comparison.g_mean_difference
         lines += [
-            f"* Against `{reference}` (paired, same images, {comparison.resamples} bootstrap "
-            f"resamples): accuracy {_ci_points(acc)}; G-Mean {_ci_points(gm)}",
+            f"* Against `{reference}` (paired, same images): accuracy {_ci_points(acc)} "
+            f"(exact interval, consistent with the McNemar test below); G-Mean "
+            f"{_ci_points(gm)} ({comparison.resamples} bootstrap resamples)",
             f"* {_verdict(comparison)}",
         ]
     if row.synthetic:
@@ -232,9 +234,11 @@ def summary_markdown(workspace, rows: list[Result]) -> str:
     c = workspace.contract
     out.append(
         f"Model `{first.model}` on the {data_kind} (`{first.dataset}`), "
-        f"{first.n_images} test images (fraction {first.test_fraction:g} of the test "
-        f"split), latency on {first.threads} thread(s). Input {c.input_size[0]}x"
-        f"{c.input_size[1]}, preprocessing `{c.preprocessing}`, {len(c.class_names)} classes."
+        f"{first.n_images} test images evaluated (fraction {first.test_fraction:g} of the "
+        f"test split: {first.images.text()}), latency on {first.threads} thread(s). Input "
+        f"{c.input_size[0]}x"
+        f"{c.input_size[1]}{' grayscale' if c.channels == 1 else ''}, preprocessing "
+        f"`{c.preprocessing}`, {len(c.class_names)} classes."
     )
     if first.synthetic:
         out.append("")
@@ -250,7 +254,9 @@ def summary_markdown(workspace, rows: list[Result]) -> str:
         )
     out += ["", "## Metrics", "",
             "Δ accuracy: against the reference (TFLite FP32; native for FP32), paired over the "
-            "same test images, with a 95% bootstrap interval; p: exact McNemar test.", "",
+            "same test images; p: exact McNemar test on the images only one of the two gets "
+            "right, and the 95% interval is that test inverted, so it excludes zero exactly "
+            "when p < 0.05.", "",
             "| Variant | Scheme | Accuracy | Δ accuracy (95% CI) | p | G-Mean | Top-5 | "
             "Latency median (ms) | Size (bytes) |",
             "|---|---|---|---|---|---|---|---|---|"]

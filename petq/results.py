@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from petq.data import ImageCounts
 from petq.types import VariantSpec
 
 
@@ -68,8 +69,8 @@ class Result:
     dataset_fingerprint: str
     synthetic: bool
     test_fraction: float
-    n_images: int
-    skipped_images: int
+    n_images: int  # evaluated
+    skipped_images: int  # listed in the evaluated test split (or fraction), not decodable
     param_count: int
     threads: int
     accuracy: float
@@ -90,10 +91,19 @@ class Result:
     versions: dict[str, str] = field(default_factory=dict)
     result_key: str = ""
     created: float = 0.0
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
 
     @property
     def variant(self) -> str:
         return self.spec.name
+
+    @property
+    def images(self) -> ImageCounts:
+        """Test images listed, evaluated and skipped (by reason)."""
+        reasons = self.skipped_by_reason or (
+            {"unreadable": self.skipped_images} if self.skipped_images else {})
+        return ImageCounts(self.n_images + self.skipped_images,
+                           tuple(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))))
 
     @property
     def scheme(self) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from petq.errors import ModelError
+from petq.types import Mode, Recipe, source_recipe
 
 
 def default_threads() -> int:
@@ -181,19 +182,70 @@ class KerasRunner(Runner):
         return int(self.model.outputs[0].shape[-1])
 
 
+MAX_REASON = 300  # characters of a library's error message quoted in ours
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of a library's error, without Keras' dump of the object's config,
+    cut at a word boundary when it is still long."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = text.split(" Full object config:")[0].strip()
+    if len(text) > MAX_REASON:
+        text = text[:MAX_REASON].rsplit(" ", 1)[0].rstrip(" ,;:(") + " ..."
+    return text
+
+
+def _archive_problem(path: Path) -> str | None:
+    """Why a `.keras` file is not a Keras archive (a zip holding config.json), or None."""
+    import zipfile
+
+    if path.suffix != ".keras" or not path.is_file():
+        return None
+    if not zipfile.is_zipfile(path):
+        return f"{path}: not a valid .keras archive (a .keras model is a zip file; this one is not)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        return f"{path}: not a valid .keras archive ({_reason(exc)})"
+    if "config.json" not in names:
+        return f"{path}: not a valid .keras archive (no config.json inside)"
+    return None
+
+
+def _shapes(tensors) -> str:
+    """`name (None, 16, 16, 3), ...`: each Keras tensor by the layer that makes it."""
+
+    def name(t) -> str:
+        made_by = getattr(getattr(t, "_keras_history", None), "operation", None)
+        return getattr(made_by, "name", None) or getattr(t, "name", "?")
+
+    return ", ".join(f"{name(t)} {tuple(t.shape)}" for t in tensors) or "none"
+
+
 def load_keras_model(path: Path | str):
     """Load a Keras model (.keras, .h5), with a clear error for anything else."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: model file not found")
+    problem = _archive_problem(path)
+    if problem:
+        raise ModelError(problem)
     keras = import_keras()
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a bad file
-        raise ModelError(f"{path}: not a loadable Keras model ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ModelError(f"{path}: expected one image input and one class-score output")
+        custom = "Could not locate" in str(exc) or "Unknown layer" in str(exc)
+        raise ModelError(
+            f"{path}: not a loadable Keras model ({type(exc).__name__}: {_reason(exc)})"
+            + ("; petq cannot import your own classes: save the model as a functional or "
+               "Sequential model of Keras layers, or convert it to .tflite yourself and pass "
+               "that" if custom else "")) from None
+    inputs, outputs = list(getattr(model, "inputs", None) or []), list(
+        getattr(model, "outputs", None) or [])
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelError(f"{path}: expected one image input and one class-score output; "
+                         f"found inputs: {_shapes(inputs)}; outputs: {_shapes(outputs)}")
     return model
 
 
@@ -208,15 +260,29 @@ def model_io(path: Path | str, model: Any = None) -> dict[str, Any]:
         params = _constant_elements(runner.interpreter)
         shape = [int(d) for d in runner.input_shape[1:]]
         classes = runner.num_classes
+        found = (f"found inputs: {_detail_shapes(runner.interpreter.get_input_details())}; "
+                 f"outputs: {_detail_shapes(runner.interpreter.get_output_details())}")
+        if (len(runner.interpreter.get_input_details()) != 1
+                or len(runner.interpreter.get_output_details()) != 1):
+            raise ModelError(f"{path}: expected one image input and one class-score output; "
+                             + found)
     else:
         model = model if model is not None else load_keras_model(path)
         params = int(model.count_params())
         shape = [int(d) if d else 0 for d in model.inputs[0].shape[1:]]
-        classes = int(model.outputs[0].shape[-1])
-    if len(shape) != 3 or shape[-1] != 3 or not shape[0] or not shape[1]:
-        raise ModelError(f"{path}: expected an RGB image input (H, W, 3), got {shape}")
+        classes = int(model.outputs[0].shape[-1] or 0)
+        found = (f"found inputs: {_shapes(model.inputs)}; "
+                 f"outputs: {_shapes(model.outputs)}")
+    if len(shape) != 3 or shape[-1] not in (1, 3) or not shape[0] or not shape[1]:
+        raise ModelError(f"{path}: expected an image input of fixed size, (H, W, 3) for RGB "
+                         f"or (H, W, 1) for grayscale; {found}")
     return {"param_count": params, "input_shape": shape, "num_classes": classes,
             "file_size_bytes": size}
+
+
+def _detail_shapes(details) -> str:
+    return ", ".join(f"{d['name']} {tuple(int(v) for v in d['shape_signature'])}"
+                     for d in details) or "none"
 
 
 def _constant_elements(interpreter) -> int:
@@ -310,3 +376,77 @@ def softmax(scores: np.ndarray) -> np.ndarray:
         return scores
     z = np.exp(scores - scores.max(axis=-1, keepdims=True))
     return z / z.sum(axis=-1, keepdims=True)
+
+
+_PRECISION = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "f16",
+              np.dtype(np.int8): "i8", np.dtype(np.int16): "i16", np.dtype(np.uint8): "u8"}
+_IO = {np.dtype(np.float32): "float", np.dtype(np.int8): "int8", np.dtype(np.int16): "int16",
+       np.dtype(np.uint8): "uint8"}
+_NOT_COMPUTE = {"QUANTIZE", "DEQUANTIZE", "DELEGATE"}  # ops that only convert or wrap
+_INT4 = 17  # the flatbuffer's TensorType.INT4 (the interpreter reports such tensors as int8)
+
+
+def read_source_recipe(path: Path | str) -> Recipe:
+    """The `source` recipe of a .tflite file: its precision read from the LiteRT
+    interpreter's tensor details, so an already-quantized file is labelled by its real
+    scheme (`wi8_ai8` with int8 I/O for a full-INT8 file, `wi8_afp32` for dynamic range).
+
+    Weights: the constant tensors of two or more dimensions (filters, not biases).
+    Activations: the outputs of compute ops (not QUANTIZE/DEQUANTIZE). Integer weights
+    that a DEQUANTIZE op turns to float are weight-only; integer weights read by float
+    ops are dynamic range. Per channel when every integer weight tensor has one scale
+    per output channel.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        with quiet_native_stderr():  # the graph as written: no delegate takes ops over
+            interpreter = Interpreter(
+                model_content=data,
+                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: not a valid TFLite model ({_reason(exc)})") from None
+    ops = interpreter._get_ops_details()
+    tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
+    produced = {i for op in ops for i in op["outputs"]}
+    inputs = interpreter.get_input_details()
+    graph_inputs = {d["index"] for d in inputs}
+    constants = {i for op in ops for i in op["inputs"]
+                 if i >= 0 and i not in produced and i not in graph_inputs and i in tensors}
+    weights = [tensors[i] for i in sorted(constants) if len(tensors[i]["shape"]) >= 2]
+    integer = [w for w in weights if np.issubdtype(w["dtype"], np.integer)]
+    int4 = _int4_tensors(data)
+    if integer:
+        weight = "i4" if all(w["index"] in int4 for w in integer) else _PRECISION.get(
+            np.dtype(integer[0]["dtype"]), "i8")
+    else:
+        weight = "f16" if any(w["dtype"] == np.float16 for w in weights) else "fp32"
+    outputs = [tensors[o]["dtype"] for op in ops if op["op_name"] not in _NOT_COMPUTE
+               for o in op["outputs"] if o in tensors]
+    kinds = {_PRECISION.get(np.dtype(d), "fp32") for d in outputs} or {"fp32"}
+    activation = next((k for k in ("i16", "i8", "u8") if k in kinds), "fp32")
+    dequantized = {i for op in ops if op["op_name"] == "DEQUANTIZE" for i in op["inputs"]}
+    if activation != "fp32":
+        mode = Mode.STATIC
+    elif integer:
+        mode = (Mode.WEIGHT_ONLY if any(w["index"] in dequantized for w in integer)
+                else Mode.DYNAMIC)
+    else:
+        mode = Mode.FLOAT16 if weight == "f16" else Mode.FLOAT
+    per_channel = bool(integer) and all(
+        len(w["quantization_parameters"]["scales"]) > 1 for w in integer)
+    io = _IO.get(np.dtype(inputs[0]["dtype"]), "float") if inputs else "float"
+    return source_recipe(mode, weight, activation, io, per_channel or not integer)
+
+
+def _int4_tensors(data: bytes) -> set[int]:
+    """Indices of the first subgraph's INT4 tensors, from the flatbuffer itself."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+
+        graph = schema.Model.GetRootAs(data, 0).Subgraphs(0)
+        return {i for i in range(graph.TensorsLength()) if graph.Tensors(i).Type() == _INT4}
+    except Exception:  # another schema version: int4 weights then read as int8
+        return set()

@@ -2,10 +2,12 @@
 
 Every variant is evaluated on the same test images, so two variants are compared
 image by image (paired): McNemar's exact test on the images where exactly one of
-them is right, and bootstrap intervals that resample test images once per
-resample for both variants. Pure numpy/scipy/statsmodels over per-image arrays
-(true labels, top-1 predictions), so the dashboard and the reports can call
-them without TensorFlow or a workspace.
+them is right decides "significant", and the accuracy difference's interval is that
+test inverted (`accuracy_difference_intervals`), so an interval excludes zero exactly
+when the test is significant. G-Mean has no such test: its intervals come from a
+bootstrap that resamples test images once per resample for both variants. Pure
+numpy/scipy/statsmodels over per-image arrays (true labels, top-1 predictions), so the
+dashboard and the reports can call them without TensorFlow or a workspace.
 """
 
 from __future__ import annotations
@@ -69,10 +71,10 @@ class PairedComparison:
     g_mean_reference: Interval
     g_mean_difference: Interval
     mcnemar: McNemar
-    significant: bool  # McNemar p < 1 - level (0.05 at the default level)
-    resamples: int
+    significant: bool  # `significant(mcnemar.p_value, level)`: accuracy_difference excludes 0
+    resamples: int  # of the G-Mean bootstrap
     seed: int
-    method: str = "percentile"
+    method: str = "exact-conditional"  # the accuracy difference's interval
 
     @classmethod
     def from_dict(cls, data: dict) -> PairedComparison:
@@ -166,6 +168,41 @@ def _paired_arrays(
     return arrays[0].astype(np.int64), arrays[1].astype(np.int64), arrays[2].astype(np.int64)
 
 
+def significant(p_value: float, level: float = 0.95) -> bool:
+    """The one rule behind every "significant" petq writes (summary.md, comparisons.csv,
+    Compare): the exact McNemar p below 1 - level. The accuracy intervals petq shows
+    (`accuracy_difference_intervals`) exclude zero exactly when this holds."""
+    return bool(p_value < 1 - level)
+
+
+def accuracy_difference_intervals(b: np.ndarray, c: np.ndarray, n: np.ndarray,
+                                  level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of the paired accuracy difference (c - b) / n, the exact McNemar test
+    inverted: arrays of discordant counts (b: only the reference right, c: only the
+    variant) and image counts.
+
+    Given the b + c images where exactly one is right, c is binomial with share
+    theta = c / (b + c) (equal accuracies: theta = 1/2). The Clopper-Pearson interval of
+    theta (statsmodels' `proportion_confint(method="beta")`) excludes 1/2 exactly when
+    the two-sided exact binomial test, which is the exact McNemar test, has p < 1 - level;
+    the difference is (b + c) / n * (2 theta - 1), so its interval excludes zero exactly
+    then too. This is the exact conditional interval (conditional on b + c); no images
+    that disagree give [0, 0] (and p = 1). Its width reflects only the discordant
+    images' split, which is what decides whether two variants differ.
+    """
+    from statsmodels.stats.proportion import proportion_confint
+
+    _check_level(level)
+    b, c, n = (np.asarray(v, dtype=np.float64) for v in (b, c, n))
+    discordant = b + c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low, high = proportion_confint(c, np.maximum(discordant, 1), alpha=1 - level,
+                                       method="beta")
+    low, high = np.nan_to_num(low, nan=0.0), np.nan_to_num(high, nan=1.0)
+    share = np.divide(discordant, n, out=np.zeros_like(discordant), where=n > 0)
+    return share * (2 * low - 1) + 0.0, share * (2 * high - 1) + 0.0  # + 0.0: no -0.0
+
+
 def _mcnemar_counts(b: int, c: int, n: int) -> McNemar:
     return McNemar(b=b, c=c, p_value=float(mcnemar_p_values(np.array([b]), np.array([c]))[0]),
                    n=n)
@@ -252,15 +289,20 @@ def compare_paired(
 ) -> PairedComparison:
     """Accuracy and G-Mean of both variants and of their difference, with paired intervals.
 
-    `scipy.stats.bootstrap` draws test images with replacement; each image is one
-    code (its label and whether each variant got it right), so a resample always
-    carries both variants' answers on the same images. Percentile intervals, not
-    BCa: BCa returns nan (with a warning) when the bootstrap distribution is
-    degenerate, which is the common case of two variants that disagree on no or
-    very few images, and its jackknife costs N more evaluations of the statistic.
-    The exact McNemar test decides `significant`.
+    The exact McNemar test decides `significant` (`significant`), and the accuracy
+    difference's interval is that test inverted (`accuracy_difference_intervals`): the
+    two never disagree. (A percentile bootstrap of the difference did: on 51 images
+    with 4 lost and none gained it excluded zero while p = 0.125.) Each variant's own
+    accuracy gets a Wilson interval (statsmodels). G-Mean has no exact test: its
+    intervals come from `scipy.stats.bootstrap`, which draws test images with
+    replacement; each image is one code (its label and whether each variant got it
+    right), so a resample always carries both variants' answers on the same images.
+    Percentile intervals, not BCa: BCa returns nan (with a warning) when the bootstrap
+    distribution is degenerate, the common case of two variants that disagree on no
+    or very few images.
     """
     from scipy import stats as sps
+    from statsmodels.stats.proportion import proportion_confint
 
     labels, pred_v, pred_r = _paired_arrays(labels, pred_variant, pred_reference, num_classes)
     _check_level(level)
@@ -283,17 +325,26 @@ def compare_paired(
             rng=np.random.default_rng(seed),
         )
         low, high = result.confidence_interval.low, result.confidence_interval.high
-    acc_v, acc_r, acc_d, gm_v, gm_r, gm_d = (
+    _, _, _, gm_v, gm_r, gm_d = (
         Interval(float(e), float(lo), float(hi), level)
         for e, lo, hi in zip(estimate, low, high, strict=True)
     )
     right_v, right_r = pred_v == labels, pred_r == labels
+    n = len(labels)
     test = _mcnemar_counts(int(np.count_nonzero(right_r & ~right_v)),
-                           int(np.count_nonzero(right_v & ~right_r)), len(labels))
+                           int(np.count_nonzero(right_v & ~right_r)), n)
+    accuracy = []
+    for right in (right_v, right_r):
+        lo, hi = proportion_confint(int(right.sum()), n, alpha=1 - level, method="wilson")
+        accuracy.append(Interval(float(right.mean()), float(lo), float(hi), level))
+    d_low, d_high = accuracy_difference_intervals(np.array([test.b]), np.array([test.c]),
+                                                  np.array([n]), level)
+    acc_d = Interval(float((test.c - test.b) / n), float(d_low[0]), float(d_high[0]), level)
     return PairedComparison(
-        accuracy_variant=acc_v, accuracy_reference=acc_r, accuracy_difference=acc_d,
+        accuracy_variant=accuracy[0], accuracy_reference=accuracy[1], accuracy_difference=acc_d,
         g_mean_variant=gm_v, g_mean_reference=gm_r, g_mean_difference=gm_d,
-        mcnemar=test, significant=test.p_value < 1 - level, resamples=resamples, seed=seed,
+        mcnemar=test, significant=significant(test.p_value, level), resamples=resamples,
+        seed=seed,
     )
 
 
@@ -320,51 +371,6 @@ def _check_same_images(variant, reference) -> None:
                          "comparison needs the same ones")
 
 
-def paired_difference_interval(
-    both_right: int, only_first: int, only_second: int, both_wrong: int, level: float = 0.95
-) -> tuple[float, float]:
-    """Newcombe's square-and-add interval for a paired difference of proportions (first - second).
-
-    Newcombe (1998), method 10: Wilson intervals of the two proportions (statsmodels),
-    combined with the correlation of the pairs. Fagerland, Lydersen and Laake (2014)
-    recommend it for paired binomial proportions; neither scipy nor statsmodels has
-    one. Checked against their R package contingencytables (Cavo et al. 2012 table).
-    """
-    if both_right + only_first + only_second + both_wrong == 0:
-        raise StatsError("paired_difference_interval needs at least one pair")
-    low, high = paired_difference_intervals(
-        *(np.array([v]) for v in (both_right, only_first, only_second, both_wrong)), level)
-    return float(low[0]), float(high[0])
-
-
-def paired_difference_intervals(
-    both_right: np.ndarray, only_first: np.ndarray, only_second: np.ndarray,
-    both_wrong: np.ndarray, level: float = 0.95,
-) -> tuple[np.ndarray, np.ndarray]:
-    """`paired_difference_interval` for arrays of 2x2 tables at once (each n > 0)."""
-    from statsmodels.stats.proportion import proportion_confint
-
-    _check_level(level)
-    both_right, only_first, only_second, both_wrong = (
-        np.asarray(v, dtype=np.float64) for v in (both_right, only_first, only_second,
-                                                  both_wrong))
-    n = both_right + only_first + only_second + both_wrong
-    first_right, second_right = both_right + only_first, both_right + only_second
-    p1, p2 = first_right / n, second_right / n
-    l1, u1 = proportion_confint(first_right, n, alpha=1 - level, method="wilson")
-    l2, u2 = proportion_confint(second_right, n, alpha=1 - level, method="wilson")
-    margins = np.stack([first_right, n - first_right, second_right, n - second_right])
-    a = both_right * both_wrong - only_first * only_second
-    a = np.where(a > n / 2, a - n / 2, np.minimum(a, 0))  # continuity-corrected, as Newcombe's
-    product = margins.prod(axis=0)
-    psi = np.divide(a, np.sqrt(product), out=np.zeros_like(a), where=margins.min(axis=0) > 0)
-    d1, d2 = p1 - l1, u2 - p2
-    low = p1 - p2 - np.sqrt(d1**2 + d2**2 - 2 * psi * d1 * d2)
-    d1, d2 = u1 - p1, p2 - l2
-    high = p1 - p2 + np.sqrt(d1**2 + d2**2 - 2 * psi * d1 * d2)
-    return low, high
-
-
 def per_class_changes(
     labels: np.ndarray,
     pred_variant: np.ndarray,
@@ -374,17 +380,14 @@ def per_class_changes(
 ) -> list[ClassChange]:
     """Each present class's recall change (variant - reference), with a paired interval.
 
-    Within a class both recalls come from the same images, so the interval is
-    Newcombe's paired square-and-add interval (`paired_difference_interval`)
-    and `hurt`/`helped` say it lies entirely below/above 0. Not a bootstrap:
-    within a 20-image class a percentile bootstrap calls a 4-of-20 drop real
-    although the exact McNemar p is 0.125; Newcombe's interval does not. Its
-    verdicts agree with McNemar's mid-p test (recommended by Fagerland et al.
-    2014) on 99.8% of all tables with n = 10..200 (checked here), the rest
-    borderline; the exact `p_value` is more conservative (a 5-of-20 drop is
-    hurt, exact p = 0.0625, mid-p 0.031). `p_adjusted` (Holm over the classes
-    returned) answers "is any class hurt at all": with 37 classes, a few
-    per-class flags at 5% can come from chance alone.
+    Within a class both recalls come from the same images; the interval is the class's
+    exact McNemar test inverted (`accuracy_difference_intervals`), the rule every
+    accuracy comparison follows, so `hurt`/`helped` (the interval entirely below/above
+    0) hold exactly when the class's exact `p_value` is below 1 - level. Not a
+    bootstrap: within a 20-image class a percentile bootstrap calls a 4-of-20 drop
+    real although the exact p is 0.125. `p_adjusted` (Holm over the classes returned)
+    answers "is any class hurt at all": with 37 classes, a few per-class flags at 5%
+    can come from chance alone.
     """
     labels, pred_v, pred_r = _paired_arrays(labels, pred_variant, pred_reference, num_classes)
     _check_level(level)
@@ -395,14 +398,14 @@ def per_class_changes(
 
     n_class = np.bincount(labels, minlength=num_classes)
     both, only_v = per_class(right_v & right_r), per_class(right_v & ~right_r)
-    only_r, neither = per_class(right_r & ~right_v), per_class(~right_v & ~right_r)
+    only_r = per_class(right_r & ~right_v)
     present = np.flatnonzero(n_class)
     if not len(present):
         return []
     b, c, n = only_r[present], only_v[present], n_class[present]
     p_values = mcnemar_p_values(b, c)
     adjusted = holm(p_values)
-    lows, highs = paired_difference_intervals(both[present], c, b, neither[present], level)
+    lows, highs = accuracy_difference_intervals(b, c, n, level)
     return [ClassChange(
         class_index=int(k), n=int(n[i]),
         reference_recall=float((both[k] + only_r[k]) / n[i]),

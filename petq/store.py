@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 from petq.cache import Cache, key_of
-from petq.data import PetDataset, Sample, Split, decode, open_image
-from petq.errors import DiskFullError, ImageError
+from petq.data import ImageCounts, PetDataset, Sample, Split, decode, open_image
+from petq.errors import DiskFullError, ImageError, SkippedImagesWarning
 
 STORE_VERSION = 2  # 2: one store per split
 Progress = Callable[[int, int], None]
@@ -38,7 +38,8 @@ MAX_DECODE_WORKERS = 8
 
 @dataclass
 class DecodedStore:
-    """uint8 pixels (N, H, W, 3) for every image of one split, by image id."""
+    """uint8 pixels (N, H, W, C) for every image of one split, by image id (C: 3, or 1 for
+    a grayscale model)."""
 
     pixels: np.ndarray
     index: dict[str, int]
@@ -58,11 +59,14 @@ class DecodedStore:
         return self.pixels[rows], kept
 
 
-def store_key(dataset: PetDataset, size: tuple[int, int], split: Split) -> str:
-    return key_of(
-        {"v": STORE_VERSION, "root": str(dataset.root.resolve()), "lists": dataset.fingerprint,
-         "images": dataset.images_stamp, "size": list(size), "split": split}
-    )
+def store_key(dataset: PetDataset, size: tuple[int, int], split: Split, channels: int = 3
+              ) -> str:  # fmt: skip
+    what = {"v": STORE_VERSION, "root": str(dataset.root.resolve()),
+            "lists": dataset.fingerprint, "images": dataset.images_stamp, "size": list(size),
+            "split": split}
+    if channels != 3:  # RGB stores keep their keys
+        what["channels"] = channels
+    return key_of(what)
 
 
 def load_store(
@@ -72,19 +76,22 @@ def load_store(
     split: Split,
     progress: Progress | None = None,
     workers: int | None = None,
+    channels: int = 3,
 ) -> DecodedStore:
-    """Open the store of one split for (dataset, size), decoding its images first if needed.
+    """Open the store of one split for (dataset, size, channels), decoding its images first
+    if needed.
 
-    Images that cannot be decoded are skipped with one counted warning; their
-    ids and reasons are kept in `bad`. `workers`: decoding threads (see `decode_into`).
+    Images that cannot be decoded are skipped with one counted warning when they are
+    decoded (a SkippedImagesWarning: one `petq: warning:` line); their ids and reasons
+    are kept in `bad`. `workers`: decoding threads (see `decode_into`).
     """
 
     def build(tmp: Path) -> dict:
         samples = list(dict.fromkeys(dataset.split(split)))
         height, width = size
-        pixels = reserve_pixels(tmp / "pixels.npy", (len(samples), height, width, 3))
+        pixels = reserve_pixels(tmp / "pixels.npy", (len(samples), height, width, channels))
         failed = decode_into(pixels, [dataset.image_path(s.image_id) for s in samples], size,
-                             progress, workers)
+                             progress, workers, channels=channels)
         bad = {samples[row].image_id: reason for row, reason in failed.items()}
         pixels.flush()
         del pixels
@@ -94,14 +101,15 @@ def load_store(
                 "count": len(samples), "bad": len(bad)}
 
     cache.clear_stale_temp(max_age=0)  # what dead writers left; a live one holds its lock
-    entry, _ = cache.get_or_build("decoded", store_key(dataset, size, split), build)
+    entry, built = cache.get_or_build("decoded", store_key(dataset, size, split, channels),
+                                      build)
     meta = json.loads(entry.file("index.json").read_text())
-    if meta["bad"]:
-        shown = "; ".join(list(meta["bad"].values())[:3])
+    if meta["bad"] and built:
+        counts = ImageCounts.of(dataset.split(split), meta["bad"])
+        first = next(iter(meta["bad"].values()))
         warnings.warn(
-            f"{len(meta['bad'])} image(s) of {dataset.root}'s {split} split could not be "
-            f"decoded and are skipped: {shown}",
-            stacklevel=2,
+            f"{dataset.root}: {split} split: {counts.text('decoded')}; first: {first}",
+            SkippedImagesWarning, stacklevel=2,
         )
     pixels = np.load(entry.file("pixels.npy"), mmap_mode="r")
     return DecodedStore(pixels=pixels, index=meta["index"], bad=meta["bad"])
@@ -153,6 +161,7 @@ def decode_into(
     progress: Progress | None = None,
     workers: int | None = None,
     read_ahead: bool = True,
+    channels: int = 3,
 ) -> dict[int, str]:
     """Decode `paths[i]` into `pixels[i]` (uint8, resized to `size`); return {row: reason}
     for the images that cannot be decoded (their rows are left as they were).
@@ -169,7 +178,7 @@ def decode_into(
 
     def chunk(start: int) -> tuple[int, dict[int, str]]:
         rows = range(start, min(start + DECODE_CHUNK, total))
-        return len(rows), _decode_rows(pixels, paths, rows, size)
+        return len(rows), _decode_rows(pixels, paths, rows, size, channels)
 
     failed: dict[int, str] = {}
     done = 0
@@ -223,11 +232,11 @@ def prefetch(paths: Sequence[Path | str]) -> None:
 
 
 def _decode_rows(pixels: np.ndarray, paths: Sequence[Path | str], rows: range,
-                 size: tuple[int, int]) -> dict[int, str]:  # fmt: skip
+                 size: tuple[int, int], channels: int = 3) -> dict[int, str]:  # fmt: skip
     failed = {}
     for row in rows:
         try:
-            pixels[row] = decode(open_image(paths[row]), size)
+            pixels[row] = decode(open_image(paths[row]), size, channels)
         except ImageError as exc:
             failed[row] = str(exc)
     return failed

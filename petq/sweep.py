@@ -267,11 +267,8 @@ def run_sweep(
 
     spaces = {m: Workspace(m, dataset, cache, threads, preprocessing) for m in models}
     for ws in spaces.values():
-        for spec in specs:  # classes out of range, native of a .tflite source: before work
-            if spec.is_native and ws.source_is_tflite:
-                raise SpecError(f"{ws.model_path}: a .tflite source model has no native "
-                                "variant")
-            ws.calibration_samples(spec)
+        for spec in specs:  # what this model or dataset cannot make: before any work
+            ws.check(spec)
 
     session = RaySession(ray_address, workers, threads, max_retries) if backend == "ray" \
         else None

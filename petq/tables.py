@@ -29,7 +29,7 @@ from petq.types import DEFAULT_CALIBRATION_SEED, RECIPES, Backend, Recipe, Varia
 LEVEL = 0.95  # confidence level of every interval shown; McNemar's test at 1 - LEVEL
 RESAMPLES = 2000  # bootstrap resamples of the paired accuracy interval
 BACKEND_LABELS = {Backend.KERAS: "Keras", Backend.TFLITE: "TFLite converter",
-                  Backend.AEQ: "AI Edge Quantizer"}
+                  Backend.AEQ: "AI Edge Quantizer", Backend.SOURCE: "The .tflite as it is"}
 MAX_SEEDS = 20  # calibration seeds one request may ask for
 SIDE_BY_SIDE_CLASSES = 16  # confusion matrices with more classes need a page's full width
 
@@ -269,8 +269,9 @@ BREED_VIEW = ("reference_recall", "variant_recall", "difference_ci", "b", "c", "
 
 def breed_table(changes: Sequence[stats.ClassChange], names: Sequence[str]) -> pd.DataFrame:
     """Per breed present in the test images: both sensitivities, the change (variant −
-    reference) with Newcombe's paired interval, McNemar's b/c/p, Holm-adjusted p, and
-    `hurt` / `helped` when the interval excludes zero (`petq.stats.per_class_changes`)."""
+    reference) with its exact paired interval, McNemar's b/c/p, Holm-adjusted p, and
+    `hurt` / `helped` when the interval excludes zero, that is when p < 5%
+    (`petq.stats.per_class_changes`)."""
     records = [{
         "breed": names[ch.class_index] if ch.class_index < len(names) else str(ch.class_index),
         "n": ch.n, "reference_recall": ch.reference_recall, "variant_recall": ch.variant_recall,

@@ -51,7 +51,7 @@ import numpy as np
 
 from petq.certify import METRICS, Bound, best_case, needed_images, paired_bound
 from petq.errors import PetqError
-from petq.types import RECIPES, Mode, VariantSpec
+from petq.types import RECIPES, Backend, Mode, VariantSpec
 
 OBJECTIVES = ("size", "latency")
 START_FRACTION = 0.08  # the lab's middle calibration fraction: the first static try
@@ -433,8 +433,8 @@ def first_candidates(objective: str) -> list[VariantSpec]:
     keys = list(RECIPES)
     specs = []
     for key, recipe in RECIPES.items():
-        if recipe.stem in ("native", "tflite-fp32"):
-            continue
+        if recipe.stem in ("native", "tflite-fp32") or recipe.backend is Backend.SOURCE:
+            continue  # the reference, and the source file as it is, are not candidates
         if recipe.weights == "i4" and objective != "size":
             continue
         specs.append(VariantSpec.of(key, START_FRACTION if recipe.calibrates else None))

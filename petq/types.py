@@ -29,9 +29,11 @@ PREPROCESSING = {
 
 
 class Backend(str, Enum):
-    """What makes a variant: the source model itself, TFLite's converter, or AI Edge Quantizer."""
+    """What makes a variant: the source Keras model itself, a source .tflite file as it is,
+    TFLite's converter, or AI Edge Quantizer."""
 
     KERAS = "keras"
+    SOURCE = "source"
     TFLITE = "tflite"
     AEQ = "aeq"
 
@@ -46,7 +48,7 @@ class Mode(str, Enum):
     STATIC = "static"  # int weights and activations: needs calibration data
 
 
-IO_TYPES = ("float", "int8", "int16")
+IO_TYPES = ("float", "int8", "int16", "uint8")
 
 
 class Stage(str, Enum):
@@ -118,12 +120,16 @@ class Recipe:
 
     @property
     def scheme(self) -> str:
-        """Weights/activations precision, AI Edge Quantizer style: `wi8_ai8`, `wf16_afp32`."""
+        """Weights/activations precision, AI Edge Quantizer style: `wi8_ai8`, `wf16_afp32`
+        (`read from the file` for the registry's `source`, before a file is read)."""
+        if not self.weights:
+            return "read from the file"
         return f"w{self.weights}_a{self.activations}"
 
     @property
     def calibrates(self) -> bool:
-        return self.mode is Mode.STATIC
+        """Needs calibration images to be made (a source file was calibrated already)."""
+        return self.mode is Mode.STATIC and self.backend is not Backend.SOURCE
 
     @property
     def quantized(self) -> bool:
@@ -140,7 +146,28 @@ class Recipe:
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
         recipe = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
         known = RECIPES.get(recipe.key)
-        return known if known is not None and known.to_dict() == recipe.to_dict() else recipe
+        if known is not None and known.to_dict() == recipe.to_dict():
+            return known
+        if recipe.backend is Backend.SOURCE and recipe.weights:  # a file's, read earlier
+            return source_recipe(recipe.mode, recipe.weights, recipe.activations, recipe.io,
+                                 recipe.per_channel)
+        return recipe
+
+
+def source_recipe(mode: Mode, weights: str, activations: str, io: str = "float",
+                  per_channel: bool = True) -> Recipe:
+    """The `source` recipe of a .tflite file as it is, with the precision read from its
+    tensors (`petq.runtime.read_source_recipe`): its scheme is the file's own."""
+    mode = Mode(mode)
+    what = {Mode.FLOAT: "float32 throughout", Mode.FLOAT16: "float16 weights, float compute",
+            Mode.DYNAMIC: "integer weights, activations quantized at run time",
+            Mode.WEIGHT_ONLY: "integer weights dequantized for float compute",
+            Mode.STATIC: "integer weights and activations"}[mode]
+    io_text = "float" if io == "float" else io
+    return Recipe("source", Backend.SOURCE, mode, weights, activations, per_channel, io,
+                  summary=f"The source .tflite file as it is: {what} (w{weights}_a"
+                          f"{activations}, {io_text} input and output, read from its "
+                          "tensors); nothing converted.")
 
 
 def _recipes(*recipes: Recipe) -> dict[str, Recipe]:
@@ -150,6 +177,11 @@ def _recipes(*recipes: Recipe) -> dict[str, Recipe]:
 RECIPES: dict[str, Recipe] = _recipes(
     Recipe("native", Backend.KERAS, Mode.FLOAT, "fp32", "fp32",
            summary="The Keras model itself, float32: the reference."),
+    # a .tflite source model run as it is; its precision is read from the file
+    # (Workspace.source_recipe), so weights and activations are left blank here
+    Recipe("source", Backend.SOURCE, Mode.FLOAT, "", "",
+           summary="A .tflite source model as it is, in its own scheme (read from its "
+                   "tensors: an already-quantized file stays quantized); nothing converted."),
     Recipe("tflite-fp32", Backend.TFLITE, Mode.FLOAT, "fp32", "fp32",
            summary="TFLite converter, float32 weights and activations, no optimization."),
     Recipe("tflite-fp16", Backend.TFLITE, Mode.FLOAT16, "f16", "fp32",
@@ -500,9 +532,9 @@ def parse_tasks(tasks: list[str]) -> list[VariantSpec]:
             expanded = lab_tasks()
         elif task == "tflite-int8-all":
             expanded = [VariantSpec.int8(f) for f in LAB_INT8_FRACTIONS]
-        elif task == "recipes":
+        elif task == "recipes":  # what converts: not `source`, the file itself
             expanded = [VariantSpec.of(r, 0.08 if r.calibrates else None)
-                        for r in RECIPES.values()]
+                        for r in RECIPES.values() if r.backend is not Backend.SOURCE]
         else:
             expanded = [VariantSpec.from_name(task)]
         specs.extend(s for s in expanded if s not in specs)
@@ -514,21 +546,45 @@ class ModelContract:
     """What a model expects: input size, normalisation, class names.
 
     Read from the sidecar JSON next to the model (`model.keras` -> `model.json`);
-    without one, the lab's values (224x224, ImageNet mean/std) apply.
+    without one, the lab's values (224x224, ImageNet mean/std) apply. `channels`: 3 (RGB)
+    or 1 (grayscale: images are decoded to one channel, and `torch` uses the mean of the
+    three ImageNet means and stds unless `mean`/`std` give one value each, as timm does
+    for one-channel models).
     """
 
     input_size: tuple[int, int] = (224, 224)  # (height, width)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     class_names: tuple[str, ...] = ()
     synthetic: bool = False
     preprocessing: str = "torch"
+    channels: int = 3
     info: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.preprocessing not in PREPROCESSING:
             raise ModelError(f"unknown preprocessing {self.preprocessing!r}: expected one of "
                              f"{', '.join(PREPROCESSING)}")
+        if self.channels not in (1, 3):
+            raise ModelError(f"a model input has 1 (grayscale) or 3 (RGB) channels, got "
+                             f"{self.channels}")
+        if self.channels == 1 and self.preprocessing == "caffe":
+            raise ModelError("caffe preprocessing reorders RGB to BGR: a one-channel "
+                             "(grayscale) model has no colour order; choose torch, tf, unit "
+                             "or raw")
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) not in ({3} if self.channels == 3 else {1, 3}):
+                raise ModelError(f"{name} needs {self.channels} value(s) for a "
+                                 f"{self.channels}-channel model, got {getattr(self, name)}")
+
+    @property
+    def channel_mean(self) -> tuple[float, ...]:
+        """`mean` per input channel (one for a grayscale model)."""
+        return _per_channel(self.mean, self.channels)
+
+    @property
+    def channel_std(self) -> tuple[float, ...]:
+        return _per_channel(self.std, self.channels)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -536,6 +592,8 @@ class ModelContract:
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
         data["class_names"] = list(self.class_names)
+        if self.channels == 3:  # the default: RGB contracts keep their cache keys
+            del data["channels"]
         return data
 
     @classmethod
@@ -550,8 +608,15 @@ class ModelContract:
             class_names=tuple(data.get("class_names", ())),
             synthetic=bool(data.get("synthetic", False)),
             preprocessing=str(data.get("preprocessing", "torch")),
+            channels=int(data.get("channels", 3)),
             info=dict(data.get("info", {})),
         )
+
+
+def _per_channel(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    if len(values) == channels:
+        return tuple(values)
+    return (sum(values) / len(values),) if channels == 1 else tuple(values) * channels
 
 
 def sidecar_path(model_path: Path) -> Path:

@@ -24,11 +24,26 @@ import numpy as np
 from petq import __version__ as petq_version
 from petq.cache import Cache, Entry, key_of, sha256_file, write_bytes_atomic
 from petq.calibration import Profiled
-from petq.data import PetDataset, Sample, Split, class_index, preprocess, stratified_count
-from petq.errors import ModelError, PetqError, SpecError
+from petq.data import (
+    ImageCounts,
+    PetDataset,
+    Sample,
+    Split,
+    class_index,
+    preprocess,
+    stratified_count,
+)
+from petq.errors import ModelDatasetMismatch, ModelError, PetqError, SpecError
 from petq.evaluate import QUIET, compute_metrics, measure_latency, predict_all
 from petq.results import Details, Result, top_k
-from petq.runtime import KerasRunner, LiteRTRunner, Runner, default_threads, model_io
+from petq.runtime import (
+    KerasRunner,
+    LiteRTRunner,
+    Runner,
+    default_threads,
+    model_io,
+    read_source_recipe,
+)
 from petq.stats import (
     ClassChange,
     Interval,
@@ -44,6 +59,7 @@ from petq.types import (
     Backend,
     Calibration,
     ModelContract,
+    Recipe,
     VariantSpec,
     load_contract,
     sidecar_path,
@@ -109,16 +125,17 @@ class Workspace:
         contract = load_contract(self.model_path)
         if self.contract_source == "model":
             info = self.model_info(check_classes=False)
-            height, width = (int(d) for d in info["input_shape"][:2])
+            height, width, channels = (int(d) for d in info["input_shape"])
             names = self.dataset.class_names
             if len(names) > info["num_classes"]:
-                raise ModelError(
+                raise ModelDatasetMismatch(
                     f"{self.model_path}: the model outputs {info['num_classes']} classes, the "
                     f"dataset at {self.dataset.root} names {len(names)}; write the model's "
                     f"class names in a sidecar JSON, {sidecar_path(self.model_path)}: "
                     '{"class_names": [...], "preprocessing": "torch"}')
             names += tuple(f"class_{i + 1}" for i in range(len(names), info["num_classes"]))
-            contract = replace(contract, input_size=(height, width), class_names=names)
+            contract = replace(contract, input_size=(height, width), class_names=names,
+                               channels=channels)
         elif not contract.class_names:
             contract = replace(contract, class_names=self.dataset.class_names)
         if preprocessing:
@@ -136,7 +153,7 @@ class Workspace:
         for label in sorted(present):
             name = self.dataset.class_names[label]
             if name.lower() not in model_index:
-                raise ModelError(
+                raise ModelDatasetMismatch(
                     f"{self.model_path}: the dataset at {self.dataset.root} has breed {name!r}, "
                     f"which the model's {len(self.class_names)} classes do not include")
             mapping[label] = model_index[name.lower()]
@@ -195,6 +212,12 @@ class Workspace:
             raise ModelError(
                 f"{self.model_path}: the model outputs {info['num_classes']} classes, its "
                 f"contract names {len(self.class_names)}")
+        channels = info["input_shape"][-1]
+        if check_classes and channels != self.contract.channels:
+            raise ModelError(
+                f"{self.model_path}: the model takes {channels}-channel images, its sidecar "
+                f"{sidecar_path(self.model_path)} says {self.contract.channels}: write "
+                f'"channels": {channels} in it')
         return info
 
     def model_info_cached(self) -> bool:
@@ -208,8 +231,17 @@ class Workspace:
         """One split's decoded images: trainval calibrates, test evaluates."""
         if split not in self._stores:
             self._stores[split] = load_store(self.dataset, self.contract.input_size,
-                                             self.cache, split, _stage(progress, "decode"))
+                                             self.cache, split, _stage(progress, "decode"),
+                                             channels=self.contract.channels)
         return self._stores[split]
+
+    def image_counts(self, test_fraction: float = 1.0) -> dict[Split, ImageCounts]:
+        """Listed and skipped images of the splits this workspace has opened: the test
+        images of `test_fraction`, and all of trainval (calibration picks from it)."""
+        listed = {"test": self.dataset.test_samples(test_fraction),
+                  "trainval": self.dataset.trainval}
+        return {split: ImageCounts.of(listed[split], store.bad)
+                for split, store in self._stores.items()}
 
     def prepare(self, spec: VariantSpec, progress: Stage | None = None,
                 calibration_first: bool = False,
@@ -273,8 +305,11 @@ class Workspace:
                 self.class_index(c)  # raises SpecError when out of range
             wanted = set(spec.classes)
             samples = [s for s in self.dataset.trainval if self.label(s) in wanted]
-            if not samples:
-                raise SpecError(f"{spec.name}: no trainval images of classes {spec.classes}")
+            missing = sorted(wanted - {self.label(s) for s in samples})
+            if missing:  # each chosen breed must calibrate: none is dropped silently
+                raise SpecError(f"{spec.name}: " + "; ".join(
+                    f"breed {c} ({self.class_names[c]}) has no trainval images here"
+                    for c in missing) + "; choose breeds with --calibration-classes")
         else:
             return []
         if cal.exclude:
@@ -297,6 +332,7 @@ class Workspace:
     # ------------------------------------------------------------ variants
 
     def variant_key(self, spec: VariantSpec) -> str:
+        spec = self.own_spec(spec)
         ids = [s.image_id for s in self.calibration_samples(spec)]
         return key_of({
             "model": self.model_sha, "spec": spec.to_dict(), "calibration": ids,
@@ -312,10 +348,55 @@ class Workspace:
     def source_is_tflite(self) -> bool:
         return self.model_path.suffix == ".tflite"
 
+    @cached_property
+    def source_recipe(self) -> Recipe | None:
+        """A .tflite source's own recipe, its precision read from the file (an
+        already-quantized file is labelled by its real scheme); None for a Keras model."""
+        return read_source_recipe(self.model_path) if self.source_is_tflite else None
+
+    def own_spec(self, spec: VariantSpec) -> VariantSpec:
+        """`spec` as this workspace runs it: `source` carries the file's own recipe (keys,
+        results and their scheme), every other spec is itself."""
+        if spec.recipe.backend is Backend.SOURCE and self.source_recipe is not None:
+            return VariantSpec(self.source_recipe)
+        return spec
+
+    def check(self, spec: VariantSpec) -> None:
+        """Raise SpecError, with its reason, when this source model cannot make `spec`:
+        native or the converter's recipes from a .tflite file, recipes that need a float
+        model from an already-quantized one, `source` from a Keras model, a chosen
+        calibration breed without trainval images, a calibration set this dataset cannot
+        give. Cheap: nothing is decoded."""
+        path, recipe = self.model_path, spec.recipe
+        if self.source_is_tflite:
+            own = self.source_recipe
+            quantized = own.quantized
+            scheme = f"{own.scheme}, {own.io} input and output"
+            as_is = "; run it as it is with the task `source`"
+            if spec.is_native:
+                raise SpecError(f"native: {path} is a .tflite file, not a Keras model: it has "
+                                f"no native variant{as_is}")
+            if quantized and spec == VariantSpec.fp32():
+                raise SpecError(f"tflite-fp32: {path} is already quantized ({scheme}): there "
+                                f"is no float32 model to write as tflite-fp32{as_is}")
+            if recipe.backend is Backend.TFLITE and spec != VariantSpec.fp32():
+                raise SpecError(f"{spec.name}: the TFLite converter takes a Keras model, and "
+                                f"{path} is a .tflite file{as_is}"
+                                + ("" if quantized else ", or quantize it with an aeq-* recipe"))
+            if quantized and recipe.backend is Backend.AEQ:
+                raise SpecError(f"{spec.name}: AI Edge Quantizer quantizes a float .tflite, "
+                                f"and {path} is already quantized ({scheme}){as_is}")
+        elif recipe.backend is Backend.SOURCE:
+            raise SpecError(f"source: {path} is a Keras model; the variant that runs it as it "
+                            "is is `native`")
+        self.calibration_samples(spec)  # e.g. names a chosen breed without trainval images
+
     def tflite(self, spec: VariantSpec, progress: Stage | None = None) -> tuple[Entry, bool]:
         """The variant's .tflite entry, converting it only when not cached."""
         if spec.is_native:
             raise SpecError("the native variant has no .tflite file")
+        spec = self.own_spec(spec)
+        self.check(spec)
         samples = self.calibration_samples(spec)
         recipe = spec.recipe
 
@@ -335,8 +416,9 @@ class Workspace:
             if progress:
                 progress("convert", 0, 1)
             data = None
-            if self.source_is_tflite and spec == VariantSpec.fp32():
-                data = self.model_path.read_bytes()
+            if recipe.backend is Backend.SOURCE or (self.source_is_tflite
+                                                   and spec == VariantSpec.fp32()):
+                data = self.model_path.read_bytes()  # the file itself, as it is
             elif kept:
                 data = self._shared.convert(spec, _stage(progress, "calibrate"))
             if data is None:
@@ -463,8 +545,12 @@ class Workspace:
         return [LayerStat.from_dict(d) for d in entry.manifest["layers"]] if entry else None
 
     def _layer_key(self, spec: VariantSpec) -> tuple[str, bool, list[Sample]]:
+        spec = self.own_spec(spec)
         if not spec.recipe.quantized or spec.is_native:
             raise SpecError(f"{spec.name} is not quantized: it has no quantization error")
+        if spec.recipe.backend is Backend.SOURCE:
+            raise SpecError(f"{spec.name}: a quantized source file has no float model beside "
+                            "it to measure each layer's error against")
         debug_samples = self._layer_samples()
         per_layer = (spec.recipe.backend is Backend.TFLITE and spec.recipe.activations == "i8"
                      and spec.recipe.calibrates and not spec.keep_float)
@@ -489,6 +575,7 @@ class Workspace:
         """The variant's runner: the source model (native), else its .tflite on LiteRT with
         `threads` interpreter threads (default: the workspace's)."""
         if spec.is_native:
+            self.check(spec)  # a .tflite source has no native model
             return self.keras_runner()
         entry, _ = self.tflite(spec, progress)
         return LiteRTRunner(entry.file("model.tflite"), threads or self.threads)
@@ -500,6 +587,7 @@ class Workspace:
         """The variant's artifact, the contract (preprocessing, class names: they change a
         native result too), the exact test images with their labels, threads (this
         workspace's unless given), versions."""
+        spec = self.own_spec(spec)
         if test_fraction not in self._test_digests:
             test = [f"{s.image_id} {self.label(s)}"
                     for s in self.dataset.test_samples(test_fraction)]
@@ -522,6 +610,7 @@ class Workspace:
         per invoke, on `threads` interpreter threads. The scores do not depend on the
         thread count (tests/test_evaluate.py checks), so a run may compute two variants'
         side by side and time each alone afterwards (`evaluate(..., scores=)`)."""
+        spec = self.own_spec(spec)
         self._check_evaluable(spec, test_fraction)
         _, store = self.prepare(spec, progress)
         pixels, _ = self._test_pixels(store, test_fraction)
@@ -531,8 +620,7 @@ class Workspace:
     def _check_evaluable(self, spec: VariantSpec, test_fraction: float) -> None:
         if not 0.0 < test_fraction <= 1.0:
             raise SpecError(f"test dataset fraction must be in (0, 1], got {test_fraction}")
-        if spec.is_native and self.source_is_tflite:
-            raise SpecError(f"{self.model_path}: a .tflite source model has no native variant")
+        self.check(spec)
 
     def scored(self, scores: np.ndarray, test_fraction: float = 1.0,
                kept: list[Sample] | None = None) -> tuple[Details, dict[str, Any]]:
@@ -575,6 +663,7 @@ class Workspace:
 
         `scores`: its `predictions` on this test split, computed already; the accuracy
         pass is then skipped and only the latency is measured here."""
+        spec = self.own_spec(spec)
         self._check_evaluable(spec, test_fraction)
 
         def build(tmp: Path) -> dict[str, Any]:
@@ -605,12 +694,14 @@ class Workspace:
                 progress("latency", 1, 1)
             (tmp / "details.json").write_text(json.dumps(details.to_json()))
             np.savez(tmp / "predictions.npz", top5=details.top5, top5_scores=details.top5_scores)
+            images = ImageCounts.of(self.dataset.test_samples(test_fraction), store.bad)
             result = Result(
                 spec=spec, description=spec.describe(self.class_names),
                 model=self.model_path.name, model_sha=self.model_sha,
                 dataset=str(self.dataset.root), dataset_fingerprint=self.dataset.fingerprint,
                 synthetic=self.dataset.synthetic, test_fraction=test_fraction,
-                skipped_images=len(store.bad), param_count=info["param_count"],
+                skipped_images=images.skipped_count,
+                skipped_by_reason=dict(images.skipped), param_count=info["param_count"],
                 threads=self.threads,
                 versions=library_versions(), **variant, **metrics, **latency,
             )
@@ -695,7 +786,8 @@ class Workspace:
         them as they evaluate, so Compare and the report read them. None when the two were
         evaluated on different images. `early`: the two results' details (`scored`), when
         this is computed before the results are cached; else they are read from them."""
-        key = key_of({"v": 1, "result": result_key, "reference": reference_key,
+        # v2: the accuracy interval is the exact McNemar test inverted
+        key = key_of({"v": 2, "result": result_key, "reference": reference_key,
                       "versions": library_versions()})
         entry = self.cache.get("paired", key, verify=False)
         if entry is None:

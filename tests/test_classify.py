@@ -106,6 +106,8 @@ def test_formats():
         "top5": [["Bengal", 0.912], ["Birman", 0.05]]}
     assert json.loads(format_json(failure)) == {"file": "notes.txt",
                                                 "error": "not an image Pillow can read"}
+    origin = {"model": "m.keras", "model_trained_on_synthetic_data": True}
+    assert json.loads(format_json(answer, origin))["model_trained_on_synthetic_data"] is True
     assert "\n" not in format_json(answer)
     assert json.loads(format_json(Answer("chat é.jpg", "native", ())))["file"] == "chat é.jpg"
 
@@ -132,10 +134,27 @@ def test_cli_json_lines_and_exit_status(common, photos, capsys):
         (str(photos["photo"]), "native", False), (str(photos["photo"]), "tflite-fp32", False),
         (str(photos["text"]), None, True)]
     assert lines[0]["top5"][0][0] == "Bengal"
+    # every line says which model answered and whether it was trained on synthetic pets
+    for line in lines:
+        assert line["model"] == common[1]
+        assert line["model_trained_on_synthetic_data"] is False  # the fixture's sidecar
+
+
+def test_cli_json_says_the_demo_model_was_trained_on_synthetic_data(tmp_path, capsys):
+    from conftest import write_pet_tree
+
+    photo = write_pet_tree(tmp_path / "pets") / "images" / "Bengal_1.jpg"
+    args = _parse(["classify", str(photo), "--json", "--cache-dir", str(tmp_path / "cache")])
+    assert run(args) == 0
+    captured = capsys.readouterr()
+    line = json.loads(captured.out.splitlines()[0])
+    assert line["model_trained_on_synthetic_data"] is True
+    assert line["model"].endswith("petq-demo.keras")
+    assert "synthetic pets" in captured.err
 
 
 def test_cli_text_and_only_unreadable_files(common, photos, capsys):
-    assert _parse(["classify", "x.jpg", *common]).tasks == ["tflite-fp32"]
+    assert _parse(["classify", "x.jpg", *common]).tasks is None  # tflite-fp32, or source
     assert run(_parse(["classify", str(photos["gray16"]), str(photos["text"]), *common])) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith(f"{photos['gray16']}  tflite-fp32  ")

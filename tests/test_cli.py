@@ -209,9 +209,9 @@ def test_a_seed_in_a_task_name_is_kept(tiny_model, pet_root, shared_cache):
     ws = Workspace(tiny_model, pet_root, shared_cache, threads=1)
     args = Namespace(tasks=["tflite-int8-0.5-s1", "tflite-int8-0.3"], calibration_classes=None,
                      seed=1234, seeds=None, seed_count=None)
-    assert [s.name for s in resolve_specs(ws, args)] == ["tflite-int8-0.5-s1", "tflite-int8-0.3"]
+    assert [s.name for s in resolve_specs(ws, args)[0]] == ["tflite-int8-0.5-s1", "tflite-int8-0.3"]
     args.seeds = [7, 8]
-    assert [s.name for s in resolve_specs(ws, args)] == [
+    assert [s.name for s in resolve_specs(ws, args)[0]] == [
         "tflite-int8-0.5-s7", "tflite-int8-0.5-s8", "tflite-int8-0.3-s7", "tflite-int8-0.3-s8"]
 
 

@@ -229,7 +229,9 @@ def test_seeds_parse_to_one_spec_each():
 
 def test_recipes_are_grouped_by_backend():
     groups = tables.recipe_groups()
-    assert list(groups) == ["Keras", "TFLite converter", "AI Edge Quantizer"]
+    assert list(groups) == ["Keras", "TFLite converter", "AI Edge Quantizer",
+                            "The .tflite as it is"]
+    assert [r.key for r in groups["The .tflite as it is"]] == ["source"]
     assert sum(len(g) for g in groups.values()) == len(RECIPES)
     assert all(r.backend is Backend.AEQ for r in groups["AI Edge Quantizer"])
     assert [r.key for r in groups["Keras"]] == ["native"]
@@ -473,6 +475,7 @@ def test_home_shows_the_workspace_the_variants_and_the_task_plan(filled):
     labels = column_labels(cached)
     assert labels["scheme"] == "Scheme" and labels["file_size_bytes"] == "Size (bytes)"
     assert "Precision" not in labels.values()
+    assert "test images 20 listed, 20 evaluated, 0 skipped" in texts(at)
     plan = at.dataframe[-1].value
     status = dict(zip(plan["Variant"], plan["Status"], strict=True))
     assert status["native"] == "cached" and status["tflite-fp32"] == "cached"

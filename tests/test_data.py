@@ -51,8 +51,74 @@ def test_list_file_errors_name_file_and_line(tmp_path):
     with pytest.raises(DatasetError, match=r"trainval.txt:1: expected"):
         parse_list_file(path)
     path.write_text("Abyssinian_1 0 1 1\n")
-    with pytest.raises(DatasetError, match="out of range"):
+    with pytest.raises(DatasetError, match="CLASS-ID counts breeds from 1"):
         parse_list_file(path)
+
+
+def test_tfds_style_zero_based_ids_are_named_with_the_oxford_rule(tmp_path):
+    """TensorFlow Datasets writes 0-based ids (`image0_0 0 0 0`): the error says the
+    Oxford rule and the file and line that broke it, in one line."""
+    (tmp_path / "images").mkdir()
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+    (ann / "trainval.txt").write_text("# Image CLASS-ID SPECIES BREED-ID\nimage0_0 0 0 0\n")
+    (ann / "test.txt").write_text("image1_0 1 1 1\n")
+    with pytest.raises(DatasetError) as caught:
+        PetDataset.load(tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"{ann / 'trainval.txt'}:2: 'image0_0 0 0 0' breaks ")
+    for rule in ("CLASS-ID counts breeds from 1", "SPECIES is 1 (cat) or 2 (dog)",
+                 "0-based"):
+        assert rule in message
+    assert "\n" not in message
+    (ann / "trainval.txt").write_text("Abyssinian_1 1 3 1\n")  # species 3: not 0-based
+    with pytest.raises(DatasetError, match=r"trainval.txt:1: .*SPECIES is 1") as caught:
+        PetDataset.load(tmp_path)
+    assert "0-based" not in str(caught.value)
+
+
+def test_a_class_id_that_disagrees_with_its_file_name_is_warned_once_and_named(pet_root,
+                                                                                tmp_path):
+    """`american_bulldog_3 99 ...` while every other american_bulldog line says 2: one
+    warning naming the line, and the image labelled by its name's breed (CLASS-ID 2)."""
+    import shutil
+    import warnings
+
+    from petq.errors import PetqWarning
+
+    root = tmp_path / "oxford"
+    shutil.copytree(pet_root, root)
+    trainval = root / "annotations" / "trainval.txt"
+    lines = trainval.read_text().splitlines()
+    at = lines.index("american_bulldog_3 2 2 1")
+    lines[at] = "american_bulldog_3 99 2 1"
+    lines[at + 1] = lines[at + 1].replace(" 2 2 1", " 98 2 1")  # a second such line
+    trainval.write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = PetDataset.load(root)
+    found = [w for w in caught if issubclass(w.category, PetqWarning)]
+    assert len(found) == 1
+    text = str(found[0].message)
+    assert text.startswith(f"{trainval}:{at + 1}: CLASS-ID 99 on american_bulldog_3 disagrees")
+    assert "labelled as CLASS-ID 2" in text and "1 more such line" in text
+    assert ds.class_names == PetDataset.load(pet_root).class_names  # no class 98 or 99
+    labels = {s.image_id: s.label for s in ds.trainval}
+    assert labels["american_bulldog_3"] == labels["american_bulldog_4"] == 1
+
+
+def test_image_counts_by_reason():
+    from petq.data import ImageCounts, Sample, skip_reason
+
+    samples = [Sample(f"a_{i}", 0) for i in range(5)]
+    bad = {"a_1": "/x/a_1.jpg: file not found", "a_2": "/x/a_2.jpg: cannot decode image (x)",
+           "a_3": "/x/a_3.jpg: file not found", "elsewhere": "/x/b.jpg: not an image Pillow "
+           "can read"}
+    counts = ImageCounts.of(samples, bad)
+    assert (counts.listed, counts.evaluated, counts.skipped_count) == (5, 2, 3)
+    assert counts.text() == "5 listed, 2 evaluated, 3 skipped (2 missing, 1 truncated or corrupt)"
+    assert counts.to_dict()["skipped_by_reason"] == {"missing": 2, "truncated or corrupt": 1}
+    assert skip_reason("/x: image too large (over 89,478,485 pixels), refusing") == "too large"
 
 
 def test_missing_folder_and_list_file(tmp_path):

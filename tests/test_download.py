@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import io
 import socket
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from petq.download import HDF5_MAGIC, download_dataset, download_model
+from petq.download import HDF5_MAGIC, OXFORD_MD5, download_dataset, download_model
 from petq.errors import DownloadError
+
+NO_CHECK = {"images.tar.gz": None, "annotations.tar.gz": None}
 
 
 def closed_port_url() -> str:
@@ -75,12 +78,19 @@ def test_dataset_download_extracts_and_skips_what_is_there(server, tmp_path):
     (served / "images.tar.gz").write_bytes(make_tar("images", {"Abyssinian_1.jpg": b"x"}))
     (served / "annotations.tar.gz").write_bytes(
         make_tar("annotations", {"trainval.txt": b"Abyssinian_1 1 1 1\n"}))
-    root = download_dataset(tmp_path / "oxford", base_url=url)
+    md5 = {name: hashlib.md5((served / name).read_bytes()).hexdigest() for name in NO_CHECK}
+    seen: list[tuple[str, int, int]] = []
+    root = download_dataset(tmp_path / "oxford", base_url=url, md5=md5,
+                            progress=lambda part: lambda done, total: seen.append(
+                                (part, done, total)))
     assert (root / "images" / "Abyssinian_1.jpg").read_bytes() == b"x"
+    sizes = {name.split(".")[0]: (served / name).stat().st_size for name in NO_CHECK}
+    assert {(part, done, total) for part, done, total in seen if done == total} == {
+        (part, size, size) for part, size in sizes.items()}  # the bar reaches each size
     assert (root / "annotations" / "trainval.txt").exists()
     (served / "images.tar.gz").unlink()  # a second run must not need the server
     (served / "annotations.tar.gz").unlink()
-    download_dataset(root, base_url=url)
+    download_dataset(root, base_url=url, md5=md5)
     assert not leftovers(root)
 
 
@@ -89,7 +99,7 @@ def test_bad_archive_leaves_no_half_extracted_dataset(server, tmp_path):
     (served / "images.tar.gz").write_bytes(b"not a tar file at all")
     root = tmp_path / "oxford"
     with pytest.raises(DownloadError, match="bad archive"):
-        download_dataset(root, base_url=url)
+        download_dataset(root, base_url=url, md5=NO_CHECK)
     assert not (root / "images").exists() and not leftovers(root)
 
 
@@ -102,3 +112,37 @@ def test_model_download_checks_hdf5_and_writes_sidecar(server, tmp_path):
     assert not (tmp_path / "a.h5").exists()
     path = download_model(tmp_path / "b.h5", url=f"{url}/real.h5")
     assert path.read_bytes().startswith(HDF5_MAGIC) and path.with_suffix(".json").exists()
+
+
+def test_file_url_is_verified_against_the_published_md5(tmp_path):
+    """Offline: a local mirror (file:// URL) holding archives that are not Oxford's.
+    The published MD5 refuses them with one clear error; nothing is left behind."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "images.tar.gz").write_bytes(make_tar("images", {"Abyssinian_1.jpg": b"x"}))
+    (mirror / "annotations.tar.gz").write_bytes(
+        make_tar("annotations", {"trainval.txt": b"Abyssinian_1 1 1 1\n"}))
+    root = tmp_path / "oxford"
+    with pytest.raises(DownloadError) as caught:
+        download_dataset(root, base_url=mirror.as_uri())
+    message = str(caught.value)
+    assert message.startswith(f"{mirror.as_uri()}/images.tar.gz: MD5 ")
+    assert OXFORD_MD5["images.tar.gz"] in message and "\n" not in message
+    got = hashlib.md5((mirror / "images.tar.gz").read_bytes()).hexdigest()
+    assert got in message
+    assert sorted(p.name for p in root.iterdir()) == []  # no archive, no half-written part
+    # the right MD5s: the same mirror downloads and extracts
+    md5 = {name: hashlib.md5((mirror / name).read_bytes()).hexdigest() for name in NO_CHECK}
+    download_dataset(root, base_url=mirror.as_uri(), md5=md5)
+    assert (root / "images" / "Abyssinian_1.jpg").read_bytes() == b"x"
+    assert not leftovers(root)
+
+
+def test_a_wrong_hash_over_http_deletes_the_download(server, tmp_path):
+    served, url = server
+    (served / "images.tar.gz").write_bytes(make_tar("images", {"a.jpg": b"x"}))
+    root = tmp_path / "oxford"
+    with pytest.raises(DownloadError, match="does not match the published"):
+        download_dataset(root, base_url=url)  # the published MD5s
+    assert list(root.iterdir()) == []
+

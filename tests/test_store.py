@@ -20,7 +20,7 @@ from PIL import Image
 import petq.store as store
 from petq.cache import Cache
 from petq.data import PetDataset, decode, open_image
-from petq.errors import DiskFullError
+from petq.errors import DiskFullError, SkippedImagesWarning
 from petq.store import decode_into, load_store
 
 SIZE = (24, 20)
@@ -38,9 +38,9 @@ def decoding_threads(monkeypatch) -> set[str]:
     """Names of the threads that ran `decode` (the real one, called through)."""
     names: set[str] = set()
 
-    def recorded(image, size):
+    def recorded(image, size, channels=3):
         names.add(threading.current_thread().name)
-        return decode(image, size)
+        return decode(image, size, channels)
 
     monkeypatch.setattr(store, "decode", recorded)
     return names
@@ -105,9 +105,11 @@ def test_store_files_are_identical_whatever_the_thread_count(broken_tree, tmp_pa
     built = []
     for workers in (1, 3):
         cache = Cache(tmp_path / f"cache-{workers}")
-        with pytest.warns(UserWarning, match="2 image\\(s\\) .*trainval split could not be"):
+        with pytest.warns(SkippedImagesWarning, match="trainval split: 40 listed, 38 decoded, "
+                                                      "2 skipped"):
             load_store(dataset, SIZE, cache, "trainval", workers=workers)
-        with pytest.warns(UserWarning, match="1 image\\(s\\) .*test split could not be"):
+        with pytest.warns(SkippedImagesWarning, match="test split: .* 1 skipped .1 not an "
+                                                      "image"):
             decoded = load_store(dataset, SIZE, cache, "test", workers=workers)
         entries = [cache.get("decoded", store.store_key(dataset, SIZE, split))
                    for split in ("trainval", "test")]

@@ -18,7 +18,8 @@ KINDS = [VariantSpec.native(), VariantSpec.fp32(), VariantSpec.int8(0.5),
          VariantSpec.imbint8((1,))]
 # every other recipe, calibrated on half of trainval (or on breeds 1 and 2)
 RECIPE_SPECS = [VariantSpec.of(r, 0.5 if r.calibrates else None) for r in RECIPES.values()
-                if VariantSpec.of(r, 0.5 if r.calibrates else None) not in KINDS]
+                if VariantSpec.of(r, 0.5 if r.calibrates else None) not in KINDS
+                and r.backend.value != "source"]  # a .tflite source's: test_bring_your_own
 
 
 @pytest.mark.parametrize("spec", KINDS, ids=lambda s: s.name)
@@ -156,7 +157,7 @@ def test_not_a_keras_model(pet_root, tmp_path):
     bogus = tmp_path / "bogus.keras"
     bogus.write_bytes(b"definitely not a model")
     # without a sidecar the model is read at once (for its input size and classes)
-    with pytest.raises(ModelError, match="bogus.keras: not a loadable Keras model"):
+    with pytest.raises(ModelError, match="bogus.keras: not a valid .keras archive"):
         Workspace(bogus, pet_root, tmp_path / "cache")
     with pytest.raises(ModelError, match="not found"):
         Workspace(tmp_path / "missing.keras", pet_root, tmp_path / "cache")
@@ -168,7 +169,7 @@ def test_a_bad_model_with_a_sidecar_is_reported_when_evaluated(pet_root, tiny_mo
     sidecar = tiny_model.with_suffix(".json")
     bogus.with_suffix(".json").write_text(sidecar.read_text())  # the model is read later
     ws = Workspace(bogus, pet_root, tmp_path / "cache", threads=1)
-    with pytest.raises(ModelError, match="bogus.keras: not a loadable Keras model"):
+    with pytest.raises(ModelError, match="bogus.keras: not a valid .keras archive"):
         ws.evaluate(VariantSpec.native(), latency_runs=3)
     assert ws.cache.get("results", ws.result_key(VariantSpec.native(), 1.0)) is None
 
@@ -221,10 +222,14 @@ def test_unreadable_image_is_skipped_with_a_counted_warning(tiny_model, tmp_path
     root = write_pet_tree(tmp_path / "pets")
     (root / "images" / "beagle_12.jpg").write_bytes(b"garbage")
     ws = Workspace(tiny_model, root, tmp_path / "cache", threads=1)
-    with pytest.warns(UserWarning, match="1 image"):
+    from petq.errors import SkippedImagesWarning
+
+    with pytest.warns(SkippedImagesWarning, match="1 skipped .1 not an image"):
         row, _ = ws.evaluate(VariantSpec.fp32())
     assert row.n_images == len(ws.dataset.test) - 1
-    assert row.skipped_images == 1
+    assert row.skipped_images == 1 and row.skipped_by_reason == {"not an image": 1}
+    assert row.images.text() == (f"{len(ws.dataset.test)} listed, {row.n_images} evaluated, "
+                                 "1 skipped (1 not an image)")
 
 
 @pytest.mark.slow
@@ -268,8 +273,10 @@ def test_a_float_tflite_source_model(workspace, pet_root, tmp_path):
     assert aeq.accuracy >= 0.75
     with pytest.raises(SpecError, match="no native variant"):
         ws.evaluate(VariantSpec.native())
-    with pytest.raises(ModelError, match="takes a Keras model"):
+    with pytest.raises(SpecError, match="takes a Keras model"):
         ws.tflite(VariantSpec.int8(0.5))
+    source, _ = ws.evaluate(VariantSpec.from_name("source"))  # the float file as it is
+    assert source.scheme == "wfp32_afp32" and source.accuracy == result.accuracy
 
 
 def test_time_against_reference_never_converts_the_reference(tiny_model, pet_root, tmp_path):
