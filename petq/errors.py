@@ -32,3 +32,7 @@ class SweepError(PetqError):
 class DiskFullError(PetqError):
     """The cache's disk has no room for an entry: nothing half-written is left. Every
     variant after it would fail alike, so a run stops at the first."""
+
+
+class TuneError(PetqError):
+    """A tune cannot start: its limits, its split or its reference."""

@@ -15,13 +15,12 @@ from petq.curve import (
     CurvePoint,
     SizeSummary,
     curve_specs,
-    parse_sizes,
     read_exclusions,
     recommend,
 )
 from petq.errors import SpecError
 from petq.stats import Interval, McNemar, PairedComparison
-from petq.types import VariantSpec
+from petq.types import VariantSpec, parse_sizes
 
 
 def test_sizes_are_counts_ascending_with_all_last():
