@@ -434,6 +434,27 @@ class CurveRun:
     written: list[Path]
 
 
+def cells_of(ws, config: CurveConfig) -> list[VariantSpec]:
+    """The curve's cells on this workspace; SpecError for a size beyond trainval, an
+    excluded id trainval lacks and the like, before any work."""
+    trainval = len(ws.dataset.trainval)
+    specs = curve_specs(config.recipes, config.size_list(trainval), config.seeds, trainval,
+                        config.exclude)
+    for spec in specs:
+        ws.calibration_samples(spec)
+    return specs
+
+
+def start_curve_job(ws, config: CurveConfig, test_fraction: float = 1.0,
+                    ray: str | None = None) -> str:
+    """Check the curve against the workspace (`cells_of`), then start it as a background
+    job (petq.jobs, kind CURVE); return the job id."""
+    from petq.jobs import start_task_job
+
+    cells_of(ws, config)
+    return start_task_job(ws, config, test_fraction=test_fraction, ray=ray)
+
+
 def calibration_curve(ws, config: CurveConfig, results_path: Path | str,
                       test_fraction: float = 1.0, *, backend: str = "local",
                       address: str | None = None, workers: int | None = None,
@@ -445,9 +466,7 @@ def calibration_curve(ws, config: CurveConfig, results_path: Path | str,
     profile. The one body of `petq calibration-curve` and the dashboard's curve jobs."""
     trainval = len(ws.dataset.trainval)
     sizes = config.size_list(trainval)
-    specs = curve_specs(config.recipes, sizes, config.seeds, trainval, config.exclude)
-    for spec in specs:
-        ws.calibration_samples(spec)  # unknown excluded ids and the like: before any work
+    specs = cells_of(ws, config)
     todo = [s for s in specs if ws.cached_result(s, test_fraction) is None]
     profiled = profile_cells(ws, todo, profile_progress)
     profiled_text = "; ".join(f"{recipe}: {new} image(s) calibrated now, {used - new} of "
@@ -474,6 +493,34 @@ def calibration_curve(ws, config: CurveConfig, results_path: Path | str,
         "test_dataset_fraction": test_fraction, "backend": backend, "ray": address,
         "workers": workers, "threads": threads, "cells": [s.name for s in specs]})
     return CurveRun(points, recommendations, profiled_text, [csv_path, png_path, md_path])
+
+
+@dataclass(frozen=True)
+class CurveOutputs:
+    """What a curve wrote, read back for a page: the csv's rows (CURVE_COLUMNS) and the
+    recommendation lines of its md."""
+
+    folder: Path
+    table: Any  # pandas.DataFrame of calibration-curve.csv
+    recommendations: tuple[str, ...]
+
+
+def read_outputs(folder: Path | str) -> CurveOutputs | None:
+    """The curve written into `folder` (`calibration_curve`), or None when it is not
+    there (yet). Nothing is recomputed."""
+    import pandas as pd
+
+    folder = Path(folder)
+    csv_path, _, md_path = (folder / name for name in CURVE_FILES)
+    try:
+        table = pd.read_csv(csv_path, dtype={"size": str})
+        md = md_path.read_text()
+    except (OSError, ValueError):
+        return None
+    section = md.split("## Recommendation", 1)[-1].strip().split("\n\n", 1)[0]
+    recommendations = tuple(line.removeprefix("- ").replace("**", "")
+                            for line in section.splitlines() if line.startswith("- "))
+    return CurveOutputs(folder, table, recommendations)
 
 
 def run_curve(args: argparse.Namespace) -> int:
