@@ -242,7 +242,13 @@ def calibration_curve_figure(table: pd.DataFrame, metric: str = "accuracy") -> g
         full = rows[rows["size"] == CURVE_ALL]
         if not full.empty:
             fig.add_hline(y=float(full[metric].iloc[0]), line={"color": colour, "dash": "dash"},
-                          annotation_text=f"{recipe}: all of trainval")
-    fig.update_xaxes(type="log", title="calibration images (log scale)")
+                          annotation_text=f"{recipe}: all of trainval",
+                          annotation_position="top left" if n % 2 else "bottom right")
+    sizes = sorted({int(s) for s in ok["size"] if s != CURVE_ALL})
+    fig.update_xaxes(type="log", title="calibration images (log scale)", tickvals=sizes,
+                     ticktext=[str(s) for s in sizes])
+    values = ok[metric].astype(float)
+    if not values.empty:  # metrics lie in [0, 1]: no axis beyond 1 around a flat curve
+        fig.update_yaxes(range=[max(0.0, values.min() - 0.05), min(1.0, values.max()) + 0.02])
     fig.update_yaxes(title=name)
     return _layout(fig, f"{name} against calibration images", legend="right")
