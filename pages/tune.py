@@ -13,7 +13,7 @@ from petq.errors import PetqError
 from petq.jobs import Job, Status, cancel_job, job_status, list_jobs, start_task_job
 from petq.tune import DEFAULT_BUDGET, OBJECTIVES, TuneConfig
 from petq.tunerun import read_outputs
-from petq.types import JobKind
+from petq.types import JobKind, Stage
 
 ws = layout.workspace_page("Tune")
 st.caption(
@@ -64,8 +64,8 @@ picked = st.selectbox("Tune", ids, index=ids.index(current) if current in ids el
 def show_progress(job: Job) -> None:
     st.progress(job.fraction, text=f"{job.stage_done}/{job.stage_total or job.config.budget} "
                                    f"candidates built · {job.state.value}")
-    if job.stage is not None:
-        st.caption(job.stage_text)
+    if job.stage is not None and (job.current or job.stage is not Stage.CANDIDATES):
+        st.caption(job.stage_text)  # the candidate at work, or what the job waits for
     st.code("\n".join(job.lines[-12:]) or "starting", language=None)
     if st.button("Stop", key="tune_stop"):
         cancel_job(job.cache_root, job.id)

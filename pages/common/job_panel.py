@@ -41,9 +41,11 @@ def _job_box(job: Job, key_prefix: str) -> None:
         if job.kind is JobKind.VARIANTS:
             st.progress(job.fraction,
                         text=f"{job.done}/{job.total} variants done · {job.state.value}")
+        elif job.state is Status.RUNNING:  # a tune or a curve: its stage is its progress
+            st.progress(job.stage_fraction, text=f"{job.kind.value} · {job.stage_text}")
         else:
-            st.progress(job.fraction, text=f"{job.kind.value} · {job.state.value}")
-        if job.state is Status.RUNNING:
+            st.caption(f"{job.kind.value} · {job.state.value}")
+        if job.state is Status.RUNNING and job.kind is JobKind.VARIANTS:
             st.progress(job.stage_fraction, text=job.stage_text)
         elif job.state is Status.QUEUED and job.stage:
             st.caption(job.stage_text)  # "waiting for job X": one worker per cache
