@@ -120,6 +120,8 @@ def show_tune() -> None:
         front = plotted[plotted["pareto"]].sort_values("objective")
         figure.add_scatter(x=front["objective"], y=front["metric"], mode="lines",
                            line={"dash": "dot"}, showlegend=False, hoverinfo="skip")
+        low, high = plotted["metric"].min(), plotted["metric"].max()
+        figure.update_yaxes(range=[max(0.0, low - 0.05), min(1.0, high) + 0.02])  # in [0, 1]
         st.plotly_chart(figure, width="stretch", key="tune_pareto")
     shown = frame.assign(change=frame["change"] * 100, bound=frame["bound"] * 100)
     st.dataframe(shown, hide_index=True, width="stretch", column_config={

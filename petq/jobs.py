@@ -483,7 +483,7 @@ def read_job(path: Path) -> Job | None:
             continue
         try:
             return Job.from_dict(data)
-        except (KeyError, TypeError, ValueError):  # not a job record petq wrote
+        except (KeyError, TypeError, ValueError, PetqError):  # not a record petq wrote
             return None
     return None
 
