@@ -245,7 +245,8 @@ st.caption("How many calibration images does a static recipe need, and does the 
            "matter? Each recipe is calibrated on N trainval images per seed for each size "
            "N, and on all of trainval; every cell is compared with all of trainval (paired "
            "tests) on the same test images.")
-_curve_form()
+if st.toggle("Draw a new curve (recipes x sizes x seeds)", key="convert_curve"):
+    _curve_form()
 _latest_curve()
 
 job_panel.job_panel(ws, "convert")

@@ -187,6 +187,7 @@ def test_bad_curve_input_is_one_message_and_starts_nothing(workspace, monkeypatc
 
     at = _convert_page(workspace, monkeypatch)
     before = len(list_jobs(workspace.cache.root))
+    at.toggle(key="convert_curve").set_value(True).run()
     at.text_input(key=field).set_value(value)
     next(b for b in at.button if b.label == "Draw the curve").click()
     at.run()
