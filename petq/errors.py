@@ -21,6 +21,10 @@ class SpecError(PetqError, ValueError):
     """A variant spec or its parameters are invalid (fraction, classes, name)."""
 
 
+class TuneError(PetqError):
+    """A tune cannot start: its limits, its split or its reference."""
+
+
 class DownloadError(PetqError):
     """A download failed; nothing half-written was left behind."""
 
@@ -32,7 +36,3 @@ class SweepError(PetqError):
 class DiskFullError(PetqError):
     """The cache's disk has no room for an entry: nothing half-written is left. Every
     variant after it would fail alike, so a run stops at the first."""
-
-
-class TuneError(PetqError):
-    """A tune cannot start: its limits, its split or its reference."""
