@@ -1,5 +1,6 @@
 """Convert: pick a recipe and its calibration, see the calibration set, and convert and
-evaluate every requested variant in one background job."""
+evaluate every requested variant in one background job; or draw a calibration curve
+(accuracy against the number of calibration images) as a background job and show it."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ import re
 import streamlit as st
 
 from pages.common import job_panel, layout, settings
-from petq import figures, tables
+from petq import curve, figures, tables
 from petq.errors import PetqError
-from petq.jobs import PlanStatus, plan, start_job
+from petq.jobs import PlanStatus, Status, list_jobs, plan, start_job
 from petq.sweep import expand_grid
-from petq.types import DEFAULT_CALIBRATION_SEED, LAB_IMBALANCED_CLASSES, RECIPES
+from petq.types import (
+    DEFAULT_CALIBRATION_SEED,
+    DEFAULT_CURVE_SEEDS,
+    LAB_IMBALANCED_CLASSES,
+    RECIPES,
+    CurveConfig,
+    JobKind,
+)
 
 ws = layout.workspace_page("Convert")
 test_fraction = settings.current().test_fraction
@@ -171,5 +179,74 @@ elif cached:
                f"{tables.fraction_text(test_fraction)}): nothing to convert.")
     st.page_link(layout.COMPARE, label="Compare with the other variants",
                  icon=":material/compare_arrows:")
+
+# ------------------------------------------------------------------ calibration curve
+
+
+def _curve_form() -> None:
+    """Recipes, sizes and seeds of a calibration curve; Start checks them and starts the job."""
+    static = [k for k, r in RECIPES.items() if r.calibrates]
+    trainval = len(ws.dataset.trainval)
+    with st.form("convert_curve_form"):
+        left, middle, right = st.columns([3, 2, 2])
+        recipes = left.multiselect("Static recipes", static, default=["tflite-int8"],
+                                   key="convert_curve_recipes")
+        sizes = middle.text_input(
+            "Calibration sizes (images)", value=" ".join(
+                str(n) for n in curve.DEFAULT_SIZES if n == curve.ALL or int(n) <= trainval),
+            key="convert_curve_sizes",
+            help=f"Whole numbers of trainval images (at most {trainval:,}) and `all`, "
+                 "separated by spaces or commas; `all` is always added.")
+        seeds = right.text_input("Seeds", value=" ".join(map(str, DEFAULT_CURVE_SEEDS)),
+                                 key="convert_curve_seeds",
+                                 help="One calibration pick per seed and size: `1, 2, 3` or "
+                                      "a range `1-5`")
+        started = st.form_submit_button("Draw the curve", type="primary")
+    if not started:
+        return
+    try:
+        config = CurveConfig(recipes=tuple(recipes),
+                             sizes=tuple(w for w in re.split(r"[,\s]+", sizes.strip()) if w),
+                             seeds=tuple(tables.parse_seeds(seeds)))
+        job_id = curve.start_curve_job(ws, config, test_fraction)
+    except PetqError as exc:
+        st.error(str(exc))
+    else:
+        job_panel.remember_job(job_id)
+        st.rerun()
+
+
+def _latest_curve() -> None:
+    """The newest calibration curve on this cache: its chart and recommendation, read
+    from the job's files."""
+    curves = [j for j in list_jobs(ws.cache.root) if j.kind is JobKind.CURVE]
+    done = [j for j in curves if j.state is Status.DONE]
+    if any(j.active for j in curves):
+        st.caption("A curve is being drawn: its progress is in the job panel below.")
+    if not done:
+        return
+    job = done[0]
+    outputs = curve.read_outputs(job.results_path)
+    if outputs is None:
+        st.error(f"{job.results_path}: the curve's files are missing")
+        return
+    st.markdown(f"**Job {job.id}** · {job.title}")
+    for line in outputs.recommendations:
+        st.markdown(f"- {line}")
+    metric = st.radio("Metric", ["accuracy", "g_mean"], horizontal=True,
+                      format_func=tables.label, key="convert_curve_metric")
+    st.plotly_chart(figures.calibration_curve_figure(outputs.table, metric), width="stretch",
+                    key="convert_curve_chart")
+    st.caption(f"Files: {outputs.folder} (calibration-curve.csv, .md, .png).")
+
+
+st.subheader("Calibration curve")
+st.caption("How many calibration images does a static recipe need, and does the pick "
+           "matter? Each recipe is calibrated on N trainval images per seed for each size "
+           "N, and on all of trainval; every cell is compared with all of trainval (paired "
+           "tests) on the same test images.")
+if st.toggle("Draw a new curve (recipes x sizes x seeds)", key="convert_curve"):
+    _curve_form()
+_latest_curve()
 
 job_panel.job_panel(ws, "convert")

@@ -1,5 +1,6 @@
-"""Tune: which variant to ship. `petq tune` in a background process: a search over
-recipes, selected on one part of the test images and certified on the other."""
+"""Tune: which variant to ship. A tune runs as a background job (petq.jobs, kind TUNE): a
+search over recipes, selected on one part of the test images and certified on the other;
+the page follows its progress per candidate and reads its outputs once done."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages.common import layout
+from pages.common import job_panel, layout
 from petq.errors import PetqError
+from petq.jobs import Job, Status, cancel_job, job_status, list_jobs, start_task_job
 from petq.tune import DEFAULT_BUDGET, OBJECTIVES, TuneConfig
-from petq.tunerun import list_runs, read_run, start_run, stop_run
+from petq.tunerun import read_outputs
+from petq.types import JobKind, Stage
 
 ws = layout.workspace_page("Tune")
 st.caption(
@@ -40,38 +43,59 @@ if started:
                             confidence=confidence, objective=objective,
                             guard_breeds=tuple(ws.class_index(b) for b in guard) or None,
                             budget=int(budget), seed=int(seed))
-        st.session_state["tune_run"] = str(start_run(ws, config))
+        job_id = start_task_job(ws, config)
     except PetqError as exc:
         st.error(str(exc))
+    else:
+        job_panel.remember_job(job_id)
+        st.session_state["tune_job"] = job_id
 
-runs = list_runs(ws.cache.root)
-if not runs:
+tunes = [j for j in list_jobs(ws.cache.root) if j.kind is JobKind.TUNE]
+if not tunes:
     st.info("No tune has run on this cache yet.")
     st.stop()
-names = [p.name for p in runs]
-current = st.session_state.get("tune_run")
-index = names.index(current.rsplit("/", 1)[-1]) if current and current.rsplit(
-    "/", 1)[-1] in names else 0
-picked = st.selectbox("Run", names, index=index, key="tune_picked")
-folder = runs[names.index(picked)]
+ids = [j.id for j in tunes]
+titles = {j.id: f"{j.id} · {j.state.value} · {j.title}" for j in tunes}
+current = st.session_state.get("tune_job")
+picked = st.selectbox("Tune", ids, index=ids.index(current) if current in ids else 0,
+                      format_func=titles.get, key="tune_picked")
 
 
-@st.fragment(run_every=1.0 if read_run(folder).running else None)
-def show_run() -> None:
-    status = read_run(folder)
-    if status.running:
-        st.progress(min(1.0, status.built / max(status.budget, 1)),
-                    text=f"{status.built}/{status.budget} candidates built · running")
-        st.code("\n".join(status.lines[-12:]) or "starting", language=None)
-        if st.button("Stop", key="tune_stop"):
-            stop_run(folder)
-            st.rerun(scope="app")
+def show_progress(job: Job) -> None:
+    st.progress(job.fraction, text=f"{job.stage_done}/{job.stage_total or job.config.budget} "
+                                   f"candidates built · {job.state.value}")
+    if job.stage is not None and (job.current or job.stage is not Stage.CANDIDATES):
+        st.caption(job.stage_text)  # the candidate at work, or what the job waits for
+    st.code("\n".join(job.lines[-12:]) or "starting", language=None)
+    if st.button("Stop", key="tune_stop"):
+        cancel_job(job.cache_root, job.id)
+        st.rerun(scope="app")
+
+
+shown = job_status(ws.cache.root, picked)
+polling = shown is not None and shown.active
+
+
+@st.fragment(run_every=1.0 if polling else None)
+def show_tune() -> None:
+    job = job_status(ws.cache.root, picked)
+    if job is None:
+        st.warning(f"Job {picked} is gone (pruned).")
         return
-    if status.state == "failed":
-        st.error(status.error)
+    if polling and not job.active:  # it ended: redraw the page (the job panel too)
+        st.rerun(scope="app")
+    if job.active:
+        show_progress(job)
         return
-    if status.state == "stopped":
+    if job.state is Status.FAILED:
+        st.error(job.error or "the tune failed")
+        return
+    if job.state is Status.CANCELLED:
         st.warning("Stopped before it decided.")
+        return
+    status = read_outputs(job.results_path)
+    if status is None:
+        st.error(f"{job.results_path}: the tune finished but its tune.json is missing")
         return
     (st.success if status.certified else st.warning)(status.decision)
     for line in status.advice:
@@ -96,6 +120,8 @@ def show_run() -> None:
         front = plotted[plotted["pareto"]].sort_values("objective")
         figure.add_scatter(x=front["objective"], y=front["metric"], mode="lines",
                            line={"dash": "dot"}, showlegend=False, hoverinfo="skip")
+        low, high = plotted["metric"].min(), plotted["metric"].max()
+        figure.update_yaxes(range=[max(0.0, low - 0.05), min(1.0, high) + 0.02])  # in [0, 1]
         st.plotly_chart(figure, width="stretch", key="tune_pareto")
     shown = frame.assign(change=frame["change"] * 100, bound=frame["bound"] * 100)
     st.dataframe(shown, hide_index=True, width="stretch", column_config={
@@ -109,4 +135,4 @@ def show_run() -> None:
                "chosen .tflite and its recipe).")
 
 
-show_run()
+show_tune()

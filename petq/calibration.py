@@ -264,7 +264,7 @@ class AeqStatic:
         """One image through AEQ's own calibrator (one interpreter, statistics reset)."""
         from ai_edge_quantizer import calibrator
 
-        from petq.convert import aeq_signature
+        from petq.aeq import aeq_signature
 
         if self._calibrator is None:
             self._quantizer = self._new_quantizer()

@@ -35,8 +35,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from petq.stats import StatsError
+from petq.types import TUNE_METRICS
 
-METRICS = ("accuracy", "g-mean")
+METRICS = TUNE_METRICS
 
 
 @dataclass(frozen=True)

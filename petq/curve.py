@@ -37,11 +37,18 @@ from petq.cache import write_bytes_atomic, write_json_atomic
 from petq.errors import SpecError
 from petq.results import Result
 from petq.stats import PairedComparison
-from petq.types import DEFAULT_CALIBRATION_SEED, RECIPES, VariantSpec
+from petq.types import (
+    CURVE_ALL,
+    DEFAULT_CURVE_SEEDS,
+    DEFAULT_CURVE_SIZES,
+    RECIPES,
+    CurveConfig,
+    VariantSpec,
+)
 
-ALL = "all"
-DEFAULT_SIZES = ("1", "4", "16", "64", "256", ALL)
-DEFAULT_SEEDS = (DEFAULT_CALIBRATION_SEED, 1, 2)
+ALL = CURVE_ALL
+DEFAULT_SIZES = DEFAULT_CURVE_SIZES
+DEFAULT_SEEDS = DEFAULT_CURVE_SEEDS
 LEVEL = 0.95  # the paired comparisons' level: significant at p < 0.05
 CURVE_COLUMNS = (
     "recipe", "size", "seed", "variant", "calibration_images", "status", "accuracy", "g_mean",
@@ -52,25 +59,6 @@ CURVE_COLUMNS = (
 
 
 # ---------------------------------------------------------------- the grid
-
-
-def parse_sizes(sizes: Sequence[str | int]) -> list[int | str]:
-    """`--sizes` words: whole numbers >= 1 and `all`, deduplicated, ascending, `all` last
-    (added when missing: every size is compared with it)."""
-    out: set[int] = set()
-    for word in sizes:
-        text = str(word).strip().lower()
-        if text == ALL:
-            continue
-        try:
-            number = float(text)
-        except ValueError:
-            raise SpecError(f"calibration size {word!r}: expected a number of images or "
-                            f"`{ALL}`") from None
-        if not number.is_integer() or number < 1:
-            raise SpecError(f"calibration size {word!r}: expected a whole number >= 1")
-        out.add(int(number))
-    return [*sorted(out), ALL]
 
 
 def curve_specs(recipes: Sequence[str], sizes: Sequence[int | str], seeds: Sequence[int],
@@ -433,6 +421,108 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 
+CURVE_FILES = ("calibration-curve.csv", "calibration-curve.png", "calibration-curve.md")
+
+
+@dataclass(frozen=True)
+class CurveRun:
+    """What `calibration_curve` computed and wrote."""
+
+    points: list[CurvePoint]
+    recommendations: list[Recommendation]
+    profiled: str  # what the range profile calibrated now and what it already held
+    written: list[Path]
+
+
+def cells_of(ws, config: CurveConfig) -> list[VariantSpec]:
+    """The curve's cells on this workspace; SpecError for a size beyond trainval, an
+    excluded id trainval lacks and the like, before any work."""
+    trainval = len(ws.dataset.trainval)
+    specs = curve_specs(config.recipes, config.size_list(trainval), config.seeds, trainval,
+                        config.exclude)
+    for spec in specs:
+        ws.calibration_samples(spec)
+    return specs
+
+
+def start_curve_job(ws, config: CurveConfig, test_fraction: float = 1.0,
+                    ray: str | None = None) -> str:
+    """Check the curve against the workspace (`cells_of`), then start it as a background
+    job (petq.jobs, kind CURVE); return the job id."""
+    from petq.jobs import start_task_job
+
+    cells_of(ws, config)
+    return start_task_job(ws, config, test_fraction=test_fraction, ray=ray)
+
+
+def calibration_curve(ws, config: CurveConfig, results_path: Path | str,
+                      test_fraction: float = 1.0, *, backend: str = "local",
+                      address: str | None = None, workers: int | None = None,
+                      threads: int | None = None, progress=None, profile_progress=None,
+                      log_dir: Path | None = None) -> CurveRun:
+    """Run the curve's cells on the sweep engine and write calibration-curve.csv, .png,
+    .md and calibration-curve-config.json into `results_path`. `progress(status, cell)`
+    follows the sweep (petq.sweep); `profile_progress(stage, done, total)` the range
+    profile. The one body of `petq calibration-curve` and the dashboard's curve jobs."""
+    trainval = len(ws.dataset.trainval)
+    sizes = config.size_list(trainval)
+    specs = cells_of(ws, config)
+    todo = [s for s in specs if ws.cached_result(s, test_fraction) is None]
+    profiled = profile_cells(ws, todo, profile_progress)
+    profiled_text = "; ".join(f"{recipe}: {new} image(s) calibrated now, {used - new} of "
+                              f"{used} read from the profile"
+                              for recipe, (new, used) in profiled.items()) or "none used"
+    cells = run_cells(ws.model_path, ws.dataset.root, ws.cache.root, specs, test_fraction,
+                      backend=backend, address=address, workers=workers, progress=progress,
+                      threads=threads, preprocessing=ws.contract.preprocessing,
+                      log_dir=log_dir)
+    points, summaries, recommendations = summarize(ws, cells)
+    context = {"model": str(ws.model_path), "dataset": str(ws.dataset.root),
+               "trainval": trainval,
+               "test_images": len(ws.dataset.test_samples(test_fraction)),
+               "seeds": list(config.seeds), "exclude": list(config.exclude),
+               "profiled": profiled_text}
+    root = Path(results_path)
+    root.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path, md_path = (root / name for name in CURVE_FILES)
+    write_bytes_atomic(csv_path, curve_csv(points).encode())
+    write_bytes_atomic(png_path, curve_png(summaries, trainval))
+    write_bytes_atomic(md_path, curve_md(points, summaries, recommendations, context).encode())
+    write_json_atomic(root / "calibration-curve-config.json", {
+        **context, "recipes": list(config.recipes), "sizes": [str(s) for s in sizes],
+        "test_dataset_fraction": test_fraction, "backend": backend, "ray": address,
+        "workers": workers, "threads": threads, "cells": [s.name for s in specs]})
+    return CurveRun(points, recommendations, profiled_text, [csv_path, png_path, md_path])
+
+
+@dataclass(frozen=True)
+class CurveOutputs:
+    """What a curve wrote, read back for a page: the csv's rows (CURVE_COLUMNS) and the
+    recommendation lines of its md."""
+
+    folder: Path
+    table: Any  # pandas.DataFrame of calibration-curve.csv
+    recommendations: tuple[str, ...]
+
+
+def read_outputs(folder: Path | str) -> CurveOutputs | None:
+    """The curve written into `folder` (`calibration_curve`), or None when it is not
+    there (yet). Nothing is recomputed."""
+    import pandas as pd
+
+    folder = Path(folder)
+    csv_path, _, md_path = (folder / name for name in CURVE_FILES)
+    try:
+        table = pd.read_csv(csv_path, dtype={"size": str})
+        md = md_path.read_text()
+    except (OSError, ValueError):
+        return None
+    section = md.split("## Recommendation", 1)[-1].strip().split("\n\n", 1)[0]
+    recommendations = tuple(line.removeprefix("- ").replace("**", "")
+                            for line in section.splitlines() if line.startswith("- "))
+    return CurveOutputs(folder, table, recommendations)
+
+
 def run_curve(args: argparse.Namespace) -> int:
     """`petq calibration-curve`: exit status 1 when a cell failed."""
     from petq.console import StageBars, open_workspace
@@ -441,29 +531,14 @@ def run_curve(args: argparse.Namespace) -> int:
     if args.ray and args.serial:
         raise SweepError("--serial and --ray exclude each other")
     backend = "ray" if args.ray else "serial" if args.serial else "local"
-    sizes = parse_sizes(args.sizes or DEFAULT_SIZES)
-    exclude = read_exclusions(args.exclude_images, args.exclude_file)
+    config = CurveConfig(recipes=tuple(args.recipes),
+                         sizes=tuple(args.sizes) if args.sizes else None,
+                         seeds=tuple(args.seeds),
+                         exclude=tuple(read_exclusions(args.exclude_images,
+                                                       args.exclude_file)))
     threads = task_threads(backend, args.workers, args.threads)
     ws = open_workspace(args)
     check_writable(ws.cache.root)
-    trainval = len(ws.dataset.trainval)
-    if not args.sizes:  # the defaults a small trainval cannot hold are left out
-        sizes = [s for s in sizes if s == ALL or s <= trainval]
-    specs = curve_specs(args.recipes, sizes, args.seeds, trainval, exclude)
-    for spec in specs:
-        ws.calibration_samples(spec)  # unknown excluded ids and the like: before any work
-    bars = StageBars()
-    try:
-        todo = [s for s in specs if ws.cached_result(s, args.test_dataset_fraction) is None]
-        profiled = profile_cells(ws, todo, lambda stage, done, total: bars(
-            "profiling calibration images", done, total))
-    finally:
-        bars.close()
-    profiled_text = "; ".join(f"{recipe}: {new} image(s) calibrated now, {used - new} of "
-                              f"{used} read from the profile"
-                              for recipe, (new, used) in profiled.items()) or "none used"
-    print(f"calibration-curve: {len(specs)} cell(s); range profile: {profiled_text}",
-          file=sys.stderr, flush=True)
 
     def line(cell, n: int, total: int) -> None:
         from petq.console import result_line
@@ -476,34 +551,25 @@ def run_curve(args: argparse.Namespace) -> int:
         if cell is not None and cell.finished:
             line(cell, status.count("done", "cached", "failed"), status.total)
         elif cell is None and status.finished is None:  # the start: what the cache holds
+            print(f"calibration-curve: {status.total} cell(s)", file=sys.stderr, flush=True)
             for n, cached in enumerate((c for c in status.cells if c.state == "cached"), 1):
                 line(cached, n, status.total)
 
     results_path = Path(args.results_path)
-    cells = run_cells(ws.model_path, ws.dataset.root, ws.cache.root, specs,
-                      args.test_dataset_fraction, backend=backend,
-                      address=None if args.ray in (None, "local") else args.ray,
-                      workers=args.workers, progress=progress, threads=threads,
-                      preprocessing=args.preprocessing,
-                      log_dir=results_path / "logs" if backend == "local" else None)
-    points, summaries, recommendations = summarize(ws, cells)
-    context = {"model": str(ws.model_path), "dataset": str(ws.dataset.root),
-               "trainval": trainval,
-               "test_images": len(ws.dataset.test_samples(args.test_dataset_fraction)),
-               "seeds": list(dict.fromkeys(args.seeds)), "exclude": exclude,
-               "profiled": profiled_text}
-    results_path.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(results_path / "calibration-curve.csv", curve_csv(points).encode())
-    write_bytes_atomic(results_path / "calibration-curve.png", curve_png(summaries, trainval))
-    write_bytes_atomic(results_path / "calibration-curve.md",
-                       curve_md(points, summaries, recommendations, context).encode())
-    write_json_atomic(results_path / "calibration-curve-config.json", {
-        **context, "recipes": args.recipes, "sizes": [str(s) for s in sizes],
-        "test_dataset_fraction": args.test_dataset_fraction, "backend": backend,
-        "ray": args.ray, "workers": args.workers, "threads": threads,
-        "cells": [s.name for s in specs]})
-    for r in recommendations:
+    bars = StageBars()
+    try:
+        run = calibration_curve(
+            ws, config, results_path, args.test_dataset_fraction, backend=backend,
+            address=None if args.ray in (None, "local") else args.ray, workers=args.workers,
+            threads=threads, progress=progress,
+            profile_progress=lambda stage, done, total: bars(
+                "profiling calibration images", done, total),
+            log_dir=results_path / "logs" if backend == "local" else None)
+    finally:
+        bars.close()
+    print(f"calibration-curve: range profile: {run.profiled}", file=sys.stderr)
+    for r in run.recommendations:
         print(f"calibration-curve: {r.recipe}: {r.reason}", file=sys.stderr)
     print(f"calibration-curve: wrote {results_path / 'calibration-curve.md'}, .csv and .png",
           file=sys.stderr)
-    return 1 if any(p.result is None for p in points) else 0
+    return 1 if any(p.result is None for p in run.points) else 0

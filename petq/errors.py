@@ -28,6 +28,10 @@ class SpecError(PetqError, ValueError):
     """A variant spec or its parameters are invalid (fraction, classes, name)."""
 
 
+class TuneError(PetqError):
+    """A tune cannot start: its limits, its split or its reference."""
+
+
 class DownloadError(PetqError):
     """A download failed; nothing half-written was left behind."""
 

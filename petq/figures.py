@@ -1,5 +1,5 @@
 """Plotly figures of the dashboard: metric bars, the size/latency/accuracy scatter,
-confusion and per-breed heatmaps, seed spread and calibration histograms. Pure
+confusion and per-breed heatmaps, seed spread, calibration histograms and calibration curves. Pure
 functions over the tables and records of petq.tables; no streamlit here."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from plotly.colors import qualitative
 
 from petq.results import QUALITY, Details
 from petq.tables import LEVEL, human_size, label, pareto_front, per_class_delta
+from petq.types import CURVE_ALL
 
 
 def seed_spread_figure(table: pd.DataFrame, metric: str = "accuracy") -> go.Figure:
@@ -207,3 +208,47 @@ def calibration_histogram(histogram: Mapping[str, int], title: str) -> go.Figure
     fig.update_xaxes(tickangle=-60, dtick=1, automargin=True)
     fig.update_yaxes(title="images", tick0=0, dtick=max(1, math.ceil(max(counts or [1]) / 5)))
     return _layout(fig, title, height=420, legend="none")
+
+
+def calibration_curve_figure(table: pd.DataFrame, metric: str = "accuracy") -> go.Figure:
+    """A calibration curve (petq.curve's csv rows): `metric` against the number of
+    calibration images (log scale), per recipe: the seeds' range as a band, their mean as
+    a line, each seed as a dot (a cross when significantly worse than all of trainval),
+    all of trainval as a dashed line."""
+    name = label(metric)
+    fig = go.Figure()
+    ok = table[table["status"] == "ok"]
+    for n, (recipe, rows) in enumerate(ok.groupby("recipe", sort=False)):
+        colour = qualitative.Plotly[n % len(qualitative.Plotly)]
+        cells = rows[rows["size"] != CURVE_ALL].assign(images=lambda f: f["size"].astype(int))
+        spread = cells.groupby("images")[metric].agg(["min", "mean", "max"]).sort_index()
+        xs = list(spread.index)
+        fig.add_scatter(x=xs + xs[::-1], y=list(spread["max"]) + list(spread["min"])[::-1],
+                        fill="toself", fillcolor=colour, opacity=0.2, line={"width": 0},
+                        hoverinfo="skip", name=f"{recipe}: seeds' range", legendgroup=recipe)
+        fig.add_scatter(x=xs, y=list(spread["mean"]), mode="lines", line={"color": colour},
+                        name=f"{recipe}: mean over seeds", legendgroup=recipe)
+        worse = cells["significantly_worse"].astype(str) == "True"
+        for bad, rows_ in ((False, cells[~worse]), (True, cells[worse])):
+            if not rows_.empty:
+                fig.add_scatter(
+                    x=list(rows_["images"]), y=list(rows_[metric]), mode="markers",
+                    marker={"color": "black" if bad else colour, "size": 9 if bad else 6,
+                            "symbol": "x" if bad else "circle"},
+                    text=list(rows_["variant"]), legendgroup=recipe,
+                    name=f"{recipe}: " + ("significantly worse seed" if bad else "a seed"),
+                    hovertemplate="%{text}<br>%{x} images<br>" + name + " %{y:.4f}"
+                                  "<extra></extra>")
+        full = rows[rows["size"] == CURVE_ALL]
+        if not full.empty:
+            fig.add_hline(y=float(full[metric].iloc[0]), line={"color": colour, "dash": "dash"},
+                          annotation_text=f"{recipe}: all of trainval",
+                          annotation_position="top left" if n % 2 else "bottom right")
+    sizes = sorted({int(s) for s in ok["size"] if s != CURVE_ALL})
+    fig.update_xaxes(type="log", title="calibration images (log scale)", tickvals=sizes,
+                     ticktext=[str(s) for s in sizes])
+    values = ok[metric].astype(float)
+    if not values.empty:  # metrics lie in [0, 1]: no axis beyond 1 around a flat curve
+        fig.update_yaxes(range=[max(0.0, values.min() - 0.05), min(1.0, values.max()) + 0.02])
+    fig.update_yaxes(title=name)
+    return _layout(fig, f"{name} against calibration images", legend="right")

@@ -1,4 +1,5 @@
-"""Background jobs: convert and evaluate variants in a detached worker process.
+"""Background jobs: convert and evaluate variants, tune, or draw a calibration curve, in a
+detached worker process.
 
 The dashboard starts a job and returns at once; the worker (petq.worker, `python -m
 petq.worker <job.json>`) converts and evaluates each variant and writes its progress
@@ -9,8 +10,12 @@ a process. No streamlit here.
 
 One worker converts/evaluates per cache at a time: a worker holds
 `<cache>/jobs/.worker.lock` while it works, and a job whose worker waits for it stays
-queued. A job is alive while a process with its worker's pid AND psutil create time
-exists (a reused pid is not the worker); a dead worker's job is marked failed on read.
+queued. A job's `kind` says what it runs (`JobKind`): a list of variants, a tune
+(`TuneConfig`) or a calibration curve (`CurveConfig`); the last two write their files into
+the job's own folder, `<cache>/jobs/<job_id>/`, pruned with the job.
+
+A job is alive while a process with its worker's pid AND psutil create time exists (a
+reused pid is not the worker); a dead worker's job is marked failed on read.
 Finished jobs' files are pruned (older than a week, beyond the newest 50).
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +41,7 @@ from filelock import FileLock
 
 from petq.cache import write_json_atomic
 from petq.errors import PetqError
-from petq.types import Stage, VariantSpec
+from petq.types import CurveConfig, JobKind, Stage, TuneConfig, VariantSpec
 
 START_GRACE = 120.0  # a queued job whose worker never reported is failed after this
 CREATE_TIME_TOLERANCE = 1.5  # s; psutil's create time is epoch-based: the boot time may shift
@@ -44,6 +50,8 @@ PRUNE_AGE = 7 * 24 * 3600.0  # finished jobs older than this (seconds) are prune
 KEEP_FINISHED = 50  # at most this many finished jobs are kept, newest first
 STALE_WRITE_AGE = 3600.0  # a write_json_atomic temp file this old was left by a killed writer
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+KEPT_LINES = 200  # a job's `lines`: the last this many
+CONFIGS: dict[JobKind, type] = {JobKind.TUNE: TuneConfig, JobKind.CURVE: CurveConfig}
 
 
 class Status(str, Enum):
@@ -98,6 +106,8 @@ class Job:
     `stage` is what the worker does now (for `current`, the variant(s) at work), with
     `stage_done` of `stage_total` steps; `stage_note` adds what the stage alone cannot say
     (the job waited for, the Ray slots). `pid` and `create_time` name the worker process.
+    `kind` says what the job runs; a TUNE or CURVE job holds its `config` and writes its
+    files into `results_path`, and `lines` keeps what its worker said, last lines last.
     """
 
     id: str
@@ -124,6 +134,35 @@ class Job:
     error: str | None = None
     pid: int | None = None
     create_time: float | None = None
+    kind: JobKind = JobKind.VARIANTS
+    config: TuneConfig | CurveConfig | None = None
+    results_path: str | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        expected = CONFIGS.get(self.kind)
+        if expected is not None and not isinstance(self.config, expected):
+            raise ValueError(f"a {self.kind.value} job needs a {expected.__name__}, got "
+                             f"{type(self.config).__name__}")
+
+    @property
+    def title(self) -> str:
+        """What the job runs, in a few words."""
+        if isinstance(self.config, TuneConfig):
+            c = self.config
+            unit = "%" if c.relative else " pts"
+            return (f"tune: {c.metric} drop below {100 * c.max_drop:g}{unit} at "
+                    f"{c.confidence:.0%}, smallest {c.objective}, budget {c.budget}")
+        if isinstance(self.config, CurveConfig):
+            c = self.config
+            return (f"calibration curve: {', '.join(c.recipes)}; sizes "
+                    f"{' '.join(c.sizes) if c.sizes else 'default'}; seeds "
+                    f"{' '.join(map(str, c.seeds))}")
+        return ", ".join(v.name for v in self.variants)
+
+    def say(self, line: str) -> None:
+        """Keep a line of what the worker did (the last KEPT_LINES)."""
+        self.lines = [*self.lines, line][-KEPT_LINES:]
 
     @property
     def total(self) -> int:
@@ -143,6 +182,8 @@ class Job:
         """Overall progress in [0, 1]: the share of variants finished (never goes back)."""
         if self.state is Status.DONE:
             return 1.0
+        if self.kind is not JobKind.VARIANTS:
+            return self.stage_fraction if self.stage in (Stage.CANDIDATES, Stage.CELLS) else 0.0
         return sum(not v.status.active for v in self.variants) / max(1, self.total)
 
     @property
@@ -167,6 +208,12 @@ class Job:
         """The variants not done yet."""
         return [v for v in self.variants if v.status is not Status.DONE]
 
+    @property
+    def restartable(self) -> bool:
+        """A failed or cancelled job with work left (`restart_job`)."""
+        return self.state in (Status.FAILED, Status.CANCELLED) and (
+            self.kind is not JobKind.VARIANTS or bool(self.todo()))
+
     def finish(self, state: Status, error: str | None = None) -> None:
         """End the job in `state`: its unfinished variants end so too (keeping their own
         errors), with `error` where they have none."""
@@ -183,17 +230,23 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out.update(variants=[v.to_dict() for v in self.variants], state=self.state.value,
-                   stage=self.stage.value if self.stage else None)
+                   stage=self.stage.value if self.stage else None, kind=self.kind.value,
+                   config=self.config.to_dict() if self.config else None)
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
-        """A record as written by `to_dict` (older records' missing fields take defaults)."""
+        """A record as written by `to_dict` (older records' missing fields take defaults:
+        one without a kind lists variants)."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["variants"] = [JobVariant.from_dict(v) for v in data.get("variants") or []]
         values["state"] = Status(data.get("state") or Status.QUEUED)
         values["stage"] = Stage(data["stage"]) if data.get("stage") else None
+        kind = values["kind"] = JobKind(data.get("kind") or JobKind.VARIANTS)
+        config = data.get("config")
+        values["config"] = CONFIGS[kind].from_dict(config) if kind in CONFIGS else None
+        values["lines"] = [str(line) for line in data.get("lines") or []]
         return cls(**{"model_path": "", "dataset_root": "", "cache_root": "", "threads": None,
                       **values})
 
@@ -327,6 +380,37 @@ def start_job(
         job.finish(Status.DONE)
         write_job(path, job)
         return job.id
+    return _launch(path, job)
+
+
+def start_task_job(ws: Any, config: TuneConfig | CurveConfig, *, test_fraction: float = 1.0,
+                   ray: str | None = None, restart_of: str | None = None) -> str:
+    """Start a tune (`TuneConfig`) or a calibration curve (`CurveConfig`) on the open
+    workspace `ws` in a worker; return the job id at once. Its files go to the job's
+    folder (`Job.results_path`). The faces check the config against the dataset first
+    (petq.tunerun, petq.curve); `ray` sends its variants to Ray as a sweep would."""
+    kind = next(k for k, c in CONFIGS.items() if isinstance(config, c))
+    if ray and ray != "local":
+        from petq.raysweep import resolve_ray_address
+
+        resolve_ray_address(ray)
+    prune_jobs(ws.cache.root)
+    now = time.time()
+    job_id = _new_id()
+    path = job_path(ws.cache.root, job_id)
+    job = Job(
+        id=job_id, model_path=str(Path(ws.model_path).resolve()),
+        dataset_root=str(Path(ws.dataset.root).resolve()),
+        cache_root=str(Path(ws.cache.root).resolve()), threads=ws.threads,
+        test_fraction=test_fraction, created=now, updated=now,
+        preprocessing=ws.contract.preprocessing, ray=ray, restart_of=restart_of, kind=kind,
+        config=config, results_path=str(path.with_suffix("").resolve()),
+    )
+    return _launch(path, job)
+
+
+def _launch(path: Path, job: Job) -> str:
+    """Write the job's record and start its worker, detached; return its id."""
     write_job(path, job)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -360,6 +444,15 @@ def restart_job(cache_root: Path | str, job_id: str, *, workspace: Any = None) -
     if job.active:
         raise JobError(f"job {job_id} is still {job.state.value}: cancel it or let it finish "
                        "before restarting it")
+    if job.kind is not JobKind.VARIANTS:
+        if job.state is Status.DONE:
+            raise JobError(f"job {job_id} is done: nothing to restart")
+        from petq.workspace import Workspace
+
+        ws = workspace or Workspace(job.model_path, job.dataset_root, cache_root, job.threads,
+                                    preprocessing=job.preprocessing)
+        return start_task_job(ws, job.config, test_fraction=job.test_fraction, ray=job.ray,
+                              restart_of=job_id)
     todo = job.todo()
     if job.state is Status.DONE or not todo:
         raise JobError(f"job {job_id} finished every variant: nothing to restart")
@@ -390,7 +483,7 @@ def read_job(path: Path) -> Job | None:
             continue
         try:
             return Job.from_dict(data)
-        except (KeyError, TypeError, ValueError):  # not a job record petq wrote
+        except (KeyError, TypeError, ValueError, PetqError):  # not a record petq wrote
             return None
     return None
 
@@ -508,6 +601,7 @@ def _prune(cache_root: Path | str, jobs: list[Job], max_age: float, keep: int) -
     for job_id in gone:
         for suffix in (".json", ".log", ".pid"):
             job_path(cache_root, job_id).with_suffix(suffix).unlink(missing_ok=True)
+        shutil.rmtree(job_path(cache_root, job_id).with_suffix(""), ignore_errors=True)
     try:
         leftovers = list(folder.iterdir())
     except OSError:
@@ -516,20 +610,24 @@ def _prune(cache_root: Path | str, jobs: list[Job], max_age: float, keep: int) -
         if path.name == WORKER_LOCK or path.stem in known:
             continue
         leftover_write = path.name.startswith(".") and path.name.endswith(".tmp")
-        orphan = not path.name.startswith(".") and path.suffix in (".json", ".log", ".pid")
+        orphan = not path.name.startswith(".") and (
+            path.suffix in (".json", ".log", ".pid") or path.is_dir())
         try:
             age = now - path.stat().st_mtime
         except OSError:
             continue
         if (leftover_write and age > STALE_WRITE_AGE) or (orphan and age > max_age):
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
     return gone
 
 
 def prune_jobs(cache_root: Path | str, max_age: float = PRUNE_AGE, keep: int = KEEP_FINISHED
                ) -> list[str]:
-    """Delete finished jobs' files (.json, .log, .pid) older than `max_age` seconds or beyond
-    the newest `keep`; active jobs are never touched. Returns the ids pruned."""
+    """Delete finished jobs' files (.json, .log, .pid, their folder) older than `max_age`
+    seconds or beyond the newest `keep`; active jobs are never touched. Returns the ids pruned."""
     return sorted(_prune(cache_root, _statuses(cache_root), max_age, keep))
 
 

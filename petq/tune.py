@@ -50,22 +50,26 @@ from typing import Any
 import numpy as np
 
 from petq.certify import METRICS, Bound, best_case, needed_images, paired_bound
-from petq.errors import PetqError
-from petq.types import RECIPES, Backend, Mode, VariantSpec
+from petq.errors import TuneError
+from petq.types import (
+    DEFAULT_CERTIFY_TOP,
+    DEFAULT_TUNE_BUDGET,
+    RECIPES,
+    TUNE_OBJECTIVES,
+    Backend,
+    Mode,
+    TuneConfig,
+    VariantSpec,
+)
 
-OBJECTIVES = ("size", "latency")
+OBJECTIVES = TUNE_OBJECTIVES
 START_FRACTION = 0.08  # the lab's middle calibration fraction: the first static try
 MORE_FRACTIONS = (0.3, 0.01)
 MORE_SEEDS = (1, 2)
 KEEP_FLOAT = (1, 2, 4, 8)
 REFINED_RECIPES = 2  # static recipes per group that get other fractions, seeds, keep-N
-DEFAULT_BUDGET = 24
-DEFAULT_CERTIFY_TOP = 3
+DEFAULT_BUDGET = DEFAULT_TUNE_BUDGET
 POWER = 0.8  # of the sample-size estimate
-
-
-class TuneError(PetqError):
-    """A tune cannot start: its limits, its split or its reference."""
 
 
 class State(str, Enum):
@@ -78,66 +82,6 @@ class State(str, Enum):
     SAME = "not tested again"  # its selection answers equal a tested candidate's
     UNCERTIFIED = "not certified"
     CERTIFIED = "certified"
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    """What the search is held to. `guard_breeds`: None for no guard, () for every
-    breed, else the class indices guarded."""
-
-    max_drop: float
-    relative: bool = False
-    metric: str = "accuracy"
-    confidence: float = 0.95
-    objective: str = "size"
-    guard_breeds: tuple[int, ...] | None = None
-    budget: int = DEFAULT_BUDGET
-    seed: int = 0
-    certify_top: int = DEFAULT_CERTIFY_TOP
-    certification_fraction: float = 0.5
-
-    def __post_init__(self) -> None:
-        def number(name: str) -> float:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-                raise TuneError(f"{name.replace('_', ' ')} must be a number, got {value!r}")
-            return float(value)
-
-        if not 0 < number("max_drop") < 1:
-            raise TuneError(f"--max-drop must be in (0, 1) (0.01 = one point), got "
-                            f"{self.max_drop}")
-        if not 0.5 < number("confidence") < 1:
-            raise TuneError(f"--confidence must be in (0.5, 1), got {self.confidence}")
-        if not 0 < number("certification_fraction") < 1:
-            raise TuneError(f"--certification-fraction must be in (0, 1), got "
-                            f"{self.certification_fraction}")
-        if self.metric not in METRICS:
-            raise TuneError(f"--metric must be one of {', '.join(METRICS)}, got "
-                            f"{self.metric!r}")
-        if self.objective not in OBJECTIVES:
-            raise TuneError(f"--objective must be one of {', '.join(OBJECTIVES)}, got "
-                            f"{self.objective!r}")
-        for name in ("budget", "certify_top"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise TuneError(f"--{name.replace('_', '-')} must be a whole number >= 1, "
-                                f"got {value!r}")
-        if self.guard_breeds is not None:
-            object.__setattr__(self, "guard_breeds",
-                               tuple(sorted({int(c) for c in self.guard_breeds})))
-
-    @property
-    def test_confidence(self) -> float:
-        """The level of each certification test (Bonferroni over `certify_top`)."""
-        return 1 - (1 - self.confidence) / self.certify_top
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"max_drop": self.max_drop, "relative": self.relative, "metric": self.metric,
-                "confidence": self.confidence, "objective": self.objective,
-                "guard_breeds": None if self.guard_breeds is None else list(self.guard_breeds),
-                "budget": self.budget, "seed": self.seed, "certify_top": self.certify_top,
-                "certification_fraction": self.certification_fraction,
-                "test_confidence": self.test_confidence}
 
 
 @dataclass(frozen=True)
@@ -756,5 +700,6 @@ def tune(ws, config: TuneConfig, engine: Engine = Engine(),
     return outcome
 
 
-__all__ = ["Candidate", "Engine", "ImageSplit", "State", "TuneConfig", "TuneError",
+__all__ = ["DEFAULT_BUDGET", "DEFAULT_CERTIFY_TOP", "METRICS", "OBJECTIVES", "Candidate",
+           "Engine", "ImageSplit", "State", "TuneConfig", "TuneError",
            "TuneOutcome", "split_test_images", "tune"]

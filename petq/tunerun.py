@@ -1,12 +1,11 @@
-"""`petq tune`'s faces: the command, what a tune leaves behind, and the Tune page's
-background runs that read it (the search and its statistics live in petq.tune and
-petq.certify).
+"""`petq tune`'s faces: the command and what a tune leaves behind (the search and its
+statistics live in petq.tune and petq.certify).
 
 `write_outputs` writes tune.md (the decision, the certified bound, the candidates with
 their selection estimates, the Pareto front), tune.json (the same as data, both image
-lists included) and the chosen `.tflite` with its sidecar JSON. `start_run` starts
-`petq tune` in a process of its own under the cache; `read_run` reads its progress and,
-once done, its tune.json; `stop_run` stops it.
+lists included) and the chosen `.tflite` with its sidecar JSON; `read_outputs` reads them
+back for the Tune page. The page runs a tune as a background job (petq.jobs, kind TUNE),
+whose worker calls petq.tune.tune and `write_outputs` into the job's folder.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -177,22 +175,7 @@ def write_chosen(ws, outcome: TuneOutcome, root: Path) -> list[Path]:
     return [root / f"{name}.tflite", root / f"{name}.json"]
 
 
-PROGRESS_FILE = "progress.json"
-
-
-def write_progress(root: Path, built: int, budget: int, lines: list[str]) -> None:
-    """The run's progress for a page that polls it (`read_run`)."""
-    from petq.cache import write_json_atomic
-
-    write_json_atomic(root / PROGRESS_FILE, {"built": built, "budget": budget,
-                                             "lines": lines[-200:]})
-
-
-# ---------------------------------------------------------------- background runs
-
-
-RUNS_DIR = "tune-runs"  # under the cache folder: one folder per run of the Tune page
-RUN_FILE = "run.json"
+# ---------------------------------------------------------------- reading it back
 
 
 @dataclass(frozen=True)
@@ -210,152 +193,42 @@ class CandidateRow:
 
 
 @dataclass(frozen=True)
-class RunStatus:
-    """Where a background tune stands: `running`, `done`, `failed` or `stopped`."""
+class TuneReport:
+    """What a finished tune wrote (`write_outputs`), read back from its folder."""
 
     folder: Path
-    state: str
-    built: int
-    budget: int
-    lines: tuple[str, ...]
-    started: float
-    decision: str = ""
-    advice: tuple[str, ...] = ()
-    certified: bool = False
-    objective: str = "size"
-    metric: str = "accuracy"
-    relative: bool = False
-    rows: tuple[CandidateRow, ...] = ()
-    chosen_file: Path | None = None
-    error: str = ""
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
+    decision: str
+    advice: tuple[str, ...]
+    certified: bool
+    objective: str
+    metric: str
+    relative: bool
+    rows: tuple[CandidateRow, ...]
+    chosen_file: Path | None
 
 
-def start_run(ws, config: TuneConfig, backend: str = "local") -> Path:
-    """Start `petq tune` on this workspace in a process of its own (the Tune page's
-    background run); returns its folder under the cache, which `read_run` reads."""
-    import os
-    import secrets
-    import subprocess
-
-    import psutil
-
-    from petq.cache import write_json_atomic
-
-    folder = Path(ws.cache.root) / RUNS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-" \
-        f"{secrets.token_hex(3)}"
-    folder.mkdir(parents=True)
-    command = [sys.executable, "-m", "petq", "tune", "--max-drop", repr(config.max_drop),
-               "--metric", config.metric, "--confidence", repr(config.confidence),
-               "--objective", config.objective, "--budget", str(config.budget),
-               "--seed", str(config.seed), "--certify-top", str(config.certify_top),
-               "--certification-fraction", repr(config.certification_fraction),
-               "--model-path", str(ws.model_path), "--dataset-root", str(ws.dataset.root),
-               "--cache-dir", str(ws.cache.root), "--preprocessing",
-               ws.contract.preprocessing, "--results-path", str(folder)]
-    if config.relative:
-        command.append("--relative")
-    if config.guard_breeds is not None:
-        command += ["--guard-breeds", *(str(c) for c in config.guard_breeds)]
-    if backend == "serial":
-        command += ["--serial", "--threads", str(ws.threads)]
-    with open(folder / "stdout.log", "wb") as out, open(folder / "stderr.log", "wb") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                   cwd=Path(__file__).resolve().parent.parent,
-                                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-                                   start_new_session=True)
-    write_json_atomic(folder / RUN_FILE, {
-        "pid": process.pid, "create_time": psutil.Process(process.pid).create_time(),
-        "started": time.time(), "config": config.to_dict(), "command": command})
-    return folder
-
-
-def _alive(record: dict[str, Any]) -> bool:
-    import psutil
-
+def read_outputs(folder: Path | str) -> TuneReport | None:
+    """The tune written into `folder`, or None when its tune.json is not there (yet)."""
+    folder = Path(folder)
     try:
-        process = psutil.Process(record["pid"])
-        return (process.status() != psutil.STATUS_ZOMBIE
-                and abs(process.create_time() - record["create_time"]) < 1.5)
-    except psutil.NoSuchProcess:
-        return False
-
-
-def stop_run(folder: Path | str, timeout: float = 10.0) -> None:
-    """Stop a background run this page started (its process, then its pool workers)."""
-    import psutil
-
-    folder = Path(folder)
-    record = json.loads((folder / RUN_FILE).read_text())
-    if not _alive(record):
-        return
-    process = psutil.Process(record["pid"])
-    children = process.children(recursive=True)
-    for p in (process, *children):
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, left = psutil.wait_procs([process, *children], timeout=timeout)
-    for p in left:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    (folder / "stopped").touch()
-
-
-def list_runs(cache_root: Path | str) -> list[Path]:
-    """The Tune page's runs in this cache, newest first."""
-    root = Path(cache_root) / RUNS_DIR
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.iterdir() if (p / RUN_FILE).exists()), reverse=True)
-
-
-def read_run(folder: Path | str) -> RunStatus:
-    """A background run's progress, and once it is done its decision and candidates."""
-    folder = Path(folder)
-    record = json.loads((folder / RUN_FILE).read_text())
-    progress = {"built": 0, "budget": record["config"]["budget"], "lines": []}
-    if (folder / PROGRESS_FILE).exists():
-        progress = json.loads((folder / PROGRESS_FILE).read_text())
-    common = {"folder": folder, "built": int(progress["built"]),
-              "budget": int(progress["budget"]), "lines": tuple(progress["lines"]),
-              "started": float(record["started"]),
-              "objective": record["config"]["objective"],
-              "metric": record["config"]["metric"],
-              "relative": bool(record["config"]["relative"])}
-    result = folder / "tune.json"
-    if result.exists():
-        data = json.loads(result.read_text())
-        front = set(data["pareto"])
-        value_key = "file_size_bytes" if data["config"]["objective"] == "size" \
-            else "latency_p50_ms"
-        rows = tuple(CandidateRow(
-            variant=c["variant"], why=c["why"], objective=c[value_key],
-            metric=c["selection_metric"],
-            change=c["selection"]["estimate"] if c["selection"] else None,
-            bound=c["selection"]["bound"] if c["selection"] else None,
-            verdict=c["state"] + (f": {c['error']}" if c["error"] else ""),
-            pareto=c["variant"] in front) for c in data["candidates"])
-        chosen = folder / f"{data['chosen']}.tflite" if data["chosen"] else None
-        return RunStatus(state="done", decision=data["decision"],
-                         advice=tuple(data["advice"]), certified=bool(data["certified"]),
-                         rows=rows, chosen_file=chosen if chosen and chosen.exists() else None,
-                         **common)
-    if _alive(record):
-        return RunStatus(state="running", **common)
-    if (folder / "stopped").exists():
-        return RunStatus(state="stopped", **common)
-    errors = (folder / "stderr.log").read_text(errors="replace").splitlines() \
-        if (folder / "stderr.log").exists() else []
-    message = next((line for line in reversed(errors) if line.startswith("petq: error:")),
-                   errors[-1] if errors else "the run ended without a result")
-    return RunStatus(state="failed", error=message, **common)
+        data = json.loads((folder / "tune.json").read_text())
+    except (OSError, ValueError):
+        return None
+    config = TuneConfig.from_dict(data["config"])
+    front = set(data["pareto"])
+    value_key = "file_size_bytes" if config.objective == "size" else "latency_p50_ms"
+    rows = tuple(CandidateRow(
+        variant=c["variant"], why=c["why"], objective=c[value_key],
+        metric=c["selection_metric"],
+        change=c["selection"]["estimate"] if c["selection"] else None,
+        bound=c["selection"]["bound"] if c["selection"] else None,
+        verdict=c["state"] + (f": {c['error']}" if c["error"] else ""),
+        pareto=c["variant"] in front) for c in data["candidates"])
+    chosen = folder / f"{data['chosen']}.tflite" if data["chosen"] else None
+    return TuneReport(folder=folder, decision=data["decision"], advice=tuple(data["advice"]),
+                      certified=bool(data["certified"]), objective=config.objective,
+                      metric=config.metric, relative=config.relative, rows=rows,
+                      chosen_file=chosen if chosen and chosen.exists() else None)
 
 
 # ---------------------------------------------------------------- command line
@@ -436,16 +309,11 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(backend, None if args.ray in (None, "local") else args.ray, args.workers,
                     threads, results_path / "logs" if backend == "local" else None)
 
-    lines: list[str] = []
-
     def progress(outcome: TuneOutcome, candidate: Candidate | None, line: str) -> None:
         prefix = f"[{outcome.built}/{outcome.config.budget}] " if candidate else ""
         print(f"tune: {prefix}{line}", file=sys.stderr, flush=True)
-        lines.append(prefix + line)
-        write_progress(results_path, outcome.built, outcome.config.budget, lines)
 
     results_path.mkdir(parents=True, exist_ok=True)
-    write_progress(results_path, 0, config.budget, ["starting"])
     outcome = tune(ws, config, engine, progress)
     written = write_outputs(ws, outcome, results_path)
     print(outcome.decision())

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from petq.errors import ModelError, SpecError
+from petq.errors import ModelError, SpecError, TuneError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,6 +79,9 @@ class Stage(str, Enum):
     STATISTICS = "statistics", "paired statistics against the reference", False
     LAYERS = "layers", "per-layer statistics", False
     RAY = "ray", "tasks finished on Ray"
+    CANDIDATES = "candidates", "candidates built"
+    CELLS = "cells", "curve cells finished"
+    PROFILE = "profile", "profiling calibration images"
 
     @classmethod
     def label_of(cls, value: str) -> str:
@@ -638,3 +642,169 @@ def save_contract(model_path: Path, contract: ModelContract) -> Path:
     path = sidecar_path(model_path)
     path.write_text(json.dumps(contract.to_dict(), indent=2) + "\n")
     return path
+
+
+# ---------------------------------------------------------------- what a job runs
+
+
+class JobKind(str, Enum):
+    """What a background job (petq.jobs) runs: variants, a tune or a calibration curve."""
+
+    VARIANTS = "variants"  # convert and evaluate a list of variant specs
+    TUNE = "tune"  # petq.tune.tune on a TuneConfig
+    CURVE = "curve"  # petq.curve.calibration_curve on a CurveConfig
+
+
+TUNE_METRICS = ("accuracy", "g-mean")
+TUNE_OBJECTIVES = ("size", "latency")
+DEFAULT_TUNE_BUDGET = 24
+DEFAULT_CERTIFY_TOP = 3
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """What a tune (petq.tune) is held to. `guard_breeds`: None for no guard, () for every
+    breed, else the class indices guarded."""
+
+    max_drop: float
+    relative: bool = False
+    metric: str = "accuracy"
+    confidence: float = 0.95
+    objective: str = "size"
+    guard_breeds: tuple[int, ...] | None = None
+    budget: int = DEFAULT_TUNE_BUDGET
+    seed: int = 0
+    certify_top: int = DEFAULT_CERTIFY_TOP
+    certification_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        def number(name: str) -> float:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+                raise TuneError(f"{name.replace('_', ' ')} must be a number, got {value!r}")
+            return float(value)
+
+        if not 0 < number("max_drop") < 1:
+            raise TuneError(f"--max-drop must be in (0, 1) (0.01 = one point), got "
+                            f"{self.max_drop}")
+        if not 0.5 < number("confidence") < 1:
+            raise TuneError(f"--confidence must be in (0.5, 1), got {self.confidence}")
+        if not 0 < number("certification_fraction") < 1:
+            raise TuneError(f"--certification-fraction must be in (0, 1), got "
+                            f"{self.certification_fraction}")
+        if self.metric not in TUNE_METRICS:
+            raise TuneError(f"--metric must be one of {', '.join(TUNE_METRICS)}, got "
+                            f"{self.metric!r}")
+        if self.objective not in TUNE_OBJECTIVES:
+            raise TuneError(f"--objective must be one of {', '.join(TUNE_OBJECTIVES)}, got "
+                            f"{self.objective!r}")
+        for name in ("budget", "certify_top"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TuneError(f"--{name.replace('_', '-')} must be a whole number >= 1, "
+                                f"got {value!r}")
+        if self.guard_breeds is not None:
+            object.__setattr__(self, "guard_breeds",
+                               tuple(sorted({int(c) for c in self.guard_breeds})))
+
+    @property
+    def test_confidence(self) -> float:
+        """The level of each certification test (Bonferroni over `certify_top`)."""
+        return 1 - (1 - self.confidence) / self.certify_top
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_drop": self.max_drop, "relative": self.relative, "metric": self.metric,
+                "confidence": self.confidence, "objective": self.objective,
+                "guard_breeds": None if self.guard_breeds is None else list(self.guard_breeds),
+                "budget": self.budget, "seed": self.seed, "certify_top": self.certify_top,
+                "certification_fraction": self.certification_fraction,
+                "test_confidence": self.test_confidence}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TuneConfig:
+        names = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in data.items() if k in names}
+        if values.get("guard_breeds") is not None:
+            values["guard_breeds"] = tuple(values["guard_breeds"])
+        return cls(**values)
+
+
+CURVE_ALL = "all"  # the calibration curve's size word for all of trainval
+DEFAULT_CURVE_SIZES = ("1", "4", "16", "64", "256", CURVE_ALL)
+DEFAULT_CURVE_SEEDS = (DEFAULT_CALIBRATION_SEED, 1, 2)
+MAX_CALIBRATION_SEED = 2**32 - 1  # scikit-learn's random_state range
+
+
+def parse_sizes(sizes: Any) -> list[int | str]:
+    """Calibration curve sizes: whole numbers >= 1 and `all`, deduplicated, ascending,
+    `all` last (added when missing: every size is compared with it)."""
+    out: set[int] = set()
+    for word in sizes:
+        text = str(word).strip().lower()
+        if text == CURVE_ALL:
+            continue
+        try:
+            number = float(text)
+        except ValueError:
+            raise SpecError(f"calibration size {word!r}: expected a number of images or "
+                            f"`{CURVE_ALL}`") from None
+        if not number.is_integer() or number < 1:
+            raise SpecError(f"calibration size {word!r}: expected a whole number >= 1")
+        out.add(int(number))
+    return [*sorted(out), CURVE_ALL]
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    """A calibration curve (petq.curve): static recipes, calibration sizes (None: the
+    defaults trainval holds), seeds per size, trainval images left out of every cell.
+    Checked here as far as it can be without the dataset (sizes, seeds, recipes)."""
+
+    recipes: tuple[str, ...] = ("tflite-int8",)
+    sizes: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] = DEFAULT_CURVE_SEEDS
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        recipes = tuple(dict.fromkeys(str(r).strip() for r in self.recipes))
+        if not recipes:
+            raise SpecError("name at least one static recipe (`petq recipes`)")
+        for key in recipes:
+            if key not in RECIPES:
+                raise SpecError(f"unknown recipe {key!r}: expected one of {', '.join(RECIPES)}")
+            if not RECIPES[key].calibrates:
+                raise SpecError(f"{key} takes no calibration: a curve needs a static recipe "
+                                "(tflite-int8, aeq-wi8-ai8, ...)")
+        seeds = tuple(dict.fromkeys(self.seeds))
+        if not seeds:
+            raise SpecError("give at least one calibration seed")
+        for seed in seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or not (
+                    0 <= seed <= MAX_CALIBRATION_SEED):
+                raise SpecError(f"calibration seed must be an integer in "
+                                f"0..{MAX_CALIBRATION_SEED}, got {seed!r}")
+        sizes = None
+        if self.sizes is not None:
+            sizes = tuple(str(s) for s in parse_sizes(self.sizes))
+        object.__setattr__(self, "recipes", recipes)
+        object.__setattr__(self, "seeds", seeds)
+        object.__setattr__(self, "sizes", sizes)
+        object.__setattr__(self, "exclude", tuple(dict.fromkeys(self.exclude)))
+
+    def size_list(self, trainval: int) -> list[int | str]:
+        """The sizes to run: the given ones, else the defaults `trainval` images hold."""
+        if self.sizes is not None:
+            return parse_sizes(self.sizes)
+        return [s for s in parse_sizes(DEFAULT_CURVE_SIZES) if s == CURVE_ALL or s <= trainval]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipes": list(self.recipes),
+                "sizes": None if self.sizes is None else list(self.sizes),
+                "seeds": list(self.seeds), "exclude": list(self.exclude)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CurveConfig:
+        sizes = data.get("sizes")
+        return cls(recipes=tuple(data.get("recipes") or ()),
+                   sizes=None if sizes is None else tuple(sizes),
+                   seeds=tuple(data.get("seeds") or ()), exclude=tuple(data.get("exclude") or ()))

@@ -1,8 +1,11 @@
 """The job worker: `python -m petq.worker <job.json>`, started by `petq.jobs.start_job`.
 
-It waits for its cache's worker lock (one worker per cache), then converts and
-evaluates each queued variant of the job, in this process or as a sweep on Ray,
-writing its progress into the job record (petq.jobs) as it goes.
+It waits for its cache's worker lock (one worker per cache), then runs the job by its
+kind, writing its progress into the job record (petq.jobs) as it goes: a VARIANTS job
+converts and evaluates each queued variant, in this process or as a sweep on Ray; a TUNE
+job runs petq.tune.tune (progress per candidate) and a CURVE job
+petq.curve.calibration_curve (progress per cell), each on the sweep engine (a local
+process pool, or Ray), and both write their files into the job's `results_path`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from petq.jobs import (
     worker_alive,
     write_job,
 )
-from petq.types import Stage, VariantSpec
+from petq.types import JobKind, Stage, VariantSpec
 
 WRITE_INTERVAL = 0.25  # seconds between progress writes within one stage
 LOCK_POLL = 1.0  # seconds between checks of who holds the worker lock, while waiting
@@ -126,6 +129,8 @@ def _work(reporter: _Reporter) -> int:
         job.finish(Status.FAILED, str(exc))
         reporter.write()
         return 1
+    if job.kind is not JobKind.VARIANTS:
+        return _work_task(ws, reporter)
     errors: list[str] = []
     todo: dict[VariantSpec, JobVariant] = {}  # the job's specs are distinct (petq.jobs)
     for variant in job.todo():
@@ -204,6 +209,77 @@ def _work_on_ray(ws, reporter: _Reporter, todo: dict[VariantSpec, JobVariant],
             if variant.status is not Status.DONE:
                 variant.status, variant.error = Status.FAILED, str(exc)
         errors.append(str(exc))
+
+
+def _work_task(ws, reporter: _Reporter) -> int:
+    """A TUNE or CURVE job: run it, write its files into the job's folder, end the job."""
+    job = reporter.job
+    work = {JobKind.TUNE: _tune, JobKind.CURVE: _curve}[job.kind]
+    try:
+        work(ws, reporter, Path(job.results_path))
+    except PetqError as exc:
+        job.finish(Status.FAILED, str(exc))
+    except Exception as exc:  # a bug: keep the traceback in the log, report the gist
+        traceback.print_exc()
+        job.finish(Status.FAILED, f"{type(exc).__name__}: {exc}")
+    else:
+        job.finish(Status.DONE)
+    reporter.write()
+    return 0 if job.state is Status.DONE else 1
+
+
+def _engine_options(job: Job, root: Path) -> dict[str, Any]:
+    """The sweep engine a TUNE or CURVE job builds its variants on: Ray when the job names
+    it, else a local process pool (its logs in the job's folder)."""
+    from petq.sweep import task_threads
+
+    backend = "ray" if job.ray else "local"
+    return {"backend": backend, "address": None if job.ray in (None, "local") else job.ray,
+            "threads": task_threads(backend),
+            "log_dir": root / "logs" if backend == "local" else None}
+
+
+def _tune(ws, reporter: _Reporter, root: Path) -> None:
+    """petq.tune.tune on the job's TuneConfig; its outputs (petq.tunerun.write_outputs)."""
+    from petq.tune import Engine, tune
+    from petq.tunerun import write_outputs
+
+    job, config = reporter.job, reporter.job.config
+    options = _engine_options(job, root)
+    engine = Engine(options["backend"], options["address"], None, options["threads"],
+                    options["log_dir"])
+
+    def progress(outcome, candidate, line: str) -> None:
+        job.say(f"[{outcome.built}/{config.budget}] {line}" if candidate else line)
+        reporter.write(stage=Stage.CANDIDATES, current=candidate.name if candidate else None,
+                       stage_done=outcome.built, stage_total=config.budget, stage_note=None)
+
+    root.mkdir(parents=True, exist_ok=True)
+    outcome = tune(ws, config, engine, progress)
+    write_outputs(ws, outcome, root)
+    job.say(outcome.decision())
+
+
+def _curve(ws, reporter: _Reporter, root: Path) -> None:
+    """petq.curve.calibration_curve on the job's CurveConfig; its csv, png and md."""
+    from petq.curve import calibration_curve
+
+    job = reporter.job
+
+    def progress(status, cell) -> None:
+        if cell is not None and cell.finished:
+            job.say(f"{cell.spec.name}: " + (f"accuracy {cell.result.accuracy:.4f}"
+                                             if cell.ok else f"failed: {cell.error}"))
+        reporter.write(stage=Stage.CELLS, current=None, stage_note=None,
+                       stage_done=status.count("done", "cached", "failed"),
+                       stage_total=status.total)
+
+    run = calibration_curve(ws, job.config, root, job.test_fraction, progress=progress,
+                            profile_progress=lambda _, done, total: reporter.progress(
+                                Stage.PROFILE, done, total), **_engine_options(job, root))
+    job.say(f"range profile: {run.profiled}")
+    for recommendation in run.recommendations:
+        job.say(f"{recommendation.recipe}: {recommendation.reason}")
 
 
 if __name__ == "__main__":

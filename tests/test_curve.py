@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from pathlib import Path
 
 import pytest
 
@@ -15,13 +16,12 @@ from petq.curve import (
     CurvePoint,
     SizeSummary,
     curve_specs,
-    parse_sizes,
     read_exclusions,
     recommend,
 )
 from petq.errors import SpecError
 from petq.stats import Interval, McNemar, PairedComparison
-from petq.types import VariantSpec
+from petq.types import VariantSpec, parse_sizes
 
 
 def test_sizes_are_counts_ascending_with_all_last():
@@ -160,3 +160,72 @@ def test_a_bad_curve_is_one_error_line_before_any_work(args, says, tiny_model, p
     err = capsys.readouterr().err
     assert code == 1 and "petq: error:" in err and says in err and "Traceback" not in err
     assert not (tmp_path / "cache" / "variants").exists()  # nothing was converted
+
+
+def _convert_page(workspace, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("PETQ_MODEL", str(workspace.model_path))
+    monkeypatch.setenv("PETQ_DATASET_ROOT", str(workspace.dataset.root))
+    monkeypatch.setenv("PETQ_CACHE", str(workspace.cache.root))
+    monkeypatch.setenv("PETQ_THREADS", str(workspace.threads))
+    at = AppTest.from_file(str(root / "dashboard.py"), default_timeout=120).run()
+    at.switch_page("pages/convert.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("convert_curve_sizes", "4 x", "calibration size 'x'"),
+    ("convert_curve_sizes", "100000", "more than trainval"),
+    ("convert_curve_seeds", "1, a", "seed"),
+])
+def test_bad_curve_input_is_one_message_and_starts_nothing(workspace, monkeypatch, field,
+                                                           value, said):
+    from petq.jobs import list_jobs
+
+    at = _convert_page(workspace, monkeypatch)
+    before = len(list_jobs(workspace.cache.root))
+    at.toggle(key="convert_curve").set_value(True).run()
+    at.text_input(key=field).set_value(value)
+    next(b for b in at.button if b.label == "Draw the curve").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and said in errors[0], errors
+    assert len(list_jobs(workspace.cache.root)) == before
+
+
+@pytest.mark.slow
+def test_a_curve_job_writes_its_files_and_the_convert_page_charts_them(workspace,
+                                                                        monkeypatch):
+    """A CURVE job (petq.jobs): its worker runs calibration_curve into the job's folder;
+    the Convert page reads the csv and md back (nothing recomputed) into a chart."""
+    from petq.curve import CURVE_FILES, read_outputs, start_curve_job
+    from petq.jobs import Status, cancel_job, job_status
+    from petq.types import CurveConfig, JobKind
+    from waiting import wait_until
+
+    config = CurveConfig(recipes=("tflite-int8",), sizes=("2", "all"), seeds=(1, 2))
+    job_id = start_curve_job(workspace, config)
+    cache = workspace.cache.root
+    try:
+        job = wait_until(lambda: (j := job_status(cache, job_id)) and not j.active and j, 400,
+                         interval=0.5, message=lambda: str(job_status(cache, job_id)))
+    finally:
+        cancel_job(cache, job_id)
+    assert job.state is Status.DONE, (job.error, job.lines)
+    assert job.kind is JobKind.CURVE and job.config == config
+    assert all((Path(job.results_path) / name).stat().st_size > 0 for name in CURVE_FILES)
+    outputs = read_outputs(job.results_path)
+    assert sorted(outputs.table["size"]) == ["2", "2", "all"]
+    assert len(outputs.recommendations) == 1
+    assert outputs.recommendations[0].startswith("tflite-int8: ")
+    assert any(line.startswith("tflite-int8-n2-s1: accuracy") for line in job.lines)
+
+    at = _convert_page(workspace, monkeypatch)
+    chart = at.get("plotly_chart")
+    assert chart, "no chart"
+    shown = " ".join(m.value for m in at.markdown)
+    assert outputs.recommendations[0] in shown

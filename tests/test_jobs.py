@@ -35,7 +35,7 @@ from petq.jobs import (
     start_job,
     worker_lock,
 )
-from petq.types import Stage, VariantSpec
+from petq.types import CurveConfig, JobKind, Stage, TuneConfig, VariantSpec
 from petq.worker import run_job
 from petq.workspace import Workspace
 
@@ -356,3 +356,52 @@ def test_every_stage_has_one_label():
 def test_bad_job_ids_are_refused(tmp_path):
     with pytest.raises(ValueError):
         job_path(tmp_path, "../etc/passwd")
+
+
+def test_a_record_without_a_kind_reads_as_variants(tmp_path):
+    """Records written before jobs had kinds list variants."""
+    path = fake_job(tmp_path, "20000101-000000-000001", state=Status.DONE)
+    data = json.loads(path.read_text())
+    for name in ("kind", "config", "results_path", "lines"):
+        data.pop(name)
+    path.write_text(json.dumps(data))
+    job = read_job(path)
+    assert job.kind is JobKind.VARIANTS and job.config is None and job.lines == []
+    assert [v.name for v in job.variants] == ["tflite-fp32"]
+    assert job.title == "tflite-fp32"
+
+
+@pytest.mark.parametrize("config", [
+    TuneConfig(max_drop=0.02, objective="latency", guard_breeds=(1, 0), budget=3),
+    CurveConfig(recipes=("tflite-int8", "aeq-wi8-ai8"), sizes=("8", "2", "all"), seeds=(3,)),
+])
+def test_a_kind_and_its_config_round_trip_through_the_record(tmp_path, config):
+    kind = JobKind.TUNE if isinstance(config, TuneConfig) else JobKind.CURVE
+    job = Job(id="20000101-000000-000002", model_path="m", dataset_root="d",
+              cache_root=str(tmp_path), threads=1, kind=kind, config=config,
+              results_path=str(tmp_path / "jobs" / "20000101-000000-000002"),
+              lines=["one", "two"], stage=Stage.CANDIDATES, stage_done=1, stage_total=4,
+              state=Status.RUNNING)
+    path = job_path(tmp_path, job.id)
+    path.parent.mkdir(parents=True)
+    write_json_atomic(path, job.to_dict())
+    again = read_job(path)
+    assert again == job and again.config == config
+    assert again.fraction == 0.25 and not again.todo()
+    with pytest.raises(ValueError, match="needs a"):
+        Job(id="x", model_path="m", dataset_root="d", cache_root="c", threads=1, kind=kind)
+
+
+def test_a_pruned_task_job_takes_its_folder_with_it(tmp_path):
+    config = TuneConfig(max_drop=0.1)
+    job_id = "20000101-000000-000003"
+    old = time.time() - 8 * 24 * 3600.0
+    job = Job(id=job_id, model_path="m", dataset_root="d", cache_root=str(tmp_path), threads=1,
+              state=Status.DONE, created=old, finished=old, kind=JobKind.TUNE, config=config)
+    job_path(tmp_path, job_id).parent.mkdir(parents=True)
+    write_json_atomic(job_path(tmp_path, job_id), job.to_dict())
+    folder = job_path(tmp_path, job_id).with_suffix("")
+    folder.mkdir()
+    (folder / "tune.json").write_text("{}")
+    assert prune_jobs(tmp_path) == [job_id]
+    assert not folder.exists()

@@ -401,30 +401,46 @@ def test_a_recipe_the_model_cannot_take_is_a_failed_candidate(workspace, tmp_pat
 # ---------------------------------------------------------------- the dashboard
 
 
-@pytest.mark.slow
-def test_tune_page_runs_in_the_background_and_offers_the_file(workspace, monkeypatch):
-    """The Tune page's run: `petq tune` in its own process, polled through read_run; the
-    page shows the verdict, the Pareto plot and a download of the chosen .tflite, and
-    Compare offers any cached variant's .tflite."""
-    import time
+def _finished(cache_root, job_id, timeout):
+    """The job once its worker ended (bounded), then its worker stopped in any case."""
+    from petq.jobs import cancel_job, job_status
+    from waiting import wait_until
 
+    try:
+        return wait_until(lambda: (job := job_status(cache_root, job_id)) and not job.active
+                          and job, timeout, interval=0.5,
+                          message=lambda: str(job_status(cache_root, job_id)))
+    finally:
+        cancel_job(cache_root, job_id)  # nothing to do when it ended; bounded when not
+
+
+@pytest.mark.slow
+def test_a_tune_job_runs_in_a_worker_and_the_page_offers_the_file(workspace, monkeypatch):
+    """The Tune page's tune: a TUNE job (petq.jobs) whose worker runs petq.tune.tune and
+    writes its outputs into the job's folder, reporting progress per candidate; the page
+    shows the verdict, the Pareto plot and a download of the chosen .tflite, and Compare
+    offers any cached variant's .tflite."""
     from streamlit.testing.v1 import AppTest
 
-    from petq.tunerun import list_runs, read_run, start_run, stop_run
+    from petq.jobs import Status, jobs_dir, start_task_job
+    from petq.tunerun import read_outputs
+    from petq.types import JobKind, Stage
 
     config = TuneConfig(max_drop=0.5, objective="latency", budget=2)
-    folder = start_run(workspace, config, backend="serial")
-    try:
-        deadline = time.monotonic() + 400
-        while read_run(folder).running and time.monotonic() < deadline:
-            time.sleep(1)
-    finally:
-        stop_run(folder)  # nothing to do when it is done; bounded when it is not
-    status = read_run(folder)
-    assert status.state == "done", (status.error, status.lines)
+    job_id = start_task_job(workspace, config)
+    job = _finished(workspace.cache.root, job_id, 400)
+    assert job.state is Status.DONE, (job.error, job.lines)
+    assert job.kind is JobKind.TUNE and job.config == config
+    assert Path(job.results_path).parent == jobs_dir(workspace.cache.root).resolve()
+    assert job.stage is None and job.fraction == 1.0
+    built = [line for line in job.lines if line.startswith("[")]  # one per candidate
+    assert built and built[-1].startswith(f"[{len(read_outputs(job.results_path).rows)}/2]")
+    status = read_outputs(job.results_path)
     assert status.certified and status.chosen_file is not None and status.chosen_file.exists()
-    assert status.built >= 1 and any(row.pareto for row in status.rows)
-    assert list_runs(workspace.cache.root)[0] == folder
+    assert status.decision == json.loads((Path(job.results_path) / "tune.json").read_text()
+                                         )["decision"]
+    assert any(row.pareto for row in status.rows)
+    assert Stage.CANDIDATES.label == "candidates built"
 
     root = Path(__file__).resolve().parent.parent
     monkeypatch.setenv("PETQ_MODEL", str(workspace.model_path))
@@ -513,17 +529,22 @@ def test_g_mean_bound_is_never_tighter_than_perfect_agreement_allows():
 
 
 @pytest.mark.slow
-def test_a_background_run_can_be_stopped(workspace):
-    import psutil
+def test_a_tune_job_can_be_cancelled(tiny_model, pet_root, tmp_path):
+    """Cancel stops a tune's worker and its pool (one process group) and the job says so."""
+    from petq.jobs import Status, cancel_job, job_status, process_alive, start_task_job
+    from petq.workspace import Workspace
+    from waiting import wait_until
 
-    from petq.tunerun import RUN_FILE, read_run, start_run, stop_run
-
-    folder = start_run(workspace, TuneConfig(max_drop=0.5, budget=3), backend="serial")
-    pid = json.loads((folder / RUN_FILE).read_text())["pid"]
-    assert read_run(folder).running
-    stop_run(folder, timeout=10)
-    assert read_run(folder).state == "stopped"
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    ws = Workspace(tiny_model, pet_root, tmp_path / "cache", 1)
+    job_id = start_task_job(ws, TuneConfig(max_drop=0.5, budget=3))
+    try:
+        wait_until(lambda: job_status(ws.cache.root, job_id).state is Status.RUNNING, 120,
+                   message=lambda: str(job_status(ws.cache.root, job_id)))
+    finally:
+        job = cancel_job(ws.cache.root, job_id, wait=10)
+    assert job.state is Status.CANCELLED
+    assert job.pid and not process_alive(job.pid, job.create_time)
+    assert not (tmp_path / "cache" / "jobs" / job_id / "tune.json").exists()
 
 
 def test_tune_page_renders_on_an_empty_cache(tiny_model, pet_root, tmp_path, monkeypatch):

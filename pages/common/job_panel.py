@@ -7,6 +7,7 @@ import streamlit as st
 
 from petq.errors import PetqError
 from petq.jobs import Job, Status, cancel_job, job_status, list_jobs, restart_job
+from petq.types import JobKind
 
 JOBS_KEY = "petq_jobs"  # ids of jobs this session started
 PROGRESS_SEEN_KEY = "petq_jobs_progress_seen"  # job id -> (state, variants done) last shown
@@ -36,18 +37,24 @@ def _jobs_to_show(cache: str) -> list[Job]:
 
 def _job_box(job: Job, key_prefix: str) -> None:
     with st.container(border=True):
-        st.markdown(f"**Job {job.id}** · {', '.join(v.name for v in job.variants)}")
-        st.progress(job.fraction,
-                    text=f"{job.done}/{job.total} variants done · {job.state.value}")
-        if job.state is Status.RUNNING:
+        st.markdown(f"**Job {job.id}** · {job.title}")
+        if job.kind is JobKind.VARIANTS:
+            st.progress(job.fraction,
+                        text=f"{job.done}/{job.total} variants done · {job.state.value}")
+        elif job.state is Status.RUNNING:  # a tune or a curve: its stage is its progress
+            st.progress(job.stage_fraction, text=f"{job.kind.value} · {job.stage_text}")
+        else:
+            st.caption(f"{job.kind.value} · {job.state.value}")
+        if job.state is Status.RUNNING and job.kind is JobKind.VARIANTS:
             st.progress(job.stage_fraction, text=job.stage_text)
         elif job.state is Status.QUEUED and job.stage:
             st.caption(job.stage_text)  # "waiting for job X": one worker per cache
-        st.caption("  ".join(f"{MARKS[v.status]} {v.name}" + (" (cached)" if v.cached else "")
-                             for v in job.variants))
+        if job.variants:
+            st.caption("  ".join(f"{MARKS[v.status]} {v.name}"
+                                 + (" (cached)" if v.cached else "") for v in job.variants))
         if job.state is Status.FAILED:
             st.error(job.error or "the job failed")
-        if job.state in (Status.FAILED, Status.CANCELLED) and job.todo() and st.button(
+        if job.restartable and st.button(
             "Restart", key=f"{key_prefix}_restart_{job.id}"
         ):
             try:
