@@ -37,6 +37,7 @@ from petq.jobs import (
 )
 from petq.results import METRICS, Details, Result
 from petq.types import RECIPES, Backend, Stage, VariantSpec
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("dashboard_navigation")
@@ -683,9 +684,8 @@ def test_convert_button_starts_one_job_for_every_seed(monkeypatch, tiny_model, p
     assert_clean(at)
     assert len(at.session_state[JOBS_KEY]) == 1
     assert any("variants done" in p.proto.text for p in at.get("progress"))
-    deadline = time.monotonic() + 240
-    while list_jobs(cache, active_only=True) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_until(lambda: not list_jobs(cache, active_only=True), 240, interval=0.5,
+               raise_on_timeout=False)
     jobs = list_jobs(cache)
     assert [j.state for j in jobs] == [Status.DONE]
     assert [v.name for v in jobs[0].variants] == ["tflite-int8-0.5-s1", "tflite-int8-0.5-s2"]
