@@ -78,6 +78,7 @@ def test_no_process_when_the_main_script_cannot_be_spawned(workspace, monkeypatc
         assert not converter.active
 
 
+@pytest.mark.slow  # a cold pipeline: converts and evaluates for real
 def test_a_run_pairs_converted_variants_and_gives_what_one_at_a_time_gives(tiny_model,
                                                                           pet_root, tmp_path):
     specs = [VariantSpec.native(), VariantSpec.fp32(), VariantSpec.int8(0.5, seed=5),
