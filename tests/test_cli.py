@@ -21,6 +21,7 @@ def cli_args(tiny_model, pet_root, shared_cache, tmp_path):
             "--results-path", str(tmp_path / "results")]
 
 
+@pytest.mark.slow  # a cold pipeline: converts and evaluates for real
 def test_every_variant_kind_through_the_cli(cli_args, tmp_path, capsys):
     tasks = ["native", "tflite-fp32", "tflite-int8-0.3", "tflite-int8-0.8", "tflite-imbint8"]
     code = main(["experiments", *cli_args, "--tasks", *tasks,
@@ -109,6 +110,7 @@ def test_missing_dataset_and_bad_fraction(tmp_path, tiny_model, capsys):
     assert "must be in (0, 1]" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a cold pipeline: converts and evaluates for real
 def test_python_dash_m_as_a_new_user_would(cli_args):
     """Piped, as in CI: plain progress lines, none of TensorFlow's or the converter's chatter."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
@@ -138,6 +140,7 @@ def test_python_dash_m_exits_with_the_command_s_code(tmp_path):
     assert "dataset folder not found" in result.stderr
 
 
+@pytest.mark.slow  # a cold pipeline: converts and evaluates for real
 def test_a_recipe_the_model_cannot_take_fails_alone(pet_root, tmp_path, capsys):
     """LOG_SOFTMAX has no 16x8 kernel: tflite-int16x8 fails with one line naming recipe and
     op, no traceback, nothing half-written in the cache, and tflite-fp32 is still done."""

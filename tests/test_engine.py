@@ -18,6 +18,7 @@ from petq.errors import PetqError, SpecError
 from petq.taskprocess import ProcessLost, TaskProcess
 from petq.types import VariantSpec
 from petq.workspace import Workspace
+from waiting import wait_until
 
 
 @pytest.mark.slow
@@ -77,6 +78,7 @@ def test_no_process_when_the_main_script_cannot_be_spawned(workspace, monkeypatc
         assert not converter.active
 
 
+@pytest.mark.slow  # a cold pipeline: converts and evaluates for real
 def test_a_run_pairs_converted_variants_and_gives_what_one_at_a_time_gives(tiny_model,
                                                                           pet_root, tmp_path):
     specs = [VariantSpec.native(), VariantSpec.fp32(), VariantSpec.int8(0.5, seed=5),
@@ -206,7 +208,10 @@ def test_a_silent_task_process_is_stopped_as_hung():
     process.wait_for([hung])  # bounded by the silence
     assert time.monotonic() - started < 30
     assert isinstance(hung.exception(), ProcessLost) and "hung" in str(hung.exception())
-    assert not process.alive and not process.running
+    assert not process.alive
+    # ended: its reader thread and stop() both join it, and the one that reaps it sets the
+    # exit code a moment later (seen as still running on a loaded machine)
+    wait_until(lambda: not process.running, 10, message="the hung process still running")
 
 
 def test_closing_a_busy_task_process_waits_a_bounded_time():
@@ -217,7 +222,7 @@ def test_closing_a_busy_task_process_waits_a_bounded_time():
     started = time.monotonic()
     process.close(wait=True)
     assert time.monotonic() - started < 30
-    assert not process.running
+    wait_until(lambda: not process.running, 10, message="the closed process still running")
 
 
 @pytest.mark.slow
@@ -237,16 +242,13 @@ def test_a_wait_shows_the_conversion_s_progress_in_the_converter_process(tiny_mo
 @pytest.mark.slow
 def test_once_idle_the_converter_process_takes_the_second_pass_of_a_pair(tiny_model, pet_root,
                                                                         tmp_path):
-    import time
 
     pair = (VariantSpec.int8(0.5, seed=7), VariantSpec.int8(0.25, seed=7))
     ws = Workspace(tiny_model, pet_root, tmp_path / "run", threads=2)
     calls = []
     with ConvertAhead(ws, pair) as converter:
         assert converter.active
-        deadline = time.monotonic() + 120
-        while not converter.idle and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: converter.idle, 120, interval=0.2, raise_on_timeout=False)
         assert all(ws.cached_tflite(spec) is not None for spec in pair)
         scores = engine._passes_side_by_side(ws, pair, 1.0, lambda *call: calls.append(call),
                                              converter)
@@ -359,7 +361,6 @@ def test_a_converter_process_started_for_nothing_is_stopped_at_once(workspace):
     converted, ends the process now: it is not left importing TensorFlow, which the
     interpreter would wait for at exit."""
     import multiprocessing
-    import time
 
     specs = [VariantSpec.fp32(), VariantSpec.int8(0.5)]
     for spec in specs:
@@ -370,10 +371,9 @@ def test_a_converter_process_started_for_nothing_is_stopped_at_once(workspace):
     assert workers
     with ConvertAhead(workspace, specs, started) as converter:
         assert not converter.active
-    deadline = time.monotonic() + 60
     for worker in workers:  # the pool's own thread may reap it first: poll, not join
-        while worker.exitcode is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda w=worker: w.exitcode is not None, 60, interval=0.05,
+                   raise_on_timeout=False)
         assert worker.exitcode == -15  # SIGTERM: stopped, not done with its import
 
 
@@ -415,27 +415,28 @@ class KillMidConversion:
 
     def _watch(self) -> None:
         import signal
-        import time
 
         import psutil
 
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self.building():
-                process = self.find()
-                if process is not None:
-                    try:
-                        process.send_signal(signal.SIGSTOP)
-                        self.killed = self.building()
-                        if self.hung is None:
-                            process.send_signal(signal.SIGKILL)
-                        else:  # left stopped, a hung process, and its silence bound shortened
-                            self.hung.silence_s = 3.0
-                    except psutil.Error:
-                        self.killed = False
-                    if self.killed:
-                        return
-            time.sleep(0.005)
+        def stopped_while_building() -> bool:
+            if not self.building():
+                return False
+            process = self.find()
+            if process is None:
+                return False
+            try:
+                process.send_signal(signal.SIGSTOP)
+                self.killed = self.building()
+                if self.hung is None:
+                    process.send_signal(signal.SIGKILL)
+                else:  # left stopped, a hung process, and its silence bound shortened
+                    self.hung.silence_s = 3.0
+            except psutil.Error:
+                self.killed = False
+            return self.killed
+
+        wait_until(stopped_while_building, self.timeout, interval=0.005,
+                   raise_on_timeout=False)
 
 
 def the_converter_under(pid: int):
@@ -536,7 +537,6 @@ def test_the_cli_survives_its_converter_process_killed_mid_conversion(
 @pytest.mark.slow
 def test_a_dashboard_job_survives_its_converter_process_killed_mid_conversion(
         tiny_model, pet_root, shared_cache, tmp_path):
-    import time
 
     from petq.jobs import Status, job_status, start_job
 
@@ -550,11 +550,9 @@ def test_a_dashboard_job_survives_its_converter_process_killed_mid_conversion(
         return the_converter_under(pid) if pid else None
 
     killer = KillMidConversion(cache, converter)
-    deadline = time.monotonic() + 600
-    record = job_status(cache, job)
-    while record.state in (Status.QUEUED, Status.RUNNING) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        record = job_status(cache, job)
+    record = wait_until(
+        lambda: (r := job_status(cache, job)).state not in (Status.QUEUED, Status.RUNNING) and r,
+        600, interval=0.2, raise_on_timeout=False) or job_status(cache, job)
     log = (cache / "jobs" / f"{job}.log").read_text()
     assert killer.killed, log
     assert record.state is Status.DONE, (record, log)

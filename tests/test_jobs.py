@@ -38,30 +38,22 @@ from petq.jobs import (
 from petq.types import CurveConfig, JobKind, Stage, TuneConfig, VariantSpec
 from petq.worker import run_job
 from petq.workspace import Workspace
+from waiting import wait_until
 
 
 def wait_for(cache, job_id, timeout=180.0):
-    deadline = time.monotonic() + timeout
+    """The job once it ends, and every stage it was seen in on the way."""
     seen_stages = set()
-    while time.monotonic() < deadline:
+
+    def ended():
         job = job_status(cache, job_id)
         if job.stage:
             seen_stages.add(job.stage)
-        if not job.active:
-            return job, seen_stages
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still {job.state.value} after {timeout} s")
+        return not job.active and job
 
-
-def poll(check, timeout=30.0, what="the condition"):
-    """Call `check` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout} s")
+    job = wait_until(ended, timeout, message=lambda: f"job {job_id} "
+                     f"still {job_status(cache, job_id).state.value}")
+    return job, seen_stages
 
 
 def raw(cache, job_id):
@@ -86,7 +78,7 @@ def waiting_worker(cache, job_id):
     def check():
         job = raw(cache, job_id)
         return job if job.pid and job.stage is Stage.WAITING else None
-    return poll(check, what=f"job {job_id} waiting for its turn")
+    return wait_until(check, 30, message=f"job {job_id} waiting for its turn")
 
 
 @pytest.mark.slow
@@ -122,10 +114,11 @@ def test_job_converts_evaluates_and_caches(tiny_model, pet_root, tmp_path):
 @pytest.mark.slow
 def test_two_real_jobs_run_one_after_the_other(tiny_model, pet_root, tmp_path):
     first = start_job(tiny_model, pet_root, tmp_path, 1, [VariantSpec.fp32()])
-    poll(lambda: raw(tmp_path, first).state is Status.RUNNING, what="the first job running")
+    wait_until(lambda: raw(tmp_path, first).state is Status.RUNNING, 30,
+               message="the first job running")
     second = start_job(tiny_model, pet_root, tmp_path, 1, [VariantSpec.int8(0.5, seed=1)])
-    job = poll(lambda: (j := raw(tmp_path, second)).stage_note == first and j,
-               what="the second job naming the first")
+    job = wait_until(lambda: (j := raw(tmp_path, second)).stage_note == first and j, 30,
+                     message="the second job naming the first")
     assert job.stage is Stage.WAITING and job.stage_text == f"waiting for job {first}"
     assert job_status(tmp_path, second).state is Status.QUEUED
     done_first, _ = wait_for(tmp_path, first)
@@ -183,15 +176,15 @@ def test_a_reused_pid_is_not_the_worker(tmp_path):
 def test_a_zombie_worker_is_dead(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
-        poll(lambda: process_create_time(child.pid) and not process_alive(child.pid),
-             what="the child turning zombie")  # ended, not reaped: a zombie
+        wait_until(lambda: process_create_time(child.pid) and not process_alive(child.pid),
+                   30, message="the child turning zombie")  # ended, not reaped: a zombie
         assert process_create_time(child.pid) is not None
     finally:
         child.wait()
     assert process_create_time(child.pid) is None
 
 
-def test_a_killed_worker_is_failed_within_seconds_and_restarts(tiny_model, pet_root, tmp_path):
+def test_a_killed_worker_is_failed_at_once_and_restarts(tiny_model, pet_root, tmp_path):
     with worker_lock(tmp_path):  # the worker waits for its turn: nothing is converted
         job_id = start_job(tiny_model, pet_root, tmp_path, 1,
                            [VariantSpec.fp32(), VariantSpec.int8(0.5, seed=3)])
@@ -200,10 +193,11 @@ def test_a_killed_worker_is_failed_within_seconds_and_restarts(tiny_model, pet_r
         with pytest.raises(JobError, match="still queued"):
             restart_job(tmp_path, job_id)
         os.kill(pid, signal.SIGKILL)
-        killed = time.monotonic()
-        job = poll(lambda: (j := job_status(tmp_path, job_id)).state is Status.FAILED and j,
-                   timeout=5.0, what="the killed job reported failed")
-        assert time.monotonic() - killed < 5.0
+        wait_until(lambda: not process_alive(pid), 30, message="the killed worker gone")
+        # Liveness is read from the pid, not from a heartbeat gone stale: the first status
+        # read after the worker died already says failed.
+        job = job_status(tmp_path, job_id)
+        assert job.state is Status.FAILED
         assert "ended unexpectedly" in job.error
         assert [v.status for v in job.variants] == [Status.FAILED, Status.FAILED]
 
@@ -250,7 +244,8 @@ def test_a_second_job_waits_while_the_first_runs(tiny_model, pet_root, tmp_path)
         assert [j.state for j in list_jobs(tmp_path)] == [Status.QUEUED, Status.RUNNING]
     finally:
         lock.release()
-    poll(lambda: raw(tmp_path, second).state is Status.RUNNING, what="its turn after release")
+    wait_until(lambda: raw(tmp_path, second).state is Status.RUNNING, 30,
+               message="its turn after release")
     assert raw(tmp_path, second).started is not None
     assert cancel_job(tmp_path, second).state is Status.CANCELLED
 

@@ -3,7 +3,6 @@ fixtures through Streamlit's AppTest: real conversions, a real background job.""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from petq import layerviews
 from petq.jobs import Status, list_jobs
 from petq.types import VariantSpec
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("dashboard_navigation")
@@ -87,12 +87,10 @@ def test_missing_statistics_start_one_background_job(monkeypatch, layered):
     at.button(key="layers_compute").click().run()
     jobs = [j for j in list_jobs(layered.cache.root) if j.id not in before]
     assert len(jobs) == 1 and jobs[0].layers is True
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        job = next(j for j in list_jobs(layered.cache.root) if j.id == jobs[0].id)
-        if not job.active:
-            break
-        time.sleep(0.5)
+    wait_until(lambda: not next(j for j in list_jobs(layered.cache.root)
+                                if j.id == jobs[0].id).active,
+               120, interval=0.5, raise_on_timeout=False)
+    job = next(j for j in list_jobs(layered.cache.root) if j.id == jobs[0].id)
     assert job.state is Status.DONE, job
     assert layered.cached_layer_stats(VariantSpec.imbint8((1,))) is not None
 
@@ -104,21 +102,20 @@ def test_a_killed_worker_shows_failed_and_restarts_from_the_page(monkeypatch, la
     import os
     import signal
 
-    from petq.jobs import job_status, start_job
+    from petq.jobs import job_status, process_alive, start_job
 
     point_at(monkeypatch, layered)
     spec = VariantSpec.of("tflite-dynamic")
     job_id = start_job(layered.model_path, layered.dataset.root, layered.cache.root, 1, [spec],
                        workspace=layered)
-    deadline = time.monotonic() + 60
-    while not job_status(layered.cache.root, job_id).create_time:
-        assert time.monotonic() < deadline, "the worker never reported"
-        time.sleep(0.1)
-    os.kill(job_status(layered.cache.root, job_id).pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while job_status(layered.cache.root, job_id).state is not Status.FAILED:
-        assert time.monotonic() < deadline, "a killed worker still shows as alive"
-        time.sleep(0.1)
+    wait_until(lambda: job_status(layered.cache.root, job_id).create_time, 60,
+               message="the worker never reported")
+    pid = job_status(layered.cache.root, job_id).pid
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not process_alive(pid), 30, message="the killed worker gone")
+    # read from the pid, not a stale heartbeat: failed as soon as the worker is gone
+    assert job_status(layered.cache.root, job_id).state is Status.FAILED, \
+        "a killed worker still shows as alive"
     at = layers_page()
     from pages.common.job_panel import JOBS_KEY
 
@@ -129,10 +126,8 @@ def test_a_killed_worker_shows_failed_and_restarts_from_the_page(monkeypatch, la
     assert len(restarted) == 1
     assert restarted[0].preprocessing == layered.contract.preprocessing
     assert [v.name for v in restarted[0].variants] == [spec.name]
-    deadline = time.monotonic() + 120
-    while job_status(layered.cache.root, restarted[0].id).active:
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    wait_until(lambda: not job_status(layered.cache.root, restarted[0].id).active, 120,
+               interval=0.5)
     assert job_status(layered.cache.root, restarted[0].id).state is Status.DONE
 
 

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -21,6 +20,7 @@ from petq.errors import PetqError, SpecError
 from petq.sweep import Cell, SweepError, expand_grid, run_sweep, write_csv
 from petq.types import VariantSpec
 from petq.workspace import Workspace
+from waiting import wait_until
 
 GRID = {"recipes": ["tflite-fp32", "tflite-int8"], "fractions": [0.5], "seeds": [1234, 7]}
 GRID_NAMES = ["tflite-fp32", "tflite-int8-0.5", "tflite-int8-0.5-s7"]
@@ -91,21 +91,25 @@ def fake_model(tmp_path) -> Path:
 
 
 def test_unreachable_ray_address_fails_fast(fake_model, pet_root, tmp_path):
+    """One bounded TCP check, before Ray is started or anything is read: no ray.init
+    (whose connection retries take minutes) and no cache written."""
+    import ray
+
     cache = tmp_path / "cache"
-    start = time.monotonic()
-    with pytest.raises(SweepError, match=r"no Ray cluster answers at 127\.0\.0\.1:1"):
+    with pytest.raises(SweepError, match=r"no Ray cluster answers at 127\.0\.0\.1:1 within"):
         run_sweep(fake_model, pet_root, cache, [VariantSpec.fp32()], backend="ray",
                   address="127.0.0.1:1")
-    assert time.monotonic() - start < 5.0
+    assert not ray.is_initialized()
     assert not (cache / "decoded").exists() and not (cache / "variants").exists()
 
 
 def test_ray_auto_with_a_dead_address_fails_fast(monkeypatch):
+    import ray
+
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
-    start = time.monotonic()
-    with pytest.raises(SweepError, match="no Ray cluster answers"):
+    with pytest.raises(SweepError, match=r"no Ray cluster answers at 127\.0\.0\.1:1 within"):
         raysweep.resolve_ray_address("auto")
-    assert time.monotonic() - start < 5.0
+    assert not ray.is_initialized()
 
 
 @pytest.mark.parametrize("address", ["host:port", "ray://h:x"])
@@ -207,17 +211,19 @@ def _kill_once_while_building(cache_root: Path, find: callable) -> dict:
     result is being written into the cache; the returned dict gets its pid."""
     killed: dict = {}
 
+    def building_worker():
+        building = [p for kind in ("variants", "results") if (cache_root / kind).is_dir()
+                    for p in (cache_root / kind).iterdir() if p.name.startswith(".tmp-")]
+        workers = find() if building else []
+        return workers and (workers[0], building[0])
+
     def watch() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            building = [p for kind in ("variants", "results") if (cache_root / kind).is_dir()
-                        for p in (cache_root / kind).iterdir() if p.name.startswith(".tmp-")]
-            workers = find() if building else []
-            if workers:
-                os.kill(workers[0].pid, signal.SIGKILL)
-                killed.update(pid=workers[0].pid, temp=str(building[0]))
-                return
-            time.sleep(0.05)
+        found = wait_until(building_worker, timeout=120, interval=0.05,
+                           raise_on_timeout=False)
+        if found:
+            worker, temp = found
+            os.kill(worker.pid, signal.SIGKILL)
+            killed.update(pid=worker.pid, temp=str(temp))
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -379,10 +385,9 @@ def test_a_dashboard_job_sends_its_grid_to_ray(local_ray, tiny_model, pet_root, 
     address = local_ray.get_runtime_context().gcs_address
     specs = expand_grid(["tflite-fp32", "tflite-int8"], [0.5], [1234])
     job_id = start_job(tiny_model, pet_root, cache, 1, specs, ray=address)
-    deadline = time.monotonic() + 240
-    while (job := job_status(cache, job_id)).active:
-        assert time.monotonic() < deadline, job
-        time.sleep(0.5)
+    wait_until(lambda: not job_status(cache, job_id).active, timeout=240, interval=0.5,
+               message=lambda: str(job_status(cache, job_id)))
+    job = job_status(cache, job_id)
     assert job.state is Status.DONE, job
     assert job.ray == address
     assert [v.status for v in job.variants] == [Status.DONE, Status.DONE]
