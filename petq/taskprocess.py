@@ -175,7 +175,13 @@ class TaskProcess:
     @property
     def running(self) -> bool:
         """Whether the operating system's process is still there."""
-        return self._process.is_alive()
+        return not self._ended()
+
+    def _ended(self, timeout: float = 0.0) -> bool:
+        """Whether the process has ended, waiting up to `timeout` s. Read from its sentinel,
+        not by joining: only the reader thread joins (reaps) it, so no other thread sees it
+        alive in the moment between another's reaping and its exit code being set."""
+        return bool(wait([self._process.sentinel], timeout))
 
     @property
     def busy(self) -> bool:
@@ -233,8 +239,7 @@ class TaskProcess:
             pass
         if wait and busy:
             deadline = time.monotonic() + self.silence_s
-            while self._process.is_alive() and self._pending:
-                self._process.join(REPORT_S)
+            while self._pending and not self._ended(REPORT_S):
                 if time.monotonic() > max(deadline, self._heard + self.silence_s):
                     self.stop("did not finish its task after the run ended, and was stopped")
                     break
@@ -245,12 +250,11 @@ class TaskProcess:
         self._closed = True
         with self._lock:
             self._lost = self._lost or why  # the reason its tasks fail, not its exit code
-        if self._process.is_alive():
+        if not self._ended():
             self._process.terminate()
-            self._process.join(STOP_S)
-            if self._process.is_alive():
+            if not self._ended(STOP_S):
                 self._process.kill()
-                self._process.join(STOP_S)
+                self._ended(STOP_S)
         self._lose(why)
 
     # ---------------------------------------------------------------- the caller's side
