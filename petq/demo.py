@@ -11,6 +11,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from petq.errors import ModelError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL = PROJECT_ROOT / "models" / "petq-demo.keras"
 SYNTH_SEED = 0
@@ -62,6 +64,8 @@ def default_workspace(
     from petq.workspace import Workspace
 
     model = Path(model_path) if model_path else DEMO_MODEL
+    if not model.exists():  # said before a minute of generating the demo's images
+        raise ModelError(f"{model}: model file not found")
     root = Path(dataset_root) if dataset_root else ensure_demo_dataset(progress)
     return Workspace(model, root, cache_root or cache_dir(), threads=threads,
                      preprocessing=preprocessing)
