@@ -516,7 +516,7 @@ def breeds_hurt(labels: np.ndarray, pred_variant: np.ndarray, pred_reference: np
                 class_names: Sequence[str], guarded: Sequence[int], max_drop: float,
                 relative: bool = False, confidence: float = 0.95) -> tuple[BreedHarm, ...]:
     """The guarded breeds (all when `guarded` is empty) whose sensitivity change has a
-    paired Newcombe interval (petq.stats.per_class_changes, the one Compare shows)
+    paired interval (petq.stats.per_class_changes, the one Compare shows)
     entirely below -max_drop (relative: -max_drop x the breed's reference sensitivity)."""
     from petq.stats import per_class_changes
 
