@@ -176,7 +176,8 @@ def per_breed() -> None:
             lower = int((changes[victim]["difference"] < 0).sum())
             st.caption(
                 f"A breed is hurt when its sensitivity's paired {tables.LEVEL:.0%} interval "
-                f"(its exact McNemar test inverted) lies entirely below zero. `{victim}` lowers {lower} breed(s) against "
+                "(its exact McNemar test inverted) lies entirely below zero. "
+                f"`{victim}` lowers {lower} breed(s) against "
                 f"`{reference}`; {len(hurt)} of them beyond chance.")
             if hurt.empty:
                 st.success(f"`{victim}` hurts no breed beyond chance against `{reference}`.")

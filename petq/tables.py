@@ -89,8 +89,8 @@ COLUMNS: dict[str, Column] = {
     "variant_recall": Column("Variant sensitivity", "%.3f"),
     "difference": Column("Δ sensitivity", "%+.3f"),
     "difference_ci": Column(f"Δ sensitivity [{LEVEL:.0%} CI]",
-                            help="the breed's exact McNemar test inverted: a paired interval on its "
-                                 "test images"),
+                            help="the breed's exact McNemar test inverted: a paired "
+                                 "interval on its test images"),
     "b": Column("b", "%d", help="images of the breed the reference gets right, the variant "
                                 "wrong"),
     "c": Column("c", "%d", help="the reverse"),
