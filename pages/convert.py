@@ -25,7 +25,7 @@ from petq.types import (
 ws = layout.workspace_page("Convert")
 test_fraction = settings.current().test_fraction
 names = list(ws.class_names)
-groups = tables.recipe_groups()
+groups = tables.recipe_groups(ws.source_is_tflite)
 
 def _one_class() -> None:
     if st.session_state.get("convert_one_class"):

@@ -336,12 +336,16 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def recipe_groups() -> dict[str, list[Recipe]]:
+def recipe_groups(tflite_source: bool | None = None) -> dict[str, list[Recipe]]:
     """The registry's recipes by backend label (Keras, TFLite converter, AI Edge
-    Quantizer), in registry order."""
+    Quantizer, the .tflite as it is), in registry order. With `tflite_source` known, the
+    group the source cannot have goes: Keras for a .tflite file, the file as it is for a
+    Keras model (what else a source cannot take is refused with its reason on request)."""
+    never = {True: Backend.KERAS, False: Backend.SOURCE}.get(tflite_source)
     groups: dict[str, list[Recipe]] = {label: [] for label in BACKEND_LABELS.values()}
     for recipe in RECIPES.values():
-        groups[BACKEND_LABELS[recipe.backend]].append(recipe)
+        if recipe.backend is not never:
+            groups[BACKEND_LABELS[recipe.backend]].append(recipe)
     return {k: v for k, v in groups.items() if v}
 
 

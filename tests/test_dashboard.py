@@ -233,6 +233,11 @@ def test_recipes_are_grouped_by_backend():
     assert list(groups) == ["Keras", "TFLite converter", "AI Edge Quantizer",
                             "The .tflite as it is"]
     assert [r.key for r in groups["The .tflite as it is"]] == ["source"]
+    # what a source can never have is not offered: Keras for a .tflite, the file for Keras
+    assert list(tables.recipe_groups(tflite_source=False)) == [
+        "Keras", "TFLite converter", "AI Edge Quantizer"]
+    assert list(tables.recipe_groups(tflite_source=True)) == [
+        "TFLite converter", "AI Edge Quantizer", "The .tflite as it is"]
     assert sum(len(g) for g in groups.values()) == len(RECIPES)
     assert all(r.backend is Backend.AEQ for r in groups["AI Edge Quantizer"])
     assert [r.key for r in groups["Keras"]] == ["native"]
