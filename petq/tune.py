@@ -33,8 +33,8 @@ seeds, then "keep the N worst layers in float" (`-keep<N>`, ranked by petq's
 per-layer error). The search stops at the first certified candidate, at the budget,
 or when the certification attempts are spent.
 
-petq.tunefiles writes what a tune leaves behind (tune.md, tune.json, the chosen
-`.tflite` and its recipe) and runs it in the background for the Tune page.
+petq.tunerun is the command and writes what a tune leaves behind (tune.md, tune.json,
+the chosen `.tflite` and its recipe); the Tune page runs a tune as a job (petq.jobs).
 """
 
 from __future__ import annotations
