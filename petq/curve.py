@@ -41,7 +41,6 @@ from petq.types import (
     CURVE_ALL,
     DEFAULT_CURVE_SEEDS,
     DEFAULT_CURVE_SIZES,
-    RECIPES,
     CurveConfig,
     VariantSpec,
 )
@@ -65,23 +64,8 @@ def curve_specs(recipes: Sequence[str], sizes: Sequence[int | str], seeds: Seque
                 trainval: int, exclude: Sequence[str] = ()) -> list[VariantSpec]:
     """Every cell: each recipe x each numeric size x each seed, and each recipe on all of
     trainval (fraction 1, one cell). Sizes must not exceed `trainval` images."""
-    from petq.sweep import MAX_SEED
-
-    recipes = list(dict.fromkeys(str(r).strip() for r in recipes))
-    if not recipes:
-        raise SpecError("name at least one static recipe (`petq recipes`)")
-    for key in recipes:
-        if key not in RECIPES:
-            raise SpecError(f"unknown recipe {key!r}: expected one of {', '.join(RECIPES)}")
-        if not RECIPES[key].calibrates:
-            raise SpecError(f"{key} takes no calibration: a curve needs a static recipe "
-                            "(tflite-int8, aeq-wi8-ai8, ...)")
-    seeds = list(dict.fromkeys(seeds))
-    if not seeds:
-        raise SpecError("give at least one calibration seed")
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise SpecError(f"calibration seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+    checked = CurveConfig(recipes=tuple(recipes), seeds=tuple(seeds))  # the one set of rules
+    recipes, seeds = checked.recipes, checked.seeds
     counts = [s for s in sizes if s != ALL]
     too_many = [n for n in counts if n > trainval]
     if too_many:
