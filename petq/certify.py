@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from petq.stats import StatsError
+from petq.stats import StatsError, metrics_of_codes
 from petq.types import TUNE_METRICS
 
 METRICS = TUNE_METRICS
@@ -296,28 +296,6 @@ def best_case(n: int, max_drop: float, confidence: float = 0.95, relative: bool 
 # ---------------------------------------------------------------- G-Mean: bootstrap
 
 
-def _g_means(codes: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """G-Mean of variant and reference for each row of `codes` (label * 4 + 2 x variant
-    right + reference right): geometric mean of the present classes' recall, 0 when a
-    present class has none (petq.evaluate's definition)."""
-    rows, n = codes.shape
-    width = 4 * num_classes
-    offsets = (np.arange(rows, dtype=np.int64) * width)[:, None]
-    counts = np.bincount((codes + offsets).ravel(), minlength=rows * width)
-    counts = counts.reshape(rows, num_classes, 4)
-    per_class = counts.sum(axis=2)
-    present = per_class > 0
-
-    def g_mean(tp: np.ndarray) -> np.ndarray:
-        hit = tp > 0
-        recall = np.where(hit, tp / np.maximum(per_class, 1), 1.0)
-        log_sum = np.where(present, np.log(recall), 0.0).sum(axis=1)
-        zero = (present & ~hit).any(axis=1)
-        return np.where(zero, 0.0, np.exp(log_sum / np.maximum(present.sum(axis=1), 1)))
-
-    return (g_mean(counts[..., 2] + counts[..., 3]), g_mean(counts[..., 1] + counts[..., 3]))
-
-
 def g_mean_bound(labels: np.ndarray, variant_right: np.ndarray, reference_right: np.ndarray,
                  num_classes: int, confidence: float = 0.95, relative: bool = False,
                  resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -331,7 +309,7 @@ def g_mean_bound(labels: np.ndarray, variant_right: np.ndarray, reference_right:
 
     def change(sample: np.ndarray, axis: int = -1) -> np.ndarray:
         sample = np.atleast_2d(sample)
-        g_v, g_r = _g_means(sample, num_classes)
+        g_v, g_r = metrics_of_codes(sample, num_classes)[3:5]  # G-Mean: variant, reference
         if relative:
             return np.where(g_r > 0, g_v / np.where(g_r > 0, g_r, 1.0) - 1, -1.0)
         return g_v - g_r

@@ -245,14 +245,14 @@ def mcnemar(labels: np.ndarray, pred_variant: np.ndarray, pred_reference: np.nda
     return _mcnemar_counts(b, c, len(labels))
 
 
-def _metrics_of_codes(codes: np.ndarray, num_classes: int) -> np.ndarray:
+def metrics_of_codes(codes: np.ndarray, num_classes: int) -> np.ndarray:
     """Accuracy and G-Mean of variant, reference and their differences: (6, R), or (6,).
 
     `codes` (R, N) hold label * 4 + 2 * variant-right + reference-right per image,
     so one bincount per chunk gives every resample's per-class counts.
     """
     if codes.ndim == 1:
-        return _metrics_of_codes(codes[None], num_classes)[:, 0]
+        return metrics_of_codes(codes[None], num_classes)[:, 0]
     rows, n = codes.shape
     width = 4 * num_classes
     offsets = (np.arange(rows, dtype=np.int64) * width)[:, None]
@@ -310,13 +310,13 @@ def compare_paired(
         raise StatsError(f"at least 1000 bootstrap resamples give a stable 95% interval, "
                          f"got {resamples}")
     codes = labels * 4 + 2 * (pred_v == labels) + (pred_r == labels)
-    estimate = _metrics_of_codes(codes, num_classes)
+    estimate = metrics_of_codes(codes, num_classes)
     if len(codes) < 2:  # scipy cannot resample one image: no interval
         low = high = np.full(6, np.nan)
     else:
         result = sps.bootstrap(
             (codes,),
-            lambda sample, axis: _metrics_of_codes(sample, num_classes),
+            lambda sample, axis: metrics_of_codes(sample, num_classes),
             n_resamples=resamples,
             batch=max(1, BOOTSTRAP_CELLS // len(codes)),
             vectorized=True,

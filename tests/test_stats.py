@@ -96,7 +96,7 @@ def test_resampled_metrics_match_compute_metrics_per_resample():
     reference = np.where(rng.random(20) < 0.8, labels, rng.integers(0, 5, 20))
     codes = labels * 4 + 2 * (variant == labels) + (reference == labels)
     index = rng.integers(0, 20, (30, 20))
-    got = stats._metrics_of_codes(codes[index], 5)
+    got = stats.metrics_of_codes(codes[index], 5)
     zero_seen = False
     for r, rows in enumerate(index):
         m_v = compute_metrics(labels[rows], np.eye(5)[variant[rows]], 5)
@@ -157,13 +157,13 @@ def test_compare_paired_resamples_in_a_few_vectorised_batches(monkeypatch):
     at most BOOTSTRAP_CELLS codes each, not one call per resample (what keeps the paired
     statistics fast; their time is in benchmarks/bench_analysis.py)."""
     shapes = []
-    real = stats._metrics_of_codes
+    real = stats.metrics_of_codes
 
     def counted(codes, num_classes):
         shapes.append(np.shape(codes))
         return real(codes, num_classes)
 
-    monkeypatch.setattr(stats, "_metrics_of_codes", counted)
+    monkeypatch.setattr(stats, "metrics_of_codes", counted)
     data = oxford_sized()
     n = len(data[0])
     stats.compare_paired(*data, C, resamples=2000)
