@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from petq.certify import METRICS, Bound, best_case, needed_images, paired_bound
-from petq.errors import TuneError
+from petq.errors import PetqError, TuneError
 from petq.types import (
     DEFAULT_CERTIFY_TOP,
     DEFAULT_TUNE_BUDGET,
@@ -433,15 +433,24 @@ class Engine:
 
 def _build(ws, specs: Sequence[VariantSpec], engine: Engine) -> list[tuple[Any, str]]:
     """Convert and evaluate `specs` on the sweep engine: (Result or None, error) each, in
-    order. The one place tune calls the engine."""
+    order. The one place tune calls the engine. A spec this model cannot make
+    (`Workspace.check`: a converter recipe on a .tflite source, say) is not sent: it fails
+    with its reason, and the rest are built."""
     from petq.sweep import run_sweep
 
-    cells = run_sweep(ws.model_path, ws.dataset.root, ws.cache.root, list(specs),
+    refused: dict[VariantSpec, str] = {}
+    for spec in specs:
+        try:
+            ws.check(spec)
+        except PetqError as exc:
+            refused[spec] = str(exc)
+    buildable = [s for s in specs if s not in refused]
+    cells = run_sweep(ws.model_path, ws.dataset.root, ws.cache.root, buildable,
                       backend=engine.backend, address=engine.address, workers=engine.workers,
                       threads=engine.threads, preprocessing=ws.contract.preprocessing,
-                      log_dir=engine.log_dir)
-    by_spec = {cell.spec: cell for cell in cells}
-    return [(by_spec[s].result, by_spec[s].error or "") for s in specs]
+                      log_dir=engine.log_dir) if buildable else []
+    by_spec = {cell.spec: (cell.result, cell.error or "") for cell in cells}
+    return [by_spec.get(s, (None, refused.get(s, ""))) for s in specs]
 
 
 # ---------------------------------------------------------------- scoring parts
