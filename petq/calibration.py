@@ -356,12 +356,13 @@ class Profiled:
         return self._profiling(spec, None, None)
 
     def ensure(self, spec: VariantSpec, ids: Sequence[str],
-               progress: Progress | None = None) -> RangeProfile:
-        """Profile the images `ids` in the spec's recipe's profile (those not in it yet)."""
-        return self._profiling(spec, ids, progress)
+               progress: Progress | None = None, start: int = 0) -> RangeProfile:
+        """Profile the images `ids` in the spec's recipe's profile (those not in it yet),
+        walking them from `start` (`RangeProfile.ensure`: processes share the work)."""
+        return self._profiling(spec, ids, progress, start)
 
     def _profiling(self, spec: VariantSpec, ids: Sequence[str] | None,
-                   progress: Progress | None) -> RangeProfile:
+                   progress: Progress | None, start: int = 0) -> RangeProfile:
         from petq.runtime import captured_output
 
         try:
@@ -372,7 +373,7 @@ class Profiled:
                 else:
                     profile = backend.profile
                 if ids is not None:
-                    profile.ensure(ids, self._inputs, backend._measure, progress)
+                    profile.ensure(ids, self._inputs, backend._measure, progress, start)
             return profile
         except PetqError:
             raise

@@ -376,6 +376,26 @@ def evaluate_task(task: EvaluateTask) -> None:
         ws.time_against_reference(spec)
 
 
+@dataclass(frozen=True)
+class ProfileTask:
+    """A share of one spec's calibration images to profile in a profiling process."""
+
+    where: Where
+    spec: VariantSpec
+    start: int  # where in the spec's calibration ids this process begins
+    of: int  # how many processes share them (the converter process included)
+
+
+def profile_task(task: ProfileTask) -> int:
+    """Profile the spec's calibration images from this process's share on (walking on into
+    the others' until all are profiled: `RangeProfile.ensure`); how many it calibrated."""
+    ws = workspace_for(task.where)
+    ids = ws.calibration_ids(task.spec)
+    before = ws.range_profile(task.spec).calibrated
+    profile = ws.range_profile(task.spec, ids, start=len(ids) * task.start // task.of)
+    return profile.calibrated - before
+
+
 def _order(ws: Workspace, spec: VariantSpec, position: int) -> tuple:
     """The converter process's order: uncalibrated variants first (the run soon needs
     them: AEQ recipes start from FP32); then those sharing calibration in the run's order
@@ -440,10 +460,13 @@ class ConvertAhead:
     """
 
     MIN_CONVERSIONS = 2  # one conversion alone has nothing to overlap with
+    MIN_SHARED = 256  # calibration images a spec needs before profiling processes help
+    MAX_HELPERS = 3  # profiling processes at most (each imports TensorFlow)
 
     def __init__(self, ws: Workspace, specs: Iterable[VariantSpec],
                  started: ConverterProcess | None = None):
         self._process: ConverterProcess | None = None
+        self._helpers: list[TaskProcess] = []
         self._cache = ws.cache
         self.conversions: dict[VariantSpec, Future] = {}  # in the converter process's order
         self.calibrates = False  # whether the converter process needs the trainval images
@@ -462,6 +485,35 @@ class ConvertAhead:
         for spec in todo:
             self.conversions[spec] = self._process.submit(
                 convert_task, ConvertTask(self._process.where, spec))
+        self._helpers = self._start_helpers(ws, todo)
+
+    def _start_helpers(self, ws: Workspace, todo: list[VariantSpec]) -> list[TaskProcess]:
+        """Profiling processes on the spare cores, for the specs whose calibration goes
+        through the range profile with many images: each starts on its own share of a
+        spec's images, and the converter process, profiling the same spec from the first,
+        meets their saved batches (`RangeProfile.ensure`). They only ever help: one that
+        dies or is stopped costs its unsaved batch, which the converter process does."""
+        count = min(self.MAX_HELPERS, (os.cpu_count() or 1) - 1)
+        try:
+            shared = [s for s in todo if ws.shares_calibration(s)
+                      and len(ws.calibration_samples(s)) >= self.MIN_SHARED]
+        except PetqError:  # met again by the spec's conversion, which reports it
+            return []
+        if not shared or count < 1:
+            return []
+        helpers = []
+        for number in range(1, count + 1):
+            helper = TaskProcess(init_worker_process, (1,), name="profiling process")
+            for spec in shared:
+                helper.submit(profile_task, ProfileTask(self._process.where, spec, number,
+                                                        count + 1))
+            helpers.append(helper)
+        return helpers
+
+    @property
+    def helpers(self) -> list[TaskProcess]:
+        """The profiling processes helping the converter process (see `_start_helpers`)."""
+        return list(self._helpers)
 
     @property
     def process(self) -> ConverterProcess | None:
@@ -527,6 +579,12 @@ class ConvertAhead:
     def close(self, wait: bool = True) -> None:
         """`TaskProcess.close`; the run is no longer `active`. What a lost process was
         building is cleared from the cache (a live builder's folder never is)."""
+        busy = any(helper.busy for helper in self._helpers)
+        for helper in self._helpers:
+            helper.stop("was stopped: the run's conversions are done")
+        self._helpers = []
+        if busy:  # what a stopped helper was saving
+            self._cache.clear_stale_temp(max_age=0)
         if self._process is not None:
             lost = not self._process.alive
             self._process.close(wait)

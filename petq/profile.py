@@ -39,7 +39,8 @@ from petq.cache import Cache, key_of
 
 PROFILE_VERSION = 1
 TIED = "(several)"  # an extreme held by more than one image: none of them stretches it
-BATCH = 64  # images per `ranges` entry: a killed run loses at most this many
+BATCH = 16  # images per `ranges` entry: what a killed process loses, and what two
+# processes sharing a profile (`RangeProfile.ensure`) may both calibrate where they meet
 Progress = Callable[[int, int], None]
 
 
@@ -209,34 +210,44 @@ class RangeProfile:
     # ------------------------------------------------------------ adding
 
     def ensure(self, ids: Sequence[str], inputs: Callable[[Sequence[str]], Iterable[np.ndarray]],
-               measure: Measure, progress: Progress | None = None) -> int:
+               measure: Measure, progress: Progress | None = None, start: int = 0) -> int:
         """Profile the images of `ids` not profiled yet, one calibrator run each, saving
-        them in batches; returns how many were calibrated. `progress(done, total)`
-        counts over `ids` (those profiled already count as done)."""
+        them in batches; returns how many this call calibrated. `progress(done, total)`
+        counts over `ids` (those profiled already count as done).
+
+        It walks `ids` from position `start` (wrapping round) a batch at a time, and
+        before each batch reads what other processes have saved: several processes given
+        the same ids at different starts share the work, each image calibrated about once
+        (two may meet on the last batch). Any of them may stop or die: what it saved
+        stays, and the others calibrate the rest."""
         wanted = list(dict.fromkeys(ids))
-        todo = [i for i in wanted if i not in self.profiled(wanted)]
-        done = len(wanted) - len(todo)
-        if progress:
-            progress(done, len(wanted))
-        batch_ids: list[str] = []
-        batch: list[np.ndarray] = []
-        for image_id, x in zip(todo, inputs(todo), strict=True):
-            measured = measure(np.asarray(x, dtype=np.float32))
-            layout = self._settle_layout(measured)
-            row = layout.flatten(measured.ranges)
-            self.calibrated += 1
-            self._rows.setdefault(image_id, row)
-            batch_ids.append(image_id)
-            batch.append(row)
-            if len(batch_ids) >= BATCH:
-                self._save(batch_ids, batch)
-                batch_ids, batch = [], []
-            done += 1
+        if not wanted:
+            return 0
+        start %= len(wanted)
+        order = wanted[start:] + wanted[:start]
+        at = calibrated = 0
+        while True:
+            have = self.profiled(wanted)
             if progress:
-                progress(done, len(wanted))
-        if batch_ids:
-            self._save(batch_ids, batch)
-        return len(todo)
+                progress(len(have), len(wanted))
+            batch: list[str] = []
+            while at < len(order) and len(batch) < BATCH:
+                if order[at] not in have:
+                    batch.append(order[at])
+                at += 1
+            if not batch:
+                return calibrated
+            rows = []
+            for done, (_, x) in enumerate(zip(batch, inputs(batch), strict=True), 1):
+                measured = measure(np.asarray(x, dtype=np.float32))
+                rows.append(self._settle_layout(measured).flatten(measured.ranges))
+                self.calibrated += 1
+                calibrated += 1
+                if progress:
+                    progress(min(len(have) + done, len(wanted)), len(wanted))
+            for image_id, row in zip(batch, rows, strict=True):
+                self._rows.setdefault(image_id, row)
+            self._save(batch, rows)
 
     def _settle_layout(self, measured: Measured) -> Layout:
         layout = self.layout

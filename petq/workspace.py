@@ -459,15 +459,16 @@ class Workspace:
                 "images": self.dataset.images_stamp, "versions": library_versions()}
 
     def range_profile(self, spec: VariantSpec, ids: Iterable[str] | None = None,
-                      progress: Stage | None = None):
+                      progress: Stage | None = None, start: int = 0):
         """The range profile of a static spec's recipe (petq.profile), with the images
-        `ids` (default: none more) profiled first; calibrates only those it lacks."""
+        `ids` (default: none more) profiled first; calibrates only those it lacks, walking
+        them from `start` (processes given other starts share the work)."""
         if spec not in self._shared:
             raise SpecError(f"{spec.recipe.key}: no range profile (a static recipe without "
                             "kept layers; converter recipes need a Keras model)")
         if ids is None:
             return self._shared.profile(spec)
-        return self._shared.ensure(spec, list(ids), _stage(progress, "calibrate"))
+        return self._shared.ensure(spec, list(ids), _stage(progress, "calibrate"), start)
 
     def calibration_ids(self, spec: VariantSpec) -> list[str]:
         """The ids of a spec's decodable calibration images."""

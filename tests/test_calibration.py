@@ -267,3 +267,61 @@ def test_a_float_tflite_source_profiles_only_aeq_recipes(tmp_path, workspace, pe
     ws = Workspace(source, pet_root, tmp_path / "cache", threads=1)
     assert not ws.shares_calibration(VariantSpec.int8(0.5))
     assert ws.shares_calibration(VariantSpec.of("aeq-wi8-ai8", 0.5))
+
+
+def _counted_profile(cache, key, measured: list, sleep: float = 0.0, fail_after: int | None = None):
+    """A RangeProfile of `key` and its `measure`, which records each image it calibrates
+    (and raises after `fail_after` images: a process that dies)."""
+    import time
+
+    def measure(x):
+        if fail_after is not None and len(measured) >= fail_after:
+            raise RuntimeError("killed")
+        measured.append(int(x[0]))
+        time.sleep(sleep)
+        return _measured([-float(x[0]), 0.0], [float(x[0]), 1.0])
+
+    return RangeProfile(cache, key), measure
+
+
+def _inputs(ids):
+    return (np.array([int(i)], np.float32) for i in ids)
+
+
+def test_processes_profiling_the_same_images_from_two_starts_share_the_work(tmp_path):
+    import threading
+
+    from petq.cache import Cache
+    from petq.profile import BATCH
+
+    ids = [str(i) for i in range(6 * BATCH)]
+    ours, theirs = [], []
+    first, measure_first = _counted_profile(Cache(tmp_path), "k", ours, sleep=0.002)
+    second, measure_second = _counted_profile(Cache(tmp_path), "k", theirs, sleep=0.002)
+    helper = threading.Thread(target=second.ensure,
+                              args=(ids, _inputs, measure_second, None, len(ids) // 2))
+    helper.start()
+    first.ensure(ids, _inputs, measure_first)
+    helper.join(timeout=60)
+    assert not helper.is_alive()
+    assert ours and theirs  # both worked
+    assert set(ours) | set(theirs) == set(range(len(ids)))
+    assert len(ours) + len(theirs) <= len(ids) + 2 * BATCH  # they may meet on a batch, no more
+    merged = first.merged(ids)  # what either saved, the same numbers
+    assert float(merged[0][0][0]) == -(len(ids) - 1) and float(merged[0][1][0]) == len(ids) - 1
+
+
+def test_a_helper_that_dies_costs_only_its_unsaved_batch(tmp_path):
+    from petq.cache import Cache
+    from petq.profile import BATCH
+
+    ids = [str(i) for i in range(4 * BATCH)]
+    theirs, ours = [], []
+    helper, measure_helper = _counted_profile(Cache(tmp_path), "k", theirs,
+                                              fail_after=BATCH + 3)
+    with pytest.raises(RuntimeError, match="killed"):  # dies in its second batch
+        helper.ensure(ids, _inputs, measure_helper, start=2 * BATCH)
+    first, measure_first = _counted_profile(Cache(tmp_path), "k", ours)
+    assert first.ensure(ids, _inputs, measure_first) == len(ids) - BATCH
+    assert set(ours) == set(range(len(ids))) - set(range(2 * BATCH, 3 * BATCH))
+    assert first.profiled(ids) == set(ids)

@@ -562,3 +562,43 @@ def test_a_dashboard_job_survives_its_converter_process_killed_mid_conversion(
     alone = Workspace(tiny_model, pet_root, shared_cache, threads=2)
     assert_same_files(ws, alone, specs)
     assert_cache_whole(cache)
+
+
+# ---------------------------------------------------------------- profiling processes
+
+
+def _ranges_saved(cache: Path) -> int:
+    """Images in the cache's range-profile batches, duplicates counted."""
+    import json
+
+    return sum(len(json.loads((entry / "ids.json").read_text()))
+               for entry in (cache / "ranges").iterdir() if not entry.name.startswith("."))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", [False, True])
+def test_profiling_processes_share_a_conversion_s_calibration_and_may_die(
+        kill, tiny_model, pet_root, shared_cache, tmp_path, monkeypatch):
+    import signal
+
+    from petq.profile import BATCH
+
+    monkeypatch.setattr(ConvertAhead, "MIN_SHARED", 1)
+    monkeypatch.setattr(ConvertAhead, "MAX_HELPERS", 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    specs = [VariantSpec.fp32(), VariantSpec.int8(1.0, seed=31), VariantSpec.int8(0.5, seed=31)]
+    ws = Workspace(tiny_model, pet_root, tmp_path / "run", threads=1)
+    with ConvertAhead(ws, specs) as ahead:
+        assert ahead.active and len(ahead.helpers) == 1
+        helper = ahead.helpers[0]
+        if kill:  # once a batch is saved (by either), the helper dies: the run goes on
+            wait_until(lambda: (ws.cache.root / "ranges").is_dir()
+                       and any((ws.cache.root / "ranges").iterdir()), 300, interval=0.01)
+            os.kill(helper.pid, signal.SIGKILL)
+        ahead.wait()
+    assert not helper.running  # stopped with the run, or killed
+    ids = ws.calibration_ids(specs[1])
+    assert ws.range_profile(specs[1]).profiled(ids) == set(ids)
+    assert _ranges_saved(ws.cache.root) <= len(ids) + 2 * BATCH
+    assert_same_files(ws, Workspace(tiny_model, pet_root, shared_cache, threads=1), specs)
+    assert_cache_whole(ws.cache.root)
