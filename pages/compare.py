@@ -77,7 +77,7 @@ if pairs:
         for twin, original in pairs}), width="stretch")
 
     def _show_pair(twin: str) -> None:
-        st.session_state["compare_variants"] = [twin]
+        st.session_state["compare_variants"] = [twins[twin], twin]
         st.session_state["compare_reference"] = twins[twin]
         _new_reference()
 
@@ -86,7 +86,7 @@ if pairs:
                           format_func=lambda t: f"{t} against {twins[t]}")
     show.button("Show this pair", key="compare_pair_show", on_click=_show_pair, args=(pair,),
                 help="The table, charts and per-breed changes above and below: this variant "
-                     "against its original as the reference.")
+                     "and its original, the original as the reference.")
 
 quality, latency = st.columns(2)
 quality.plotly_chart(layout.figure(figures.metric_bars, shown), width="stretch", key="compare_bars")

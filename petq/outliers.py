@@ -9,6 +9,11 @@ table and a thumbnail gallery. With `--compare`, each variant is converted and e
 again without chosen images (a new calibration source: `-ex<n>-<digest>` in its name and
 cache key) and compared with the original by the paired statistics
 (`Workspace.paired`), so Compare can show both.
+
+For the dashboard: `gallery` reads who sets the ranges of one static variant's own
+calibration set from the recorded profile (never exporting or calibrating in a page),
+`twin` and `original` go from a variant to its twin without chosen images and back, and
+`exclusion_pairs` finds each twin's original among results.
 """
 
 from __future__ import annotations

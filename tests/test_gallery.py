@@ -277,7 +277,8 @@ def test_the_twin_s_job_ends_in_a_paired_comparison_on_compare(profiled, tiny_mo
     assert compare.selectbox(key="compare_pair").value == without.name
     compare.button(key="compare_pair_show").click().run()
     assert_clean(compare)
-    assert compare.multiselect(key="compare_variants").value == [without.name]
+    assert compare.multiselect(key="compare_variants").value == [SPEC.name, without.name]
     assert compare.selectbox(key="compare_reference").value == SPEC.name
     metrics = compare.dataframe[0].value
-    assert list(metrics.index) == [without.name]
+    assert set(metrics.index) == {SPEC.name, without.name}
+    assert metrics.loc[without.name, "mcnemar_bc"] == pair.loc[without.name, "mcnemar_bc"]

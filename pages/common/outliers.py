@@ -38,8 +38,9 @@ def _thumbnail(ws, image_id: str):
 
 
 def _caption(image: outliers.GalleryImage) -> str:
-    return (f"{image.image_id} · {image.breed}  \n"
-            f"stretches {image.layers} layer(s), most ×{image.largest_stretch:.2f}  \n"
+    stretch = (f"stretches {image.layers} layer(s), most ×{image.largest_stretch:.2f}"
+               if image.layers else f"stretches none; widest range of {image.widest} layer(s)")
+    return (f"{image.image_id} · {image.breed}  \n{stretch}  \n"
             f"width ×{image.width_vs_median:.1f} the median image's")
 
 
@@ -75,7 +76,8 @@ def range_setters(ws, spec: VariantSpec, test_fraction: float) -> None:
         for column, image in zip(st.columns(COLUMNS), found.top[start:start + COLUMNS],
                                  strict=False):
             with column:
-                st.image(_thumbnail(ws, image.image_id), caption=_caption(image), width=140)
+                st.image(_thumbnail(ws, image.image_id), caption=_caption(image),
+                         width="stretch")
                 if st.checkbox("Leave out", key=f"{KEY}_{image.image_id}", help=_help(image)):
                     ticked.append(image.image_id)
     _exclusion_job(ws, spec, ticked, test_fraction)
@@ -116,6 +118,8 @@ def _exclusion_job(ws, spec: VariantSpec, ticked: list[str], test_fraction: floa
     st.markdown(f"Without {len(ticked)} image(s): **{twin.name}**")
     if any(t.status is PlanStatus.RUNNING for t in tasks):
         st.caption("Being converted and evaluated now: the job panel below follows it.")
+    elif not to_do:
+        st.caption(f"Evaluated already: its comparison with `{spec.name}` is below.")
     elif to_do and st.button(f"Convert and evaluate {twin.name}"
                              + (f" and {spec.name}" if len(to_do) > 1 else ""),
                              type="primary", key=f"{KEY}_start"):
@@ -140,6 +144,7 @@ def _pairs(ws, spec: VariantSpec, test_fraction: float) -> None:
                    for twin, original in pairs}
     st.markdown(f"**`{spec.name}` calibrated without chosen images**, against itself on the "
                 "same test images (✱: McNemar's exact test finds the difference significant)")
-    layout.table(tables.exclusion_table(pairs, comparisons), width="stretch")
+    layout.table(tables.exclusion_table(pairs, comparisons).drop(columns="original"),
+                 width="stretch")
     st.page_link(layout.COMPARE, label="Compare them in full",
                  icon=":material/compare_arrows:")
