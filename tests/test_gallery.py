@@ -67,25 +67,26 @@ def test_a_twin_pairs_with_its_original_on_the_same_test_set():
     assert tables.exclusion_table([], {}).empty
 
 
+@pytest.mark.parametrize("spec", [SPEC, VariantSpec.of("aeq-wi8-ai8", 0.5)])
 def test_the_gallery_reads_the_profile_a_conversion_recorded_without_exporting(
-        tiny_model, pet_root, tmp_path, monkeypatch):
+        spec, tiny_model, pet_root, tmp_path, monkeypatch):
     ws = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)
-    before = gallery(ws, SPEC)
+    before = gallery(ws, spec)
     assert not before.ready and before.top == ()
-    assert before.missing == before.images == len(ws.calibration_samples(SPEC))
-    ws.tflite(SPEC)  # converts from the range profile: its images profiled, the profile noted
+    assert before.missing == before.images == len(ws.calibration_samples(spec))
+    ws.tflite(spec)  # converts from the range profile: its images profiled, the profile noted
 
-    from petq.calibration import SharedStatic
+    from petq.calibration import Profiled
 
-    def no_export(*_):
-        raise AssertionError("the gallery exported the model")
+    def no_calibrator(*_):
+        raise AssertionError("the gallery made a calibrator (an export, a float .tflite)")
 
-    monkeypatch.setattr(SharedStatic, "_exported", no_export)
+    monkeypatch.setattr(Profiled, "backend", no_calibrator)
     fresh = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)  # as a page opens it
-    found = gallery(fresh, SPEC, top=5)
-    assert found.ready and found.images == len(fresh.calibration_ids(SPEC))
-    profile = fresh.known_profile(SPEC)
-    ids = fresh.calibration_ids(SPEC)
+    found = gallery(fresh, spec, top=5)
+    assert found.ready and found.images == len(fresh.calibration_ids(spec))
+    profile = fresh.known_profile(spec)
+    ids = fresh.calibration_ids(spec)
     tensors, images = outliers(profile, ids)
     assert found.tensors == len(tensors) > 0
     assert [g.image_id for g in found.top] == [im.image_id for im in images[:5]]
@@ -96,7 +97,7 @@ def test_the_gallery_reads_the_profile_a_conversion_recorded_without_exporting(
         assert shown.largest_stretch == im.largest_stretch
         assert shown.width_vs_median == max(im.width_vs_median.values(), default=1.0)
     # another seed of the recipe shares the profile: only its images not profiled are missing
-    other = VariantSpec.int8(0.5, seed=9)
+    other = VariantSpec(spec.recipe, replace(spec.calibration, seed=9))
     wanted = {s.image_id for s in fresh.calibration_samples(other)}
     assert gallery(fresh, other).missing == len(wanted - profile.profiled(wanted)) > 0
 

@@ -5,31 +5,16 @@ comparison of each twin against its original. Convert shows it for the chosen re
 
 from __future__ import annotations
 
-import json
-
 import streamlit as st
 
 from pages.common import job_panel, layout, reads
-from pages.common.settings import WorkspaceKey, workspace_key, workspace_of
 from petq import outliers, tables
 from petq.errors import PetqError
 from petq.jobs import PlanStatus, list_jobs, plan, start_job, start_task_job
 from petq.types import ProfileConfig, VariantSpec
 
 COLUMNS = 4  # thumbnails per row
-SHOWN = 12  # images in the gallery at most
 KEY = "convert_outliers"  # prefix of this section's widget keys
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def _gallery(key: WorkspaceKey, spec_json: str, stamp: tuple[int, int]) -> outliers.Gallery:
-    return outliers.gallery(workspace_of(*key), VariantSpec.from_dict(json.loads(spec_json)),
-                            SHOWN)
-
-
-def _stamp(ws) -> tuple[int, int]:
-    """Changes when a profile's images or a recipe's profile are added."""
-    return (reads._stamp(ws, "ranges"), reads._stamp(ws, "profile-of"))
 
 
 def _thumbnail(ws, image_id: str):
@@ -54,8 +39,7 @@ def _help(image: outliers.GalleryImage) -> str:
 def range_setters(ws, spec: VariantSpec, test_fraction: float) -> None:
     """The gallery of `spec`'s calibration set, the exclusion job and the pairs it made."""
     try:
-        found = _gallery(workspace_key(), json.dumps(spec.to_dict(), sort_keys=True),
-                         _stamp(ws))
+        found = reads.gallery(ws, spec)
     except PetqError as exc:
         st.info(str(exc))
         return
@@ -116,7 +100,10 @@ def _exclusion_job(ws, spec: VariantSpec, ticked: list[str], test_fraction: floa
     tasks = plan(ws, [spec, twin], test_fraction)
     to_do = [t.spec for t in tasks if t.status is PlanStatus.TODO]
     st.markdown(f"Without {len(ticked)} image(s): **{twin.name}**")
-    if any(t.status is PlanStatus.RUNNING for t in tasks):
+    skipped = [t for t in tasks if t.status is PlanStatus.SKIPPED]
+    if skipped:
+        st.warning(skipped[0].reason)
+    elif any(t.status is PlanStatus.RUNNING for t in tasks):
         st.caption("Being converted and evaluated now: the job panel below follows it.")
     elif not to_do:
         st.caption(f"Evaluated already: its comparison with `{spec.name}` is below.")
