@@ -422,7 +422,7 @@ class Workspace:
             elif kept:
                 data = self._shared.convert(spec, _stage(progress, "calibrate"))
                 if data is not None:  # made from the profile: pages can find it now
-                    self._remember_profile(spec, self._shared.backend(spec).profile)
+                    self.remember_profile(spec, self._shared.backend(spec).profile)
             if data is None:
                 from petq.convert import convert
 
@@ -468,11 +468,8 @@ class Workspace:
             raise SpecError(f"{spec.recipe.key}: no range profile (a static recipe without "
                             "kept layers; converter recipes need a Keras model)")
         if ids is None:
-            profile = self._shared.profile(spec)
-        else:
-            profile = self._shared.ensure(spec, list(ids), _stage(progress, "calibrate"))
-        self._remember_profile(spec, profile)
-        return profile
+            return self._shared.profile(spec)
+        return self._shared.ensure(spec, list(ids), _stage(progress, "calibrate"))
 
     def _profile_pointer(self, spec: VariantSpec) -> str:
         """The key under which a recipe's profile key is recorded: what the profile's key
@@ -481,8 +478,10 @@ class Workspace:
                        "threads": default_threads() if spec.recipe.backend is Backend.AEQ
                        else None, **self._profile_identity()})
 
-    def _remember_profile(self, spec: VariantSpec, profile) -> None:
-        """Record which profile the recipe calibrates into (a small `profile-of` entry)."""
+    def remember_profile(self, spec: VariantSpec, profile) -> None:
+        """Record which profile (`range_profile`'s) the spec's recipe calibrates into, in a
+        small `profile-of` entry, for `known_profile`. A conversion through the profile
+        records it itself; so do the commands and jobs that profile images."""
         def build(tmp: Path) -> dict[str, Any]:
             return {"recipe": spec.recipe.key, "profile": profile.key}
 
