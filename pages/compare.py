@@ -1,5 +1,6 @@
 """Compare: cached variants side by side, against a reference variant, with paired
-statistics (is a difference real?), per-breed changes and the spread over seeds."""
+statistics (is a difference real?), per-breed changes, the spread over seeds, and each
+variant calibrated without chosen images against its original."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import streamlit as st
 from pages.common import layout, reads
 from petq import figures, tables
 from petq.errors import PetqError
+from petq.outliers import exclusion_pairs
 from petq.report import speed_sentence
 from petq.results import LATENCY
 
@@ -62,6 +64,29 @@ st.caption(
     "reference's.")
 layout.table(tables.view(shown, tables.COMPARE_VIEW, tables.paired_table(paired)),
              width="stretch")
+
+pairs = exclusion_pairs(rows)
+if pairs:
+    st.subheader("Calibrated without chosen images")
+    st.caption("Each variant calibrated without images picked on Convert (those that set its "
+               "ranges), against the same variant calibrated with them, on the same test "
+               "images: the paired comparison above, twin against original.")
+    twins = {twin.variant: original.variant for twin, original in pairs}
+    layout.table(tables.exclusion_table(pairs, {
+        twin.variant: reads.paired(ws, twin.result_key, original.result_key)
+        for twin, original in pairs}), width="stretch")
+
+    def _show_pair(twin: str) -> None:
+        st.session_state["compare_variants"] = [twins[twin], twin]
+        st.session_state["compare_reference"] = twins[twin]
+        _new_reference()
+
+    pick, show = st.columns([3, 1], vertical_alignment="bottom")
+    pair = pick.selectbox("Pair", list(twins), key="compare_pair",
+                          format_func=lambda t: f"{t} against {twins[t]}")
+    show.button("Show this pair", key="compare_pair_show", on_click=_show_pair, args=(pair,),
+                help="The table, charts and per-breed changes above and below: this variant "
+                     "and its original, the original as the reference.")
 
 quality, latency = st.columns(2)
 quality.plotly_chart(layout.figure(figures.metric_bars, shown), width="stretch", key="compare_bars")

@@ -1,6 +1,7 @@
-"""Convert: pick a recipe and its calibration, see the calibration set, and convert and
-evaluate every requested variant in one background job; or draw a calibration curve
-(accuracy against the number of calibration images) as a background job and show it."""
+"""Convert: pick a recipe and its calibration, see the calibration set and the images that
+set its ranges (leave some out: a twin variant), and convert and evaluate every requested
+variant in one background job; or draw a calibration curve (accuracy against the number of
+calibration images) as a background job and show it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 
 import streamlit as st
 
-from pages.common import job_panel, layout, settings
+from pages.common import job_panel, layout, outliers, settings
 from petq import curve, figures, tables
 from petq.errors import PetqError
 from petq.jobs import PlanStatus, Status, list_jobs, plan, start_job
@@ -145,7 +146,8 @@ def _grid() -> tuple[list, str | None]:
     return specs, ray.strip() or "local"
 
 
-if st.toggle("Sweep a grid (recipes x fractions x seeds)", key="convert_grid"):
+grid = st.toggle("Sweep a grid (recipes x fractions x seeds)", key="convert_grid")
+if grid:
     specs, ray = _grid()
 else:
     specs, ray = _one_recipe(), None
@@ -179,6 +181,16 @@ elif cached:
                f"{tables.fraction_text(test_fraction)}): nothing to convert.")
     st.page_link(layout.COMPARE, label="Compare with the other variants",
                  icon=":material/compare_arrows:")
+
+# ------------------------------------------------------------------ images that set the ranges
+
+if not grid and first.recipe.calibrates:
+    setters = st.expander("The images that set the ranges",
+                          key="convert_outliers_open", on_change="rerun",
+                          icon=":material/photo_library:")
+    if setters.open:  # built only when opened: it reads the range profile
+        with setters:
+            outliers.range_setters(ws, first, test_fraction)
 
 # ------------------------------------------------------------------ calibration curve
 

@@ -11,8 +11,9 @@ a process. No streamlit here.
 One worker converts/evaluates per cache at a time: a worker holds
 `<cache>/jobs/.worker.lock` while it works, and a job whose worker waits for it stays
 queued. A job's `kind` says what it runs (`JobKind`): a list of variants, a tune
-(`TuneConfig`) or a calibration curve (`CurveConfig`); the last two write their files into
-the job's own folder, `<cache>/jobs/<job_id>/`, pruned with the job.
+(`TuneConfig`), a calibration curve (`CurveConfig`) or a range profile (`ProfileConfig`);
+tunes and curves write their files into the job's own folder, `<cache>/jobs/<job_id>/`,
+pruned with the job.
 
 A job is alive while a process with its worker's pid AND psutil create time exists (a
 reused pid is not the worker); a dead worker's job is marked failed on read.
@@ -41,7 +42,7 @@ from filelock import FileLock
 
 from petq.cache import write_json_atomic
 from petq.errors import PetqError
-from petq.types import CurveConfig, JobKind, Stage, TuneConfig, VariantSpec
+from petq.types import CurveConfig, JobKind, ProfileConfig, Stage, TuneConfig, VariantSpec
 
 START_GRACE = 120.0  # a queued job whose worker never reported is failed after this
 CREATE_TIME_TOLERANCE = 1.5  # s; psutil's create time is epoch-based: the boot time may shift
@@ -51,7 +52,8 @@ KEEP_FINISHED = 50  # at most this many finished jobs are kept, newest first
 STALE_WRITE_AGE = 3600.0  # a write_json_atomic temp file this old was left by a killed writer
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KEPT_LINES = 200  # a job's `lines`: the last this many
-CONFIGS: dict[JobKind, type] = {JobKind.TUNE: TuneConfig, JobKind.CURVE: CurveConfig}
+CONFIGS: dict[JobKind, type] = {JobKind.TUNE: TuneConfig, JobKind.CURVE: CurveConfig,
+                                JobKind.PROFILE: ProfileConfig}
 
 
 class Status(str, Enum):
@@ -106,8 +108,9 @@ class Job:
     `stage` is what the worker does now (for `current`, the variant(s) at work), with
     `stage_done` of `stage_total` steps; `stage_note` adds what the stage alone cannot say
     (the job waited for, the Ray slots). `pid` and `create_time` name the worker process.
-    `kind` says what the job runs; a TUNE or CURVE job holds its `config` and writes its
-    files into `results_path`, and `lines` keeps what its worker said, last lines last.
+    `kind` says what the job runs; a TUNE, CURVE or PROFILE job holds its `config` (the
+    first two write their files into `results_path`), and `lines` keeps what its worker
+    said, last lines last.
     """
 
     id: str
@@ -135,7 +138,7 @@ class Job:
     pid: int | None = None
     create_time: float | None = None
     kind: JobKind = JobKind.VARIANTS
-    config: TuneConfig | CurveConfig | None = None
+    config: TuneConfig | CurveConfig | ProfileConfig | None = None
     results_path: str | None = None
     lines: list[str] = field(default_factory=list)
 
@@ -158,6 +161,8 @@ class Job:
             return (f"calibration curve: {', '.join(c.recipes)}; sizes "
                     f"{' '.join(c.sizes) if c.sizes else 'default'}; seeds "
                     f"{' '.join(map(str, c.seeds))}")
+        if isinstance(self.config, ProfileConfig):
+            return f"range profile: the calibration images of {self.config.spec.name}"
         return ", ".join(v.name for v in self.variants)
 
     def say(self, line: str) -> None:
@@ -183,7 +188,8 @@ class Job:
         if self.state is Status.DONE:
             return 1.0
         if self.kind is not JobKind.VARIANTS:
-            return self.stage_fraction if self.stage in (Stage.CANDIDATES, Stage.CELLS) else 0.0
+            return self.stage_fraction if self.stage in (Stage.CANDIDATES, Stage.CELLS,
+                                                         Stage.PROFILE) else 0.0
         return sum(not v.status.active for v in self.variants) / max(1, self.total)
 
     @property
@@ -383,12 +389,14 @@ def start_job(
     return _launch(path, job)
 
 
-def start_task_job(ws: Any, config: TuneConfig | CurveConfig, *, test_fraction: float = 1.0,
-                   ray: str | None = None, restart_of: str | None = None) -> str:
-    """Start a tune (`TuneConfig`) or a calibration curve (`CurveConfig`) on the open
-    workspace `ws` in a worker; return the job id at once. Its files go to the job's
-    folder (`Job.results_path`). The faces check the config against the dataset first
-    (petq.tunerun, petq.curve); `ray` sends its variants to Ray as a sweep would."""
+def start_task_job(ws: Any, config: TuneConfig | CurveConfig | ProfileConfig, *,
+                   test_fraction: float = 1.0, ray: str | None = None,
+                   restart_of: str | None = None) -> str:
+    """Start a tune (`TuneConfig`), a calibration curve (`CurveConfig`) or a range profile
+    (`ProfileConfig`) on the open workspace `ws` in a worker; return the job id at once.
+    Its files go to the job's folder (`Job.results_path`). The faces check the config
+    against the dataset first (petq.tunerun, petq.curve, petq.outliers); `ray` sends its
+    variants to Ray as a sweep would (a profile runs on the worker itself)."""
     kind = next(k for k, c in CONFIGS.items() if isinstance(config, c))
     if ray and ray != "local":
         from petq.raysweep import resolve_ray_address

@@ -9,6 +9,11 @@ table and a thumbnail gallery. With `--compare`, each variant is converted and e
 again without chosen images (a new calibration source: `-ex<n>-<digest>` in its name and
 cache key) and compared with the original by the paired statistics
 (`Workspace.paired`), so Compare can show both.
+
+For the dashboard: `gallery` reads who sets the ranges of one static variant's own
+calibration set from the recorded profile (never exporting or calibrating in a page),
+`twin` and `original` go from a variant to its twin without chosen images and back, and
+`exclusion_pairs` finds each twin's original among results.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ import io
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from petq.cache import write_bytes_atomic
 from petq.curve import exclusion_options, read_exclusions, signed_points
 from petq.errors import SpecError
+from petq.results import Result
 from petq.types import RECIPES, VariantSpec
 
 
@@ -81,6 +87,7 @@ def run_outliers(args: argparse.Namespace) -> int:
             "profiling trainval", done, total))
     finally:
         bars.close()
+    ws.remember_profile(spec, profile)  # Convert's gallery reads it from now on
     tensors, images = outliers(profile, ids)
     labels = {s.image_id: ws.class_names[ws.label(s)] for s in ws.dataset.trainval}
     results_path = Path(args.results_path)
@@ -116,18 +123,107 @@ def compare_exclusions(ws, specs: Sequence[VariantSpec], exclude: Sequence[str],
     (twin against original)."""
     out = []
     for spec in specs:
-        twin = VariantSpec(spec.recipe, _without(spec, exclude), spec.keep_float)
-        original, _ = ws.evaluate(spec, test_fraction)
-        without, _ = ws.evaluate(twin, test_fraction)
-        paired = ws.paired(without.result_key, original.result_key)
-        out.append((spec, twin, (original, without, paired[0] if paired else None)))
-        print(f"  {twin.name}: accuracy {without.accuracy:.4f} against {original.accuracy:.4f} "
+        other = twin(spec, exclude)
+        before, _ = ws.evaluate(spec, test_fraction)
+        without, _ = ws.evaluate(other, test_fraction)
+        paired = ws.paired(without.result_key, before.result_key)
+        out.append((spec, other, (before, without, paired[0] if paired else None)))
+        print(f"  {other.name}: accuracy {without.accuracy:.4f} against {before.accuracy:.4f} "
               f"for {spec.name}", file=sys.stderr)
     return out
 
 
 def _without(spec: VariantSpec, exclude: Sequence[str]):
     return replace(spec.calibration, exclude=tuple({*spec.calibration.exclude, *exclude}))
+
+
+def twin(spec: VariantSpec, exclude: Sequence[str]) -> VariantSpec:
+    """The spec calibrated without the images `exclude` (besides those it excludes)."""
+    return VariantSpec(spec.recipe, _without(spec, exclude), spec.keep_float)
+
+
+def original(spec: VariantSpec) -> VariantSpec | None:
+    """The spec a twin was made from: the same calibration with no image excluded (None
+    for a spec that excludes none)."""
+    if not spec.calibration.exclude:
+        return None
+    return VariantSpec(spec.recipe, replace(spec.calibration, exclude=()), spec.keep_float)
+
+
+def exclusion_pairs(results: Sequence[Result]) -> list[tuple[Result, Result]]:
+    """(twin, original) for each result calibrated without chosen images whose original is
+    among `results` on the same test set (e.g. one test set's latest results)."""
+    by_spec = {(r.spec, r.test_fraction): r for r in results}
+    pairs = []
+    for r in results:
+        made_from = original(r.spec)
+        if made_from is not None and (made_from, r.test_fraction) in by_spec:
+            pairs.append((r, by_spec[made_from, r.test_fraction]))
+    return pairs
+
+
+@dataclass(frozen=True)
+class GalleryImage:
+    """One image that sets ranges of a calibration set, as the gallery shows it."""
+
+    image_id: str
+    breed: str
+    layers: int  # tensors whose range it alone stretches
+    largest_stretch: float  # the most it stretches one (range with it / without it)
+    largest_tensor: str  # that tensor, as people read it
+    widest: int  # tensors where its own range is the widest of the set
+    width_vs_median: float  # its widest own range against the median image's (that tensor)
+    width_tensor: str
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """Who sets the ranges of a static spec's calibration set, read from the range profile:
+    `missing` of the set's `images` are not profiled yet (then `top` is empty)."""
+
+    spec: VariantSpec
+    images: int
+    missing: int
+    tensors: int
+    top: tuple[GalleryImage, ...]
+
+    @property
+    def ready(self) -> bool:
+        return self.missing == 0
+
+
+def gallery(ws, spec: VariantSpec, top: int = 12) -> Gallery:
+    """The images that set the ranges of `spec`'s calibration set, at most `top`, from the
+    recorded range profile only (`Workspace.known_profile`: never exports nor calibrates;
+    a `ProfileConfig` job adds what is missing). SpecError for a spec without a profile."""
+    from petq.profile import outliers, short_name
+
+    if not ws.shares_calibration(spec):
+        raise SpecError(f"{spec.name}: no range profile; the images that set the ranges are "
+                        "read for the static 8-bit converter recipes of a Keras model and the "
+                        "AI Edge Quantizer static recipes, without kept layers")
+    samples = ws.calibration_samples(spec)
+    profile = ws.known_profile(spec)
+    if profile is None:
+        return Gallery(spec, len(samples), len(samples), 0, ())
+    missing = len(samples) - len(profile.profiled(s.image_id for s in samples))
+    if missing:  # undecodable images are never profiled: count only the decodable ones
+        ids = ws.calibration_ids(spec)
+        missing = len(ids) - len(profile.profiled(ids))
+    else:
+        ids = [s.image_id for s in samples]
+    if missing or len(ids) < 2:
+        return Gallery(spec, len(ids), missing, 0, ())
+    tensors, images = outliers(profile, ids)
+    labels = {s.image_id: ws.class_names[ws.label(s)] for s in samples}
+    shown = []
+    for im in images[:top]:
+        stretched, ratio = max(im.stretch.items(), key=lambda kv: kv[1], default=("", 1.0))
+        wide, vs = max(im.width_vs_median.items(), key=lambda kv: kv[1], default=("", 1.0))
+        shown.append(GalleryImage(im.image_id, labels.get(im.image_id, ""), im.layers, ratio,
+                                  short_name(stretched) if stretched else "", len(im.widest),
+                                  vs, short_name(wide) if wide else ""))
+    return Gallery(spec, len(ids), 0, len(tensors), tuple(shown))
 
 
 def outliers_csv(tensors, images, labels: dict[str, str]) -> str:

@@ -99,6 +99,11 @@ COLUMNS: dict[str, Column] = {
                          help="Adjusted over all breeds: answers 'is any breed hurt at all'"),
     "seeds": Column("Seeds", "%d"),
     "status": Column("Status", help="cached, running (in a job), to do, or skipped"),
+    "original": Column("Calibrated with them", help="the same variant, its calibration set "
+                                                     "whole"),
+    "excluded": Column("Images left out", "%d", help="calibration images the variant was "
+                                                     "calibrated without"),
+    "original_accuracy": Column("Accuracy with them", "%.4f"),
     "reason": Column("Why skipped"),
 }
 _SPREAD = {"mean": "mean", "std": "std over seeds", "low": f"{LEVEL:.0%} CI low",
@@ -262,6 +267,24 @@ def paired_table(comparisons: Mapping[str, stats.PairedComparison | None]) -> pd
     if not records:
         return pd.DataFrame(columns=columns, index=pd.Index([], name="variant"))
     return pd.DataFrame.from_records(records).set_index("variant")[columns]
+
+
+def exclusion_table(pairs: Sequence[tuple[Result, Result]],
+                    comparisons: Mapping[str, stats.PairedComparison | None]) -> pd.DataFrame:
+    """One line per variant calibrated without chosen images (`petq.outliers.exclusion_pairs`):
+    its original, how many images it left out, both accuracies and the paired comparison
+    against the original (`comparisons`, by the twin's name; `paired_table`'s columns)."""
+    columns = ["original", "excluded", "accuracy", "original_accuracy", "accuracy_ci",
+               "mcnemar_bc", "mcnemar_p", "significant"]
+    if not pairs:
+        return pd.DataFrame(columns=columns, index=pd.Index([], name="variant"))
+    records = [{"variant": twin.variant, "original": original.variant,
+                "excluded": original.calibration_count - twin.calibration_count,
+                "accuracy": twin.accuracy, "original_accuracy": original.accuracy}
+               for twin, original in pairs]
+    table = pd.DataFrame.from_records(records).set_index("variant")
+    paired = paired_table({twin.variant: comparisons.get(twin.variant) for twin, _ in pairs})
+    return table.join(paired)[columns]
 
 
 BREED_VIEW = ("reference_recall", "variant_recall", "difference_ci", "b", "c", "p_value",

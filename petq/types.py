@@ -648,11 +648,13 @@ def save_contract(model_path: Path, contract: ModelContract) -> Path:
 
 
 class JobKind(str, Enum):
-    """What a background job (petq.jobs) runs: variants, a tune or a calibration curve."""
+    """What a background job (petq.jobs) runs: variants, a tune, a calibration curve or a
+    range profile."""
 
     VARIANTS = "variants"  # convert and evaluate a list of variant specs
     TUNE = "tune"  # petq.tune.tune on a TuneConfig
     CURVE = "curve"  # petq.curve.calibration_curve on a CurveConfig
+    PROFILE = "profile"  # the range profile of a ProfileConfig's calibration images
 
 
 TUNE_METRICS = ("accuracy", "g-mean")
@@ -808,3 +810,24 @@ class CurveConfig:
         return cls(recipes=tuple(data.get("recipes") or ()),
                    sizes=None if sizes is None else tuple(sizes),
                    seeds=tuple(data.get("seeds") or ()), exclude=tuple(data.get("exclude") or ()))
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """A range profile (petq.profile) of one static spec's calibration images: each image
+    through the recipe's calibrator once, nothing converted or evaluated. What the pages
+    start before they show the images that set the spec's ranges."""
+
+    spec: VariantSpec
+
+    def __post_init__(self) -> None:
+        if not self.spec.recipe.calibrates or self.spec.keep_float:
+            raise SpecError(f"{self.spec.name}: only a static recipe without kept layers has a "
+                            "range profile")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProfileConfig:
+        return cls(VariantSpec.from_dict(data["spec"]))

@@ -5,7 +5,8 @@ kind, writing its progress into the job record (petq.jobs) as it goes: a VARIANT
 converts and evaluates each queued variant, in this process or as a sweep on Ray; a TUNE
 job runs petq.tune.tune (progress per candidate) and a CURVE job
 petq.curve.calibration_curve (progress per cell), each on the sweep engine (a local
-process pool, or Ray), and both write their files into the job's `results_path`.
+process pool, or Ray), and both write their files into the job's `results_path`; a
+PROFILE job calibrates a spec's images into the range profile, here.
 """
 
 from __future__ import annotations
@@ -212,9 +213,10 @@ def _work_on_ray(ws, reporter: _Reporter, todo: dict[VariantSpec, JobVariant],
 
 
 def _work_task(ws, reporter: _Reporter) -> int:
-    """A TUNE or CURVE job: run it, write its files into the job's folder, end the job."""
+    """A TUNE, CURVE or PROFILE job: run it (a tune or a curve writes its files into the
+    job's folder), end the job."""
     job = reporter.job
-    work = {JobKind.TUNE: _tune, JobKind.CURVE: _curve}[job.kind]
+    work = {JobKind.TUNE: _tune, JobKind.CURVE: _curve, JobKind.PROFILE: _profile}[job.kind]
     try:
         work(ws, reporter, Path(job.results_path))
     except PetqError as exc:
@@ -280,6 +282,18 @@ def _curve(ws, reporter: _Reporter, root: Path) -> None:
     job.say(f"range profile: {run.profiled}")
     for recommendation in run.recommendations:
         job.say(f"{recommendation.recipe}: {recommendation.reason}")
+
+
+def _profile(ws, reporter: _Reporter, root: Path) -> None:
+    """The range profile of the job's spec's calibration images (those it lacks)."""
+    spec = reporter.job.config.spec
+    reporter.write(current=spec.name)
+    ids = ws.calibration_ids(spec)
+    profile = ws.range_profile(spec, ids, lambda _, done, total: reporter.progress(
+        Stage.PROFILE, done, total))
+    ws.remember_profile(spec, profile)  # the pages find it from now on
+    reporter.job.say(f"{spec.name}: {len(ids)} calibration image(s) in the range profile, "
+                     f"{profile.calibrated} calibrated now")
 
 
 if __name__ == "__main__":

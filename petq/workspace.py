@@ -421,6 +421,8 @@ class Workspace:
                 data = self.model_path.read_bytes()  # the file itself, as it is
             elif kept:
                 data = self._shared.convert(spec, _stage(progress, "calibrate"))
+                if data is not None:  # made from the profile: pages can find it now
+                    self.remember_profile(spec, self._shared.backend(spec).profile)
             if data is None:
                 from petq.convert import convert
 
@@ -469,6 +471,34 @@ class Workspace:
         if ids is None:
             return self._shared.profile(spec)
         return self._shared.ensure(spec, list(ids), _stage(progress, "calibrate"), start)
+
+    def _profile_pointer(self, spec: VariantSpec) -> str:
+        """The key under which a recipe's profile key is recorded: what the profile's key
+        depends on besides the calibrator's model, which only an export would give."""
+        return key_of({"recipe": spec.recipe.key, "model": self.model_sha,
+                       "threads": default_threads() if spec.recipe.backend is Backend.AEQ
+                       else None, **self._profile_identity()})
+
+    def remember_profile(self, spec: VariantSpec, profile) -> None:
+        """Record which profile (`range_profile`'s) the spec's recipe calibrates into, in a
+        small `profile-of` entry, for `known_profile`. A conversion through the profile
+        records it itself; so do the commands and jobs that profile images."""
+        def build(tmp: Path) -> dict[str, Any]:
+            return {"recipe": spec.recipe.key, "profile": profile.key}
+
+        self.cache.get_or_build("profile-of", self._profile_pointer(spec), build)
+
+    def known_profile(self, spec: VariantSpec):
+        """The range profile a static spec's recipe calibrates into, as recorded by a
+        conversion or profiling in this cache; None before any. Reads only: no export, no
+        calibration (what a dashboard page may call)."""
+        if spec not in self._shared:
+            return None
+        from petq.profile import RangeProfile
+
+        entry = self.cache.get("profile-of", self._profile_pointer(spec), verify=False)
+        key = entry.manifest.get("profile") if entry is not None else None
+        return RangeProfile(self.cache, key) if isinstance(key, str) else None
 
     def calibration_ids(self, spec: VariantSpec) -> list[str]:
         """The ids of a spec's decodable calibration images."""

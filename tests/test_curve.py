@@ -140,6 +140,9 @@ def test_outliers_and_a_variant_without_them_against_the_original(tiny_model, pe
     twin_spec = next(r.spec for r in ws.results() if r.spec.name == twin)
     assert set(twin_spec.calibration.exclude) == set(ranked[:2])
     assert not {s.image_id for s in ws.calibration_samples(twin_spec)} & set(ranked[:2])
+    all_of_trainval = VariantSpec.of("tflite-int8", 1.0)  # what Convert's gallery reads
+    assert ws.known_profile(all_of_trainval).profiled() >= set(ws.calibration_ids(
+        all_of_trainval))
     assert main(["calibration-outliers", "--model-path", str(tiny_model), "--dataset-root",
                  str(pet_root), "--cache-dir", str(cache), "--exclude-images", "nope_1",
                  "--compare", "tflite-int8-0.5", "--results-path", str(out)]) == 1

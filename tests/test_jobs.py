@@ -18,6 +18,7 @@ import pytest
 from petq.cache import write_json_atomic
 from petq.errors import SpecError
 from petq.jobs import (
+    CONFIGS,
     Job,
     JobError,
     JobVariant,
@@ -35,7 +36,7 @@ from petq.jobs import (
     start_job,
     worker_lock,
 )
-from petq.types import CurveConfig, JobKind, Stage, TuneConfig, VariantSpec
+from petq.types import CurveConfig, JobKind, ProfileConfig, Stage, TuneConfig, VariantSpec
 from petq.worker import run_job
 from petq.workspace import Workspace
 from waiting import wait_until
@@ -369,9 +370,10 @@ def test_a_record_without_a_kind_reads_as_variants(tmp_path):
 @pytest.mark.parametrize("config", [
     TuneConfig(max_drop=0.02, objective="latency", guard_breeds=(1, 0), budget=3),
     CurveConfig(recipes=("tflite-int8", "aeq-wi8-ai8"), sizes=("8", "2", "all"), seeds=(3,)),
+    ProfileConfig(VariantSpec.of("tflite-int8", 0.3, seed=5, exclude=("b_1",))),
 ])
 def test_a_kind_and_its_config_round_trip_through_the_record(tmp_path, config):
-    kind = JobKind.TUNE if isinstance(config, TuneConfig) else JobKind.CURVE
+    kind = next(k for k, c in CONFIGS.items() if isinstance(config, c))
     job = Job(id="20000101-000000-000002", model_path="m", dataset_root="d",
               cache_root=str(tmp_path), threads=1, kind=kind, config=config,
               results_path=str(tmp_path / "jobs" / "20000101-000000-000002"),

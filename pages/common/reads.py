@@ -153,3 +153,18 @@ def _report_summary(key: WorkspaceKey, result_keys: tuple[str, ...]) -> str:
 def report_summary(ws, rows: list[Result]) -> str:
     """The lab's summary for these results (kept per set of result keys)."""
     return _report_summary(_key(ws), tuple(r.result_key for r in rows))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _gallery(key: WorkspaceKey, spec_json: str, stamp: tuple[int, int]):
+    from petq.outliers import gallery
+
+    return gallery(workspace_of(*key), VariantSpec.from_dict(json.loads(spec_json)), 12)
+
+
+def gallery(ws, spec: VariantSpec):
+    """The images that set the ranges of a static spec's calibration set
+    (`petq.outliers.gallery`, at most 12), re-read when a profile gains images or a recipe's
+    profile is recorded; SpecError for a spec without a range profile."""
+    return _gallery(_key(ws), json.dumps(spec.to_dict(), sort_keys=True),
+                    (_stamp(ws, "ranges"), _stamp(ws, "profile-of")))
