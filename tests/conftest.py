@@ -166,7 +166,8 @@ def point_dashboard_at(monkeypatch, model, dataset, cache, threads: int = 1) -> 
 
 def dashboard_app(page: str = "pages/home.py"):
     """dashboard.py in Streamlit's AppTest, as `streamlit run dashboard.py` serves it: run
-    once, then switched to `page` (a path under pages/)."""
+    once, then switched to `page` (a path under pages/). Tests that call it use the
+    `dashboard_navigation` fixture."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
@@ -185,7 +186,7 @@ def open_page(workspace, monkeypatch, page: str):
     return at
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def streamlit_components_scanned_once():
     """Streamlit's component scan, once per test session instead of once per AppTest.
 
@@ -202,7 +203,7 @@ def streamlit_components_scanned_once():
 
 
 @pytest.fixture()
-def dashboard_navigation(monkeypatch):
+def dashboard_navigation(monkeypatch, streamlit_components_scanned_once):
     """AppTest runs of dashboard.py as the server runs them once st.navigation has run.
 
     A `pages/` folder beside the main script turns Streamlit's legacy page discovery on

@@ -163,6 +163,7 @@ def test_a_bad_curve_is_one_error_line_before_any_work(args, says, tiny_model, p
     assert not (tmp_path / "cache" / "variants").exists()  # nothing was converted
 
 
+@pytest.mark.usefixtures("dashboard_navigation")
 @pytest.mark.parametrize("field, value, said", [
     ("convert_curve_sizes", "4 x", "calibration size 'x'"),
     ("convert_curve_sizes", "100000", "more than trainval"),
@@ -185,6 +186,7 @@ def test_bad_curve_input_is_one_message_and_starts_nothing(workspace, monkeypatc
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("dashboard_navigation")
 def test_a_curve_job_writes_its_files_and_the_convert_page_charts_them(workspace,
                                                                         monkeypatch):
     """A CURVE job (petq.jobs): its worker runs calibration_curve into the job's folder;

@@ -416,6 +416,7 @@ def _finished(cache_root, job_id, timeout):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("dashboard_navigation")
 def test_a_tune_job_runs_in_a_worker_and_the_page_offers_the_file(workspace, monkeypatch):
     """The Tune page's tune: a TUNE job (petq.jobs) whose worker runs petq.tune.tune and
     writes its outputs into the job's folder, reporting progress per candidate; the page
@@ -539,6 +540,7 @@ def test_a_tune_job_can_be_cancelled(tiny_model, pet_root, tmp_path):
     assert not (tmp_path / "cache" / "jobs" / job_id / "tune.json").exists()
 
 
+@pytest.mark.usefixtures("dashboard_navigation")
 def test_tune_page_renders_on_an_empty_cache(tiny_model, pet_root, tmp_path, monkeypatch):
     point_dashboard_at(monkeypatch, tiny_model, pet_root, tmp_path / "cache")
     at = dashboard_app("pages/tune.py")
