@@ -12,6 +12,7 @@ running and the page's title is drawn.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import signal
@@ -109,13 +110,15 @@ def answers(url: str) -> bool:
 
 @contextlib.contextmanager
 def dashboard(env: dict[str, str], log: Path | None = None, timeout: float = 90,
-              extra_args: tuple[str, ...] = ()) -> Iterator[str]:
-    """`streamlit run dashboard.py` from the repository root on a free loopback port with
-    `env`; yields its URL once its health check answers, and stops its process group."""
+              extra_args: tuple[str, ...] = (), script: str | Path = "dashboard.py"
+              ) -> Iterator[str]:  # fmt: skip
+    """`streamlit run dashboard.py` (or another `script`) from the repository root, so with
+    its .streamlit/config.toml, on a free loopback port with `env`; yields its URL once its
+    health check answers, and stops its process group."""
     port = free_port()
     sink = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port),
+        [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
          "--server.headless", "true", "--server.address", "127.0.0.1",
          "--browser.gatherUsageStats", "false", *extra_args],
         cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
@@ -156,6 +159,13 @@ class Chromium:
             raise
         self.context.set_default_timeout(120_000)
         self.page = self.context.pages[0] if self.context.pages else self.context.new_page()
+
+    def another_tab(self) -> Chromium:
+        """This browser driving another tab of its own (same profile, same cache), e.g. on
+        another server; it closes with this browser (do not `close` it)."""
+        other = copy.copy(self)
+        other.page = self.context.new_page()
+        return other
 
     def open(self, url: str, timeout: float = 120) -> None:
         """Go to `url` and wait until the app has settled."""

@@ -255,10 +255,10 @@ def stratified_fraction(samples: Sequence[Sample], fraction: float, seed: int) -
 def stratified_count(samples: Sequence[Sample], n_pick: int, seed: int) -> list[Sample]:
     """Pick `n_pick` of the samples as `stratified_fraction` does (all of them when there
     are no more)."""
-    from sklearn.model_selection import train_test_split
-
     if n_pick >= len(samples):
         return list(samples)
+    from sklearn.model_selection import train_test_split  # here: a second or two to import
+
     labels = [s.label for s in samples]
     try:
         _, picked = train_test_split(

@@ -8,6 +8,7 @@ loop of its own around a deadline.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -25,6 +26,7 @@ COLOURS = [(200, 60, 40), (40, 160, 60), (50, 70, 200), (220, 200, 60)]
 TRAINVAL_PER_CLASS = 10
 TEST_PER_CLASS = 5
 INPUT_SIZE = 32
+ROOT = Path(__file__).resolve().parent.parent  # the repository: dashboard.py, pages/
 
 
 def write_pet_tree(root: Path, seed: int = 66) -> Path:
@@ -151,8 +153,57 @@ def workspace(tiny_model, pet_root, shared_cache):
     return Workspace(tiny_model, pet_root, shared_cache, threads=1)
 
 
+def point_dashboard_at(monkeypatch, model, dataset, cache, threads: int = 1) -> None:
+    """The PETQ_* variables the dashboard's settings start from: this model, dataset, cache
+    and thread count, the model's own preprocessing and the whole test split."""
+    monkeypatch.setenv("PETQ_MODEL", str(model))
+    monkeypatch.setenv("PETQ_DATASET_ROOT", str(dataset))
+    monkeypatch.setenv("PETQ_CACHE", str(cache))
+    monkeypatch.setenv("PETQ_THREADS", str(threads))
+    monkeypatch.delenv("PETQ_TEST_FRACTION", raising=False)
+    monkeypatch.delenv("PETQ_PREPROCESSING", raising=False)
+
+
+def dashboard_app(page: str = "pages/home.py"):
+    """dashboard.py in Streamlit's AppTest, as `streamlit run dashboard.py` serves it: run
+    once, then switched to `page` (a path under pages/). Tests that call it use the
+    `dashboard_navigation` fixture."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
+    if page != "pages/home.py":
+        at.switch_page(page).run()
+    return at
+
+
+def open_page(workspace, monkeypatch, page: str):
+    """`page` of the dashboard on `workspace`'s model, dataset, cache and threads (through
+    the PETQ_* variables), checked to have run without an exception."""
+    point_dashboard_at(monkeypatch, workspace.model_path, workspace.dataset.root,
+                       workspace.cache.root, workspace.threads)
+    at = dashboard_app(page)
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.fixture(scope="session")
+def streamlit_components_scanned_once():
+    """Streamlit's component scan, once per test session instead of once per AppTest.
+
+    Every new AppTest scans the metadata of every installed distribution for Streamlit
+    components (about 200 distributions here: 1-2 s per AppTest on a loaded 2-core
+    machine, the largest share of a dashboard test). The installed packages do not change
+    during a test run; `streamlit run` scans once per server too."""
+    from streamlit.components.v2 import manifest_scanner
+
+    scan = functools.cache(manifest_scanner.scan_component_manifests)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(manifest_scanner, "scan_component_manifests", scan)
+        yield
+
+
 @pytest.fixture()
-def dashboard_navigation(monkeypatch):
+def dashboard_navigation(monkeypatch, streamlit_components_scanned_once):
     """AppTest runs of dashboard.py as the server runs them once st.navigation has run.
 
     A `pages/` folder beside the main script turns Streamlit's legacy page discovery on

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import open_page
 from petq.cli import main
 from petq.curve import (
     ALL,
@@ -165,20 +166,7 @@ def test_a_bad_curve_is_one_error_line_before_any_work(args, says, tiny_model, p
     assert not (tmp_path / "cache" / "variants").exists()  # nothing was converted
 
 
-def _convert_page(workspace, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
-    root = Path(__file__).resolve().parent.parent
-    monkeypatch.setenv("PETQ_MODEL", str(workspace.model_path))
-    monkeypatch.setenv("PETQ_DATASET_ROOT", str(workspace.dataset.root))
-    monkeypatch.setenv("PETQ_CACHE", str(workspace.cache.root))
-    monkeypatch.setenv("PETQ_THREADS", str(workspace.threads))
-    at = AppTest.from_file(str(root / "dashboard.py"), default_timeout=120).run()
-    at.switch_page("pages/convert.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
+@pytest.mark.usefixtures("dashboard_navigation")
 @pytest.mark.parametrize("field, value, said", [
     ("convert_curve_sizes", "4 x", "calibration size 'x'"),
     ("convert_curve_sizes", "100000", "more than trainval"),
@@ -188,7 +176,7 @@ def test_bad_curve_input_is_one_message_and_starts_nothing(workspace, monkeypatc
                                                            value, said):
     from petq.jobs import list_jobs
 
-    at = _convert_page(workspace, monkeypatch)
+    at = open_page(workspace, monkeypatch, "pages/convert.py")
     before = len(list_jobs(workspace.cache.root))
     at.toggle(key="convert_curve").set_value(True).run()
     at.text_input(key=field).set_value(value)
@@ -201,6 +189,7 @@ def test_bad_curve_input_is_one_message_and_starts_nothing(workspace, monkeypatc
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("dashboard_navigation")
 def test_a_curve_job_writes_its_files_and_the_convert_page_charts_them(workspace,
                                                                         monkeypatch):
     """A CURVE job (petq.jobs): its worker runs calibration_curve into the job's folder;
@@ -227,7 +216,7 @@ def test_a_curve_job_writes_its_files_and_the_convert_page_charts_them(workspace
     assert outputs.recommendations[0].startswith("tflite-int8: ")
     assert any(line.startswith("tflite-int8-n2-s1: accuracy") for line in job.lines)
 
-    at = _convert_page(workspace, monkeypatch)
+    at = open_page(workspace, monkeypatch, "pages/convert.py")
     chart = at.get("plotly_chart")
     assert chart, "no chart"
     shown = " ".join(m.value for m in at.markdown)

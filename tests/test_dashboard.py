@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import dashboard_app, point_dashboard_at
 from pages.common.job_panel import JOBS_KEY
 from pages.common.settings import SETTINGS_OPEN_KEY
 from petq import figures, stats, tables
@@ -367,35 +368,16 @@ def filled_cache(tiny_model, pet_root, tmp_path_factory):
     return cache
 
 
-def point_at(monkeypatch, model, dataset, cache):
-    monkeypatch.setenv("PETQ_MODEL", str(model))
-    monkeypatch.setenv("PETQ_DATASET_ROOT", str(dataset))
-    monkeypatch.setenv("PETQ_CACHE", str(cache))
-    monkeypatch.setenv("PETQ_THREADS", "1")
-    monkeypatch.delenv("PETQ_TEST_FRACTION", raising=False)
-    monkeypatch.delenv("PETQ_PREPROCESSING", raising=False)
-
-
 @pytest.fixture()
 def filled(monkeypatch, tiny_model, pet_root, filled_cache):
-    point_at(monkeypatch, tiny_model, pet_root, filled_cache)
+    point_dashboard_at(monkeypatch, tiny_model, pet_root, filled_cache)
     return filled_cache
 
 
 @pytest.fixture()
 def empty(monkeypatch, tiny_model, pet_root, tmp_path):
-    point_at(monkeypatch, tiny_model, pet_root, tmp_path / "cache")
+    point_dashboard_at(monkeypatch, tiny_model, pet_root, tmp_path / "cache")
     return tmp_path / "cache"
-
-
-def app(page: str = "pages/home.py"):
-    """The dashboard as `streamlit run dashboard.py` serves it, switched to `page`."""
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
-    if page != "pages/home.py":
-        at.switch_page(page).run()
-    return at
 
 
 def assert_clean(at) -> None:
@@ -421,7 +403,7 @@ def test_navigation_registers_every_page(empty):
     discovery off): each page file once, Home at the root, the same URL paths as ever;
     Streamlit's own sidebar navigation is on."""
     assert "showSidebarNavigation" not in (ROOT / ".streamlit" / "config.toml").read_text()
-    at = app()
+    at = dashboard_app()
     pages = {info["script_path"]: (info["page_name"], info["url_pathname"])
              for info in at._registered_pages.values()}
     mine = {str(ROOT / "pages/home.py"): ("Home", ""),
@@ -452,14 +434,14 @@ def test_a_page_opened_first_runs_inside_the_frame(monkeypatch, empty):
 
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_on_an_empty_cache(empty, page):
-    at = app(page)
+    at = dashboard_app(page)
     assert_clean(at)
     assert at.title[0].value  # the page itself ran, not only the frame
 
 
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_from_a_filled_cache(filled, page):
-    at = app(page)
+    at = dashboard_app(page)
     assert_clean(at)
     before = cache_files(filled)
     at.run()
@@ -474,7 +456,7 @@ def cache_files(root: Path) -> dict[str, int]:
 
 
 def test_home_shows_the_workspace_the_variants_and_the_task_plan(filled):
-    at = app()
+    at = dashboard_app()
     assert_clean(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Parameters"] == "1,460"  # the tiny CNN: 224 + 1,168 + 68
@@ -515,7 +497,7 @@ def open_settings(at):
 
 
 def test_settings_list_the_models_folder_and_reject_a_bad_path(filled, tmp_path):
-    at = open_settings(app())
+    at = open_settings(dashboard_app())
     model = at.selectbox(key="settings_model")
     assert "petq-demo.keras" in model.options  # shown by name
     assert model.options[-1] == "Other path…" and model.value == "Other path…"  # the fixture
@@ -538,7 +520,7 @@ def test_settings_switch_to_another_dataset(filled, tmp_path):
     from conftest import write_pet_tree
 
     other = write_pet_tree(tmp_path / "other", seed=5)
-    at = open_settings(app())
+    at = open_settings(dashboard_app())
     at.text_input(key="settings_dataset").set_value(str(other))
     submit_settings(at)
     assert_clean(at)
@@ -550,7 +532,7 @@ def test_settings_switch_to_another_dataset(filled, tmp_path):
 
 @pytest.mark.slow  # several whole-page runs; settings keep a quick test
 def test_settings_preprocessing_defaults_to_the_sidecar_and_can_be_changed(filled):
-    at = open_settings(app())
+    at = open_settings(dashboard_app())
     choice = at.selectbox(key="settings_preprocessing")
     assert choice.value is None
     assert "the model's own (torch)" in choice.options[0]
@@ -585,8 +567,8 @@ def test_a_model_replaced_at_the_same_path_is_noticed(monkeypatch, tiny_model, p
     model = tmp_path / "model.keras"
     shutil.copy(tiny_model, model)
     shutil.copy(tiny_model.with_suffix(".json"), model.with_suffix(".json"))
-    point_at(monkeypatch, model, pet_root, tmp_path / "cache")
-    at = app()
+    point_dashboard_at(monkeypatch, model, pet_root, tmp_path / "cache")
+    at = dashboard_app()
     assert {m.label: m.value for m in at.metric}["Parameters"] == "1,460"
     replacement = small_model(tmp_path / "replacement.keras", width=3)
     shutil.copy(replacement, model)  # same path, new bytes
@@ -605,7 +587,7 @@ def test_a_running_job_shows_progress(filled):
     path = job_path(filled, job.id)
     write_json_atomic(path, job.to_dict())
     try:
-        at = app()
+        at = dashboard_app()
         assert_clean(at)
         bars = [p.proto.text for p in at.get("progress")]
         assert "1/2 variants done · running" in bars
@@ -619,7 +601,7 @@ def convert_plan(at) -> pd.DataFrame:
 
 
 def test_convert_fraction_and_seeds_give_one_spec_per_seed(filled):
-    at = app("pages/convert.py")
+    at = dashboard_app("pages/convert.py")
     assert at.radio(key="convert_backend").value == "TFLite converter"
     assert at.selectbox(key="convert_recipe_TFLite converter").value == "tflite-int8"
     assert RECIPES["tflite-int8"].summary in texts(at)
@@ -645,7 +627,7 @@ def test_convert_fraction_and_seeds_give_one_spec_per_seed(filled):
 
 @pytest.mark.slow  # several whole-page runs; the convert page keeps a quick test
 def test_convert_recipes_by_backend_calibrate_only_when_static(filled):
-    at = app("pages/convert.py")
+    at = dashboard_app("pages/convert.py")
     at.radio(key="convert_backend").set_value("AI Edge Quantizer").run()
     recipe = at.selectbox(key="convert_recipe_AI Edge Quantizer")
     assert set(recipe.options) == {f"{k} · {r.scheme}" for k, r in RECIPES.items()
@@ -671,7 +653,7 @@ def test_convert_recipes_by_backend_calibrate_only_when_static(filled):
 
 @pytest.mark.slow  # several whole-page runs; the convert page keeps a quick test
 def test_convert_breeds_picker_and_shortcut(filled):
-    at = app("pages/convert.py")
+    at = dashboard_app("pages/convert.py")
     at.radio(key="convert_calibration").set_value("chosen breeds only").run()
     assert_clean(at)
     picker = at.multiselect(key="convert_classes")
@@ -691,8 +673,8 @@ def test_convert_breeds_picker_and_shortcut(filled):
 def test_convert_button_starts_one_job_for_every_seed(monkeypatch, tiny_model, pet_root,
                                                       tmp_path):
     cache = tmp_path / "cache"
-    point_at(monkeypatch, tiny_model, pet_root, cache)
-    at = app("pages/convert.py")
+    point_dashboard_at(monkeypatch, tiny_model, pet_root, cache)
+    at = dashboard_app("pages/convert.py")
     at.slider(key="convert_fraction").set_value(0.5).run()
     at.text_input(key="convert_seeds").set_value("1, 2").run()
     button = at.button(key="convert_start")
@@ -714,7 +696,7 @@ def test_convert_button_starts_one_job_for_every_seed(monkeypatch, tiny_model, p
 
 
 def test_compare_table_paired_statistics_and_reference(filled):
-    at = app("pages/compare.py")
+    at = dashboard_app("pages/compare.py")
     assert_clean(at)
     table = at.dataframe[0].value
     assert list(table.index) == FILLED_NAMES
@@ -746,7 +728,7 @@ def test_compare_table_paired_statistics_and_reference(filled):
 
 @pytest.mark.slow  # a whole-page run; the compare page keeps a quick test
 def test_compare_shows_the_spread_over_seeds(filled):
-    at = app("pages/compare.py")
+    at = dashboard_app("pages/compare.py")
     figures = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     spread = next(f for f in figures if "over calibration seeds" in f["layout"]["title"]["text"])
     assert spread["data"][0]["x"] == [0.5]
@@ -800,7 +782,7 @@ def bomb() -> bytes:
 def test_classify_accepts_what_the_decoder_reads(filled):
     from petq.data import UPLOAD_TYPES
 
-    at = app("pages/classify.py")
+    at = dashboard_app("pages/classify.py")
     accepted = list(at.get("file_uploader")[0].proto.type)
     assert accepted == [f".{t}" for t in UPLOAD_TYPES]
     assert {".gif", ".bmp", ".tiff", ".heic", ".heif"} <= set(accepted)
@@ -808,7 +790,7 @@ def test_classify_accepts_what_the_decoder_reads(filled):
 
 @pytest.mark.slow  # whole-page run per upload kind; the classify page keeps its quick smoke tests
 def test_classify_good_uploads_of_every_kind(filled):
-    at = app("pages/classify.py")
+    at = dashboard_app("pages/classify.py")
     variants = at.multiselect(key="classify_variants").value
     assert variants[0] == "native" and {"tflite-fp32", "aeq-wi8-afp32"} <= set(variants)
     files = good_files()
@@ -845,7 +827,7 @@ def test_classify_bad_uploads_get_a_clear_message(filled, name, data, message):
         data = bomb()
     elif name == "huge.jpg":
         data = b"\xff\xd8" + bytes(int(st.get_option("server.maxUploadSize")) * 1024 * 1024)
-    at = app("pages/classify.py")
+    at = dashboard_app("pages/classify.py")
     at.file_uploader(key="classify_upload").set_value(
         [(name, data, "image/jpeg"), good_files()[0]]).run()
     assert not at.exception
@@ -856,7 +838,7 @@ def test_classify_bad_uploads_get_a_clear_message(filled, name, data, message):
 
 @pytest.mark.slow  # whole-page run; the classify page keeps its quick smoke tests
 def test_classify_camera_photo(filled):
-    at = app("pages/classify.py")
+    at = dashboard_app("pages/classify.py")
     at.toggle(key="classify_use_camera").set_value(True).run()
     at.camera_input(key="classify_camera").set_value(good_files()[0][:2] + ("image/jpeg",))
     at.run()
@@ -871,15 +853,15 @@ def test_classify_says_when_the_model_is_synthetic(monkeypatch, tiny_model, pet_
     shutil.copy(tiny_model, model)
     sidecar = json.loads(tiny_model.with_suffix(".json").read_text())
     model.with_suffix(".json").write_text(json.dumps({**sidecar, "synthetic": True}))
-    point_at(monkeypatch, model, pet_root, tmp_path / "cache")
-    at = app("pages/classify.py")
+    point_dashboard_at(monkeypatch, model, pet_root, tmp_path / "cache")
+    at = dashboard_app("pages/classify.py")
     at.file_uploader(key="classify_upload").set_value(good_files()[:1]).run()
     assert_clean(at)
     assert "trained on synthetic data" in texts(at)
 
 
 def test_report_shows_the_summary_and_offers_downloads(filled):
-    at = app("pages/report.py")
+    at = dashboard_app("pages/report.py")
     assert_clean(at)
     body = texts(at)
     assert "How does the TFLite FP32 model perform compared to the native model?" in body
@@ -910,8 +892,8 @@ def test_report_redraws_no_confusion_matrix(monkeypatch, tiny_model, pet_root, t
         return draw(matrix, names, title)
 
     monkeypatch.setattr(report, "confusion_png", counting)
-    point_at(monkeypatch, tiny_model, pet_root, cache)
-    at = app("pages/report.py")
+    point_dashboard_at(monkeypatch, tiny_model, pet_root, cache)
+    at = dashboard_app("pages/report.py")
     assert_clean(at)
     assert at.selectbox(key="report_variant").value == rows[0].variant
     assert drawn == []  # the page showed the worker's PNG

@@ -3,16 +3,14 @@ fixtures through Streamlit's AppTest: real conversions, a real background job.""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from conftest import open_page
 from petq import layerviews
 from petq.jobs import Status, list_jobs
 from petq.types import VariantSpec
 from waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("dashboard_navigation")
 
 
@@ -31,22 +29,6 @@ def layered(tiny_model, pet_root, tmp_path_factory):
     return ws
 
 
-def point_at(monkeypatch, ws) -> None:
-    monkeypatch.setenv("PETQ_MODEL", str(ws.model_path))
-    monkeypatch.setenv("PETQ_DATASET_ROOT", str(ws.dataset.root))
-    monkeypatch.setenv("PETQ_CACHE", str(ws.cache.root))
-    monkeypatch.setenv("PETQ_THREADS", "1")
-    monkeypatch.delenv("PETQ_TEST_FRACTION", raising=False)
-    monkeypatch.delenv("PETQ_PREPROCESSING", raising=False)
-
-
-def layers_page():
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
-    return at.switch_page("pages/layers.py").run()
-
-
 def test_views_mark_the_worst_layers_and_draw_each_variant(layered):
     stats = layered.cached_layer_stats(VariantSpec.int8(0.5))
     table = layerviews.layer_table(stats, worst=2)
@@ -61,9 +43,7 @@ def test_views_mark_the_worst_layers_and_draw_each_variant(layered):
 
 @pytest.mark.slow
 def test_layers_page_shows_statistics_and_what_keeping_layers_recovers(monkeypatch, layered):
-    point_at(monkeypatch, layered)
-    at = layers_page()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_page(layered, monkeypatch, "pages/layers.py")
     assert not at.error, [e.value for e in at.error]
     at.selectbox(key="layers_a").set_value("tflite-int8-0.5").run()
     assert at.selectbox(key="layers_b").value is None
@@ -79,8 +59,7 @@ def test_layers_page_shows_statistics_and_what_keeping_layers_recovers(monkeypat
 
 @pytest.mark.slow
 def test_missing_statistics_start_one_background_job(monkeypatch, layered):
-    point_at(monkeypatch, layered)
-    at = layers_page()
+    at = open_page(layered, monkeypatch, "pages/layers.py")
     at.selectbox(key="layers_a").set_value("tflite-imbint8-c1").run()
     assert any("not yet" in i.value for i in at.info)
     before = {j.id for j in list_jobs(layered.cache.root)}
@@ -104,7 +83,6 @@ def test_a_killed_worker_shows_failed_and_restarts_from_the_page(monkeypatch, la
 
     from petq.jobs import job_status, process_alive, start_job
 
-    point_at(monkeypatch, layered)
     spec = VariantSpec.of("tflite-dynamic")
     job_id = start_job(layered.model_path, layered.dataset.root, layered.cache.root, 1, [spec],
                        workspace=layered)
@@ -116,7 +94,7 @@ def test_a_killed_worker_shows_failed_and_restarts_from_the_page(monkeypatch, la
     # read from the pid, not a stale heartbeat: failed as soon as the worker is gone
     assert job_status(layered.cache.root, job_id).state is Status.FAILED, \
         "a killed worker still shows as alive"
-    at = layers_page()
+    at = open_page(layered, monkeypatch, "pages/layers.py")
     from pages.common.job_panel import JOBS_KEY
 
     at.session_state[JOBS_KEY] = [job_id]
@@ -133,11 +111,7 @@ def test_a_killed_worker_shows_failed_and_restarts_from_the_page(monkeypatch, la
 
 @pytest.mark.slow
 def test_compare_times_a_variant_against_the_reference_interleaved(monkeypatch, layered):
-    from streamlit.testing.v1 import AppTest
-
-    point_at(monkeypatch, layered)
-    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
-    at.switch_page("pages/compare.py").run()
+    at = open_page(layered, monkeypatch, "pages/compare.py")
     at.selectbox(key="compare_reference").set_value("tflite-fp32").run()
     at.selectbox(key="compare_timed").set_value("tflite-int8-0.5").run()
     at.button(key="compare_time").click().run()
@@ -150,13 +124,9 @@ def test_compare_times_a_variant_against_the_reference_interleaved(monkeypatch, 
 
 @pytest.mark.slow
 def test_convert_takes_a_sweep_grid_as_one_job(monkeypatch, layered):
-    from streamlit.testing.v1 import AppTest
-
     from petq.jobs import cancel_job
 
-    point_at(monkeypatch, layered)
-    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
-    at.switch_page("pages/convert.py").run()
+    at = open_page(layered, monkeypatch, "pages/convert.py")
     at.toggle(key="convert_grid").set_value(True).run()
     at.multiselect(key="convert_grid_recipes").set_value(["tflite-int8", "aeq-wi8-afp32"]).run()
     at.text_input(key="convert_grid_fractions").set_value("0.3, 0.5").run()

@@ -51,12 +51,19 @@ def write_tiny_dataset(root: Path, trainval_per_class: int = 6, test_per_class: 
     return root
 
 
-def test_build_model_has_the_lab_head():
-    model = build_model(5, alpha=0.35, input_size=(32, 32), seed=1)
+@pytest.fixture(scope="module")
+def lab_model():
+    """The lab's MobileNetV2 head on 3 classes, seeded, BatchNorm momentum 0.9: built once
+    (a few seconds) for the tests that only read it."""
+    return build_model(3, alpha=0.35, input_size=(32, 32), seed=7, bn_momentum=0.9)
+
+
+def test_build_model_has_the_lab_head(lab_model):
+    model = lab_model
     assert model.input_shape == (None, 32, 32, 3)
-    assert model.output_shape == (None, 5)
+    assert model.output_shape == (None, 3)
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    assert [layer.units for layer in dense] == [1024, 512, 128, 5]
+    assert [layer.units for layer in dense] == [1024, 512, 128, 3]
     assert [layer.activation.__name__ for layer in dense] == ["relu", "relu", "relu", "linear"]
     assert dense[-1].name == "out_layer"
     dropouts = [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
@@ -67,8 +74,8 @@ def test_build_model_has_the_lab_head():
     assert isinstance(model.layers[1], keras.layers.Conv2D)
 
 
-def test_build_model_is_seeded_and_sets_bn_momentum():
-    a = build_model(3, alpha=0.35, input_size=(32, 32), seed=7, bn_momentum=0.9)
+def test_build_model_is_seeded_and_sets_bn_momentum(lab_model):
+    a = lab_model
     b = build_model(3, alpha=0.35, input_size=(32, 32), seed=7)
     for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)

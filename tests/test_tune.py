@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import dashboard_app, open_page, point_dashboard_at
 from petq.certify import (
     PairedCounts,
     best_case,
@@ -415,13 +416,12 @@ def _finished(cache_root, job_id, timeout):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("dashboard_navigation")
 def test_a_tune_job_runs_in_a_worker_and_the_page_offers_the_file(workspace, monkeypatch):
     """The Tune page's tune: a TUNE job (petq.jobs) whose worker runs petq.tune.tune and
     writes its outputs into the job's folder, reporting progress per candidate; the page
     shows the verdict, the Pareto plot and a download of the chosen .tflite, and Compare
     offers any cached variant's .tflite."""
-    from streamlit.testing.v1 import AppTest
-
     from petq.jobs import Status, jobs_dir, start_task_job
     from petq.tunerun import read_outputs
     from petq.types import JobKind, Stage
@@ -442,14 +442,7 @@ def test_a_tune_job_runs_in_a_worker_and_the_page_offers_the_file(workspace, mon
     assert any(row.pareto for row in status.rows)
     assert Stage.CANDIDATES.label == "candidates built"
 
-    root = Path(__file__).resolve().parent.parent
-    monkeypatch.setenv("PETQ_MODEL", str(workspace.model_path))
-    monkeypatch.setenv("PETQ_DATASET_ROOT", str(workspace.dataset.root))
-    monkeypatch.setenv("PETQ_CACHE", str(workspace.cache.root))
-    monkeypatch.setenv("PETQ_THREADS", str(workspace.threads))
-    at = AppTest.from_file(str(root / "dashboard.py"), default_timeout=120).run()
-    at.switch_page("pages/tune.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_page(workspace, monkeypatch, "pages/tune.py")
     assert any(status.decision == s.value for s in at.success)
     labels = [b.proto.label for b in at.get("download_button")]
     assert f"Download {status.chosen_file.name}" in labels
@@ -547,16 +540,10 @@ def test_a_tune_job_can_be_cancelled(tiny_model, pet_root, tmp_path):
     assert not (tmp_path / "cache" / "jobs" / job_id / "tune.json").exists()
 
 
+@pytest.mark.usefixtures("dashboard_navigation")
 def test_tune_page_renders_on_an_empty_cache(tiny_model, pet_root, tmp_path, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
-    root = Path(__file__).resolve().parent.parent
-    monkeypatch.setenv("PETQ_MODEL", str(tiny_model))
-    monkeypatch.setenv("PETQ_DATASET_ROOT", str(pet_root))
-    monkeypatch.setenv("PETQ_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("PETQ_THREADS", "1")
-    at = AppTest.from_file(str(root / "dashboard.py"), default_timeout=120).run()
-    at.switch_page("pages/tune.py").run()
+    point_dashboard_at(monkeypatch, tiny_model, pet_root, tmp_path / "cache")
+    at = dashboard_app("pages/tune.py")
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == "Tune"
     assert any("No tune has run" in i.value for i in at.info)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import streamlit as st
 
-from pages.common.settings import WorkspaceKey, current, workspace_key, workspace_of
+from pages.common.settings import WorkspaceKey, current, key_of, workspace_of
 from petq import tables
 from petq.results import Details, Result
 from petq.types import VariantSpec
@@ -30,7 +30,7 @@ def _stamp(ws, kind: str) -> int:
 
 def _key(ws) -> WorkspaceKey:
     """The key the page's workspace was opened with (the session's settings')."""
-    return workspace_key()
+    return key_of(ws)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -98,11 +98,17 @@ def paired(ws, result_key: str, reference_key: str):
     return found[0] if found else None
 
 
+@st.cache_data(show_spinner=False, max_entries=512)
+def _breed_changes(key: WorkspaceKey, result_key: str, reference_key: str
+                   ) -> pd.DataFrame | None:  # fmt: skip
+    found = _paired(key, result_key, reference_key)
+    return tables.breed_table(found[1], _details(key, result_key).class_names) if found \
+        else None
+
+
 def breed_changes(ws, result_key: str, reference_key: str) -> pd.DataFrame | None:
     """The per-breed changes of two cached results as a table (`tables.breed_table`)."""
-    found = _paired(_key(ws), result_key, reference_key)
-    return tables.breed_table(found[1], details(ws, result_key).class_names) if found \
-        else None
+    return _breed_changes(_key(ws), result_key, reference_key)
 
 
 @st.cache_data(show_spinner="Reading the model (first time only)…", max_entries=8)

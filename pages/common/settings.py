@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -110,6 +112,10 @@ def _demo_dataset() -> str:
 WorkspaceKey = tuple[str, str, str, "int | None", "str | None", tuple[int, int]]
 
 
+# Each open Workspace -> the key it was opened with (see `key_of`).
+_OPENED_WITH: weakref.WeakKeyDictionary[Any, WorkspaceKey] = weakref.WeakKeyDictionary()
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
 def workspace_of(model: str, dataset: str, cache: str, threads: int | None,
                  preprocessing: str | None, model_stamp: tuple[int, int]):
@@ -118,7 +124,16 @@ def workspace_of(model: str, dataset: str, cache: str, threads: int | None,
     `model_stamp` is part of the key: a model replaced at the same path opens a new
     workspace. A Workspace holds paths, the parsed dataset lists and no interpreter: safe
     to share across sessions."""
-    return demo.default_workspace(model, dataset, cache, threads, preprocessing=preprocessing)
+    ws = demo.default_workspace(model, dataset, cache, threads, preprocessing=preprocessing)
+    _OPENED_WITH[ws] = (model, dataset, cache, threads, preprocessing, model_stamp)
+    return ws
+
+
+def key_of(ws) -> WorkspaceKey:
+    """The key `ws` was opened with by `workspace_of`. Cheaper than `workspace_key`, which
+    checks the model file and the demo dataset (under its lock): the cached reads of a
+    page ask for it once per read."""
+    return _OPENED_WITH[ws]
 
 
 def workspace_key(chosen: Settings | None = None) -> WorkspaceKey:
