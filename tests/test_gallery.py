@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import dashboard_app, point_dashboard_at
 from petq import stats, tables
 from petq.errors import SpecError
 from petq.jobs import Status, cancel_job, job_status, list_jobs, start_task_job
@@ -22,7 +22,6 @@ from petq.types import JobKind, ProfileConfig, VariantSpec
 from petq.workspace import Workspace
 from waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 SPEC = VariantSpec.int8(0.5)
 OPEN = "convert_outliers_open"  # the Convert page's expander of the gallery
 pytestmark = pytest.mark.usefixtures("dashboard_navigation")
@@ -134,23 +133,6 @@ def test_a_profile_job_profiles_the_calibration_images(tiny_model, pet_root, tmp
 # ---------------------------------------------------------------- the pages, through AppTest
 
 
-def point_at(monkeypatch, model, dataset, cache) -> None:
-    monkeypatch.setenv("PETQ_MODEL", str(model))
-    monkeypatch.setenv("PETQ_DATASET_ROOT", str(dataset))
-    monkeypatch.setenv("PETQ_CACHE", str(cache))
-    monkeypatch.setenv("PETQ_THREADS", "1")
-    monkeypatch.delenv("PETQ_TEST_FRACTION", raising=False)
-    monkeypatch.delenv("PETQ_PREPROCESSING", raising=False)
-
-
-def app(page: str):
-    """The dashboard as `streamlit run dashboard.py` serves it, switched to `page`."""
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120).run()
-    return at.switch_page(page).run()
-
-
 def assert_clean(at) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -176,13 +158,13 @@ def profiled(monkeypatch, tiny_model, pet_root, profiled_cache, tmp_path):
 
     cache = tmp_path / "cache"
     shutil.copytree(profiled_cache, cache)
-    point_at(monkeypatch, tiny_model, pet_root, cache)
+    point_dashboard_at(monkeypatch, tiny_model, pet_root, cache)
     return cache
 
 
 def convert_page(fraction: float = 0.5):
 
-    at = app("pages/convert.py")
+    at = dashboard_app("pages/convert.py")
     at.slider(key="convert_fraction").set_value(fraction).run()
     at.session_state[OPEN] = True  # as a click on the expander does
     return at.run()
@@ -243,7 +225,7 @@ def test_convert_offers_profiling_and_explains_other_recipes(empty):
 @pytest.fixture()
 def empty(monkeypatch, tiny_model, pet_root, tmp_path):
 
-    point_at(monkeypatch, tiny_model, pet_root, tmp_path / "cache")
+    point_dashboard_at(monkeypatch, tiny_model, pet_root, tmp_path / "cache")
     return tmp_path / "cache"
 
 
@@ -273,7 +255,7 @@ def test_the_twin_s_job_ends_in_a_paired_comparison_on_compare(profiled, tiny_mo
     assert pair.loc[without.name, "significant"] == ("✱" if expected.significant else "")
     assert pair.loc[without.name, "excluded"] == 1
 
-    compare = app("pages/compare.py")
+    compare = dashboard_app("pages/compare.py")
     assert_clean(compare)
     assert compare.selectbox(key="compare_pair").value == without.name
     compare.button(key="compare_pair_show").click().run()
