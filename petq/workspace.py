@@ -290,16 +290,50 @@ class Workspace:
             self._calibrations[spec.calibration] = self._pick_calibration(spec)
         return self._calibrations[spec.calibration]
 
+    def _stratified_pick(self, spec: VariantSpec) -> list[Sample]:
+        """A fraction's or a count's seeded stratified pick of trainval, kept in the cache
+        (`picks`) by the split's definition, the pick and scikit-learn's version: the pick
+        is scikit-learn's, whose import alone takes seconds, and every cache key of a
+        calibrated variant names its images, so a new process (a dashboard's first page)
+        reads the picks instead of importing it."""
+        cal = spec.calibration
+        trainval = self.dataset.trainval
+        if cal.kind == "count" and cal.count > len(trainval):
+            raise SpecError(f"{spec.name}: {cal.count} calibration images asked for, "
+                            f"trainval has {len(trainval)}")
+        try:
+            sklearn = metadata.version("scikit-learn")
+        except metadata.PackageNotFoundError:
+            sklearn = "none"
+        key = key_of({"split": self.dataset.fingerprint, "fraction": cal.fraction,
+                      "count": cal.count, "seed": cal.seed, "scikit-learn": sklearn})
+        by_id = {s.image_id: s for s in trainval}
+        entry = self.cache.get("picks", key)
+        if entry is not None:
+            try:
+                return [by_id[i] for i in json.loads(entry.file("ids.json").read_text())]
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable, or of another split: picked again below
+        if cal.kind == "fraction":
+            samples = self.dataset.calibration_samples(cal.fraction, cal.seed)
+        else:
+            samples = stratified_count(trainval, cal.count, cal.seed)
+
+        def build(tmp: Path) -> dict[str, Any]:
+            (tmp / "ids.json").write_text(json.dumps([s.image_id for s in samples]))
+            return {"fraction": cal.fraction, "count": cal.count, "seed": cal.seed,
+                    "images": len(samples)}
+
+        try:
+            self.cache.get_or_build("picks", key, build)
+        except (OSError, PetqError):
+            pass  # a read-only or full cache: the pick stands, unkept
+        return samples
+
     def _pick_calibration(self, spec: VariantSpec) -> list[Sample]:
         cal = spec.calibration
-        if cal.kind == "fraction":
-            samples = self.dataset.calibration_samples(spec.fraction, spec.seed)
-        elif cal.kind == "count":
-            trainval = self.dataset.trainval
-            if cal.count > len(trainval):
-                raise SpecError(f"{spec.name}: {cal.count} calibration images asked for, "
-                                f"trainval has {len(trainval)}")
-            samples = stratified_count(trainval, cal.count, cal.seed)
+        if cal.kind in ("fraction", "count"):
+            samples = self._stratified_pick(spec)
         elif cal.kind == "classes":
             for c in spec.classes:
                 self.class_index(c)  # raises SpecError when out of range

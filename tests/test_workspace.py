@@ -387,3 +387,26 @@ def test_calibration_images_first_then_the_test_images_as_one_stage(tiny_model, 
     assert ws.prepare(VariantSpec.fp32(), lambda *call: calls.append(call),
                       calibration_first=True)[1] is test  # nothing decoded again
     assert len(loaded) == 2
+
+
+def test_calibration_picks_are_kept_and_a_new_process_reads_them(tiny_model, pet_root, tmp_path,
+                                                                  monkeypatch):
+    from petq import data, workspace
+
+    specs = [VariantSpec.int8(0.5, seed=41), VariantSpec.of("tflite-int8", count=7, seed=42)]
+    first = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)
+    picked = {spec: first.calibration_samples(spec) for spec in specs}
+    assert len(list((tmp_path / "cache" / "picks").iterdir())) == len(specs)
+
+    def never(*_):
+        raise AssertionError("picked again instead of read from the cache")
+
+    monkeypatch.setattr(workspace, "stratified_count", never)
+    monkeypatch.setattr(data, "stratified_fraction", never)
+    again = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)
+    for spec in specs:
+        assert again.calibration_samples(spec) == picked[spec]
+        assert again.variant_key(spec) == first.variant_key(spec)
+    other = VariantSpec.int8(0.5, seed=43)  # never picked: picked now, not read
+    with pytest.raises(AssertionError, match="picked again"):
+        again.calibration_samples(other)
