@@ -467,6 +467,8 @@ class ConvertAhead:
                  started: ConverterProcess | None = None):
         self._process: ConverterProcess | None = None
         self._helpers: list[TaskProcess] = []
+        self._shared: list[VariantSpec] = []
+        self._waited = False  # whether a helper started once this process waited
         self._cache = ws.cache
         self.conversions: dict[VariantSpec, Future] = {}  # in the converter process's order
         self.calibrates = False  # whether the converter process needs the trainval images
@@ -485,30 +487,36 @@ class ConvertAhead:
         for spec in todo:
             self.conversions[spec] = self._process.submit(
                 convert_task, ConvertTask(self._process.where, spec))
-        self._helpers = self._start_helpers(ws, todo)
+        self._shared = self._shared_specs(ws, todo)
+        self._start_helpers(min(self.MAX_HELPERS, (os.cpu_count() or 1) - 2))
 
-    def _start_helpers(self, ws: Workspace, todo: list[VariantSpec]) -> list[TaskProcess]:
-        """Profiling processes on the spare cores, for the specs whose calibration goes
-        through the range profile with many images: each starts on its own share of a
-        spec's images, and the converter process, profiling the same spec from the first,
-        meets their saved batches (`RangeProfile.ensure`). They only ever help: one that
-        dies or is stopped costs its unsaved batch, which the converter process does."""
-        count = min(self.MAX_HELPERS, (os.cpu_count() or 1) - 1)
+    def _shared_specs(self, ws: Workspace, todo: list[VariantSpec]) -> list[VariantSpec]:
+        """The specs whose calibration goes through the range profile with many images."""
         try:
-            shared = [s for s in todo if ws.shares_calibration(s)
-                      and len(ws.calibration_samples(s)) >= self.MIN_SHARED]
+            return [s for s in todo if ws.shares_calibration(s)
+                    and len(ws.calibration_samples(s)) >= self.MIN_SHARED]
         except PetqError:  # met again by the spec's conversion, which reports it
             return []
-        if not shared or count < 1:
-            return []
-        helpers = []
-        for number in range(1, count + 1):
+
+    def _start_helpers(self, count: int) -> bool:
+        """Profiling processes for the shared specs not converted yet: each starts on its
+        own share of a spec's images, and the converter process, profiling the same spec
+        from the first, meets their saved batches (`RangeProfile.ensure`). They start on
+        the cores beyond this process's and the converter's, and one more once this
+        process waits for the converter (a core it leaves idle). They only ever help: one
+        that dies or is stopped costs its unsaved batch, which the converter process does."""
+        specs = [s for s in self._shared if not self.conversions[s].done()]
+        count = min(count, self.MAX_HELPERS - len(self._helpers))
+        if count < 1 or not specs or self._process is None:
+            return False
+        total = len(self._helpers) + count
+        for number in range(len(self._helpers) + 1, total + 1):
             helper = TaskProcess(init_worker_process, (1,), name="profiling process")
-            for spec in shared:
+            for spec in specs:
                 helper.submit(profile_task, ProfileTask(self._process.where, spec, number,
-                                                        count + 1))
-            helpers.append(helper)
-        return helpers
+                                                        total + 1))
+            self._helpers.append(helper)
+        return True
 
     @property
     def helpers(self) -> list[TaskProcess]:
@@ -574,6 +582,8 @@ class ConvertAhead:
         """Until `waited` are done, showing `progress` what the converter process
         reports of `spec`'s task there; bounded (`TaskProcess.wait_for`)."""
         if self._process is not None:
+            if not self._waited and (os.cpu_count() or 1) >= 2:
+                self._waited = self._start_helpers(1)
             self._process.wait_for(waited, spec.name if spec is not None else None, progress)
 
     def close(self, wait: bool = True) -> None:

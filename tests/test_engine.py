@@ -579,26 +579,29 @@ def _ranges_saved(cache: Path) -> int:
 @pytest.mark.parametrize("kill", [False, True])
 def test_profiling_processes_share_a_conversion_s_calibration_and_may_die(
         kill, tiny_model, pet_root, shared_cache, tmp_path, monkeypatch):
+    """Three cores: one profiling process from the start (beside this process and the
+    converter), SIGKILLed once a batch is saved, and one more once this process waits for
+    the converter. Two cores: none until this process waits, then one."""
     import signal
 
     from petq.profile import BATCH
 
     monkeypatch.setattr(ConvertAhead, "MIN_SHARED", 1)
-    monkeypatch.setattr(ConvertAhead, "MAX_HELPERS", 1)
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3 if kill else 2)
     specs = [VariantSpec.fp32(), VariantSpec.int8(1.0, seed=31), VariantSpec.int8(0.5, seed=31)]
     ws = Workspace(tiny_model, pet_root, tmp_path / "run", threads=1)
     with ConvertAhead(ws, specs) as ahead:
-        assert ahead.active and len(ahead.helpers) == 1
-        helper = ahead.helpers[0]
+        assert ahead.active and len(ahead.helpers) == (1 if kill else 0)
         if kill:  # once a batch is saved (by either), the helper dies: the run goes on
             wait_until(lambda: (ws.cache.root / "ranges").is_dir()
                        and any((ws.cache.root / "ranges").iterdir()), 300, interval=0.01)
-            os.kill(helper.pid, signal.SIGKILL)
+            os.kill(ahead.helpers[0].pid, signal.SIGKILL)
         ahead.wait()
-    assert not helper.running  # stopped with the run, or killed
+        helpers = ahead.helpers
+    assert len(helpers) == (2 if kill else 1)  # and one more once this process waited
+    assert not any(helper.running for helper in helpers)  # stopped with the run, or killed
     ids = ws.calibration_ids(specs[1])
     assert ws.range_profile(specs[1]).profiled(ids) == set(ids)
-    assert _ranges_saved(ws.cache.root) <= len(ids) + 2 * BATCH
+    assert _ranges_saved(ws.cache.root) <= len(ids) + (len(helpers) + 1) * BATCH
     assert_same_files(ws, Workspace(tiny_model, pet_root, shared_cache, threads=1), specs)
     assert_cache_whole(ws.cache.root)
