@@ -101,6 +101,7 @@ JOIN = """
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one Ray at a time on the machine (pytest -n)
 def test_sweep_joins_a_plain_ray_start_with_its_token(head, home):
     joined = subprocess.run([sys.executable, "-c", textwrap.dedent(JOIN)], cwd=ROOT,
                             env=ray_env(home, RAY_ADDRESS=head), capture_output=True,

@@ -300,6 +300,7 @@ def local_ray():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_killed_ray_worker_is_retried_and_the_cache_stays_whole(
         local_ray, serial_cells, tiny_model, pet_root, tmp_path):
     me = psutil.Process()
@@ -376,6 +377,7 @@ def test_a_grid_over_two_models(tiny_model, pet_root, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_a_dashboard_job_sends_its_grid_to_ray(local_ray, tiny_model, pet_root, tmp_path):
     """The Convert page's grid on Ray: a background job runs the sweep there, each variant's
     record follows its cell, and the results join the session's (same thread count)."""
