@@ -49,6 +49,9 @@ Progress = Callable[[int, int], None]
 Ranges = list[tuple[np.ndarray, np.ndarray]]  # (min, max) of each calibrated tensor, in order
 Inputs = Callable[[Sequence[str]], Iterable[np.ndarray]]  # image ids -> model inputs
 ProfileOf = Callable[[Mapping[str, Any]], RangeProfile]  # what the numbers depend on -> profile
+# A recipe's export as the calibrator takes it, kept: `kept(spec, make)` reads the bytes, or
+# makes them with `make()` and keeps them (one process exports; the others wait and read).
+KeptExport = Callable[[VariantSpec, Callable[[], bytes]], bytes]
 
 
 class SharedUnavailable(RuntimeError):
@@ -87,11 +90,13 @@ class SharedStatic:
     ranges from the profile.
 
     `profile_of(identity)` gives the profile for the export's bytes; `inputs(ids)` yields
-    model inputs, float32 (1, H, W, 3), of image ids.
+    model inputs, float32 (1, H, W, 3), of image ids; `kept` keeps the export's bytes
+    between processes: exporting a MobileNetV2 takes about 30 s here, and a process that
+    only profiles needs the bytes, not the converter (default: each process exports).
     """
 
     def __init__(self, model_path: Path | str, spec: VariantSpec, profile_of: ProfileOf,
-                 inputs: Inputs):
+                 inputs: Inputs, kept: KeptExport | None = None):
         if not shares(spec):
             raise ValueError("SharedStatic takes the converter's static 8-bit recipes")
         self.model_path = Path(model_path)
@@ -99,7 +104,9 @@ class SharedStatic:
         self._spec = spec
         self._profile_of = profile_of
         self._inputs = inputs
+        self._kept = kept or (lambda _spec, make: make())
         self._export: _Export | None = None
+        self._prepared: bytes | None = None  # the export's bytes, made here or kept
         self.profile: RangeProfile | None = None
         self._lock = threading.Lock()
 
@@ -115,20 +122,23 @@ class SharedStatic:
         with self._lock, captured_output():
             try:
                 profile = self.ready_profile()
+                export = self._exported(self._spec)  # the converter that quantizes
+                if export.prepared != self._prepared:
+                    raise SharedUnavailable("this process's export differs from the kept one")
                 profile.ensure(ids, self._inputs, self._measure, progress)
-                return self._quantize(self._export, self._calibrated(profile,
-                                                                     profile.merged(ids)))
+                return self._quantize(export, self._calibrated(profile, profile.merged(ids)))
             except SharedUnavailable:
                 raise
             except Exception as exc:  # the plain conversion says what went wrong
                 raise SharedUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def ready_profile(self) -> RangeProfile:
-        """The profile of this recipe's export (exporting once)."""
+        """The profile of this recipe's export (the export's bytes kept, or made once)."""
         if self.profile is None:
-            export = self._exported(self._spec)
+            self._prepared = self._kept(self._spec,
+                                        lambda: self._exported(self._spec).prepared)
             self.profile = self._profile_of({"calibrator": "tflite-converter",
-                                             "export": digest(export.prepared)})
+                                             "export": digest(self._prepared)})
         return self.profile
 
     # ------------------------------------------------------------ steps
@@ -162,7 +172,7 @@ class SharedStatic:
         """One image through the converter's own calibrator, alone."""
         from tensorflow.lite.python.optimize import calibrator
 
-        calibrated = calibrator.Calibrator(self._export.prepared).calibrate(
+        calibrated = calibrator.Calibrator(self._prepared).calibrate(
             lambda: iter([[x]]))
         tensors = _range_tensors(calibrated)
         layout = Layout(tuple(name for name, _, _ in tensors),
@@ -307,13 +317,15 @@ class Profiled:
     `identity()`: what every profile's numbers depend on besides the calibrator's model
     (contract, dataset images, library versions); `calibration_ids(spec)`: a spec's
     decodable calibration image ids, in order (PetqError for a spec that has none);
-    `float_tflite()`: the FP32 .tflite; `threads`: AEQ's calibrator threads.
+    `float_tflite()`: the FP32 .tflite; `threads`: AEQ's calibrator threads; `kept`: keeps
+    converter recipes' exports between processes (SharedStatic).
     """
 
     def __init__(self, model_path: Path | str, cache: Cache,
                  identity: Callable[[], Mapping[str, Any]],
                  calibration_ids: Callable[[VariantSpec], Sequence[str]], inputs: Inputs,
-                 float_tflite: Callable[[], bytes], threads: int, keras_source: bool = True):
+                 float_tflite: Callable[[], bytes], threads: int, keras_source: bool = True,
+                 kept: KeptExport | None = None):
         self.model_path = Path(model_path)
         self.cache = cache
         self._identity = identity
@@ -322,6 +334,7 @@ class Profiled:
         self._float_tflite = float_tflite
         self._threads = threads
         self._keras_source = keras_source
+        self._kept = kept
         self._built: dict[str, SharedStatic | AeqStatic] = {}
         self._off: set[str] = set()  # recipes whose backend did not behave: plain conversion
         self.profiles: dict[str, RangeProfile] = {}  # by profile key: one object per profile
@@ -345,7 +358,7 @@ class Profiled:
             if shares(spec):
                 self._built[key] = SharedStatic(self.model_path, VariantSpec(spec.recipe,
                                                                              spec.calibration),
-                                                self.profile_of, self._inputs)
+                                                self.profile_of, self._inputs, self._kept)
             else:
                 self._built[key] = AeqStatic(self._float_tflite(), spec, self.profile_of,
                                              self._inputs, self._threads)

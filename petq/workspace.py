@@ -66,6 +66,7 @@ from petq.types import (
 )
 
 RESULT_VERSION = 2  # 2: Result records, per-image top-5 kept
+EXPORT_FILE = "prepared.tflite"  # a converter recipe's export, as its calibrator takes it
 Stage = Callable[[str, int, int], None]  # progress(stage, done, total)
 
 
@@ -112,7 +113,8 @@ class Workspace:
         self._shared = Profiled(self.model_path, self.cache, self._profile_identity,
                                 self.calibration_ids, self._inputs, self.fp32_tflite,
                                 default_threads(),
-                                keras_source=self.model_path.suffix != ".tflite")
+                                keras_source=self.model_path.suffix != ".tflite",
+                                kept=self._kept_export)
         self._test_digests: dict[float, str] = {}
         self._preprocessing_given = bool(preprocessing)
         self.contract_source = "sidecar" if sidecar_path(self.model_path).exists() else "model"
@@ -512,6 +514,17 @@ class Workspace:
         return key_of({"recipe": spec.recipe.key, "model": self.model_sha,
                        "threads": default_threads() if spec.recipe.backend is Backend.AEQ
                        else None, **self._profile_identity()})
+
+    def _kept_export(self, spec: VariantSpec, make: Callable[[], bytes]) -> bytes:
+        """A converter recipe's export as its calibrator takes it, kept in the cache under
+        the recipe's profile pointer: made once (`make()`, under the entry's lock, so other
+        processes wait for it instead of exporting too), then read by every process."""
+        def build(tmp: Path) -> dict[str, Any]:
+            (tmp / EXPORT_FILE).write_bytes(make())
+            return {"recipe": spec.recipe.key}
+
+        entry, _ = self.cache.get_or_build("exports", self._profile_pointer(spec), build)
+        return entry.file(EXPORT_FILE).read_bytes()
 
     def remember_profile(self, spec: VariantSpec, profile) -> None:
         """Record which profile (`range_profile`'s) the spec's recipe calibrates into, in a

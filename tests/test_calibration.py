@@ -250,6 +250,47 @@ def test_a_converter_that_does_not_behave_falls_back_to_plain_conversion(
 
 
 @pytest.mark.slow
+def test_a_new_process_profiles_from_the_kept_export_without_exporting(
+        tiny_model, pet_root, tmp_path, monkeypatch):
+    """The converter's export is kept in the cache: a later process (a profiling process,
+    a profiling job) calibrates from it without exporting the Keras model again."""
+    cache = tmp_path / "cache"
+    first = VariantSpec.of("tflite-int8", 0.25, seed=5)
+    ws = Workspace(tiny_model, pet_root, cache, threads=1)
+    ws.tflite(first)
+    assert len([p for p in (cache / "exports").iterdir() if not p.name.startswith(".")]) == 1
+    exported = []
+    real = SharedStatic._exported
+
+    def counted(self, spec):
+        exported.append(spec.name)
+        return real(self, spec)
+
+    monkeypatch.setattr(SharedStatic, "_exported", counted)
+    later = Workspace(tiny_model, pet_root, cache, threads=1)
+    other = VariantSpec.of("tflite-int8", count=12, seed=78)
+    ids = later.calibration_ids(other)
+    profile = later.range_profile(other, ids)
+    assert exported == [] and profile.key == ws.range_profile(first).key
+    assert profile.calibrated == len(set(ids) - set(ws.calibration_ids(first))) > 0
+    entry, built = later.tflite(other)  # converting needs the converter: it exports here
+    assert built and len(exported) == 1
+    assert entry.file("model.tflite").read_bytes() == _plain(later, other)
+
+
+@pytest.mark.slow
+def test_an_export_that_differs_from_the_kept_one_converts_the_plain_way(
+        tiny_model, pet_root, tmp_path, monkeypatch):
+    spec = VariantSpec.of("tflite-int8", 0.25, seed=5)
+    monkeypatch.setattr(Workspace, "_kept_export",  # another model's bytes were kept
+                        lambda self, spec, make: self.fp32_tflite())
+    ws = Workspace(tiny_model, pet_root, tmp_path / "cache", threads=1)
+    with pytest.warns(UserWarning, match="differs from the kept one"):
+        entry, built = ws.tflite(spec)
+    assert built and entry.file("model.tflite").read_bytes() == _plain(ws, spec)
+
+
+@pytest.mark.slow
 def test_a_bad_spec_does_not_stop_the_others(tiny_model, pet_root, tmp_path):
     good = VariantSpec.of("tflite-int8", 0.25, seed=5)
     bad = VariantSpec.of("tflite-int8", classes=(99,))  # no such class
