@@ -17,6 +17,7 @@ Usage:
   python benchmarks/bench_pages.py                 # every page, every way, 6 rounds
   python benchmarks/bench_pages.py --pages compare --rounds 10 --cache cache --baseline
   python benchmarks/bench_pages.py --ways new-tab navigated
+  python benchmarks/bench_pages.py --ways new-tab --baseline --breakdown   # where it goes
 Needs chromium (or google-chrome) on the PATH and Playwright for Python, like the browser
 test.
 """
@@ -45,13 +46,18 @@ class Tab:
     """The tab being timed on one server: knows which page it shows, so a navigated load
     always starts from another page."""
 
-    def __init__(self, browser: Chromium, url: str):
-        self.browser, self.url = browser, url
+    def __init__(self, browser: Chromium, url: str, breakdown: bool = False):
+        self.browser, self.url, self.breakdown = browser, url, breakdown
+        self.parts: dict[str, list[dict[str, float]]] = {}  # new-tab breakdowns, by page
         browser.open(url)  # the server's first page, its imports and workspace: not timed
         self.links = {path: label for label, path in browser.nav_links()}
         self.shown = ""
 
     def load(self, page: str, way: str) -> float:
+        if way == "new-tab" and self.breakdown:
+            parts = self.browser.new_tab_breakdown(f"{self.url}/{page}")
+            self.parts.setdefault(page, []).append(parts)
+            return parts["ready"]
         if way == "new-tab":
             return self.browser.open_in_new_tab_timed(f"{self.url}/{page}")
         if way == "same-tab":
@@ -75,6 +81,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--baseline", action="store_true",
                         help="also time a Streamlit app that only draws a title")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="for new-tab loads, also where the time went (browser.py's "
+                             "new_tab_breakdown)")
     args = parser.parse_args()
 
     from petq.demo import default_workspace
@@ -93,9 +102,9 @@ def main() -> int:
         url = stack.enter_context(dashboard(env))
         browser = Chromium()
         stack.callback(browser.close)
-        timed["petq"] = (Tab(browser, url), args.pages)
+        timed["petq"] = (Tab(browser, url, args.breakdown), args.pages)
         if args.baseline:
-            timed["baseline"] = (Tab(browser.another_tab(), baseline_url), [""])
+            timed["baseline"] = (Tab(browser.another_tab(), baseline_url, args.breakdown), [""])
         time.sleep(2)
         for _ in range(args.rounds):  # interleaved: a slow moment hits every page alike
             for app, (tab, pages) in timed.items():
@@ -106,6 +115,9 @@ def main() -> int:
                         times.setdefault((name(app, page), way), []).append(tab.load(page, way))
                         time.sleep(1.0)
     report(times, f"{results} results of this workspace (any thread count) in {args.cache}")
+    if args.breakdown:
+        report_breakdown({name(app, page): parts for app, (tab, _) in timed.items()
+                          for page, parts in tab.parts.items()})
     return 0
 
 
@@ -120,6 +132,17 @@ def report(times: dict[tuple[str, str], list[float]], what: str) -> None:
     for (page, way), values in times.items():
         print(f"{page:10s} {way:10s} {statistics.median(values):7.0f} "
               f"{max(values):7.0f}  " + " ".join(f"{v:.0f}" for v in values))
+
+
+def report_breakdown(parts: dict[str, list[dict[str, float]]]) -> None:
+    keys = ("dom_ready", "late_start", "late_end", "ready", "late_scripts")
+    print("\nnew tab, medians, ms from the navigation's start: DOMContentLoaded (Streamlit's "
+          "own scripts), the first start and the last end of the scripts fetched after it "
+          "(each element type's modules, on first use in a tab), ready; how many of them")
+    print(f"{'page':10s} " + " ".join(f"{k:>18s}" for k in keys))
+    for page, runs in parts.items():
+        print(f"{page:10s} " + " ".join(f"{statistics.median(r[k] for r in runs):18.0f}"
+                                          for k in keys))
 
 
 if __name__ == "__main__":

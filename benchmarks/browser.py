@@ -86,6 +86,16 @@ CLICK_AND_TIME_JS = """(label) => new Promise((resolve) => {
   }, 120000);
   link.click();
 })"""
+# Where a load's time went: DOMContentLoaded, and the scripts fetched after it (the lazily
+# loaded modules of each element type), from the tab's resource timing.
+LATE_SCRIPTS_JS = """() => {
+  const dom = performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd;
+  const late = performance.getEntriesByType('resource')
+    .filter(e => e.initiatorType === 'script' && e.startTime > dom);
+  return {dom_ready: dom, late_scripts: late.length,
+          late_start: late.length ? Math.min(...late.map(e => e.startTime)) : dom,
+          late_end: late.length ? Math.max(...late.map(e => e.responseEnd)) : dom};
+}"""
 ERRORS_JS = """() => Array.from(document.querySelectorAll(
   '[data-testid="stException"], [data-testid="stAlertContentError"]'
 )).map(e => e.innerText.slice(0, 500))"""
@@ -208,6 +218,21 @@ class Chromium:
             return self._load_timed(tab, url, timeout)
         finally:
             tab.close()
+
+    def new_tab_breakdown(self, url: str, timeout: float = 120) -> dict[str, float]:
+        """Open `url` in a new tab, timed as `open_in_new_tab_timed`, and where that time
+        went, in ms from the navigation's start: `dom_ready` (Streamlit's own scripts
+        loaded and run: DOMContentLoaded), `late_start` and `late_end` (when the
+        first script fetched after that started, and the last ended: the modules of each
+        element type, loaded on its first use in a tab), how many (`late_scripts`), and
+        `ready`."""
+        tab = self.context.new_page()
+        try:
+            ready = self._load_timed(tab, url, timeout)
+            found = tab.evaluate(LATE_SCRIPTS_JS)
+        finally:
+            tab.close()
+        return {"ready": ready, **found}
 
     @staticmethod
     def _load_timed(page, url: str, timeout: float) -> float:
