@@ -51,7 +51,7 @@ def main() -> None:
     backend = ws._shared.backend(spec)
     with captured_output():
         backend.ready_profile()
-    prepared = backend._export.prepared
+    prepared = backend._prepared  # the kept export, or this process's own
 
     start = time.perf_counter()
     exact = []
