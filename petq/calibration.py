@@ -91,8 +91,9 @@ class SharedStatic:
 
     `profile_of(identity)` gives the profile for the export's bytes; `inputs(ids)` yields
     model inputs, float32 (1, H, W, 3), of image ids; `kept` keeps the export's bytes
-    between processes: exporting a MobileNetV2 takes about 30 s here, and a process that
-    only profiles needs the bytes, not the converter (default: each process exports).
+    between processes, since a process that only profiles needs the bytes, not the
+    converter, and exporting is a large share of a conversion (default: each process
+    exports its own).
     """
 
     def __init__(self, model_path: Path | str, spec: VariantSpec, profile_of: ProfileOf,
