@@ -87,7 +87,6 @@ def run_outliers(args: argparse.Namespace) -> int:
             "profiling trainval", done, total))
     finally:
         bars.close()
-    ws.remember_profile(spec, profile)  # Convert's gallery reads it from now on
     tensors, images = outliers(profile, ids)
     labels = {s.image_id: ws.class_names[ws.label(s)] for s in ws.dataset.trainval}
     results_path = Path(args.results_path)

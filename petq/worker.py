@@ -291,7 +291,6 @@ def _profile(ws, reporter: _Reporter, root: Path) -> None:
     ids = ws.calibration_ids(spec)
     profile = ws.range_profile(spec, ids, lambda _, done, total: reporter.progress(
         Stage.PROFILE, done, total))
-    ws.remember_profile(spec, profile)  # the pages find it from now on
     reporter.job.say(f"{spec.name}: {len(ids)} calibration image(s) in the range profile, "
                      f"{profile.calibrated} calibrated now")
 

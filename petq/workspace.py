@@ -458,7 +458,7 @@ class Workspace:
             elif kept:
                 data = self._shared.convert(spec, _stage(progress, "calibrate"))
                 if data is not None:  # made from the profile: pages can find it now
-                    self.remember_profile(spec, self._shared.backend(spec).profile)
+                    self._remember_profile(spec, self._shared.backend(spec).profile)
             if data is None:
                 from petq.convert import convert
 
@@ -500,13 +500,17 @@ class Workspace:
                       progress: Stage | None = None, start: int = 0):
         """The range profile of a static spec's recipe (petq.profile), with the images
         `ids` (default: none more) profiled first; calibrates only those it lacks, walking
-        them from `start` (processes given other starts share the work)."""
+        them from `start` (processes given other starts share the work). Recorded for
+        `known_profile`, so the pages find it from now on."""
         if spec not in self._shared:
             raise SpecError(f"{spec.recipe.key}: no range profile (a static recipe without "
                             "kept layers; converter recipes need a Keras model)")
         if ids is None:
-            return self._shared.profile(spec)
-        return self._shared.ensure(spec, list(ids), _stage(progress, "calibrate"), start)
+            profile = self._shared.profile(spec)
+        else:
+            profile = self._shared.ensure(spec, list(ids), _stage(progress, "calibrate"), start)
+        self._remember_profile(spec, profile)
+        return profile
 
     def _profile_pointer(self, spec: VariantSpec) -> str:
         """The key under which a recipe's profile key is recorded: what the profile's key
@@ -518,18 +522,21 @@ class Workspace:
     def _kept_export(self, spec: VariantSpec, make: Callable[[], bytes]) -> bytes:
         """A converter recipe's export as its calibrator takes it, kept in the cache under
         the recipe's profile pointer: made once (`make()`, under the entry's lock, so other
-        processes wait for it instead of exporting too), then read by every process."""
+        processes wait for it instead of exporting too), then read by every other process."""
+        made: list[bytes] = []
+
         def build(tmp: Path) -> dict[str, Any]:
-            (tmp / EXPORT_FILE).write_bytes(make())
+            made.append(make())
+            (tmp / EXPORT_FILE).write_bytes(made[0])
             return {"recipe": spec.recipe.key}
 
-        entry, _ = self.cache.get_or_build("exports", self._profile_pointer(spec), build)
-        return entry.file(EXPORT_FILE).read_bytes()
+        entry, built = self.cache.get_or_build("exports", self._profile_pointer(spec), build)
+        return made[0] if built else entry.file(EXPORT_FILE).read_bytes()
 
-    def remember_profile(self, spec: VariantSpec, profile) -> None:
-        """Record which profile (`range_profile`'s) the spec's recipe calibrates into, in a
-        small `profile-of` entry, for `known_profile`. A conversion through the profile
-        records it itself; so do the commands and jobs that profile images."""
+    def _remember_profile(self, spec: VariantSpec, profile) -> None:
+        """Record which profile the spec's recipe calibrates into, in a small `profile-of`
+        entry, for `known_profile`: done by `range_profile` and by a conversion through
+        the profile, so every command, job and process that profiles records it."""
         def build(tmp: Path) -> dict[str, Any]:
             return {"recipe": spec.recipe.key, "profile": profile.key}
 
